@@ -1,0 +1,42 @@
+//! Domain types of rollout and the parsing of the files users write.
+//!
+//! This crate knows what a [`Task`], a job configuration ([`JobConfig`]), a trial result
+//! ([`TrialResult`]) and a job result ([`JobResult`]) are, how to read `task.toml` and job files
+//! (FORMATS.md §1–2) with errors that name the file, line and field, and how timeouts combine.
+//! It does no I/O beyond reading the files it is asked to parse: no Docker, no network, no writes.
+
+pub mod digest;
+pub mod error;
+pub mod job_config;
+pub mod kinds;
+pub mod result;
+pub mod task;
+pub mod task_config;
+pub mod timeouts;
+
+pub use error::ConfigError;
+pub use job_config::{AgentSpec, DatasetSpec, JobConfig, RetryConfig};
+pub use kinds::{ErrorClass, ErrorKind};
+pub use result::{ErrorInfo, JobResult, PhaseTiming, TrialResult};
+pub use task::{Task, TaskFilter};
+pub use task_config::TaskConfig;
+pub use timeouts::{Multipliers, Timeouts};
+
+/// Version of the result JSON schemas written by this build (`schema_version` fields).
+pub const RESULT_SCHEMA_VERSION: &str = "1.0";
+
+/// Label keys put on every resource rollout creates, so that cleanup can find them.
+pub mod labels {
+    /// The job a container (or network, image build) belongs to.
+    pub const JOB: &str = "io.rollout.job";
+    /// The trial a container belongs to.
+    pub const TRIAL: &str = "io.rollout.trial";
+    /// Set on everything rollout creates.
+    pub const MANAGED: &str = "io.rollout.managed";
+    /// PID of the rollout process that created the resource (for orphan detection).
+    pub const PID: &str = "io.rollout.pid";
+    /// Host name of the machine whose rollout process created the resource.
+    pub const HOST: &str = "io.rollout.host";
+    /// Content hash of the environment directory an image was built from.
+    pub const ENV_HASH: &str = "io.rollout.env-hash";
+}

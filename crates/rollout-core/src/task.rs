@@ -1,0 +1,372 @@
+//! A task on disk (FORMATS.md §1): loading, validation, discovery of datasets, filtering.
+
+use crate::digest;
+use crate::error::ConfigError;
+use crate::task_config::TaskConfig;
+use globset::{Glob, GlobSet, GlobSetBuilder};
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// A task ready to run: its configuration, instruction and content checksum.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Task {
+    /// The task's name: its directory name.
+    pub name: String,
+    /// Absolute path of the task directory.
+    pub dir: PathBuf,
+    /// Parsed `task.toml` (defaults when the file is absent).
+    pub config: TaskConfig,
+    /// Contents of `instruction.md`.
+    pub instruction: String,
+    /// BLAKE3 of the whole task directory (hex).
+    pub checksum: String,
+    /// Name of the dataset the task came from, if any.
+    pub dataset: Option<String>,
+}
+
+/// Something `rollout tasks check` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// `error` prevents running; `warning` does not.
+    pub severity: Severity,
+    /// The file or directory concerned.
+    pub path: PathBuf,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+/// How bad a [`Finding`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+impl Task {
+    /// Whether `dir` looks like a task directory (has `task.toml` or `instruction.md`).
+    pub fn is_task_dir(dir: &Path) -> bool {
+        dir.join("task.toml").is_file() || dir.join("instruction.md").is_file()
+    }
+
+    /// Load the task in `dir`, failing on anything that would stop it from running.
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        let dir = dir
+            .canonicalize()
+            .map_err(|e| ConfigError::file(dir, format!("cannot open task directory: {e}")))?;
+        let name = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .ok_or_else(|| ConfigError::file(&dir, "a task directory needs a name"))?;
+        let toml_path = dir.join("task.toml");
+        let config = if toml_path.is_file() {
+            TaskConfig::load(&toml_path)?
+        } else {
+            TaskConfig::default()
+        };
+        let instruction_path = dir.join("instruction.md");
+        let instruction = std::fs::read_to_string(&instruction_path).map_err(|e| {
+            ConfigError::file(
+                &instruction_path,
+                format!("cannot read the task's instruction: {e}"),
+            )
+        })?;
+        let task = Self {
+            name,
+            checksum: digest::dir_digest(&dir)
+                .map_err(|e| ConfigError::file(&dir, format!("cannot read task files: {e}")))?
+                .to_hex()
+                .to_string(),
+            dir,
+            config,
+            instruction,
+            dataset: None,
+        };
+        if let Some(f) = task
+            .findings()
+            .into_iter()
+            .find(|f| f.severity == Severity::Error)
+        {
+            return Err(ConfigError::file(f.path, f.message));
+        }
+        Ok(task)
+    }
+
+    /// `environment/`.
+    pub fn environment_dir(&self) -> PathBuf {
+        self.dir.join("environment")
+    }
+
+    /// `tests/`.
+    pub fn tests_dir(&self) -> PathBuf {
+        self.dir.join("tests")
+    }
+
+    /// `solution/`.
+    pub fn solution_dir(&self) -> PathBuf {
+        self.dir.join("solution")
+    }
+
+    /// Problems with this task's files, errors first.
+    pub fn findings(&self) -> Vec<Finding> {
+        let mut out = Vec::new();
+        let mut error = |path: PathBuf, message: String| {
+            out.push(Finding {
+                severity: Severity::Error,
+                path,
+                message,
+            })
+        };
+        if self.instruction.trim().is_empty() {
+            error(
+                self.dir.join("instruction.md"),
+                "the instruction is empty: write the prompt for the agent".into(),
+            );
+        }
+        let test_sh = self.tests_dir().join("test.sh");
+        if !test_sh.is_file() {
+            error(test_sh, "missing: every task needs tests/test.sh, which writes /logs/verifier/reward.txt or reward.json".into());
+        }
+        let env_dir = self.environment_dir();
+        if self.config.environment.docker_image.is_none() {
+            if env_dir.join("Dockerfile").is_file() {
+                // buildable
+            } else if env_dir.join("docker-compose.yaml").is_file()
+                || env_dir.join("docker-compose.yml").is_file()
+            {
+                error(
+                    env_dir.join("docker-compose.yaml"),
+                    "multi-container tasks (docker-compose) are not supported by rollout's Docker provider; \
+                     use a Dockerfile or set [environment] docker_image"
+                        .into(),
+                );
+            } else {
+                error(
+                    env_dir.join("Dockerfile"),
+                    "missing: add environment/Dockerfile or set [environment] docker_image in task.toml".into(),
+                );
+            }
+        }
+        if !self.solution_dir().join("solve.sh").is_file() {
+            out.push(Finding {
+                severity: Severity::Warning,
+                path: self.solution_dir().join("solve.sh"),
+                message: "missing: the oracle agent cannot run this task".into(),
+            });
+        }
+        for key in self.config.unknown_keys() {
+            out.push(Finding {
+                severity: Severity::Warning,
+                path: self.dir.join("task.toml"),
+                message: format!("unknown key `{key}` is kept but not interpreted (a typo?)"),
+            });
+        }
+        out.sort_by_key(|f| f.severity == Severity::Warning);
+        out
+    }
+}
+
+/// The tasks at `path`: the task itself if `path` is a task directory, otherwise every task
+/// directory directly inside it (a dataset), sorted by name. Errors list every bad task.
+pub fn discover(path: &Path) -> Result<Vec<Task>, Vec<ConfigError>> {
+    if !path.is_dir() {
+        return Err(vec![ConfigError::file(
+            path,
+            "not a directory: give a task directory (with task.toml) or a dataset directory of tasks",
+        )]);
+    }
+    if Task::is_task_dir(path) {
+        return Task::load(path).map(|t| vec![t]).map_err(|e| vec![e]);
+    }
+    let dataset = path
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| {
+            vec![ConfigError::file(
+                path,
+                format!("cannot list directory: {e}"),
+            )]
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir() && Task::is_task_dir(p))
+        .collect();
+    dirs.sort();
+    if dirs.is_empty() {
+        return Err(vec![ConfigError::file(
+            path,
+            "no tasks here: a task directory has task.toml and instruction.md; a dataset directory holds task directories",
+        )]);
+    }
+    let mut tasks = Vec::new();
+    let mut errors = Vec::new();
+    for d in dirs {
+        match Task::load(&d) {
+            Ok(mut t) => {
+                t.dataset = dataset.clone();
+                tasks.push(t);
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    if errors.is_empty() {
+        Ok(tasks)
+    } else {
+        Err(errors)
+    }
+}
+
+/// Include/exclude globs (fnmatch style) on task names, and a count limit.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+    limit: Option<usize>,
+}
+
+impl TaskFilter {
+    /// Build a filter; an invalid glob is an error naming it.
+    pub fn new(
+        include: &[String],
+        exclude: &[String],
+        limit: Option<usize>,
+    ) -> Result<Self, String> {
+        let build = |globs: &[String]| -> Result<Option<GlobSet>, String> {
+            if globs.is_empty() {
+                return Ok(None);
+            }
+            let mut b = GlobSetBuilder::new();
+            for g in globs {
+                b.add(Glob::new(g).map_err(|e| format!("invalid task glob {g:?}: {e}"))?);
+            }
+            b.build().map(Some).map_err(|e| e.to_string())
+        };
+        Ok(Self {
+            include: build(include)?,
+            exclude: build(exclude)?,
+            limit,
+        })
+    }
+
+    /// Whether a task name passes the include/exclude globs.
+    pub fn matches(&self, name: &str) -> bool {
+        self.include.as_ref().is_none_or(|g| g.is_match(name))
+            && !self.exclude.as_ref().is_some_and(|g| g.is_match(name))
+    }
+
+    /// Keep the matching tasks, in name order, at most `limit` of them.
+    pub fn apply(&self, mut tasks: Vec<Task>) -> Vec<Task> {
+        tasks.retain(|t| self.matches(&t.name));
+        tasks.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| a.dir.cmp(&b.dir)));
+        if let Some(n) = self.limit {
+            tasks.truncate(n);
+        }
+        tasks
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn make_task(root: &Path, name: &str) -> PathBuf {
+        let d = root.join(name);
+        fs::create_dir_all(d.join("environment")).unwrap();
+        fs::create_dir_all(d.join("tests")).unwrap();
+        fs::write(d.join("instruction.md"), "do it").unwrap();
+        fs::write(d.join("task.toml"), "version = \"1.0\"\n").unwrap();
+        fs::write(
+            d.join("environment/Dockerfile"),
+            "FROM debian:bookworm-slim\n",
+        )
+        .unwrap();
+        fs::write(
+            d.join("tests/test.sh"),
+            "echo 1 > /logs/verifier/reward.txt\n",
+        )
+        .unwrap();
+        d
+    }
+
+    #[test]
+    fn loads_a_task() {
+        let root = tempfile::tempdir().unwrap();
+        let d = make_task(root.path(), "t1");
+        let t = Task::load(&d).unwrap();
+        assert_eq!(t.name, "t1");
+        assert_eq!(t.instruction, "do it");
+        assert_eq!(t.checksum.len(), 64);
+        // no solution: a warning only
+        assert_eq!(t.findings().len(), 1);
+    }
+
+    #[test]
+    fn missing_test_sh_is_an_error_naming_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        let d = make_task(root.path(), "t1");
+        fs::remove_file(d.join("tests/test.sh")).unwrap();
+        let e = Task::load(&d).unwrap_err();
+        assert!(e.file.ends_with("tests/test.sh"), "{e}");
+    }
+
+    #[test]
+    fn docker_image_makes_dockerfile_optional() {
+        let root = tempfile::tempdir().unwrap();
+        let d = make_task(root.path(), "t1");
+        fs::remove_file(d.join("environment/Dockerfile")).unwrap();
+        assert!(Task::load(&d).is_err());
+        fs::write(
+            d.join("task.toml"),
+            "[environment]\ndocker_image = \"alpine\"\n",
+        )
+        .unwrap();
+        assert!(Task::load(&d).is_ok());
+    }
+
+    #[test]
+    fn discovers_a_dataset_sorted_and_filters() {
+        let root = tempfile::tempdir().unwrap();
+        for n in ["b-2", "a-1", "c-3"] {
+            make_task(root.path(), n);
+        }
+        fs::create_dir_all(root.path().join("not-a-task")).unwrap();
+        let tasks = discover(root.path()).unwrap();
+        let names: Vec<_> = tasks.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a-1", "b-2", "c-3"]);
+        assert!(tasks[0].dataset.is_some());
+
+        let f = TaskFilter::new(&["*-[12]".into()], &["a-*".into()], None).unwrap();
+        let kept: Vec<_> = f.apply(tasks.clone()).into_iter().map(|t| t.name).collect();
+        assert_eq!(kept, ["b-2"]);
+        let f = TaskFilter::new(&[], &[], Some(2)).unwrap();
+        assert_eq!(f.apply(tasks).len(), 2);
+    }
+
+    #[test]
+    fn a_single_task_dir_is_one_task() {
+        let root = tempfile::tempdir().unwrap();
+        let d = make_task(root.path(), "solo");
+        let tasks = discover(&d).unwrap();
+        assert_eq!(tasks.len(), 1);
+        assert_eq!(tasks[0].dataset, None);
+    }
+
+    #[test]
+    fn bad_tasks_are_all_reported() {
+        let root = tempfile::tempdir().unwrap();
+        make_task(root.path(), "good");
+        let b1 = make_task(root.path(), "bad1");
+        fs::write(b1.join("task.toml"), "[agent]\ntimeout_sec = \"x\"\n").unwrap();
+        let b2 = make_task(root.path(), "bad2");
+        fs::remove_file(b2.join("tests/test.sh")).unwrap();
+        let errs = discover(root.path()).unwrap_err();
+        assert_eq!(errs.len(), 2);
+    }
+
+    #[test]
+    fn invalid_glob_is_reported() {
+        assert!(TaskFilter::new(&["[".into()], &[], None).is_err());
+    }
+}

@@ -1,0 +1,695 @@
+//! `task.toml` (FORMATS.md §1): every field optional, legacy spellings accepted, unknown keys kept.
+
+use crate::error::ConfigError;
+use serde::{de, Deserialize, Deserializer, Serialize};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// The parsed `task.toml` of a task, with defaults applied.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskConfig {
+    /// `version` or `schema_version`; default "1.0".
+    pub version: String,
+    /// Free-text origin of the task.
+    pub source: Option<String>,
+    /// Free map (author_name, difficulty, category, tags …).
+    pub metadata: BTreeMap<String, serde_json::Value>,
+    /// Newer Harbor "package identity" (`[task] name, version, …`).
+    pub task: Option<TaskIdentity>,
+    /// `[verifier]`.
+    pub verifier: VerifierConfig,
+    /// `[agent]`.
+    pub agent: AgentConfig,
+    /// `[environment]`.
+    pub environment: EnvironmentConfig,
+    /// Keys rollout does not interpret, by dotted path, kept verbatim (e.g. Harbor's `solution`).
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `[task]`: the newer Harbor package identity.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct TaskIdentity {
+    pub name: Option<String>,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    #[serde(default)]
+    pub authors: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub keywords: Vec<String>,
+}
+
+/// `[verifier]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VerifierConfig {
+    /// Seconds test.sh may run; default 600.
+    pub timeout_sec: f64,
+    /// Environment for test.sh (`${VAR}` expanded from the host).
+    pub env: BTreeMap<String, String>,
+    /// Run test.sh as this user (default: the image's user).
+    pub user: Option<String>,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AgentConfig {
+    /// Seconds the agent may run; default 600.
+    pub timeout_sec: f64,
+    /// Seconds the agent's install step may run; default 300.
+    pub install_timeout_sec: f64,
+    /// Run the agent as this user (default: the image's user).
+    pub user: Option<String>,
+}
+
+/// Network access of the environment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum NetworkMode {
+    /// Full outbound access (default).
+    #[default]
+    Public,
+    /// No network at all.
+    NoNetwork,
+    /// Only `allowed_hosts`.
+    Allowlist,
+}
+
+/// `[environment]`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EnvironmentConfig {
+    /// Seconds a build may take; default 600.
+    pub build_timeout_sec: f64,
+    /// A prebuilt image to use instead of building `environment/`.
+    pub docker_image: Option<String>,
+    /// CPU limit; default 1.
+    pub cpus: f64,
+    /// Memory limit in MiB; default 2048.
+    pub memory_mb: u64,
+    /// Disk limit in MiB; default 10240.
+    pub storage_mb: u64,
+    /// Network access; default public.
+    pub network_mode: NetworkMode,
+    /// Hosts reachable in `allowlist` mode.
+    pub allowed_hosts: Vec<String>,
+    /// Environment of every process in the environment (`${VAR}` expanded from the host).
+    pub env: BTreeMap<String, String>,
+    /// Default working directory of every command (default: the image's WORKDIR).
+    pub workdir: Option<String>,
+    /// Wait for this check to pass before the agent starts.
+    pub healthcheck: Option<Healthcheck>,
+}
+
+/// `[environment.healthcheck]`, with Docker's semantics: failures during `start_period_sec`
+/// do not count; `retries` consecutive failures after it mark the environment unhealthy.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Healthcheck {
+    /// Shell command (run with `sh -c`); exit 0 means healthy.
+    pub command: String,
+    /// Seconds between checks; default 1.
+    pub interval_sec: f64,
+    /// Seconds one check may take; default 30.
+    pub timeout_sec: f64,
+    /// Grace period in seconds; default 0.
+    pub start_period_sec: f64,
+    /// Consecutive failures after the grace period that mean "never healthy"; default 10.
+    pub retries: u32,
+}
+
+impl Default for TaskConfig {
+    fn default() -> Self {
+        parse_raw(RawTaskConfig::default()).expect("defaults are valid")
+    }
+}
+
+impl TaskConfig {
+    /// Parse the text of a `task.toml`; `file` is used in error messages only.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, ConfigError> {
+        let raw: RawTaskConfig =
+            toml::from_str(text).map_err(|e| ConfigError::from_toml(file, text, &e))?;
+        let mut config = parse_raw(raw).map_err(|(field, msg)| {
+            let mut err = ConfigError::field(file, field.clone(), msg);
+            err.line = find_key_line(text, &field);
+            err
+        })?;
+        if let Ok(table) = text.parse::<toml::Table>() {
+            collect_unknown("", &table, &mut config.extra);
+        }
+        Ok(config)
+    }
+
+    /// Keys present in the file that rollout does not interpret (kept in `extra`); worth a
+    /// warning in `rollout tasks check`, since a typo lands here too.
+    pub fn unknown_keys(&self) -> impl Iterator<Item = &str> {
+        self.extra.keys().map(String::as_str)
+    }
+
+    /// Read and parse `task.toml` from disk.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| ConfigError::file(file, format!("cannot read file: {e}")))?;
+        Self::parse(&text, file)
+    }
+}
+
+// ---- raw (as written) form -------------------------------------------------------------------
+
+#[derive(Debug, Default, Deserialize)]
+struct RawTaskConfig {
+    version: Option<Version>,
+    schema_version: Option<Version>,
+    source: Option<String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, serde_json::Value>,
+    task: Option<TaskIdentity>,
+    #[serde(default)]
+    verifier: RawVerifier,
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    environment: RawEnvironment,
+}
+
+/// `version = "1.0"` or `version = 1.0`.
+#[derive(Debug)]
+struct Version(String);
+
+impl<'de> Deserialize<'de> for Version {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            S(String),
+            F(f64),
+            I(i64),
+        }
+        match V::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a version string such as \"1.0\""))?
+        {
+            V::S(s) => Ok(Version(s)),
+            V::F(f) => Ok(Version(format!("{f:?}"))),
+            V::I(i) => Ok(Version(format!("{i}.0"))),
+        }
+    }
+}
+
+/// Non-negative, finite seconds; integers accepted.
+#[derive(Debug, Clone, Copy)]
+struct Seconds(f64);
+
+impl<'de> Deserialize<'de> for Seconds {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = f64::deserialize(d)?;
+        if !v.is_finite() || v < 0.0 {
+            return Err(de::Error::custom(format!(
+                "expected a non-negative number of seconds, found {v}"
+            )));
+        }
+        Ok(Seconds(v))
+    }
+}
+
+/// A size like "2G", "512M", "1.5Gi" or a bare number of MiB.
+#[derive(Debug, Clone, Copy)]
+struct SizeMb(u64);
+
+impl<'de> Deserialize<'de> for SizeMb {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            S(String),
+            N(f64),
+        }
+        let v = V::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a size such as \"2G\" or \"512M\""))?;
+        match v {
+            V::N(n) if n >= 0.0 => Ok(SizeMb(n.round() as u64)),
+            V::N(n) => Err(de::Error::custom(format!(
+                "expected a non-negative size, found {n}"
+            ))),
+            V::S(s) => parse_size_mb(&s).map(SizeMb).ok_or_else(|| {
+                de::Error::custom(format!(
+                    "expected a size such as \"2G\", \"512M\" or \"1.5Gi\", found {s:?}"
+                ))
+            }),
+        }
+    }
+}
+
+/// Parse "2G" / "512Mi" / "1024" (MiB) into MiB; units are binary (K = KiB …).
+pub fn parse_size_mb(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num.parse().ok()?;
+    if !n.is_finite() || n < 0.0 {
+        return None;
+    }
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit.trim_end_matches('b').trim_end_matches('i');
+    let mb = match unit {
+        "" | "m" => n,
+        "k" => n / 1024.0,
+        "g" => n * 1024.0,
+        "t" => n * 1024.0 * 1024.0,
+        _ => return None,
+    };
+    Some(mb.round() as u64)
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawVerifier {
+    timeout_sec: Option<Seconds>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    user: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawAgent {
+    timeout_sec: Option<Seconds>,
+    #[serde(alias = "setup_timeout_sec")]
+    install_timeout_sec: Option<Seconds>,
+    user: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawEnvironment {
+    build_timeout_sec: Option<Seconds>,
+    docker_image: Option<String>,
+    cpus: Option<f64>,
+    memory_mb: Option<u64>,
+    memory: Option<SizeMb>,
+    storage_mb: Option<u64>,
+    storage: Option<SizeMb>,
+    network_mode: Option<NetworkMode>,
+    allow_internet: Option<bool>,
+    #[serde(default)]
+    allowed_hosts: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    workdir: Option<String>,
+    healthcheck: Option<RawHealthcheck>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawHealthcheck {
+    #[serde(alias = "cmd", alias = "test")]
+    command: CommandText,
+    interval_sec: Option<Seconds>,
+    timeout_sec: Option<Seconds>,
+    start_period_sec: Option<Seconds>,
+    retries: Option<u32>,
+}
+
+/// A command given as a string or as an argv array (joined with shell quoting).
+#[derive(Debug)]
+struct CommandText(String);
+
+impl<'de> Deserialize<'de> for CommandText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            S(String),
+            A(Vec<String>),
+        }
+        match V::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a command string or an array of strings"))?
+        {
+            V::S(s) => Ok(CommandText(s)),
+            V::A(a) => Ok(CommandText(
+                a.iter()
+                    .map(|p| shell_quote(p))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            )),
+        }
+    }
+}
+
+/// Quote one word for `sh`.
+pub fn shell_quote(word: &str) -> String {
+    if !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:@%+,".contains(c))
+    {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+type FieldError = (String, String);
+
+fn parse_raw(raw: RawTaskConfig) -> Result<TaskConfig, FieldError> {
+    let version = match (raw.version, raw.schema_version) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "schema_version".into(),
+                "give either `version` or `schema_version`, not both".into(),
+            ))
+        }
+        (Some(v), None) | (None, Some(v)) => v.0,
+        (None, None) => "1.0".into(),
+    };
+    let env = raw.environment;
+    let cpus = env.cpus.unwrap_or(1.0);
+    if !(cpus.is_finite() && cpus > 0.0) {
+        return Err((
+            "environment.cpus".into(),
+            format!("expected a positive number of CPUs, found {cpus}"),
+        ));
+    }
+    let memory_mb = env.memory_mb.or(env.memory.map(|m| m.0)).unwrap_or(2048);
+    if memory_mb < 6 {
+        return Err((
+            "environment.memory_mb".into(),
+            format!("expected at least 6 MiB (Docker's minimum), found {memory_mb}"),
+        ));
+    }
+    let storage_mb = env.storage_mb.or(env.storage.map(|m| m.0)).unwrap_or(10240);
+    let network_mode = match (env.network_mode, env.allow_internet) {
+        (Some(mode), _) => mode,
+        (None, Some(false)) => NetworkMode::NoNetwork,
+        (None, _) => NetworkMode::Public,
+    };
+    if network_mode == NetworkMode::Allowlist && env.allowed_hosts.is_empty() {
+        return Err((
+            "environment.allowed_hosts".into(),
+            "network_mode = \"allowlist\" needs a non-empty allowed_hosts list".into(),
+        ));
+    }
+    if let Some(image) = &env.docker_image {
+        if image.trim().is_empty() {
+            return Err((
+                "environment.docker_image".into(),
+                "expected a non-empty image reference".into(),
+            ));
+        }
+    }
+    let healthcheck = env.healthcheck.map(|h| Healthcheck {
+        command: h.command.0,
+        interval_sec: h.interval_sec.map_or(1.0, |s| s.0),
+        timeout_sec: h.timeout_sec.map_or(30.0, |s| s.0),
+        start_period_sec: h.start_period_sec.map_or(0.0, |s| s.0),
+        retries: h.retries.unwrap_or(10),
+    });
+    if let Some(h) = &healthcheck {
+        if h.command.trim().is_empty() {
+            return Err((
+                "environment.healthcheck.command".into(),
+                "expected a non-empty command".into(),
+            ));
+        }
+    }
+    Ok(TaskConfig {
+        version,
+        source: raw.source,
+        metadata: raw.metadata,
+        task: raw.task,
+        verifier: VerifierConfig {
+            timeout_sec: raw.verifier.timeout_sec.map_or(600.0, |s| s.0),
+            env: raw.verifier.env,
+            user: raw.verifier.user,
+        },
+        agent: AgentConfig {
+            timeout_sec: raw.agent.timeout_sec.map_or(600.0, |s| s.0),
+            install_timeout_sec: raw.agent.install_timeout_sec.map_or(300.0, |s| s.0),
+            user: raw.agent.user,
+        },
+        environment: EnvironmentConfig {
+            build_timeout_sec: env.build_timeout_sec.map_or(600.0, |s| s.0),
+            docker_image: env.docker_image,
+            cpus,
+            memory_mb,
+            storage_mb,
+            network_mode,
+            allowed_hosts: env.allowed_hosts,
+            env: env.env,
+            workdir: env.workdir,
+            healthcheck,
+        },
+        extra: BTreeMap::new(),
+    })
+}
+
+/// Keys rollout interprets, per table; everything else is kept in `extra`.
+const KNOWN_KEYS: &[(&str, &[&str])] = &[
+    (
+        "",
+        &[
+            "version",
+            "schema_version",
+            "source",
+            "metadata",
+            "task",
+            "verifier",
+            "agent",
+            "environment",
+        ],
+    ),
+    (
+        "task",
+        &["name", "version", "description", "authors", "keywords"],
+    ),
+    ("verifier", &["timeout_sec", "env", "user"]),
+    (
+        "agent",
+        &[
+            "timeout_sec",
+            "install_timeout_sec",
+            "setup_timeout_sec",
+            "user",
+        ],
+    ),
+    (
+        "environment",
+        &[
+            "build_timeout_sec",
+            "docker_image",
+            "cpus",
+            "memory_mb",
+            "memory",
+            "storage_mb",
+            "storage",
+            "network_mode",
+            "allow_internet",
+            "allowed_hosts",
+            "env",
+            "workdir",
+            "healthcheck",
+        ],
+    ),
+    (
+        "environment.healthcheck",
+        &[
+            "command",
+            "cmd",
+            "test",
+            "interval_sec",
+            "timeout_sec",
+            "start_period_sec",
+            "retries",
+        ],
+    ),
+];
+
+/// Collect the keys of `table` (at dotted `prefix`) that rollout does not interpret.
+fn collect_unknown(
+    prefix: &str,
+    table: &toml::Table,
+    out: &mut BTreeMap<String, serde_json::Value>,
+) {
+    let Some((_, known)) = KNOWN_KEYS.iter().find(|(p, _)| *p == prefix) else {
+        return;
+    };
+    for (key, value) in table {
+        let dotted = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        if !known.contains(&key.as_str()) {
+            out.insert(
+                dotted,
+                serde_json::to_value(value).unwrap_or(serde_json::Value::Null),
+            );
+        } else if let toml::Value::Table(sub) = value {
+            collect_unknown(&dotted, sub, out);
+        }
+    }
+}
+
+/// Best-effort line of `a.b.c` in a TOML text: the line of key `c` inside table `[a.b]`.
+fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
+    let (table, key) = match dotted.rsplit_once('.') {
+        Some((t, k)) => (t, k),
+        None => ("", dotted),
+    };
+    let mut current = String::new();
+    for (i, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            current = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            continue;
+        }
+        let k = t.split('=').next().unwrap_or("").trim();
+        if current == table && k == key {
+            return Some(i + 1);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<TaskConfig, ConfigError> {
+        TaskConfig::parse(text, Path::new("task.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_documented_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.version, "1.0");
+        assert_eq!(c.verifier.timeout_sec, 600.0);
+        assert_eq!(c.agent.timeout_sec, 600.0);
+        assert_eq!(c.agent.install_timeout_sec, 300.0);
+        assert_eq!(c.environment.build_timeout_sec, 600.0);
+        assert_eq!(c.environment.cpus, 1.0);
+        assert_eq!(c.environment.memory_mb, 2048);
+        assert_eq!(c.environment.storage_mb, 10240);
+        assert_eq!(c.environment.network_mode, NetworkMode::Public);
+        assert!(c.environment.docker_image.is_none());
+        assert!(c.environment.healthcheck.is_none());
+        assert_eq!(c, TaskConfig::default());
+    }
+
+    #[test]
+    fn harbor_task_toml_parses() {
+        let c = parse(
+            r#"
+version = "1.0"
+
+[metadata]
+author_name = "someone"
+difficulty = "easy"
+tags = ["file-ops"]
+
+[verifier]
+timeout_sec = 120.0
+
+[agent]
+timeout_sec = 300
+
+[environment]
+build_timeout_sec = 900.0
+cpus = 2
+memory_mb = 4096
+storage_mb = 20480
+
+[solution]
+env = { A = "b" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.verifier.timeout_sec, 120.0);
+        assert_eq!(c.agent.timeout_sec, 300.0);
+        assert_eq!(c.environment.cpus, 2.0);
+        assert_eq!(c.environment.memory_mb, 4096);
+        assert_eq!(c.metadata["difficulty"], "easy");
+        assert_eq!(c.extra["solution"]["env"]["A"], "b");
+    }
+
+    #[test]
+    fn legacy_spellings_are_accepted() {
+        let c = parse(
+            "schema_version = \"1.1\"\n[environment]\nmemory = \"4G\"\nstorage = \"512M\"\nallow_internet = false\n[agent]\nsetup_timeout_sec = 42\n",
+        )
+        .unwrap();
+        assert_eq!(c.version, "1.1");
+        assert_eq!(c.environment.memory_mb, 4096);
+        assert_eq!(c.environment.storage_mb, 512);
+        assert_eq!(c.environment.network_mode, NetworkMode::NoNetwork);
+        assert_eq!(c.agent.install_timeout_sec, 42.0);
+    }
+
+    #[test]
+    fn memory_mb_wins_over_legacy_memory() {
+        let c = parse("[environment]\nmemory = \"4G\"\nmemory_mb = 1000\n").unwrap();
+        assert_eq!(c.environment.memory_mb, 1000);
+    }
+
+    #[test]
+    fn explicit_network_mode_wins_over_allow_internet() {
+        let c =
+            parse("[environment]\nallow_internet = false\nnetwork_mode = \"public\"\n").unwrap();
+        assert_eq!(c.environment.network_mode, NetworkMode::Public);
+    }
+
+    #[test]
+    fn healthcheck_defaults_and_array_command() {
+        let c = parse(
+            "[environment.healthcheck]\ncommand = [\"curl\", \"-f\", \"http://localhost/a b\"]\nretries = 3\n",
+        )
+        .unwrap();
+        let h = c.environment.healthcheck.unwrap();
+        assert_eq!(h.command, "curl -f 'http://localhost/a b'");
+        assert_eq!(h.retries, 3);
+        assert_eq!(h.interval_sec, 1.0);
+        assert_eq!(h.start_period_sec, 0.0);
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_field() {
+        let e = parse("version = \"1.0\"\n\n[environment]\ncpus = \"many\"\n").unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert_eq!(e.field.as_deref(), Some("environment.cpus"), "{e}");
+        assert!(e.to_string().starts_with("task.toml:4:"), "{e}");
+    }
+
+    #[test]
+    fn negative_timeout_is_rejected_with_expectation() {
+        let e = parse("[agent]\ntimeout_sec = -1\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("non-negative"), "{e}");
+    }
+
+    #[test]
+    fn unknown_network_mode_lists_choices() {
+        let e = parse("[environment]\nnetwork_mode = \"internet\"\n").unwrap_err();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("public"), "{e}");
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_key() {
+        let e = parse("[environment]\ncpus = 0\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("environment.cpus"));
+        assert_eq!(e.line, Some(2));
+        let e = parse("[environment]\nnetwork_mode = \"allowlist\"\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("environment.allowed_hosts"));
+    }
+
+    #[test]
+    fn unknown_keys_are_kept_not_rejected() {
+        let c = parse("custom = 1\n[verifier]\ntimeout = 5\n[environment]\ngpus = 1\n").unwrap();
+        let keys: Vec<_> = c.unknown_keys().collect();
+        assert_eq!(keys, ["custom", "environment.gpus", "verifier.timeout"]);
+        assert_eq!(c.extra["verifier.timeout"], 5);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size_mb("2G"), Some(2048));
+        assert_eq!(parse_size_mb("2Gi"), Some(2048));
+        assert_eq!(parse_size_mb("512MB"), Some(512));
+        assert_eq!(parse_size_mb("1.5g"), Some(1536));
+        assert_eq!(parse_size_mb("1024"), Some(1024));
+        assert_eq!(parse_size_mb("2X"), None);
+    }
+}
