@@ -6,10 +6,12 @@
 //! It does no I/O beyond reading the files it is asked to parse: no Docker, no network, no writes.
 
 pub mod digest;
+pub mod envvars;
 pub mod error;
 pub mod job_config;
 pub mod kinds;
 pub mod result;
+pub mod reward;
 pub mod task;
 pub mod task_config;
 pub mod timeouts;

@@ -194,6 +194,8 @@ pub struct JobResult {
     pub seconds: f64,
     /// Trials planned.
     pub n_total_trials: usize,
+    /// Trials never started because the job was cancelled first.
+    pub n_not_started: usize,
     /// Whether the job was cancelled before every trial finished.
     pub cancelled: bool,
     /// Aggregates over every trial.

@@ -1,1 +1,35 @@
-fn main() {}
+//! `rollout`: run agents on tasks in containers, verify the outcome into a reward, record it all.
+
+mod cli;
+mod progress;
+mod run;
+mod signals;
+mod summary;
+mod tasks_cmd;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Exit statuses (documented in README).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const TRIAL_ERRORS: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const CANCELLED: u8 = 130;
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROLLOUT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let code = match cli.command {
+        cli::Command::Run(args) => run::main(*args),
+        cli::Command::Tasks(cli::TasksCommand::Check(args)) => tasks_cmd::check(args),
+    };
+    ExitCode::from(code)
+}

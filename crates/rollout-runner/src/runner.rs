@@ -1,0 +1,247 @@
+//! Scheduling: trials run at most `n_concurrent_trials` at a time; cancellation stops scheduling
+//! and cancels running trials, whose containers are removed; a label sweep at the end removes
+//! anything a cancelled create left behind.
+
+use crate::events::{Event, EventSink};
+use crate::plan::JobPlan;
+use crate::trial::TrialRun;
+use chrono::Utc;
+use rollout_core::job_config::PreserveEnv;
+use rollout_core::result::{compute_stats, JobResult, TrialResult};
+use rollout_core::{labels, JobConfig, RESULT_SCHEMA_VERSION};
+use rollout_env::Provider;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// Knobs of a run that are not part of the job file.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Bytes kept of each captured output stream (tail).
+    pub output_cap: usize,
+    /// Bytes copied at most out of each of `/logs/agent`, `/logs/verifier`, `/logs/artifacts`.
+    pub download_cap: u64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            output_cap: rollout_env::exec::DEFAULT_OUTPUT_CAP,
+            download_cap: 256 << 20,
+        }
+    }
+}
+
+/// What every trial of a job shares.
+pub(crate) struct Shared {
+    pub provider: Arc<dyn Provider>,
+    pub sinks: Vec<Arc<dyn EventSink>>,
+    pub cancel: CancellationToken,
+    pub options: RunOptions,
+    pub job: JobInfo,
+    pub host: String,
+}
+
+pub(crate) struct JobInfo {
+    pub job_id: String,
+    pub job_name: String,
+    pub config: JobConfig,
+}
+
+impl Shared {
+    pub fn emit(&self, e: &Event) {
+        for s in &self.sinks {
+            s.on_event(e);
+        }
+    }
+}
+
+/// Runs jobs.
+pub struct Runner {
+    provider: Arc<dyn Provider>,
+    sinks: Vec<Arc<dyn EventSink>>,
+    cancel: CancellationToken,
+    options: RunOptions,
+}
+
+impl Runner {
+    pub fn new(
+        provider: Arc<dyn Provider>,
+        cancel: CancellationToken,
+        options: RunOptions,
+    ) -> Self {
+        Self {
+            provider,
+            sinks: Vec::new(),
+            cancel,
+            options,
+        }
+    }
+
+    /// Add a consumer of events.
+    pub fn subscribe(&mut self, sink: Arc<dyn EventSink>) {
+        self.sinks.push(sink);
+    }
+
+    /// Run every trial of `plan`; returns the job result (also sent as `JobFinished`).
+    pub async fn run(&self, plan: JobPlan) -> JobResult {
+        let started_at = Utc::now();
+        let t0 = Instant::now();
+        let concurrency = plan.config.concurrency();
+        let shared = Arc::new(Shared {
+            provider: self.provider.clone(),
+            sinks: self.sinks.clone(),
+            cancel: self.cancel.clone(),
+            options: self.options.clone(),
+            job: JobInfo {
+                job_id: plan.job_id.clone(),
+                job_name: plan.job_name.clone(),
+                config: plan.config.clone(),
+            },
+            host: host_name(),
+        });
+        shared.emit(&Event::JobStarted {
+            job_id: plan.job_id.clone(),
+            job_name: plan.job_name.clone(),
+            job_dir: plan.job_dir.clone(),
+            n_trials: plan.trials.len(),
+            concurrency,
+            config: Arc::new(serde_json::to_value(&plan.config).unwrap_or_default()),
+        });
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
+        let mut running = JoinSet::new();
+        let mut results: Vec<TrialResult> = Vec::with_capacity(plan.trials.len());
+        let mut cancel_announced = false;
+        let finish = |r: TrialResult,
+                      shared: &Shared,
+                      results: &mut Vec<TrialResult>,
+                      dir: std::path::PathBuf| {
+            let r = Arc::new(r);
+            shared.emit(&Event::TrialFinished {
+                result: r.clone(),
+                trial_dir: dir,
+            });
+            results.push(Arc::unwrap_or_clone(r));
+        };
+        for trial in &plan.trials {
+            // Reap finished trials while waiting for a slot, so events stay timely.
+            let permit = loop {
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => break None,
+                    Some(done) = running.join_next(), if !running.is_empty() => {
+                        if let Ok((r, dir)) = done { finish(r, &shared, &mut results, dir); }
+                    }
+                    p = semaphore.clone().acquire_owned() => break p.ok(),
+                }
+            };
+            let Some(permit) = permit else { break };
+            let shared = shared.clone();
+            let trial = trial.clone();
+            let dir = plan.job_dir.join(&trial.name);
+            running.spawn(async move {
+                let _permit = permit;
+                let r = TrialRun {
+                    shared: &shared,
+                    plan: &trial,
+                    dir: dir.clone(),
+                }
+                .run()
+                .await;
+                (r, dir)
+            });
+        }
+        loop {
+            tokio::select! {
+                _ = self.cancel.cancelled(), if !cancel_announced => {
+                    cancel_announced = true;
+                    shared.emit(&Event::Cancelling);
+                }
+                done = running.join_next() => match done {
+                    Some(Ok((r, dir))) => finish(r, &shared, &mut results, dir),
+                    Some(Err(e)) => shared.emit(&Event::Note { trial: None, message: format!("a trial task failed: {e}") }),
+                    None => break,
+                }
+            }
+        }
+        if self.cancel.is_cancelled() && !cancel_announced {
+            shared.emit(&Event::Cancelling);
+        }
+        // Safety net: a create cancelled mid-flight can leave a container we never saw.
+        if plan.config.environment.preserve() == PreserveEnv::Never {
+            match self
+                .provider
+                .remove_labelled(labels::JOB, &plan.job_id)
+                .await
+            {
+                Ok(0) => {}
+                Ok(n) => shared.emit(&Event::Note {
+                    trial: None,
+                    message: format!("removed {n} leftover container(s) of this job"),
+                }),
+                Err(e) => shared.emit(&Event::Note {
+                    trial: None,
+                    message: format!(
+                        "could not sweep this job's containers: {e}; run `rollout gc`"
+                    ),
+                }),
+            }
+        }
+        results.sort_by(|a, b| a.trial_name.cmp(&b.trial_name));
+        let result = job_result(&plan, &results, started_at, t0, self.cancel.is_cancelled());
+        let result = Arc::new(result);
+        shared.emit(&Event::JobFinished {
+            result: result.clone(),
+            job_dir: plan.job_dir.clone(),
+        });
+        Arc::unwrap_or_clone(result)
+    }
+}
+
+fn job_result(
+    plan: &JobPlan,
+    results: &[TrialResult],
+    started_at: chrono::DateTime<Utc>,
+    t0: Instant,
+    cancelled: bool,
+) -> JobResult {
+    let group = |key: &dyn Fn(&TrialResult) -> String| {
+        let mut groups: BTreeMap<String, Vec<&TrialResult>> = BTreeMap::new();
+        for r in results {
+            groups.entry(key(r)).or_default().push(r);
+        }
+        groups
+            .into_iter()
+            .map(|(k, v)| (k, compute_stats(v)))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let dataset = |r: &TrialResult| r.dataset.clone().unwrap_or_else(|| "-".into());
+    JobResult {
+        schema_version: RESULT_SCHEMA_VERSION.into(),
+        id: plan.job_id.clone(),
+        name: plan.job_name.clone(),
+        started_at,
+        finished_at: Some(Utc::now()),
+        seconds: t0.elapsed().as_secs_f64(),
+        n_total_trials: plan.trials.len(),
+        n_not_started: plan.trials.len() - results.len(),
+        cancelled,
+        stats: compute_stats(results),
+        by_agent: group(&|r| r.agent.name.clone()),
+        by_dataset: group(&dataset),
+        by_agent_dataset: group(&|r| format!("{} / {}", r.agent.name, dataset(r))),
+        trials: results
+            .iter()
+            .map(|r| (r.trial_name.clone(), r.reward))
+            .collect(),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}

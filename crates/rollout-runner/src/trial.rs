@@ -1,0 +1,585 @@
+//! One trial's lifecycle. Every phase is timed, bounded and cancellable; the first error wins;
+//! teardown always runs.
+
+use crate::events::{EnvironmentConfigOut, Event, TimeoutsSec, TrialConfig};
+use crate::plan::TrialPlan;
+use crate::runner::Shared;
+use chrono::Utc;
+use rollout_agents::{AgentContext, INSTRUCTION_PATH};
+use rollout_core::job_config::PreserveEnv;
+use rollout_core::result::{
+    main_reward, CommandOutcome, EnvironmentInfo, ErrorInfo, Phase, PhaseTiming, TrialResult,
+};
+use rollout_core::{labels, ErrorKind, RESULT_SCHEMA_VERSION};
+use rollout_env::archive::TarBuilder;
+use rollout_env::{EnvSpec, Environment, ExecRequest, ImageSource};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Teardown is never cancelled, but it is bounded.
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Uploading tests or downloading logs is bounded too (the engine could hang).
+const COPY_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Mutable state of a running trial.
+struct State {
+    error: Option<ErrorInfo>,
+    phases: BTreeMap<Phase, PhaseTiming>,
+    env_info: EnvironmentInfo,
+    agent_install: Option<CommandOutcome>,
+    agent_run: Option<CommandOutcome>,
+    verifier: Option<CommandOutcome>,
+    rewards: Option<BTreeMap<String, f64>>,
+}
+
+impl State {
+    fn fail(&mut self, e: ErrorInfo) {
+        if self.error.is_none() {
+            self.error = Some(e);
+        }
+    }
+
+    fn cancelled(&self) -> bool {
+        self.error
+            .as_ref()
+            .is_some_and(|e| e.kind == ErrorKind::Cancelled)
+    }
+}
+
+pub(crate) struct TrialRun<'a> {
+    pub shared: &'a Shared,
+    pub plan: &'a TrialPlan,
+    pub dir: PathBuf,
+}
+
+impl TrialRun<'_> {
+    fn emit(&self, e: Event) {
+        self.shared.emit(&e);
+    }
+
+    fn note(&self, message: String) {
+        self.emit(Event::Note {
+            trial: Some(self.plan.name.clone()),
+            message,
+        });
+    }
+
+    /// Run one phase: events, timing, cancellation, error recording.
+    async fn phase<T>(
+        &self,
+        st: &mut State,
+        phase: Phase,
+        cancellable: bool,
+        fut: impl Future<Output = Result<T, ErrorInfo>>,
+    ) -> Option<T> {
+        self.emit(Event::PhaseStarted {
+            trial: self.plan.name.clone(),
+            phase,
+        });
+        let started_at = Utc::now();
+        let t0 = Instant::now();
+        let cancel = self.shared.cancel.clone();
+        let result = if cancellable {
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(ErrorInfo::new(ErrorKind::Cancelled, format!("cancelled during {}", phase.as_str()))),
+                r = fut => r,
+            }
+        } else {
+            fut.await
+        };
+        let seconds = t0.elapsed().as_secs_f64();
+        st.phases.insert(
+            phase,
+            PhaseTiming {
+                started_at,
+                finished_at: Utc::now(),
+                seconds,
+            },
+        );
+        self.emit(Event::PhaseFinished {
+            trial: self.plan.name.clone(),
+            phase,
+            seconds,
+            error: result.as_ref().err().map(|e| e.kind.to_string()),
+        });
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                st.fail(e);
+                None
+            }
+        }
+    }
+
+    pub async fn run(self) -> TrialResult {
+        let plan = self.plan;
+        let task = &plan.task;
+        let started_at = Utc::now();
+        let t0 = Instant::now();
+        let job = &self.shared.job;
+        let env_cfg = &task.config.environment;
+        let cpus = job.config.environment.override_cpus.unwrap_or(env_cfg.cpus);
+        let memory_mb = job
+            .config
+            .environment
+            .override_memory_mb
+            .unwrap_or(env_cfg.memory_mb);
+        let storage_mb = job
+            .config
+            .environment
+            .override_storage_mb
+            .unwrap_or(env_cfg.storage_mb);
+        let pids_limit = job.config.environment.pids_limit.unwrap_or(4096);
+        let config = Arc::new(TrialConfig {
+            trial_name: plan.name.clone(),
+            trial_id: plan.id.clone(),
+            job_id: job.job_id.clone(),
+            job_name: job.job_name.clone(),
+            task_name: task.name.clone(),
+            task_path: task.dir.display().to_string(),
+            task_checksum: task.checksum.clone(),
+            dataset: task.dataset.clone(),
+            agent: plan.agent_spec.clone(),
+            attempt: plan.attempt,
+            timeouts_sec: TimeoutsSec {
+                build: plan.timeouts.build.as_secs_f64(),
+                agent_install: plan.timeouts.agent_install.as_secs_f64(),
+                agent: plan.timeouts.agent.as_secs_f64(),
+                verifier: plan.timeouts.verifier.as_secs_f64(),
+            },
+            environment: EnvironmentConfigOut {
+                kind: self.shared.provider.name().into(),
+                docker_image: env_cfg.docker_image.clone(),
+                cpus,
+                memory_mb,
+                storage_mb,
+                pids_limit,
+                network_mode: env_cfg.network_mode,
+                workdir: env_cfg.workdir.clone(),
+            },
+        });
+        let mut st = State {
+            error: None,
+            phases: BTreeMap::new(),
+            env_info: EnvironmentInfo {
+                kind: self.shared.provider.name().into(),
+                ..Default::default()
+            },
+            agent_install: None,
+            agent_run: None,
+            verifier: None,
+            rewards: None,
+        };
+        if let Err(e) = std::fs::create_dir_all(self.dir.join("agent"))
+            .and_then(|_| std::fs::create_dir_all(self.dir.join("verifier")))
+            .and_then(|_| std::fs::create_dir_all(self.dir.join("artifacts")))
+        {
+            st.fail(ErrorInfo::new(
+                ErrorKind::InternalError,
+                format!("creating {}: {e}", self.dir.display()),
+            ));
+        }
+        self.emit(Event::TrialStarted {
+            config: config.clone(),
+            trial_dir: self.dir.clone(),
+        });
+        if let Err(why) = plan.agent.check(task) {
+            st.fail(ErrorInfo::new(ErrorKind::AgentConfigInvalid, why));
+        }
+
+        let mut env_slot: Option<Box<dyn Environment>> = None;
+        if st.error.is_none() {
+            let spec = EnvSpec {
+                name: plan.name.clone(),
+                labels: BTreeMap::from([
+                    (labels::JOB.to_string(), job.job_id.clone()),
+                    (labels::TRIAL.to_string(), plan.id.clone()),
+                    (labels::MANAGED.to_string(), "true".to_string()),
+                    (labels::PID.to_string(), std::process::id().to_string()),
+                    (labels::HOST.to_string(), self.shared.host.clone()),
+                ]),
+                cpus,
+                memory_mb,
+                pids_limit,
+                network: env_cfg.network_mode,
+                env: self.task_env(),
+                workdir: env_cfg.workdir.clone(),
+            };
+            let mut env_info = std::mem::take(&mut st.env_info);
+            self.phase(
+                &mut st,
+                Phase::EnvironmentSetup,
+                true,
+                self.setup(&spec, &mut env_slot, &mut env_info),
+            )
+            .await;
+            st.env_info = env_info;
+        }
+
+        if let Some(env) = env_slot.as_deref() {
+            let agent_logs = self.dir.join("agent");
+            let ctx = AgentContext {
+                task,
+                env,
+                logs_dir: &agent_logs,
+                user: task.config.agent.user.clone(),
+                install_timeout: plan.timeouts.agent_install,
+                run_timeout: plan.timeouts.agent,
+                env_vars: vec![("ROLLOUT_TASK_INSTRUCTION".into(), INSTRUCTION_PATH.into())],
+                output_cap: self.shared.options.output_cap,
+            };
+            if st.error.is_none() {
+                let installed = self
+                    .phase(&mut st, Phase::AgentInstall, true, async {
+                        plan.agent.install(&ctx).await.map_err(agent_error)
+                    })
+                    .await;
+                if let Some(Some(outcome)) = installed {
+                    if outcome.timed_out {
+                        st.fail(ErrorInfo::new(
+                            ErrorKind::AgentInstallTimeout,
+                            format!(
+                                "the agent's install step ran past its {:.0} s timeout",
+                                plan.timeouts.agent_install.as_secs_f64()
+                            ),
+                        ));
+                    } else if outcome.exit_code != Some(0) {
+                        st.fail(ErrorInfo::new(
+                            ErrorKind::AgentInstallFailed,
+                            format!("the agent's install step exited with {}; see agent/setup/stderr.txt", code(&outcome)),
+                        ));
+                    }
+                    st.agent_install = Some(outcome);
+                }
+            }
+            let mut agent_ran = false;
+            if st.error.is_none() {
+                let ran = self
+                    .phase(&mut st, Phase::AgentRun, true, async {
+                        plan.agent.run(&ctx).await.map_err(agent_error)
+                    })
+                    .await;
+                if let Some(outcome) = ran {
+                    agent_ran = true;
+                    if outcome.timed_out {
+                        st.fail(ErrorInfo::new(
+                            ErrorKind::AgentExecutionTimeout,
+                            format!("the agent ran past its {:.0} s timeout and was killed; the verifier still ran", plan.timeouts.agent.as_secs_f64()),
+                        ));
+                    } else if outcome.exit_code != Some(0) {
+                        st.fail(ErrorInfo::new(
+                            ErrorKind::AgentExecutionFailed,
+                            format!(
+                                "the agent exited with {}; see agent/command-0/stderr.txt",
+                                code(&outcome)
+                            ),
+                        ));
+                    }
+                    st.agent_run = Some(outcome);
+                }
+            }
+            // The agent may have done the work even if it failed or timed out: verify anyway.
+            if agent_ran && !st.cancelled() && !job.config.verifier.disable {
+                if let Some((outcome, rewards)) = self
+                    .phase(&mut st, Phase::Verify, true, self.verify(env))
+                    .await
+                {
+                    st.verifier = Some(outcome);
+                    st.rewards = Some(rewards);
+                }
+            }
+            if !st.cancelled() {
+                self.phase(&mut st, Phase::Collect, true, self.collect(env))
+                    .await;
+            }
+            let keep = match job.config.environment.preserve() {
+                PreserveEnv::Always => true,
+                PreserveEnv::OnFailure => {
+                    st.error.is_some()
+                        || st
+                            .rewards
+                            .as_ref()
+                            .and_then(main_reward)
+                            .is_none_or(|r| r < 1.0)
+                }
+                PreserveEnv::Never => false,
+            };
+            st.env_info.container_id = Some(env.id().to_string());
+            if keep {
+                st.env_info.preserved = true;
+                self.note(format!(
+                    "kept container {id} (preserve_env): enter it with `docker exec -it {id} bash`; `rollout gc` removes it",
+                    id = env.id()
+                ));
+            } else {
+                self.phase(&mut st, Phase::Teardown, false, async {
+                    match tokio::time::timeout(TEARDOWN_TIMEOUT, env.destroy()).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(ErrorInfo::new(
+                            ErrorKind::EnvironmentTeardownFailed,
+                            e.to_string(),
+                        )),
+                        Err(_) => Err(ErrorInfo::new(
+                            ErrorKind::EnvironmentTeardownFailed,
+                            "removing the container took over 60 s",
+                        )),
+                    }
+                })
+                .await;
+            }
+        }
+
+        let reward = st.rewards.as_ref().and_then(main_reward);
+        TrialResult {
+            schema_version: RESULT_SCHEMA_VERSION.into(),
+            id: plan.id.clone(),
+            trial_name: plan.name.clone(),
+            job_id: job.job_id.clone(),
+            job_name: job.job_name.clone(),
+            task_name: task.name.clone(),
+            task_path: task.dir.display().to_string(),
+            task_checksum: task.checksum.clone(),
+            dataset: task.dataset.clone(),
+            agent: plan.agent.info(),
+            attempt: plan.attempt,
+            rewards: st.rewards,
+            reward,
+            error: st.error,
+            environment: st.env_info,
+            agent_install: st.agent_install,
+            agent_run: st.agent_run,
+            verifier: st.verifier,
+            started_at,
+            finished_at: Utc::now(),
+            seconds: t0.elapsed().as_secs_f64(),
+            phases: st.phases,
+        }
+    }
+
+    /// The task's `[environment] env`, expanded from the host.
+    fn task_env(&self) -> BTreeMap<String, String> {
+        let (env, missing) =
+            rollout_core::envvars::expand_map(&self.plan.task.config.environment.env);
+        if !missing.is_empty() {
+            self.note(format!(
+                "[environment] env refers to unset host variable(s) {}: they are empty",
+                missing.join(", ")
+            ));
+        }
+        env
+    }
+
+    async fn setup(
+        &self,
+        spec: &EnvSpec,
+        slot: &mut Option<Box<dyn Environment>>,
+        info: &mut EnvironmentInfo,
+    ) -> Result<(), ErrorInfo> {
+        let task = &self.plan.task;
+        let source = match &task.config.environment.docker_image {
+            Some(reference) => ImageSource::Prebuilt {
+                reference: reference.clone(),
+            },
+            None => ImageSource::Build {
+                context: task.environment_dir(),
+                timeout: self.plan.timeouts.build,
+                force: self.shared.job.config.environment.force_build,
+            },
+        };
+        let image_labels = BTreeMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
+        let image = match self
+            .shared
+            .provider
+            .prepare_image(&source, &image_labels)
+            .await
+        {
+            Ok(image) => image,
+            Err(e) => {
+                if let Some(log) = e.build_log() {
+                    self.write_text(Path::new("environment/build.log"), log);
+                }
+                return Err(ErrorInfo::new(e.kind(), e.to_string()));
+            }
+        };
+        if let Some(log) = &image.build_log {
+            self.write_text(Path::new("environment/build.log"), log);
+        }
+        info.image = Some(image.reference.clone());
+        info.image_id = Some(image.id.clone());
+        info.built = image.fresh;
+        let env = self
+            .shared
+            .provider
+            .create(&image, spec)
+            .await
+            .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))?;
+        let env = slot.insert(env);
+        info.container_id = Some(env.id().to_string());
+        let packed = (|| -> std::io::Result<Vec<u8>> {
+            let mut tar = TarBuilder::new();
+            tar.dir("/logs", 0o755)?
+                .dir("/logs/agent", 0o777)?
+                .dir("/logs/verifier", 0o777)?
+                .dir("/logs/artifacts", 0o777)?
+                .dir("/rollout", 0o755)?
+                .file(INSTRUCTION_PATH, 0o644, task.instruction.as_bytes())?;
+            tar.finish()
+        })()
+        .map_err(|e| {
+            ErrorInfo::new(
+                ErrorKind::InternalError,
+                format!("packing the instruction: {e}"),
+            )
+        })?;
+        env.upload_tar(packed)
+            .await
+            .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))?;
+        if let Some(check) = &task.config.environment.healthcheck {
+            rollout_env::health::wait_healthy(env.as_ref(), check)
+                .await
+                .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))?;
+        }
+        Ok(())
+    }
+
+    async fn verify(
+        &self,
+        env: &dyn Environment,
+    ) -> Result<(CommandOutcome, BTreeMap<String, f64>), ErrorInfo> {
+        let task = &self.plan.task;
+        let tests = task.tests_dir();
+        let tar = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+            let mut b = TarBuilder::new();
+            b.host_dir("/tests", &tests)?;
+            b.finish()
+        })
+        .await
+        .map_err(|e| ErrorInfo::new(ErrorKind::InternalError, e.to_string()))?
+        .map_err(|e| ErrorInfo::new(ErrorKind::VerifierFailed, format!("packing tests/: {e}")))?;
+        bounded(env.upload_tar(tar), "copying tests/ in").await?;
+        let (venv, missing) = rollout_core::envvars::expand_map(&task.config.verifier.env);
+        if !missing.is_empty() {
+            self.note(format!(
+                "[verifier] env refers to unset host variable(s) {}: they are empty",
+                missing.join(", ")
+            ));
+        }
+        let mut req = ExecRequest::bash("bash /tests/test.sh", self.plan.timeouts.verifier)
+            .user(task.config.verifier.user.clone())
+            .env(venv);
+        req.output_cap = self.shared.options.output_cap;
+        let out = env
+            .exec(req)
+            .await
+            .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))?;
+        self.write_text(Path::new("verifier/test-stdout.txt"), &out.stdout.to_text());
+        self.write_text(Path::new("verifier/test-stderr.txt"), &out.stderr.to_text());
+        let outcome = rollout_agents::outcome_of(&out);
+        if out.timed_out {
+            return Err(ErrorInfo::new(
+                ErrorKind::VerifierTimeout,
+                format!(
+                    "tests/test.sh ran past its {:.0} s timeout",
+                    self.plan.timeouts.verifier.as_secs_f64()
+                ),
+            ));
+        }
+        let dest = self.dir.join("verifier");
+        bounded(
+            env.download_dir("/logs/verifier", &dest, self.shared.options.download_cap),
+            "copying /logs/verifier out",
+        )
+        .await?;
+        let read = |name: &str| std::fs::read_to_string(dest.join(name)).ok();
+        let rewards = rollout_core::reward::parse_rewards(
+            read("reward.json").as_deref(),
+            read("reward.txt").as_deref(),
+        )
+        .map_err(|mut e| {
+            if e.kind == ErrorKind::VerifierRewardMissing {
+                let stderr = out.stderr.to_text();
+                let tail: Vec<&str> = stderr.trim().lines().rev().take(3).collect();
+                e.message = format!(
+                    "{} (test.sh exited with {}{})",
+                    e.message,
+                    code(&outcome),
+                    if tail.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; stderr ends: {}",
+                            tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
+                        )
+                    }
+                );
+            }
+            e
+        })?;
+        Ok((outcome, rewards))
+    }
+
+    async fn collect(&self, env: &dyn Environment) -> Result<(), ErrorInfo> {
+        let cap = self.shared.options.download_cap;
+        for (from, to) in [("/logs/agent", "agent"), ("/logs/artifacts", "artifacts")] {
+            let info = bounded(
+                env.download_dir(from, &self.dir.join(to), cap),
+                "copying logs out",
+            )
+            .await?;
+            if info.truncated {
+                self.note(format!(
+                    "{from} was larger than the {} MiB cap: only part of it was copied",
+                    cap >> 20
+                ));
+            }
+            if info.skipped > 0 {
+                self.note(format!(
+                    "{from}: {} links or special files were not copied",
+                    info.skipped
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn write_text(&self, rel: &Path, text: &str) {
+        let path = self.dir.join(rel);
+        let res = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::write(&path, text));
+        if let Err(e) = res {
+            self.note(format!("could not write {}: {e}", path.display()));
+        }
+    }
+}
+
+async fn bounded<T>(
+    fut: impl Future<Output = Result<T, rollout_env::EnvError>>,
+    what: &str,
+) -> Result<T, ErrorInfo> {
+    match tokio::time::timeout(COPY_TIMEOUT, fut).await {
+        Ok(r) => r.map_err(|e| ErrorInfo::new(e.kind(), e.to_string())),
+        Err(_) => Err(ErrorInfo::new(
+            ErrorKind::EnvironmentApiError,
+            format!("{what} took over {} s", COPY_TIMEOUT.as_secs()),
+        )),
+    }
+}
+
+fn agent_error(e: rollout_agents::AgentError) -> ErrorInfo {
+    match e {
+        rollout_agents::AgentError::Env(e) => ErrorInfo::new(e.kind(), e.to_string()),
+        rollout_agents::AgentError::Config(m) => ErrorInfo::new(ErrorKind::AgentConfigInvalid, m),
+        rollout_agents::AgentError::Host(m) => ErrorInfo::new(ErrorKind::InternalError, m),
+    }
+}
+
+fn code(o: &CommandOutcome) -> String {
+    o.exit_code
+        .map_or_else(|| "no exit code".into(), |c| c.to_string())
+}

@@ -1,0 +1,126 @@
+//! The results writer: turns events into a Harbor-compatible job directory.
+//!
+//! `<job>/config.json`, `<job>/result.json`, `<job>/job.log`, and per trial `config.json`,
+//! `result.json`, `trial.log`. JSON files are written atomically.
+
+use crate::events::{Event, EventSink};
+use crate::fsutil::write_json;
+use chrono::Utc;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Writes the job directory. Remembers the first write error for the caller to report.
+#[derive(Default)]
+pub struct ResultsWriter {
+    state: Mutex<WriterState>,
+}
+
+#[derive(Default)]
+struct WriterState {
+    job_dir: Option<PathBuf>,
+    job_log: Option<std::fs::File>,
+    error: Option<String>,
+}
+
+impl ResultsWriter {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The first error met while writing, if any.
+    pub fn error(&self) -> Option<String> {
+        self.state.lock().expect("writer poisoned").error.clone()
+    }
+}
+
+fn append_line(path: &Path, line: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(f, "{line}")
+}
+
+fn stamp() -> String {
+    Utc::now().format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+impl EventSink for ResultsWriter {
+    fn on_event(&self, event: &Event) {
+        let mut st = self.state.lock().expect("writer poisoned");
+        let log_job = |st: &mut WriterState, line: String| -> std::io::Result<()> {
+            if let Some(f) = st.job_log.as_mut() {
+                writeln!(f, "{} {line}", stamp())?;
+            }
+            Ok(())
+        };
+        let res: std::io::Result<()> = (|| {
+            match event {
+            Event::JobStarted {
+                job_id,
+                job_name,
+                job_dir,
+                n_trials,
+                concurrency,
+                config,
+            } => {
+                std::fs::create_dir_all(job_dir)?;
+                write_json(&job_dir.join("config.json"), &**config)?;
+                st.job_log = Some(std::fs::OpenOptions::new().create(true).append(true).open(job_dir.join("job.log"))?);
+                st.job_dir = Some(job_dir.clone());
+                log_job(&mut st, format!("job {job_name} ({job_id}) started: {n_trials} trials, {concurrency} at a time"))
+            }
+            Event::TrialStarted { config, trial_dir } => {
+                std::fs::create_dir_all(trial_dir)?;
+                write_json(&trial_dir.join("config.json"), &**config)?;
+                append_line(&trial_dir.join("trial.log"), &format!("{} trial {} started", stamp(), config.trial_name))?;
+                log_job(&mut st, format!("{} started", config.trial_name))
+            }
+            Event::PhaseStarted { trial, phase } => {
+                if let Some(dir) = &st.job_dir {
+                    append_line(&dir.join(trial).join("trial.log"), &format!("{} {} started", stamp(), phase.as_str()))?;
+                }
+                Ok(())
+            }
+            Event::PhaseFinished { trial, phase, seconds, error } => {
+                if let Some(dir) = &st.job_dir {
+                    let tail = error.as_ref().map_or(String::new(), |e| format!(" with {e}"));
+                    append_line(&dir.join(trial).join("trial.log"), &format!("{} {} finished in {seconds:.3} s{tail}", stamp(), phase.as_str()))?;
+                }
+                Ok(())
+            }
+            Event::TrialFinished { result, trial_dir } => {
+                write_json(&trial_dir.join("result.json"), &**result)?;
+                let outcome = match (&result.error, result.reward) {
+                    (Some(e), r) => format!("error {}: {}{}", e.kind, e.message, r.map_or(String::new(), |r| format!(" (reward {r})"))),
+                    (None, Some(r)) => format!("reward {r}"),
+                    (None, None) => "no reward (verifier disabled)".into(),
+                };
+                append_line(&trial_dir.join("trial.log"), &format!("{} finished in {:.3} s: {outcome}", stamp(), result.seconds))?;
+                log_job(&mut st, format!("{} finished: {outcome}", result.trial_name))
+            }
+            Event::Cancelling => log_job(&mut st, "cancelling: no new trials; running trials are stopped and their containers removed".into()),
+            Event::Note { trial, message } => {
+                if let (Some(t), Some(dir)) = (trial, &st.job_dir) {
+                    append_line(&dir.join(t).join("trial.log"), &format!("{} {message}", stamp()))?;
+                }
+                log_job(&mut st, match trial {
+                    Some(t) => format!("{t}: {message}"),
+                    None => message.clone(),
+                })
+            }
+            Event::JobFinished { result, job_dir } => {
+                write_json(&job_dir.join("result.json"), &**result)?;
+                log_job(&mut st, format!("job finished in {:.3} s", result.seconds))
+            }
+        }
+        })();
+        if let Err(e) = res {
+            tracing::error!("writing job results: {e}");
+            if st.error.is_none() {
+                st.error = Some(e.to_string());
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Command-line flags, in one place, documented where they are parsed.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rollout",
+    version,
+    about = "Run AI agents on tasks in containers, verify the outcome into a reward, and record every trial."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a job: every agent on every task, n_attempts times, in containers.
+    Run(Box<RunArgs>),
+    /// Work with task directories.
+    #[command(subcommand)]
+    Tasks(TasksCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TasksCommand {
+    /// Validate tasks or datasets without running them (exit 1 when any task has an error).
+    Check(CheckArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    /// Task directories or dataset directories.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+/// Where environments run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EnvKind {
+    Docker,
+    Local,
+    Kubernetes,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// A job file (YAML or JSON). Flags given here override its fields.
+    pub config: Option<PathBuf>,
+
+    /// A task directory or a dataset directory of tasks (repeatable).
+    #[arg(short = 'p', long = "path")]
+    pub paths: Vec<PathBuf>,
+
+    /// Agent to run: `oracle`, `nop`, or the name of an agent defined in the job file (repeatable).
+    #[arg(short = 'a', long = "agent")]
+    pub agents: Vec<String>,
+
+    /// Model name passed to the agents.
+    #[arg(short = 'm', long = "model")]
+    pub model: Option<String>,
+
+    /// Trials running at once (default 4).
+    #[arg(short = 'n', long = "n-concurrent")]
+    pub n_concurrent: Option<usize>,
+
+    /// Trials per (agent, task) (default 1).
+    #[arg(short = 'k', long = "n-attempts")]
+    pub n_attempts: Option<u32>,
+
+    /// Parent directory of job directories (default `jobs`).
+    #[arg(short = 'o', long = "jobs-dir")]
+    pub jobs_dir: Option<PathBuf>,
+
+    /// Name of the job directory (default: the start time).
+    #[arg(long = "job-name")]
+    pub job_name: Option<String>,
+
+    /// Only tasks whose name matches this glob (repeatable).
+    #[arg(short = 't', long = "task")]
+    pub include: Vec<String>,
+
+    /// Skip tasks whose name matches this glob (repeatable).
+    #[arg(short = 'x', long = "exclude-task")]
+    pub exclude: Vec<String>,
+
+    /// Run at most this many tasks (after filtering, in name order).
+    #[arg(short = 'l', long = "n-tasks")]
+    pub n_tasks: Option<usize>,
+
+    /// Environment provider.
+    #[arg(long = "env", value_enum)]
+    pub env: Option<EnvKind>,
+
+    /// Rebuild environment images even when an image with the same content exists.
+    #[arg(long = "force-build")]
+    pub force_build: bool,
+
+    /// Multiply every timeout by this factor.
+    #[arg(long = "timeout-multiplier")]
+    pub timeout_multiplier: Option<f64>,
+
+    /// Print the job result as JSON on stdout instead of the summary table.
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,154 @@
+//! The end-of-job summary table.
+
+use rollout_core::result::{JobResult, Stats};
+use std::fmt::Write;
+use std::path::Path;
+
+fn pct(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| format!("{:.1}%", v * 100.0))
+}
+
+fn num(x: Option<f64>) -> String {
+    x.map_or("-".into(), |v| format!("{v:.3}"))
+}
+
+fn row(out: &mut String, name: &str, s: &Stats, width: usize) {
+    let pass1 = s.pass_at_k.as_ref().and_then(|m| m.get(&1).copied());
+    let _ = writeln!(
+        out,
+        "{name:<width$}  {:>6}  {:>6}  {:>9}  {:>11}  {:>9}  {:>6}",
+        s.n_trials + s.n_cancelled,
+        s.n_errored,
+        s.n_cancelled,
+        num(s.mean_reward),
+        pct(s.pass_rate),
+        num(pass1),
+    );
+}
+
+/// Render the summary: one row per agent × dataset, a total row, error kinds, the job directory.
+pub fn render(result: &JobResult, job_dir: &Path) -> String {
+    let mut out = String::new();
+    let width = result
+        .by_agent_dataset
+        .keys()
+        .map(|k| k.len())
+        .max()
+        .unwrap_or(0)
+        .max("agent / dataset".len());
+    let _ = writeln!(
+        out,
+        "{:<width$}  {:>6}  {:>6}  {:>9}  {:>11}  {:>9}  {:>6}",
+        "agent / dataset", "trials", "errors", "cancelled", "mean reward", "pass rate", "pass@1"
+    );
+    for (name, s) in &result.by_agent_dataset {
+        row(&mut out, name, s, width);
+    }
+    if result.by_agent_dataset.len() > 1 {
+        row(&mut out, "total", &result.stats, width);
+    }
+    if let Some(p) = &result.stats.pass_at_k {
+        if p.len() > 1 {
+            let ks: Vec<String> = p.iter().map(|(k, v)| format!("pass@{k} {v:.3}")).collect();
+            let _ = writeln!(out, "{}", ks.join("  "));
+        }
+    }
+    if !result.stats.error_counts.is_empty() {
+        let errs: Vec<String> = result
+            .stats
+            .error_counts
+            .iter()
+            .map(|(k, n)| format!("{k} ×{n}"))
+            .collect();
+        let _ = writeln!(out, "errors: {}", errs.join(", "));
+    }
+    if result.n_not_started > 0 {
+        let _ = writeln!(out, "not started (cancelled): {}", result.n_not_started);
+    }
+    let _ = writeln!(out, "job: {}  ({:.1} s)", job_dir.display(), result.seconds);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rollout_core::result::{AgentInfo, EnvironmentInfo, ErrorInfo, TrialResult};
+    use rollout_core::ErrorKind;
+    use std::collections::BTreeMap;
+
+    fn trial(
+        agent: &str,
+        task: &str,
+        reward: Option<f64>,
+        error: Option<ErrorKind>,
+    ) -> TrialResult {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .unwrap()
+            .to_utc();
+        TrialResult {
+            schema_version: "1.0".into(),
+            id: "id".into(),
+            trial_name: format!("{task}__{agent}__1"),
+            job_id: "job".into(),
+            job_name: "j".into(),
+            task_name: task.into(),
+            task_path: format!("/tasks/{task}"),
+            task_checksum: task.into(),
+            dataset: Some("smoke".into()),
+            agent: AgentInfo {
+                name: agent.into(),
+                ..Default::default()
+            },
+            attempt: 1,
+            rewards: reward.map(|r| BTreeMap::from([("reward".into(), r)])),
+            reward,
+            error: error.map(|k| ErrorInfo::new(k, "m")),
+            environment: EnvironmentInfo::default(),
+            agent_install: None,
+            agent_run: None,
+            verifier: None,
+            started_at: t,
+            finished_at: t,
+            seconds: 1.0,
+            phases: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn summary_table() {
+        let trials = [
+            trial("oracle", "a", Some(1.0), None),
+            trial("oracle", "b", Some(1.0), None),
+            trial("nop", "a", Some(0.0), None),
+            trial("nop", "b", None, Some(ErrorKind::VerifierRewardMissing)),
+        ];
+        let stats = |v: Vec<&TrialResult>| rollout_core::result::compute_stats(v);
+        let t = trials[0].started_at;
+        let result = JobResult {
+            schema_version: "1.0".into(),
+            id: "job".into(),
+            name: "j".into(),
+            started_at: t,
+            finished_at: Some(t),
+            seconds: 12.34,
+            n_total_trials: 4,
+            n_not_started: 0,
+            cancelled: false,
+            stats: stats(trials.iter().collect()),
+            by_agent: BTreeMap::new(),
+            by_dataset: BTreeMap::new(),
+            by_agent_dataset: BTreeMap::from([
+                (
+                    "nop / smoke".to_string(),
+                    stats(trials[2..].iter().collect()),
+                ),
+                (
+                    "oracle / smoke".to_string(),
+                    stats(trials[..2].iter().collect()),
+                ),
+            ]),
+            trials: BTreeMap::new(),
+        };
+        insta::assert_snapshot!(render(&result, Path::new("jobs/j")));
+    }
+}
