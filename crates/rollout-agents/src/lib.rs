@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use rollout_core::job_config::AgentSpec;
 use rollout_core::result::{AgentInfo, CommandOutcome};
 use rollout_core::Task;
-use rollout_env::archive::TarBuilder;
 use rollout_env::{EnvError, Environment, ExecRequest};
 use std::path::Path;
 use std::sync::Arc;
@@ -45,6 +44,17 @@ pub enum AgentError {
     Host(String),
 }
 
+/// A host directory an agent needs inside the environment from the start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentFiles {
+    /// Absolute path inside the environment.
+    pub target: String,
+    /// Host directory whose contents go there (a private copy: the agent may change it).
+    pub source: std::path::PathBuf,
+    /// Other paths inside the environment that must show the same directory.
+    pub aliases: Vec<String>,
+}
+
 /// An agent.
 #[async_trait]
 pub trait Agent: Send + Sync {
@@ -54,6 +64,11 @@ pub trait Agent: Send + Sync {
     /// Whether this agent can run `task` at all (e.g. the oracle needs `solution/solve.sh`).
     fn check(&self, _task: &Task) -> Result<(), String> {
         Ok(())
+    }
+
+    /// Directories to place in the environment when it is set up (before install).
+    fn files(&self, _task: &Task) -> Vec<AgentFiles> {
+        Vec::new()
     }
 
     /// Install step; `None` when the agent has nothing to install.
@@ -113,8 +128,8 @@ fn request(
     req
 }
 
-/// Runs the task's reference solution: `solution/` is copied to `/solution` (with `/oracle`
-/// linked to it, the Rollout seed's name) and `solve.sh` runs there.
+/// Runs the task's reference solution: a copy of `solution/` is placed at `/solution` (and at
+/// `/oracle`, the Rollout seed's name) when the environment is set up, and `solve.sh` runs.
 pub struct Oracle;
 
 #[async_trait]
@@ -138,18 +153,15 @@ impl Agent for Oracle {
         }
     }
 
-    async fn install(&self, ctx: &AgentContext<'_>) -> Result<Option<CommandOutcome>, AgentError> {
-        let src = ctx.task.solution_dir();
-        let tar = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            let mut b = TarBuilder::new();
-            b.host_dir("/solution", &src)?;
-            b.symlink("/oracle", "/solution")?;
-            b.finish()
-        })
-        .await
-        .map_err(|e| AgentError::Host(e.to_string()))?
-        .map_err(|e| AgentError::Host(format!("packing solution/: {e}")))?;
-        ctx.env.upload_tar(tar).await?;
+    fn files(&self, task: &Task) -> Vec<AgentFiles> {
+        vec![AgentFiles {
+            target: "/solution".into(),
+            source: task.solution_dir(),
+            aliases: vec!["/oracle".into()],
+        }]
+    }
+
+    async fn install(&self, _ctx: &AgentContext<'_>) -> Result<Option<CommandOutcome>, AgentError> {
         Ok(None)
     }
 

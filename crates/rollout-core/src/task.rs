@@ -266,6 +266,51 @@ impl TaskFilter {
     }
 }
 
+/// Every task a job names (its `datasets:` with their filters, and its `tasks:`), in order:
+/// datasets in the order given, each sorted by name, then single tasks. Errors list every bad
+/// task and source.
+pub fn tasks_of_job(job: &crate::JobConfig) -> Result<Vec<Task>, Vec<ConfigError>> {
+    let mut tasks = Vec::new();
+    let mut errors = Vec::new();
+    for (i, d) in job.datasets.iter().enumerate() {
+        let Some(path) = &d.path else {
+            errors.push(ConfigError::field(
+                "job",
+                format!("datasets[{i}]"),
+                "registry datasets are loaded by the registry source, not from a directory",
+            ));
+            continue;
+        };
+        let filter = match TaskFilter::new(&d.task_names, &d.exclude_task_names, d.n_tasks) {
+            Ok(f) => f,
+            Err(e) => {
+                errors.push(ConfigError::field(
+                    path,
+                    format!("datasets[{i}].task_names"),
+                    e,
+                ));
+                continue;
+            }
+        };
+        match discover(path) {
+            Ok(found) => tasks.extend(filter.apply(found)),
+            Err(errs) => errors.extend(errs),
+        }
+    }
+    for t in &job.tasks {
+        match discover(&t.path) {
+            Ok(found) => tasks.extend(found),
+            Err(errs) => errors.extend(errs),
+        }
+    }
+    if errors.is_empty() {
+        Ok(tasks)
+    } else {
+        Err(errors)
+    }
+}
+
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,49 +413,5 @@ mod tests {
     #[test]
     fn invalid_glob_is_reported() {
         assert!(TaskFilter::new(&["[".into()], &[], None).is_err());
-    }
-}
-
-/// Every task a job names (its `datasets:` with their filters, and its `tasks:`), in order:
-/// datasets in the order given, each sorted by name, then single tasks. Errors list every bad
-/// task and source.
-pub fn tasks_of_job(job: &crate::JobConfig) -> Result<Vec<Task>, Vec<ConfigError>> {
-    let mut tasks = Vec::new();
-    let mut errors = Vec::new();
-    for (i, d) in job.datasets.iter().enumerate() {
-        let Some(path) = &d.path else {
-            errors.push(ConfigError::field(
-                "job",
-                format!("datasets[{i}]"),
-                "registry datasets are loaded by the registry source, not from a directory",
-            ));
-            continue;
-        };
-        let filter = match TaskFilter::new(&d.task_names, &d.exclude_task_names, d.n_tasks) {
-            Ok(f) => f,
-            Err(e) => {
-                errors.push(ConfigError::field(
-                    path,
-                    format!("datasets[{i}].task_names"),
-                    e,
-                ));
-                continue;
-            }
-        };
-        match discover(path) {
-            Ok(found) => tasks.extend(filter.apply(found)),
-            Err(errs) => errors.extend(errs),
-        }
-    }
-    for t in &job.tasks {
-        match discover(&t.path) {
-            Ok(found) => tasks.extend(found),
-            Err(errs) => errors.extend(errs),
-        }
-    }
-    if errors.is_empty() {
-        Ok(tasks)
-    } else {
-        Err(errors)
     }
 }

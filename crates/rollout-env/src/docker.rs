@@ -11,7 +11,7 @@ use crate::{DownloadInfo, EnvError, EnvSpec, Environment, ImageSource, PreparedI
 use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
-use bollard::models::{ContainerCreateBody, HostConfig};
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use bollard::query_parameters::{
     BuildImageOptions, CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
     ListContainersOptions, RemoveContainerOptions, UploadToContainerOptions,
@@ -56,6 +56,7 @@ impl Default for EngineLimits {
 /// The Docker provider.
 pub struct DockerProvider {
     docker: Docker,
+    local: bool,
     images: Mutex<HashMap<String, ImageCell>>,
     build_slots: Semaphore,
     create_slots: Semaphore,
@@ -73,8 +74,11 @@ impl DockerProvider {
             .await
             .map_err(|_| EnvError::EngineUnreachable(format!("{host}: no answer within 20 s")))?
             .map_err(|e| EnvError::EngineUnreachable(format!("{host}: {e}")))?;
+        // A unix socket means the engine runs on this machine and sees its files.
+        let local = host.starts_with("unix://") || host.starts_with('/');
         Ok(Self {
             docker,
+            local,
             images: Mutex::new(HashMap::new()),
             build_slots: Semaphore::new(limits.builds.max(1)),
             create_slots: Semaphore::new(limits.creates.max(1)),
@@ -270,6 +274,10 @@ impl Provider for DockerProvider {
         "docker"
     }
 
+    fn host_mounts(&self) -> bool {
+        self.local
+    }
+
     async fn prepare_image(
         &self,
         source: &ImageSource,
@@ -367,6 +375,18 @@ impl Provider for DockerProvider {
             }),
             // A real PID 1 that reaps zombies and forwards signals.
             init: Some(true),
+            mounts: (!spec.mounts.is_empty()).then(|| {
+                spec.mounts
+                    .iter()
+                    .map(|m| Mount {
+                        target: Some(m.target.clone()),
+                        source: Some(m.source.display().to_string()),
+                        typ: Some(MountType::BIND),
+                        read_only: Some(m.read_only),
+                        ..Default::default()
+                    })
+                    .collect()
+            }),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -458,6 +478,7 @@ impl DockerEnvironment {
                 &self.id,
                 CreateExecOptions {
                     cmd: Some(argv),
+                    attach_stdin: Some(req.stdin.is_some()),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     user: req.user.clone(),
@@ -483,10 +504,21 @@ impl DockerEnvironment {
             )
             .await
             .map_err(|e| EnvError::api("starting an exec", e))?;
-        let StartExecResults::Attached { mut output, input } = started_exec else {
+        let StartExecResults::Attached {
+            mut output,
+            mut input,
+        } = started_exec
+        else {
             return Err(EnvError::api("starting an exec", "engine did not attach"));
         };
-        drop(input);
+        // Feed stdin concurrently with reading output, so neither side can block the other.
+        let writer = req.stdin.clone().map(|data| {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = input.write_all(&data).await;
+                let _ = input.shutdown().await;
+            })
+        });
         let deadline = tokio::time::sleep(req.timeout);
         tokio::pin!(deadline);
         let mut timed_out = false;
@@ -503,6 +535,9 @@ impl DockerEnvironment {
             }
         }
         drop(output);
+        if let Some(w) = writer {
+            w.abort();
+        }
         stdout.finish();
         stderr.finish();
         if timed_out {

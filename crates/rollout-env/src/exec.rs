@@ -20,6 +20,8 @@ pub struct ExecRequest {
     pub timeout: Duration,
     /// Keep at most this many bytes of each stream (the tail).
     pub output_cap: usize,
+    /// Bytes written to the command's stdin, then closed (None: no stdin).
+    pub stdin: Option<Vec<u8>>,
 }
 
 impl ExecRequest {
@@ -56,6 +58,7 @@ impl ExecRequest {
             env: Vec::new(),
             timeout,
             output_cap: DEFAULT_OUTPUT_CAP,
+            stdin: None,
         }
     }
 

@@ -69,6 +69,18 @@ pub struct EnvSpec {
     pub env: BTreeMap<String, String>,
     /// Default working directory of every command.
     pub workdir: Option<String>,
+    /// Host paths bound into the environment (only when [`Provider::host_mounts`] is true).
+    pub mounts: Vec<HostMount>,
+}
+
+/// A host path bound into an environment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostMount {
+    /// Absolute host path (must exist).
+    pub source: PathBuf,
+    /// Absolute path inside the environment.
+    pub target: String,
+    pub read_only: bool,
 }
 
 /// Result of copying a directory out of an environment.
@@ -117,6 +129,10 @@ pub trait Environment: Send + Sync {
 pub trait Provider: Send + Sync {
     /// Short name (`docker`).
     fn name(&self) -> &'static str;
+
+    /// Whether host paths can be bound into environments (the engine shares this machine's
+    /// filesystem). When false, files move only as tar archives.
+    fn host_mounts(&self) -> bool;
 
     /// Make sure the image exists: build it once per content hash, or pull it. Concurrent
     /// callers asking for the same image wait for one build.

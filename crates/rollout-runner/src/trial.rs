@@ -12,7 +12,7 @@ use rollout_core::result::{
 };
 use rollout_core::{labels, ErrorKind, RESULT_SCHEMA_VERSION};
 use rollout_env::archive::TarBuilder;
-use rollout_env::{EnvSpec, Environment, ExecRequest, ImageSource};
+use rollout_env::{EnvSpec, Environment, ExecRequest, HostMount, ImageSource};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -208,13 +208,14 @@ impl TrialRun<'_> {
                 network: env_cfg.network_mode,
                 env: self.task_env(),
                 workdir: env_cfg.workdir.clone(),
+                mounts: Vec::new(),
             };
             let mut env_info = std::mem::take(&mut st.env_info);
             self.phase(
                 &mut st,
                 Phase::EnvironmentSetup,
                 true,
-                self.setup(&spec, &mut env_slot, &mut env_info),
+                self.setup(spec, &mut env_slot, &mut env_info),
             )
             .await;
             st.env_info = env_info;
@@ -330,6 +331,8 @@ impl TrialRun<'_> {
                     }
                 })
                 .await;
+                // The container is gone: its private copies are no longer needed.
+                let _ = std::fs::remove_dir_all(self.dir.join(STAGING));
             }
         }
 
@@ -373,9 +376,76 @@ impl TrialRun<'_> {
         env
     }
 
+    /// Whether this trial binds host directories instead of copying archives.
+    fn mounted(&self) -> bool {
+        self.shared.provider.host_mounts()
+    }
+
+    /// Bind mounts for the fast path: the trial's `agent/`, `verifier/`, `artifacts/` at
+    /// `/logs/*`, a copy of the instruction, and private copies of the agent's files.
+    fn host_mounts(&self) -> std::io::Result<Vec<HostMount>> {
+        let task = &self.plan.task;
+        let mut mounts = Vec::new();
+        for (dir, target) in [
+            ("agent", "/logs/agent"),
+            ("verifier", "/logs/verifier"),
+            ("artifacts", "/logs/artifacts"),
+        ] {
+            let host = self.dir.join(dir);
+            std::fs::create_dir_all(&host)?;
+            // Any user the task names must be able to write its logs.
+            set_mode(&host, 0o777)?;
+            mounts.push(HostMount {
+                source: host,
+                target: target.into(),
+                read_only: false,
+            });
+        }
+        let staging = self.dir.join(STAGING);
+        std::fs::create_dir_all(&staging)?;
+        let instruction = staging.join("instruction.md");
+        std::fs::write(&instruction, task.instruction.as_bytes())?;
+        mounts.push(HostMount {
+            source: instruction,
+            target: INSTRUCTION_PATH.into(),
+            read_only: true,
+        });
+        for (i, files) in self.plan.agent.files(task).into_iter().enumerate() {
+            let copy = staging.join(format!("files-{i}"));
+            copy_dir(&files.source, &copy)?;
+            for target in std::iter::once(files.target).chain(files.aliases) {
+                mounts.push(HostMount {
+                    source: copy.clone(),
+                    target,
+                    read_only: false,
+                });
+            }
+        }
+        Ok(mounts)
+    }
+
+    /// The archive for the copy path: log directories, the instruction, the agent's files.
+    fn setup_archive(&self) -> std::io::Result<Vec<u8>> {
+        let task = &self.plan.task;
+        let mut tar = TarBuilder::new();
+        tar.dir("/logs", 0o755)?
+            .dir("/logs/agent", 0o777)?
+            .dir("/logs/verifier", 0o777)?
+            .dir("/logs/artifacts", 0o777)?
+            .dir("/rollout", 0o755)?
+            .file(INSTRUCTION_PATH, 0o644, task.instruction.as_bytes())?;
+        for files in self.plan.agent.files(task) {
+            tar.host_dir(&files.target, &files.source)?;
+            for alias in &files.aliases {
+                tar.symlink(alias, &files.target)?;
+            }
+        }
+        tar.finish()
+    }
+
     async fn setup(
         &self,
-        spec: &EnvSpec,
+        mut spec: EnvSpec,
         slot: &mut Option<Box<dyn Environment>>,
         info: &mut EnvironmentInfo,
     ) -> Result<(), ErrorInfo> {
@@ -411,33 +481,31 @@ impl TrialRun<'_> {
         info.image = Some(image.reference.clone());
         info.image_id = Some(image.id.clone());
         info.built = image.fresh;
+        if self.mounted() {
+            spec.mounts = self.host_mounts().map_err(|e| {
+                ErrorInfo::new(
+                    ErrorKind::InternalError,
+                    format!("preparing {}: {e}", self.dir.display()),
+                )
+            })?;
+        }
         let env = self
             .shared
             .provider
-            .create(&image, spec)
+            .create(&image, &spec)
             .await
             .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))?;
         let env = slot.insert(env);
         info.container_id = Some(env.id().to_string());
-        let packed = (|| -> std::io::Result<Vec<u8>> {
-            let mut tar = TarBuilder::new();
-            tar.dir("/logs", 0o755)?
-                .dir("/logs/agent", 0o777)?
-                .dir("/logs/verifier", 0o777)?
-                .dir("/logs/artifacts", 0o777)?
-                .dir("/rollout", 0o755)?
-                .file(INSTRUCTION_PATH, 0o644, task.instruction.as_bytes())?;
-            tar.finish()
-        })()
-        .map_err(|e| {
-            ErrorInfo::new(
-                ErrorKind::InternalError,
-                format!("packing the instruction: {e}"),
-            )
-        })?;
-        env.upload_tar(packed)
-            .await
-            .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))?;
+        if !self.mounted() {
+            let packed = self.setup_archive().map_err(|e| {
+                ErrorInfo::new(
+                    ErrorKind::InternalError,
+                    format!("packing the environment's files: {e}"),
+                )
+            })?;
+            bounded(env.upload_tar(packed), "copying files in").await?;
+        }
         if let Some(check) = &task.config.environment.healthcheck {
             rollout_env::health::wait_healthy(env.as_ref(), check)
                 .await
@@ -446,21 +514,69 @@ impl TrialRun<'_> {
         Ok(())
     }
 
+    /// Copy `tests/` to `/tests` and run `test.sh`. When the verifier runs as root, the tests
+    /// travel as a tar stream on the command's stdin (one engine call instead of two); an image
+    /// without `tar`, or a non-root verifier, gets them through the archive API.
+    async fn run_tests(
+        &self,
+        env: &dyn Environment,
+        venv: BTreeMap<String, String>,
+    ) -> Result<rollout_env::ExecOutput, ErrorInfo> {
+        let task = &self.plan.task;
+        let user = task.config.verifier.user.clone();
+        let as_root = user.as_deref().is_none_or(|u| u == "root" || u == "0");
+        let tests = task.tests_dir();
+        let archive = |root: &'static str| {
+            let tests = tests.clone();
+            async move {
+                tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
+                    let mut b = TarBuilder::new();
+                    b.host_dir(root, &tests)?;
+                    b.finish()
+                })
+                .await
+                .map_err(|e| ErrorInfo::new(ErrorKind::InternalError, e.to_string()))?
+                .map_err(|e| {
+                    ErrorInfo::new(ErrorKind::VerifierFailed, format!("packing tests/: {e}"))
+                })
+            }
+        };
+        let request = |script: &str| {
+            let mut req = ExecRequest::bash(script, self.plan.timeouts.verifier)
+                .user(user.clone())
+                .env(venv.clone());
+            req.output_cap = self.shared.options.output_cap;
+            req
+        };
+        if as_root {
+            let mut req = request(&format!(
+                "command -v tar >/dev/null 2>&1 || {{ echo '{NO_TAR}' >&2; exit 127; }}; \
+                 mkdir -p /tests && tar -xf - -C /tests && exec bash /tests/test.sh"
+            ));
+            req.stdin = Some(archive(".").await?);
+            let out = env
+                .exec(req)
+                .await
+                .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))?;
+            if !String::from_utf8_lossy(&out.stderr.bytes).contains(NO_TAR) {
+                return Ok(out);
+            }
+        }
+        bounded(
+            env.upload_tar(archive("/tests").await?),
+            "copying tests/ in",
+        )
+        .await?;
+        env.exec(request("bash /tests/test.sh"))
+            .await
+            .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))
+    }
+
     async fn verify(
         &self,
         env: &dyn Environment,
     ) -> Result<(CommandOutcome, BTreeMap<String, f64>), ErrorInfo> {
         let task = &self.plan.task;
-        let tests = task.tests_dir();
-        let tar = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            let mut b = TarBuilder::new();
-            b.host_dir("/tests", &tests)?;
-            b.finish()
-        })
-        .await
-        .map_err(|e| ErrorInfo::new(ErrorKind::InternalError, e.to_string()))?
-        .map_err(|e| ErrorInfo::new(ErrorKind::VerifierFailed, format!("packing tests/: {e}")))?;
-        bounded(env.upload_tar(tar), "copying tests/ in").await?;
         let (venv, missing) = rollout_core::envvars::expand_map(&task.config.verifier.env);
         if !missing.is_empty() {
             self.note(format!(
@@ -468,14 +584,7 @@ impl TrialRun<'_> {
                 missing.join(", ")
             ));
         }
-        let mut req = ExecRequest::bash("bash /tests/test.sh", self.plan.timeouts.verifier)
-            .user(task.config.verifier.user.clone())
-            .env(venv);
-        req.output_cap = self.shared.options.output_cap;
-        let out = env
-            .exec(req)
-            .await
-            .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))?;
+        let out = self.run_tests(env, venv).await?;
         self.write_text(Path::new("verifier/test-stdout.txt"), &out.stdout.to_text());
         self.write_text(Path::new("verifier/test-stderr.txt"), &out.stderr.to_text());
         let outcome = rollout_agents::outcome_of(&out);
@@ -489,11 +598,13 @@ impl TrialRun<'_> {
             ));
         }
         let dest = self.dir.join("verifier");
-        bounded(
-            env.download_dir("/logs/verifier", &dest, self.shared.options.download_cap),
-            "copying /logs/verifier out",
-        )
-        .await?;
+        if !self.mounted() {
+            bounded(
+                env.download_dir("/logs/verifier", &dest, self.shared.options.download_cap),
+                "copying /logs/verifier out",
+            )
+            .await?;
+        }
         let read = |name: &str| std::fs::read_to_string(dest.join(name)).ok();
         let rewards = rollout_core::reward::parse_rewards(
             read("reward.json").as_deref(),
@@ -524,6 +635,9 @@ impl TrialRun<'_> {
 
     async fn collect(&self, env: &dyn Environment) -> Result<(), ErrorInfo> {
         let cap = self.shared.options.download_cap;
+        if self.mounted() {
+            return self.collect_mounted(env, cap).await;
+        }
         for (from, to) in [("/logs/agent", "agent"), ("/logs/artifacts", "artifacts")] {
             let info = bounded(
                 env.download_dir(from, &self.dir.join(to), cap),
@@ -546,6 +660,44 @@ impl TrialRun<'_> {
         Ok(())
     }
 
+    /// The logs are already on the host: drop what the container left that is not a plain file
+    /// or directory (links could point anywhere on the host), report sizes over the cap, and
+    /// hand ownership back to a non-root user of rollout.
+    async fn collect_mounted(&self, env: &dyn Environment, cap: u64) -> Result<(), ErrorInfo> {
+        // SAFETY: getuid/getgid have no preconditions and cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        if uid != 0 {
+            let script = format!("chown -R {uid}:{gid} /logs/agent /logs/verifier /logs/artifacts");
+            let req = ExecRequest::sh(script, Duration::from_secs(60)).user(Some("0".into()));
+            if !env.exec(req).await.is_ok_and(|out| out.success()) {
+                self.note("could not hand /logs back to your user (chown failed); some files may be owned by root".into());
+            }
+        }
+        let dir = self.dir.clone();
+        let (bytes, removed) = tokio::task::spawn_blocking(move || {
+            let (mut bytes, mut removed) = (0u64, 0u64);
+            for sub in ["agent", "verifier", "artifacts"] {
+                scrub(&dir.join(sub), &mut bytes, &mut removed);
+            }
+            (bytes, removed)
+        })
+        .await
+        .map_err(|e| ErrorInfo::new(ErrorKind::InternalError, e.to_string()))?;
+        if removed > 0 {
+            self.note(format!(
+                "removed {removed} links or special files the environment left in /logs"
+            ));
+        }
+        if bytes > cap {
+            self.note(format!(
+                "/logs holds {} MiB, over the {} MiB cap",
+                bytes >> 20,
+                cap >> 20
+            ));
+        }
+        Ok(())
+    }
+
     fn write_text(&self, rel: &Path, text: &str) {
         let path = self.dir.join(rel);
         let res = path
@@ -554,6 +706,51 @@ impl TrialRun<'_> {
             .and_then(|_| std::fs::write(&path, text));
         if let Err(e) = res {
             self.note(format!("could not write {}: {e}", path.display()));
+        }
+    }
+}
+
+/// Directory in the trial holding private copies of what gets bound into the environment.
+const STAGING: &str = ".staging";
+/// Marker printed when the image has no `tar` (the tests then go in through the archive API).
+const NO_TAR: &str = "rollout: no tar in this image";
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+}
+
+/// Copy a directory tree (files with their modes; symlinks as symlinks).
+fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dst)?;
+    for entry in std::fs::read_dir(src)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        let to = dst.join(entry.file_name());
+        if ft.is_dir() {
+            copy_dir(&entry.path(), &to)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
+        } else {
+            std::fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
+/// Remove everything under `dir` that is neither a regular file nor a directory; sum file sizes.
+fn scrub(dir: &Path, bytes: &mut u64, removed: &mut u64) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(ft) = entry.file_type() else { continue };
+        if ft.is_dir() {
+            scrub(&entry.path(), bytes, removed);
+        } else if ft.is_file() {
+            *bytes += entry.metadata().map_or(0, |m| m.len());
+        } else if std::fs::remove_file(entry.path()).is_ok() {
+            *removed += 1;
         }
     }
 }
