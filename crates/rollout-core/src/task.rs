@@ -310,7 +310,6 @@ pub fn tasks_of_job(job: &crate::JobConfig) -> Result<Vec<Task>, Vec<ConfigError
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
