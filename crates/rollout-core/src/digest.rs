@@ -4,6 +4,11 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+/// BLAKE3 of some bytes, as hex.
+pub fn bytes_digest(bytes: &[u8]) -> String {
+    blake3::hash(bytes).to_hex().to_string()
+}
+
 /// Every regular file and symlink under `root`, as sorted relative paths.
 pub fn list_files(root: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();

@@ -61,6 +61,17 @@ pub struct RetryConfig {
     pub multiplier: f64,
 }
 
+impl RetryConfig {
+    /// Seconds to wait before retry number `n` (1-based): `min × multiplier^(n-1)`, capped.
+    pub fn backoff_seconds(&self, n: u32) -> f64 {
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(n.saturating_sub(1).min(64) as i32);
+        (self.min_wait_sec * exp).min(self.max_wait_sec).max(0.0)
+    }
+}
+
 impl Default for RetryConfig {
     fn default() -> Self {
         Self {
@@ -490,6 +501,18 @@ tasks:
                 .unwrap();
         assert_eq!(c.attempts(), 3);
         assert_eq!(c.agents[0].name, "nop");
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let r = RetryConfig {
+            max_retries: 5,
+            min_wait_sec: 1.0,
+            max_wait_sec: 5.0,
+            multiplier: 2.0,
+        };
+        let waits: Vec<f64> = (1..=5).map(|n| r.backoff_seconds(n)).collect();
+        assert_eq!(waits, [1.0, 2.0, 4.0, 5.0, 5.0]);
     }
 
     #[test]

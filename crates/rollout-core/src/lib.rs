@@ -24,6 +24,16 @@ pub use task::{Task, TaskFilter};
 pub use task_config::TaskConfig;
 pub use timeouts::{Multipliers, Timeouts};
 
+/// Whether the rollout process `pid` that recorded `host` still runs. A process on another host
+/// cannot be checked and counts as alive.
+pub fn owner_alive(pid: u32, host: &str, this_host: &str) -> bool {
+    if host != this_host {
+        return true;
+    }
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .is_ok_and(|c| String::from_utf8_lossy(&c).contains("rollout"))
+}
+
 /// Version of the result JSON schemas written by this build (`schema_version` fields).
 pub const RESULT_SCHEMA_VERSION: &str = "1.0";
 

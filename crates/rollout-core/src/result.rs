@@ -128,6 +128,24 @@ pub struct TrialResult {
     pub seconds: f64,
     /// Timing of each phase that ran, by phase name.
     pub phases: BTreeMap<Phase, PhaseTiming>,
+    /// Earlier tries of this trial that ended in an infrastructure error and were retried; their
+    /// evidence is kept under `previous-tries/try-<n>/`.
+    #[serde(default)]
+    pub previous_tries: Vec<TryRecord>,
+}
+
+/// One earlier try of a trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TryRecord {
+    /// 1-based try number.
+    #[serde(rename = "try")]
+    pub number: u32,
+    pub error: Option<ErrorInfo>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub seconds: f64,
+    /// Directory of its evidence, relative to the trial directory.
+    pub dir: String,
 }
 
 impl TrialResult {
@@ -336,6 +354,7 @@ mod tests {
             finished_at: now,
             seconds: 0.0,
             phases: BTreeMap::new(),
+            previous_tries: Vec::new(),
         }
     }
 

@@ -95,17 +95,6 @@ impl DockerProvider {
         map.entry(key.to_string()).or_default().clone()
     }
 
-    /// Forget a cached failure for `reference`, so that a retry builds or pulls again.
-    pub fn forget_failure(&self, reference: &str) {
-        let mut map = self.images.lock().expect("image map poisoned");
-        let failed = map
-            .get(reference)
-            .is_some_and(|cell| cell.try_lock().is_ok_and(|g| matches!(&*g, Some(Err(_)))));
-        if failed {
-            map.remove(reference);
-        }
-    }
-
     async fn image_id(&self, reference: &str) -> Result<Option<String>, EnvError> {
         match self.docker.inspect_image(reference).await {
             Ok(info) => Ok(Some(info.id.unwrap_or_default())),
@@ -276,6 +265,11 @@ impl Provider for DockerProvider {
 
     fn host_mounts(&self) -> bool {
         self.local
+    }
+
+    fn forget_failures(&self) {
+        let mut map = self.images.lock().expect("image map poisoned");
+        map.retain(|_, cell| !cell.try_lock().is_ok_and(|g| matches!(&*g, Some(Err(_)))));
     }
 
     async fn prepare_image(

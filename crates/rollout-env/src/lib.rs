@@ -11,6 +11,7 @@ pub mod archive;
 pub mod docker;
 pub mod error;
 pub mod exec;
+pub mod gc;
 pub mod health;
 
 pub use error::EnvError;
@@ -148,6 +149,10 @@ pub trait Provider: Send + Sync {
         image: &PreparedImage,
         spec: &EnvSpec,
     ) -> Result<Box<dyn Environment>, EnvError>;
+
+    /// Forget cached image failures, so that the next `prepare_image` builds or pulls again
+    /// (called before an infrastructure retry).
+    fn forget_failures(&self) {}
 
     /// Remove every environment carrying label `key=value`; returns how many were removed.
     async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, EnvError>;

@@ -56,6 +56,8 @@ pub enum Event {
         job_name: String,
         job_dir: PathBuf,
         n_trials: usize,
+        /// Trials already complete from an earlier run of this job (resume).
+        n_kept: usize,
         concurrency: usize,
         config: Arc<serde_json::Value>,
     },

@@ -27,7 +27,10 @@ pub struct JobPlan {
     pub job_name: String,
     pub job_dir: PathBuf,
     pub config: JobConfig,
+    /// Trials to run.
     pub trials: Vec<Arc<TrialPlan>>,
+    /// Results kept from an earlier run of this job (resume); their trials are not in `trials`.
+    pub kept: Vec<rollout_core::TrialResult>,
 }
 
 /// Why a job cannot be planned.
@@ -41,6 +44,8 @@ pub enum PlanError {
     NoTasks,
     #[error("job directory {0} already exists: choose another --job-name or -o")]
     JobDirExists(PathBuf),
+    #[error("cannot resume {job}: {reason}")]
+    Resume { job: PathBuf, reason: String },
 }
 
 /// Default job name: the local start time, `YYYY-MM-DD__HH-MM-SS`.
@@ -84,6 +89,73 @@ impl JobPlan {
                 (name.clone(), jobs_dir.join(name))
             }
         };
+        Self::build(
+            config,
+            tasks,
+            uuid::Uuid::new_v4().to_string(),
+            job_name,
+            job_dir,
+        )
+    }
+
+    /// Plan the rest of an existing job: trials whose `result.json` is complete are kept (not
+    /// re-run); every other trial runs from scratch. With `retry_errors`, trials that ended in
+    /// an error are re-run too. Cancelled or unreadable results always count as incomplete.
+    pub fn resume(
+        config: JobConfig,
+        tasks: Vec<Task>,
+        job_id: String,
+        job_dir: PathBuf,
+        retry_errors: bool,
+    ) -> Result<Self, PlanError> {
+        let job_name = job_dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut plan = Self::build(config, tasks, job_id, job_name, job_dir)?;
+        let mut changed = Vec::new();
+        let mut to_run = Vec::new();
+        for trial in std::mem::take(&mut plan.trials) {
+            let path = plan.job_dir.join(&trial.name).join("result.json");
+            let previous = std::fs::read(&path)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<rollout_core::TrialResult>(&b).ok());
+            match previous {
+                Some(r) if r.task_checksum != trial.task.checksum => {
+                    changed.push(trial.task.name.clone());
+                    to_run.push(trial);
+                }
+                Some(r) if !(r.is_cancelled() || retry_errors && r.is_errored()) => {
+                    plan.kept.push(r)
+                }
+                _ => to_run.push(trial),
+            }
+        }
+        if !changed.is_empty() {
+            changed.sort();
+            changed.dedup();
+            return Err(PlanError::Resume {
+                job: plan.job_dir.clone(),
+                reason: format!(
+                    "task(s) changed since their trials ran: {}; results would mix two versions (start a new job)",
+                    changed.join(", ")
+                ),
+            });
+        }
+        plan.trials = to_run;
+        Ok(plan)
+    }
+
+    fn build(
+        config: JobConfig,
+        tasks: Vec<Task>,
+        job_id: String,
+        job_name: String,
+        job_dir: PathBuf,
+    ) -> Result<Self, PlanError> {
+        if tasks.is_empty() {
+            return Err(PlanError::NoTasks);
+        }
         let multipliers = Multipliers::from_job(&config);
         let agents = config.effective_agents();
         let built: Vec<Arc<dyn Agent>> = agents
@@ -111,11 +183,12 @@ impl JobPlan {
             }
         }
         Ok(Self {
-            job_id: uuid::Uuid::new_v4().to_string(),
+            job_id,
             job_name,
             job_dir,
             config,
             trials,
+            kept: Vec::new(),
         })
     }
 }

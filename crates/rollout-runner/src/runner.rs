@@ -4,13 +4,16 @@
 
 use crate::events::{Event, EventSink};
 use crate::plan::JobPlan;
+use crate::plan::TrialPlan;
 use crate::trial::TrialRun;
 use chrono::Utc;
 use rollout_core::job_config::PreserveEnv;
-use rollout_core::result::{compute_stats, JobResult, TrialResult};
-use rollout_core::{labels, JobConfig, RESULT_SCHEMA_VERSION};
+use rollout_core::result::{compute_stats, ErrorInfo, JobResult, TrialResult, TryRecord};
+use rollout_core::timeouts::seconds;
+use rollout_core::{labels, ErrorClass, ErrorKind, JobConfig, RESULT_SCHEMA_VERSION};
 use rollout_env::Provider;
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
@@ -106,13 +109,14 @@ impl Runner {
             job_id: plan.job_id.clone(),
             job_name: plan.job_name.clone(),
             job_dir: plan.job_dir.clone(),
-            n_trials: plan.trials.len(),
+            n_trials: plan.trials.len() + plan.kept.len(),
+            n_kept: plan.kept.len(),
             concurrency,
             config: Arc::new(serde_json::to_value(&plan.config).unwrap_or_default()),
         });
         let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency));
         let mut running = JoinSet::new();
-        let mut results: Vec<TrialResult> = Vec::with_capacity(plan.trials.len());
+        let mut results: Vec<TrialResult> = plan.kept.clone();
         let mut cancel_announced = false;
         let finish = |r: TrialResult,
                       shared: &Shared,
@@ -143,13 +147,7 @@ impl Runner {
             let dir = plan.job_dir.join(&trial.name);
             running.spawn(async move {
                 let _permit = permit;
-                let r = TrialRun {
-                    shared: &shared,
-                    plan: &trial,
-                    dir: dir.clone(),
-                }
-                .run()
-                .await;
+                let r = run_with_retries(&shared, &trial, &dir).await;
                 (r, dir)
             });
         }
@@ -200,6 +198,83 @@ impl Runner {
     }
 }
 
+/// Run a trial, retrying infrastructure failures with exponential backoff. The evidence of each
+/// failed try moves to `previous-tries/try-<n>/` and is listed in the final result.
+async fn run_with_retries(shared: &Shared, plan: &TrialPlan, dir: &Path) -> TrialResult {
+    // A resumed trial starts from scratch: whatever an interrupted run left goes.
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    let retry = shared.job.config.retry.clone().unwrap_or_default();
+    let mut previous = Vec::new();
+    let mut n = 1u32;
+    loop {
+        let mut r = TrialRun {
+            shared,
+            plan,
+            dir: dir.to_path_buf(),
+        }
+        .run()
+        .await;
+        let infrastructure = r
+            .error
+            .as_ref()
+            .is_some_and(|e| e.kind.class() == ErrorClass::Infrastructure);
+        if !infrastructure || n > retry.max_retries || shared.cancel.is_cancelled() {
+            r.previous_tries = previous;
+            return r;
+        }
+        let rel = format!("previous-tries/try-{n}");
+        if let Err(e) = stash_try(dir, &rel, &r) {
+            shared.emit(&Event::Note {
+                trial: Some(plan.name.clone()),
+                message: format!("could not keep the evidence of try {n}: {e}"),
+            });
+        }
+        previous.push(TryRecord {
+            number: n,
+            error: r.error.clone(),
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            seconds: r.seconds,
+            dir: rel,
+        });
+        let wait = retry.backoff_seconds(n);
+        let e = r.error.as_ref().expect("infrastructure error");
+        shared.emit(&Event::Note {
+            trial: Some(plan.name.clone()),
+            message: format!(
+                "try {n} ended with {}: {}; retrying in {wait:.1} s",
+                e.kind, e.message
+            ),
+        });
+        shared.provider.forget_failures();
+        tokio::select! {
+            _ = shared.cancel.cancelled() => {
+                r.error = Some(ErrorInfo::new(ErrorKind::Cancelled, format!("cancelled while waiting to retry after {}", e.kind)));
+                r.previous_tries = previous;
+                return r;
+            }
+            _ = tokio::time::sleep(seconds(wait)) => {}
+        }
+        n += 1;
+    }
+}
+
+/// Move a failed try's files into `dir/rel` and write its result there.
+fn stash_try(dir: &Path, rel: &str, result: &TrialResult) -> std::io::Result<()> {
+    let dest = dir.join(rel);
+    std::fs::create_dir_all(&dest)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name() == "previous-tries" {
+            continue;
+        }
+        std::fs::rename(entry.path(), dest.join(entry.file_name()))?;
+    }
+    crate::fsutil::write_json(&dest.join("result.json"), result)
+}
+
 fn job_result(
     plan: &JobPlan,
     results: &[TrialResult],
@@ -225,8 +300,8 @@ fn job_result(
         started_at,
         finished_at: Some(Utc::now()),
         seconds: t0.elapsed().as_secs_f64(),
-        n_total_trials: plan.trials.len(),
-        n_not_started: plan.trials.len() - results.len(),
+        n_total_trials: plan.trials.len() + plan.kept.len(),
+        n_not_started: plan.trials.len() + plan.kept.len() - results.len(),
         cancelled,
         stats: compute_stats(results),
         by_agent: group(&|r| r.agent.name.clone()),
@@ -239,7 +314,8 @@ fn job_result(
     }
 }
 
-fn host_name() -> String {
+/// This machine's host name (recorded on containers and in `run_control.json`).
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())

@@ -360,6 +360,7 @@ impl TrialRun<'_> {
             finished_at: Utc::now(),
             seconds: t0.elapsed().as_secs_f64(),
             phases: st.phases,
+            previous_tries: Vec::new(),
         }
     }
 

@@ -21,6 +21,44 @@ pub enum Command {
     /// Work with task directories.
     #[command(subcommand)]
     Tasks(TasksCommand),
+    /// Work with job directories.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Remove containers whose rollout process is gone (crashes, preserved environments) and
+    /// dangling build images. Environment images are kept unless --images.
+    Gc(GcArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum JobsCommand {
+    /// Finish a job that was interrupted (crash, kill -9, Ctrl-C): complete trials are kept,
+    /// the others run from scratch, orphaned containers are removed first.
+    Resume(ResumeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ResumeArgs {
+    /// The job directory (`jobs/<name>`).
+    pub job_dir: PathBuf,
+    /// Also re-run trials that ended in an error.
+    #[arg(long)]
+    pub retry_errors: bool,
+    /// Trials running at once (default: as the job was configured).
+    #[arg(short = 'n', long = "n-concurrent")]
+    pub n_concurrent: Option<usize>,
+    /// Print the job result as JSON on stdout instead of the summary table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GcArgs {
+    /// Only list what would be removed.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Also remove environment images (they are the build cache).
+    #[arg(long)]
+    pub images: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -96,6 +134,14 @@ pub struct RunArgs {
     /// Rebuild environment images even when an image with the same content exists.
     #[arg(long = "force-build")]
     pub force_build: bool,
+
+    /// Retries of trials that fail for infrastructure reasons (build, start, engine errors).
+    #[arg(long = "max-retries")]
+    pub max_retries: Option<u32>,
+
+    /// With an existing --job-name: also re-run trials that ended in an error.
+    #[arg(long)]
+    pub retry_errors: bool,
 
     /// Multiply every timeout by this factor.
     #[arg(long = "timeout-multiplier")]

@@ -1,6 +1,7 @@
 //! `rollout`: run agents on tasks in containers, verify the outcome into a reward, record it all.
 
 mod cli;
+mod gc;
 mod progress;
 mod run;
 mod signals;
@@ -30,6 +31,8 @@ fn main() -> ExitCode {
     let code = match cli.command {
         cli::Command::Run(args) => run::main(*args),
         cli::Command::Tasks(cli::TasksCommand::Check(args)) => tasks_cmd::check(args),
+        cli::Command::Jobs(cli::JobsCommand::Resume(args)) => run::resume(args),
+        cli::Command::Gc(args) => gc::main(args),
     };
     ExitCode::from(code)
 }

@@ -7,7 +7,7 @@ use rollout_core::result::any_errored;
 use rollout_core::{JobConfig, TaskFilter};
 use rollout_env::docker::{DockerProvider, EngineLimits};
 use rollout_env::Provider;
-use rollout_runner::writer::ResultsWriter;
+use rollout_runner::writer::{ResultsWriter, RunControl, RunStatus};
 use rollout_runner::{JobPlan, RunOptions, Runner};
 use std::path::Path;
 use std::sync::Arc;
@@ -81,6 +81,25 @@ pub fn job_config(args: &RunArgs) -> Result<JobConfig, String> {
     if args.force_build {
         config.environment.force_build = true;
     }
+    if let Some(n) = args.max_retries {
+        config
+            .retry
+            .get_or_insert_with(Default::default)
+            .max_retries = n;
+    }
+    // Absolute task paths, so that the job can be resumed from any directory.
+    for d in &mut config.datasets {
+        if let Some(p) = &mut d.path {
+            if let Ok(abs) = p.canonicalize() {
+                *p = abs;
+            }
+        }
+    }
+    for t in &mut config.tasks {
+        if let Ok(abs) = t.path.canonicalize() {
+            t.path = abs;
+        }
+    }
     if let Some(env) = args.env {
         config.environment.kind = match env {
             EnvKind::Docker => EnvironmentType::Docker,
@@ -135,13 +154,147 @@ pub fn main(args: RunArgs) -> u8 {
         );
         return exit::USAGE;
     }
-    let plan = match JobPlan::new(config, tasks) {
-        Ok(p) => p,
+    // An existing job of the same name is resumed, if its configuration is the same.
+    let existing = config
+        .name
+        .as_ref()
+        .map(|n| {
+            config
+                .jobs_dir
+                .clone()
+                .unwrap_or_else(|| "jobs".into())
+                .join(n)
+        })
+        .filter(|d| d.join("config.json").is_file());
+    let plan = match existing {
+        Some(dir) => match resume_plan(&dir, config, tasks, args.retry_errors) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        },
+        None => match JobPlan::new(config, tasks) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::USAGE;
+            }
+        },
+    };
+    execute(plan, args.json)
+}
+
+/// `rollout jobs resume DIR`.
+pub fn resume(args: crate::cli::ResumeArgs) -> u8 {
+    let dir = &args.job_dir;
+    let config_path = dir.join("config.json");
+    let mut config = match JobConfig::load(&config_path) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {e}: is {} a job directory?", dir.display());
             return exit::USAGE;
         }
     };
+    config.name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+    config.jobs_dir = Some(dir.parent().map(Path::to_path_buf).unwrap_or_default());
+    if let Some(n) = args.n_concurrent {
+        config.n_concurrent_trials = Some(n.max(1));
+    }
+    let tasks = match rollout_core::task::tasks_of_job(&config) {
+        Ok(t) => t,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return exit::USAGE;
+        }
+    };
+    match resume_plan(dir, config, tasks, args.retry_errors) {
+        Ok(plan) => execute(plan, args.json),
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::USAGE
+        }
+    }
+}
+
+/// Keys of a job configuration that do not change results, so may differ on resume.
+const RESUMABLE_DIFFERENCES: [&str; 5] = [
+    "name",
+    "jobs_dir",
+    "n_concurrent_trials",
+    "retry",
+    "orchestrator",
+];
+
+/// Top-level fields whose values differ between the stored and the new configuration.
+fn differing_fields(stored: &serde_json::Value, new: &serde_json::Value) -> Vec<String> {
+    let normalise = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(env) = v.get_mut("environment").and_then(|e| e.as_object_mut()) {
+            env.remove("force_build");
+        }
+        v
+    };
+    let (stored, new) = (normalise(stored), normalise(new));
+    let empty = serde_json::Map::new();
+    let a = stored.as_object().unwrap_or(&empty);
+    let b = new.as_object().unwrap_or(&empty);
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    keys.into_iter()
+        .filter(|k| !RESUMABLE_DIFFERENCES.contains(&k.as_str()))
+        .filter(|k| {
+            a.get(*k).unwrap_or(&serde_json::Value::Null)
+                != b.get(*k).unwrap_or(&serde_json::Value::Null)
+        })
+        .cloned()
+        .collect()
+}
+
+/// Plan the rest of the job in `dir`: refuse if it still runs or its configuration changed.
+fn resume_plan(
+    dir: &Path,
+    config: JobConfig,
+    tasks: Vec<rollout_core::Task>,
+    retry_errors: bool,
+) -> Result<JobPlan, String> {
+    let stored: serde_json::Value = std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| format!("cannot read {}", dir.join("config.json").display()))?;
+    let new = serde_json::to_value(&config).map_err(|e| e.to_string())?;
+    let diff = differing_fields(&stored, &new);
+    if !diff.is_empty() {
+        return Err(format!(
+            "job {} exists with a different configuration ({} differ): resuming would mix results; \
+             use the same configuration, or another --job-name",
+            dir.display(),
+            diff.join(", ")
+        ));
+    }
+    let control = RunControl::load(dir);
+    if let Some(c) = &control {
+        if c.status == RunStatus::Running && c.owner_alive(&rollout_runner::host_name()) {
+            return Err(format!(
+                "job {} is still running (pid {} on {}): stop it before resuming",
+                dir.display(),
+                c.pid,
+                c.host
+            ));
+        }
+    }
+    // The job id labels its containers; a job that never recorded one gets a stable stand-in.
+    let job_id = control
+        .map(|c| c.run_id)
+        .unwrap_or_else(|| rollout_core::digest::bytes_digest(dir.to_string_lossy().as_bytes()));
+    JobPlan::resume(config, tasks, job_id, dir.to_path_buf(), retry_errors)
+        .map_err(|e| e.to_string())
+}
+
+fn execute(plan: JobPlan, json: bool) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -153,7 +306,7 @@ pub fn main(args: RunArgs) -> u8 {
             return exit::TRIAL_ERRORS;
         }
     };
-    runtime.block_on(run_plan(plan, args.json))
+    runtime.block_on(run_plan(plan, json))
 }
 
 async fn run_plan(plan: JobPlan, json: bool) -> u8 {
@@ -164,12 +317,25 @@ async fn run_plan(plan: JobPlan, json: bool) -> u8 {
             return exit::TRIAL_ERRORS;
         }
     };
+    // A resumed job first removes what its dead predecessor left running.
+    if plan.job_dir.join("config.json").is_file() {
+        match provider
+            .remove_labelled(rollout_core::labels::JOB, &plan.job_id)
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => eprintln!("removed {n} orphaned container(s) of job {}", plan.job_name),
+            Err(e) => eprintln!("warning: could not remove orphaned containers: {e}"),
+        }
+    }
     let cancel = CancellationToken::new();
     crate::signals::watch(cancel.clone(), provider.clone(), plan.job_id.clone());
     let mut runner = Runner::new(provider, cancel.clone(), RunOptions::default());
     let writer = Arc::new(ResultsWriter::new());
     runner.subscribe(writer.clone());
-    let progress = Arc::new(crate::progress::Progress::new(plan.trials.len()));
+    let progress = Arc::new(crate::progress::Progress::new(
+        plan.trials.len() + plan.kept.len(),
+    ));
     runner.subscribe(progress.clone());
     let job_dir = plan.job_dir.clone();
     let result = runner.run(plan).await;
@@ -192,5 +358,23 @@ async fn run_plan(plan: JobPlan, json: bool) -> u8 {
         exit::TRIAL_ERRORS
     } else {
         exit::OK
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn resume_ignores_concurrency_but_not_agents() {
+        let a = json!({"name": "j", "n_concurrent_trials": 4, "agents": [{"name": "oracle"}], "environment": {"force_build": true}});
+        let b = json!({"name": "j", "n_concurrent_trials": 8, "agents": [{"name": "oracle"}], "environment": {"force_build": false}});
+        assert!(differing_fields(&a, &b).is_empty());
+        let c = json!({"name": "j", "agents": [{"name": "nop"}], "n_attempts": 2});
+        assert_eq!(
+            differing_fields(&a, &c),
+            ["agents", "environment", "n_attempts"]
+        );
     }
 }

@@ -111,6 +111,7 @@ mod tests {
             finished_at: t,
             seconds: 1.0,
             phases: BTreeMap::new(),
+            previous_tries: Vec::new(),
         }
     }
 

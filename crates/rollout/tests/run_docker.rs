@@ -369,7 +369,7 @@ fn job_file_with_a_command_agent() {
 fn sigint_cancels_removes_containers_and_exits_130() {
     require_docker();
     let tmp = tempfile::tempdir().unwrap();
-    let mut child = rollout_cmd()
+    let child = rollout_cmd()
         .args([
             "run",
             "-p",

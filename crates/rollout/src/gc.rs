@@ -1,0 +1,73 @@
+//! `rollout gc`.
+
+use crate::cli::GcArgs;
+use crate::exit;
+use rollout_env::docker::{DockerProvider, EngineLimits};
+use rollout_env::gc::GcOptions;
+
+pub fn main(args: GcArgs) -> u8 {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        eprintln!("error: cannot start the async runtime");
+        return exit::TRIAL_ERRORS;
+    };
+    rt.block_on(async {
+        let provider = match DockerProvider::connect(EngineLimits::default()).await {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::TRIAL_ERRORS;
+            }
+        };
+        let opts = GcOptions {
+            dry_run: args.dry_run,
+            images: args.images,
+        };
+        let items = match provider.gc(&rollout_runner::host_name(), opts).await {
+            Ok(i) => i,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::TRIAL_ERRORS;
+            }
+        };
+        let mut failed = 0;
+        for i in &items {
+            let id: String =
+                i.id.trim_start_matches("sha256:")
+                    .chars()
+                    .take(12)
+                    .collect();
+            let state = match (&i.error, i.removed) {
+                (Some(e), _) => {
+                    failed += 1;
+                    format!("not removed: {e}")
+                }
+                (None, true) => "removed".into(),
+                (None, false) => "would remove".into(),
+            };
+            let job = i
+                .job
+                .as_deref()
+                .map(|j| format!(" job {j}"))
+                .unwrap_or_default();
+            println!("{:<9} {id} {}{job}: {} ({state})", i.kind, i.name, i.reason);
+        }
+        println!(
+            "{} item(s){}",
+            items.len(),
+            if args.dry_run {
+                " (dry run: nothing removed)"
+            } else {
+                ""
+            }
+        );
+        println!("networks: rollout creates none");
+        if failed > 0 {
+            exit::TRIAL_ERRORS
+        } else {
+            exit::OK
+        }
+    })
+}
