@@ -112,6 +112,7 @@ pub fn outcome_of(out: &rollout_env::ExecOutput) -> CommandOutcome {
         stdout_bytes: out.stdout.total,
         stderr_bytes: out.stderr.total,
         output_truncated: out.stdout.truncated() || out.stderr.truncated(),
+        output_limit_exceeded: out.output_limit_exceeded,
     }
 }
 

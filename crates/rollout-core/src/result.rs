@@ -77,6 +77,9 @@ pub struct CommandOutcome {
     pub stderr_bytes: u64,
     /// Whether the kept output is a tail of what was written.
     pub output_truncated: bool,
+    /// Whether the command was killed for writing more output than allowed.
+    #[serde(default)]
+    pub output_limit_exceeded: bool,
 }
 
 /// Where a trial ran.

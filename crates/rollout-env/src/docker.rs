@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
+use bollard::query_parameters::RestartContainerOptions;
 use bollard::query_parameters::{
     BuildImageOptions, CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
     ListContainersOptions, RemoveContainerOptions, UploadToContainerOptions,
@@ -32,6 +33,16 @@ use tokio::sync::Semaphore;
 pub const MAX_BUILD_CONTEXT: usize = 1 << 30;
 /// How much build output is kept for error messages and logs.
 const BUILD_LOG_CAP: usize = 64 * 1024;
+/// Capabilities removed from Docker's default set. Kept: CHOWN, DAC_OVERRIDE, FOWNER, FSETID,
+/// KILL, SETGID, SETUID, NET_BIND_SERVICE (what apt, dpkg, pip and services need).
+pub const DROPPED_CAPABILITIES: [&str; 6] = [
+    "NET_RAW",
+    "MKNOD",
+    "AUDIT_WRITE",
+    "SETFCAP",
+    "SETPCAP",
+    "SYS_CHROOT",
+];
 /// Bound on the helper execs rollout runs itself (killing a timed-out command).
 const KILL_TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -96,7 +107,7 @@ impl DockerProvider {
     }
 
     async fn image_id(&self, reference: &str) -> Result<Option<String>, EnvError> {
-        match self.docker.inspect_image(reference).await {
+        match retried(|| self.docker.inspect_image(reference)).await {
             Ok(info) => Ok(Some(info.id.unwrap_or_default())),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(EnvError::api(format!("inspecting image {reference}"), e)),
@@ -369,6 +380,10 @@ impl Provider for DockerProvider {
             }),
             // A real PID 1 that reaps zombies and forwards signals.
             init: Some(true),
+            // Untrusted code gains no privilege through setuid binaries, and loses capabilities
+            // ordinary tasks (apt, pip, servers on low ports) do not need.
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            cap_drop: Some(DROPPED_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
             mounts: (!spec.mounts.is_empty()).then(|| {
                 spec.mounts
                     .iter()
@@ -516,6 +531,7 @@ impl DockerEnvironment {
         let deadline = tokio::time::sleep(req.timeout);
         tokio::pin!(deadline);
         let mut timed_out = false;
+        let mut output_limit_exceeded = false;
         loop {
             tokio::select! {
                 item = output.next() => match item {
@@ -527,6 +543,10 @@ impl DockerEnvironment {
                 },
                 _ = &mut deadline => { timed_out = true; break; }
             }
+            if stdout.total > req.max_output || stderr.total > req.max_output {
+                output_limit_exceeded = true;
+                break;
+            }
         }
         drop(output);
         if let Some(w) = writer {
@@ -534,11 +554,12 @@ impl DockerEnvironment {
         }
         stdout.finish();
         stderr.finish();
-        if timed_out {
-            self.kill_tree(pid_file).await;
+        if timed_out || output_limit_exceeded {
+            self.stop_command(pid_file).await?;
             return Ok(ExecOutput {
                 exit_code: None,
-                timed_out: true,
+                timed_out,
+                output_limit_exceeded,
                 stdout,
                 stderr,
                 duration: started.elapsed(),
@@ -548,6 +569,7 @@ impl DockerEnvironment {
         Ok(ExecOutput {
             exit_code,
             timed_out: false,
+            output_limit_exceeded: false,
             stdout,
             stderr,
             duration: started.elapsed(),
@@ -558,9 +580,7 @@ impl DockerEnvironment {
     /// stream closes, so poll briefly while it still says "running".
     async fn exit_code(&self, exec_id: &str) -> Result<Option<i64>, EnvError> {
         for _ in 0..200 {
-            let info = self
-                .docker
-                .inspect_exec(exec_id)
+            let info = retried(|| self.docker.inspect_exec(exec_id))
                 .await
                 .map_err(|e| EnvError::api("inspecting an exec", e))?;
             if info.running != Some(true) {
@@ -571,12 +591,34 @@ impl DockerEnvironment {
         Ok(None)
     }
 
-    /// Stop and kill the process recorded in `pid_file` and all its descendants.
-    async fn kill_tree(&self, pid_file: &str) {
+    /// Stop a runaway command: kill its process tree; if that cannot even run (a fork bomb has
+    /// used up the pids limit), restart the container with no grace period, which ends every
+    /// process in it but keeps its filesystem for the verifier.
+    async fn stop_command(&self, pid_file: &str) -> Result<(), EnvError> {
+        if self.kill_tree(pid_file).await {
+            return Ok(());
+        }
+        tracing::warn!(container = %self.id, "could not kill a runaway command's processes; restarting the container");
+        self.docker
+            .restart_container(
+                &self.id,
+                Some(RestartContainerOptions {
+                    t: Some(0),
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| EnvError::api("restarting the container to end a runaway command", e))
+    }
+
+    /// Stop and kill the process recorded in `pid_file` and all its descendants; true when the
+    /// kill ran to the end.
+    async fn kill_tree(&self, pid_file: &str) -> bool {
         let script = format!(
-            "p=$(cat {pid_file} 2>/dev/null) || exit 0; \
+            "read p < {pid_file} 2>/dev/null || exit 0; \
              k() {{ kill -STOP $1 2>/dev/null; for c in $(cat /proc/$1/task/*/children 2>/dev/null); do k $c; done; kill -KILL $1 2>/dev/null; }}; \
-             k $p; rm -f {pid_file}"
+             k $p; rm -f {pid_file}; \
+             [ \"$(echo forked)\" = forked ]"
         );
         let req = ExecRequest {
             user: Some("0".into()),
@@ -602,14 +644,16 @@ impl DockerEnvironment {
             {
                 while output.next().await.is_some() {}
             }
-            Ok::<_, BollardError>(())
+            let info = self.docker.inspect_exec(&exec.id).await?;
+            Ok::<_, BollardError>(info.exit_code == Some(0))
         };
-        if let Err(e) = tokio::time::timeout(KILL_TIMEOUT, run)
-            .await
-            .map_err(|_| "timed out".to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
-        {
-            tracing::warn!(container = %self.id, "could not kill a timed-out command: {e}");
+        match tokio::time::timeout(KILL_TIMEOUT, run).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                tracing::warn!(container = %self.id, "could not kill a timed-out command: {e}");
+                false
+            }
+            Err(_) => false,
         }
     }
 }
@@ -711,17 +755,49 @@ impl Environment for DockerEnvironment {
         if self.destroyed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        match self
-            .docker
-            .remove_container(&self.id, Some(force_remove()))
-            .await
-        {
+        match retried(|| self.docker.remove_container(&self.id, Some(force_remove()))).await {
             Ok(()) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => {
                 self.destroyed.store(false, Ordering::SeqCst);
                 Err(EnvError::api(format!("removing container {}", self.id), e))
             }
+        }
+    }
+}
+
+/// Whether an engine error is worth retrying: connection trouble, timeouts, 5xx, and 409
+/// conflicts (e.g. "removal already in progress").
+fn transient(e: &BollardError) -> bool {
+    match e {
+        BollardError::DockerResponseServerError { status_code, .. } => {
+            *status_code >= 500 || *status_code == 409
+        }
+        BollardError::RequestTimeoutError
+        | BollardError::IOError { .. }
+        | BollardError::HyperResponseError { .. } => true,
+        _ => false,
+    }
+}
+
+/// Run an idempotent engine call, retrying transient errors with exponential backoff
+/// (4 tries: 0.1, 0.2, 0.4 s apart).
+async fn retried<T, F, Fut>(mut call: F) -> Result<T, BollardError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, BollardError>>,
+{
+    let mut delay = Duration::from_millis(100);
+    let mut tries = 1;
+    loop {
+        match call().await {
+            Err(e) if tries < 4 && transient(&e) => {
+                tracing::debug!("transient engine error, retrying in {delay:?}: {e}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                tries += 1;
+            }
+            other => return other,
         }
     }
 }

@@ -22,7 +22,12 @@ pub struct ExecRequest {
     pub output_cap: usize,
     /// Bytes written to the command's stdin, then closed (None: no stdin).
     pub stdin: Option<Vec<u8>>,
+    /// Kill the command once it has written more than this many bytes to either stream.
+    pub max_output: u64,
 }
+
+/// Default bound on what one command may write per stream before it is killed: 1 GiB.
+pub const DEFAULT_MAX_OUTPUT: u64 = 1 << 30;
 
 impl ExecRequest {
     /// `bash -c script` with the default cap.
@@ -59,6 +64,7 @@ impl ExecRequest {
             timeout,
             output_cap: DEFAULT_OUTPUT_CAP,
             stdin: None,
+            max_output: DEFAULT_MAX_OUTPUT,
         }
     }
 
@@ -145,6 +151,8 @@ pub struct ExecOutput {
     pub exit_code: Option<i64>,
     /// Whether the timeout fired.
     pub timed_out: bool,
+    /// Whether the command was killed for writing more than `max_output`.
+    pub output_limit_exceeded: bool,
     pub stdout: Captured,
     pub stderr: Captured,
     pub duration: Duration,
@@ -153,7 +161,7 @@ pub struct ExecOutput {
 impl ExecOutput {
     /// Exit 0 and no timeout.
     pub fn success(&self) -> bool {
-        self.exit_code == Some(0) && !self.timed_out
+        self.exit_code == Some(0) && !self.timed_out && !self.output_limit_exceeded
     }
 }
 

@@ -16,4 +16,4 @@ pub mod writer;
 
 pub use events::{Event, EventSink, TrialConfig};
 pub use plan::{JobPlan, PlanError, TrialPlan};
-pub use runner::{host_name, RunOptions, Runner};
+pub use runner::{host_name, RunOptions, Runner, CA_BUNDLE_PATH, CA_BUNDLE_VARS};

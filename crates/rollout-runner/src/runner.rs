@@ -26,13 +26,31 @@ pub struct RunOptions {
     pub output_cap: usize,
     /// Bytes copied at most out of each of `/logs/agent`, `/logs/verifier`, `/logs/artifacts`.
     pub download_cap: u64,
+    /// A PEM bundle placed at [`CA_BUNDLE_PATH`] in every environment, with the usual variables
+    /// pointing at it (for networks behind a TLS-intercepting proxy).
+    pub ca_bundle: Option<Arc<Vec<u8>>>,
 }
+
+/// Where the CA bundle goes inside environments.
+pub const CA_BUNDLE_PATH: &str = "/rollout/ca-certificates.crt";
+
+/// Variables that make common tools (OpenSSL, Python requests, pip, curl, Node, git) trust
+/// the bundle.
+pub const CA_BUNDLE_VARS: [&str; 6] = [
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "PIP_CERT",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO",
+];
 
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
             output_cap: rollout_env::exec::DEFAULT_OUTPUT_CAP,
             download_cap: 256 << 20,
+            ca_bundle: None,
         }
     }
 }

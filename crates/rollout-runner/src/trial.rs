@@ -3,7 +3,7 @@
 
 use crate::events::{EnvironmentConfigOut, Event, TimeoutsSec, TrialConfig};
 use crate::plan::TrialPlan;
-use crate::runner::Shared;
+use crate::runner::{Shared, CA_BUNDLE_PATH, CA_BUNDLE_VARS};
 use chrono::Utc;
 use rollout_agents::{AgentContext, INSTRUCTION_PATH};
 use rollout_core::job_config::PreserveEnv;
@@ -248,6 +248,11 @@ impl TrialRun<'_> {
                                 plan.timeouts.agent_install.as_secs_f64()
                             ),
                         ));
+                    } else if outcome.output_limit_exceeded {
+                        st.fail(ErrorInfo::new(
+                            ErrorKind::AgentInstallFailed,
+                            format!("the agent's install step wrote more than {} MiB of output and was killed", rollout_env::exec::DEFAULT_MAX_OUTPUT >> 20),
+                        ));
                     } else if outcome.exit_code != Some(0) {
                         st.fail(ErrorInfo::new(
                             ErrorKind::AgentInstallFailed,
@@ -270,6 +275,11 @@ impl TrialRun<'_> {
                         st.fail(ErrorInfo::new(
                             ErrorKind::AgentExecutionTimeout,
                             format!("the agent ran past its {:.0} s timeout and was killed; the verifier still ran", plan.timeouts.agent.as_secs_f64()),
+                        ));
+                    } else if outcome.output_limit_exceeded {
+                        st.fail(ErrorInfo::new(
+                            ErrorKind::AgentExecutionFailed,
+                            format!("the agent wrote more than {} MiB of output and was killed; the verifier still ran", rollout_env::exec::DEFAULT_MAX_OUTPUT >> 20),
                         ));
                     } else if outcome.exit_code != Some(0) {
                         st.fail(ErrorInfo::new(
@@ -374,6 +384,13 @@ impl TrialRun<'_> {
                 missing.join(", ")
             ));
         }
+        let mut env = env;
+        if self.shared.options.ca_bundle.is_some() {
+            for var in CA_BUNDLE_VARS {
+                env.entry(var.to_string())
+                    .or_insert_with(|| CA_BUNDLE_PATH.to_string());
+            }
+        }
         env
     }
 
@@ -411,6 +428,15 @@ impl TrialRun<'_> {
             target: INSTRUCTION_PATH.into(),
             read_only: true,
         });
+        if let Some(bundle) = &self.shared.options.ca_bundle {
+            let path = staging.join("ca-certificates.crt");
+            std::fs::write(&path, bundle.as_slice())?;
+            mounts.push(HostMount {
+                source: path,
+                target: CA_BUNDLE_PATH.into(),
+                read_only: true,
+            });
+        }
         for (i, files) in self.plan.agent.files(task).into_iter().enumerate() {
             let copy = staging.join(format!("files-{i}"));
             copy_dir(&files.source, &copy)?;
@@ -435,6 +461,9 @@ impl TrialRun<'_> {
             .dir("/logs/artifacts", 0o777)?
             .dir("/rollout", 0o755)?
             .file(INSTRUCTION_PATH, 0o644, task.instruction.as_bytes())?;
+        if let Some(bundle) = &self.shared.options.ca_bundle {
+            tar.file(CA_BUNDLE_PATH, 0o644, bundle)?;
+        }
         for files in self.plan.agent.files(task) {
             tar.host_dir(&files.target, &files.source)?;
             for alias in &files.aliases {
@@ -589,6 +618,15 @@ impl TrialRun<'_> {
         self.write_text(Path::new("verifier/test-stdout.txt"), &out.stdout.to_text());
         self.write_text(Path::new("verifier/test-stderr.txt"), &out.stderr.to_text());
         let outcome = rollout_agents::outcome_of(&out);
+        if out.output_limit_exceeded {
+            return Err(ErrorInfo::new(
+                ErrorKind::VerifierFailed,
+                format!(
+                    "tests/test.sh wrote more than {} MiB of output and was killed",
+                    rollout_env::exec::DEFAULT_MAX_OUTPUT >> 20
+                ),
+            ));
+        }
         if out.timed_out {
             return Err(ErrorInfo::new(
                 ErrorKind::VerifierTimeout,

@@ -43,6 +43,9 @@ pub struct ResumeArgs {
     /// Also re-run trials that ended in an error.
     #[arg(long)]
     pub retry_errors: bool,
+    /// Extra CAs environments trust (as for `rollout run`).
+    #[arg(long = "ca-certs", default_value = "auto")]
+    pub ca_certs: crate::ca::CaCerts,
     /// Trials running at once (default: as the job was configured).
     #[arg(short = 'n', long = "n-concurrent")]
     pub n_concurrent: Option<usize>,
@@ -142,6 +145,11 @@ pub struct RunArgs {
     /// With an existing --job-name: also re-run trials that ended in an error.
     #[arg(long)]
     pub retry_errors: bool,
+
+    /// Extra CAs environments trust: `auto` (the host's /usr/local/share/ca-certificates),
+    /// `none`, or a PEM file or directory. Needed behind a TLS-intercepting proxy.
+    #[arg(long = "ca-certs", default_value = "auto")]
+    pub ca_certs: crate::ca::CaCerts,
 
     /// Multiply every timeout by this factor.
     #[arg(long = "timeout-multiplier")]

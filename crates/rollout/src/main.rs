@@ -1,5 +1,6 @@
 //! `rollout`: run agents on tasks in containers, verify the outcome into a reward, record it all.
 
+mod ca;
 mod cli;
 mod gc;
 mod progress;

@@ -182,7 +182,14 @@ pub fn main(args: RunArgs) -> u8 {
             }
         },
     };
-    execute(plan, args.json)
+    let ca_bundle = match crate::ca::bundle(&args.ca_certs) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    execute(plan, args.json, ca_bundle)
 }
 
 /// `rollout jobs resume DIR`.
@@ -211,7 +218,13 @@ pub fn resume(args: crate::cli::ResumeArgs) -> u8 {
         }
     };
     match resume_plan(dir, config, tasks, args.retry_errors) {
-        Ok(plan) => execute(plan, args.json),
+        Ok(plan) => match crate::ca::bundle(&args.ca_certs) {
+            Ok(bundle) => execute(plan, args.json, bundle),
+            Err(e) => {
+                eprintln!("error: {e}");
+                exit::USAGE
+            }
+        },
         Err(e) => {
             eprintln!("error: {e}");
             exit::USAGE
@@ -294,7 +307,7 @@ fn resume_plan(
         .map_err(|e| e.to_string())
 }
 
-fn execute(plan: JobPlan, json: bool) -> u8 {
+fn execute(plan: JobPlan, json: bool, ca_bundle: Option<Vec<u8>>) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -306,10 +319,10 @@ fn execute(plan: JobPlan, json: bool) -> u8 {
             return exit::TRIAL_ERRORS;
         }
     };
-    runtime.block_on(run_plan(plan, json))
+    runtime.block_on(run_plan(plan, json, ca_bundle))
 }
 
-async fn run_plan(plan: JobPlan, json: bool) -> u8 {
+async fn run_plan(plan: JobPlan, json: bool, ca_bundle: Option<Vec<u8>>) -> u8 {
     let provider: Arc<dyn Provider> = match DockerProvider::connect(EngineLimits::default()).await {
         Ok(p) => Arc::new(p),
         Err(e) => {
@@ -330,7 +343,11 @@ async fn run_plan(plan: JobPlan, json: bool) -> u8 {
     }
     let cancel = CancellationToken::new();
     crate::signals::watch(cancel.clone(), provider.clone(), plan.job_id.clone());
-    let mut runner = Runner::new(provider, cancel.clone(), RunOptions::default());
+    let options = RunOptions {
+        ca_bundle: ca_bundle.map(Arc::new),
+        ..Default::default()
+    };
+    let mut runner = Runner::new(provider, cancel.clone(), options);
     let writer = Arc::new(ResultsWriter::new());
     runner.subscribe(writer.clone());
     let progress = Arc::new(crate::progress::Progress::new(

@@ -1,0 +1,458 @@
+//! Reliability against the real Docker engine: crash and resume, retries that keep evidence,
+//! isolation (network, output floods, fork bombs), CA certificates, garbage collection.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn spawn_run(args: &[&str], jobs: &Path) -> Child {
+    require_docker();
+    rollout_cmd()
+        .arg("run")
+        .args(args)
+        .args(["-o", jobs.to_str().unwrap(), "--job-name", "job"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// Wait (bounded) until `cond` holds.
+fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn job_containers(job_id: &str) -> usize {
+    let out = Command::new("docker")
+        .args([
+            "ps",
+            "-aq",
+            "--filter",
+            &format!("label=io.rollout.job={job_id}"),
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+fn results_in(job: &Path) -> Vec<(String, Value)> {
+    let mut v: Vec<(String, Value)> = std::fs::read_dir(job)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("result.json").is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                read_json(&e.path().join("result.json")),
+            )
+        })
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+#[test]
+fn kill_9_then_resume_completes_every_trial_exactly_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let job = tmp.path().join("job");
+    let (hello, slow) = (example("hello-world"), fixture("slow-solve"));
+    let mut child = spawn_run(
+        &[
+            "-p",
+            hello.to_str().unwrap(),
+            "-p",
+            slow.to_str().unwrap(),
+            "-a",
+            "oracle",
+            "-k",
+            "2",
+            "-n",
+            "2",
+        ],
+        tmp.path(),
+    );
+    // Kill it while the slow trials' agents run.
+    wait_for("a slow agent to start", 180, || {
+        std::fs::read_to_string(job.join("slow-solve__oracle__1/trial.log"))
+            .is_ok_and(|l| l.contains("agent_run started"))
+    });
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let control = read_json(&job.join("run_control.json"));
+    let job_id = control["run_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        control["status"], "running",
+        "a killed job still says running"
+    );
+    assert!(
+        job_containers(&job_id) > 0,
+        "the killed job should have left containers behind"
+    );
+    let before: Vec<(String, String)> = results_in(&job)
+        .into_iter()
+        .map(|(n, r)| (n, r["id"].as_str().unwrap().to_string()))
+        .collect();
+
+    let out = rollout_cmd()
+        .args(["jobs", "resume", job.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = results_in(&job);
+    assert_eq!(after.len(), 4, "every trial has exactly one result");
+    for (name, id) in &before {
+        let kept = after.iter().find(|(n, _)| n == name).unwrap();
+        assert_eq!(
+            kept.1["id"].as_str().unwrap(),
+            id,
+            "{name} was complete and must not re-run"
+        );
+    }
+    for (name, r) in &after {
+        assert_eq!(r["reward"], 1.0, "{name}");
+    }
+    let result = read_json(&job.join("result.json"));
+    assert_eq!(result["n_total_trials"], 4);
+    assert_eq!(result["stats"]["n_trials"], 4);
+    assert_eq!(result["trials"].as_object().unwrap().len(), 4);
+    assert_eq!(
+        read_json(&job.join("run_control.json"))["status"],
+        "completed"
+    );
+    assert_eq!(job_containers(&job_id), 0, "orphans must be removed");
+}
+
+#[test]
+fn rerunning_a_finished_job_reruns_nothing_and_a_changed_config_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hello = example("hello-world");
+    let first = spawn_run(&["-p", hello.to_str().unwrap(), "-a", "nop"], tmp.path())
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(first.status.code(), Some(0));
+    let id = read_json(&tmp.path().join("job/hello-world__nop__1/result.json"))["id"].clone();
+    let again = spawn_run(
+        &["-p", hello.to_str().unwrap(), "-a", "nop", "-n", "2"],
+        tmp.path(),
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    assert_eq!(
+        read_json(&tmp.path().join("job/hello-world__nop__1/result.json"))["id"],
+        id
+    );
+    let changed = spawn_run(&["-p", hello.to_str().unwrap(), "-a", "oracle"], tmp.path())
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(changed.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&changed.stderr);
+    assert!(
+        err.contains("agents"),
+        "the refusal must name the differing field: {err}"
+    );
+}
+
+#[test]
+fn retry_errors_reruns_only_errored_trials() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (hello, noreward) = (example("hello-world"), fixture("no-reward"));
+    let first = spawn_run(
+        &[
+            "-p",
+            hello.to_str().unwrap(),
+            "-p",
+            noreward.to_str().unwrap(),
+            "-a",
+            "oracle",
+        ],
+        tmp.path(),
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(first.status.code(), Some(1));
+    let job = tmp.path().join("job");
+    let ok_id = read_json(&job.join("hello-world__oracle__1/result.json"))["id"].clone();
+    let err_id = read_json(&job.join("no-reward__oracle__1/result.json"))["id"].clone();
+    let out = rollout_cmd()
+        .args(["jobs", "resume", job.to_str().unwrap(), "--retry-errors"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        read_json(&job.join("hello-world__oracle__1/result.json"))["id"],
+        ok_id
+    );
+    assert_ne!(
+        read_json(&job.join("no-reward__oracle__1/result.json"))["id"],
+        err_id
+    );
+}
+
+#[test]
+fn flaky_build_is_retried_and_the_first_attempts_log_is_kept() {
+    let tmp = tempfile::tempdir().unwrap();
+    let task = tmp.path().join("flaky-build");
+    let src = fixture("flaky-build");
+    let status = Command::new("cp")
+        .args(["-r", src.to_str().unwrap(), task.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let marker = task.join("environment/fail-once");
+    std::fs::write(&marker, "x").unwrap();
+    let job_file = tmp.path().join("job.yaml");
+    std::fs::write(
+        &job_file,
+        format!(
+            "tasks: [{{path: {}}}]\nretry: {{max_retries: 2, min_wait_sec: 5, max_wait_sec: 5}}\n",
+            task.display()
+        ),
+    )
+    .unwrap();
+    let child = rollout_cmd()
+        .args([
+            "run",
+            job_file.to_str().unwrap(),
+            "-o",
+            tmp.path().to_str().unwrap(),
+            "--job-name",
+            "job",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = tmp.path().join("job/job.log");
+    wait_for("the first try to fail", 180, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("retrying in"))
+    });
+    std::fs::remove_file(&marker).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let trial = tmp.path().join("job/flaky-build__oracle__1");
+    let r = read_json(&trial.join("result.json"));
+    assert_eq!(r["reward"], 1.0);
+    let tries = r["previous_tries"].as_array().unwrap();
+    assert_eq!(tries.len(), 1);
+    assert_eq!(tries[0]["error"]["type"], "environment_build_failed");
+    let old_log =
+        std::fs::read_to_string(trial.join("previous-tries/try-1/environment/build.log")).unwrap();
+    assert!(old_log.contains("flaky step failed"), "{old_log}");
+    assert_eq!(
+        read_json(&trial.join("previous-tries/try-1/result.json"))["error"]["type"],
+        "environment_build_failed"
+    );
+}
+
+#[test]
+fn agent_errors_are_not_retried() {
+    let r = run_task(&fixture("no-reward"), "oracle", &["--max-retries", "3"]);
+    assert_eq!(r.trial()["previous_tries"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn no_network_really_has_none_and_public_has_it() {
+    let none = run_task(&fixture("network-none"), "oracle", &[]);
+    assert_eq!(
+        none.trial()["reward"],
+        1.0,
+        "a no-network task reached the Debian mirror"
+    );
+    let public = run_task(&fixture("network-public"), "oracle", &[]);
+    assert_eq!(
+        public.trial()["reward"],
+        1.0,
+        "a public task could not reach the Debian mirror"
+    );
+}
+
+#[test]
+fn pip_over_https_works_with_ca_certs_auto() {
+    let extra = std::fs::read_dir("/usr/local/share/ca-certificates")
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(
+        extra > 0,
+        "this test needs the proxy's CA under /usr/local/share/ca-certificates"
+    );
+    let with = run_task(&fixture("https-pip"), "oracle", &["--ca-certs", "auto"]);
+    let dir = with.trial_dir("https-pip__oracle__1");
+    assert_eq!(
+        with.trial()["reward"],
+        1.0,
+        "pip log:\n{}",
+        std::fs::read_to_string(dir.join("verifier/pip.log")).unwrap_or_default()
+    );
+    let without = run_task(&fixture("https-pip"), "oracle", &["--ca-certs", "none"]);
+    assert_eq!(
+        without.trial()["reward"],
+        0.0,
+        "without the CA, HTTPS should not verify behind this proxy"
+    );
+}
+
+#[test]
+fn endless_output_ends_the_trial_with_an_error() {
+    let started = Instant::now();
+    let r = run_task(&fixture("endless-output"), "oracle", &[]);
+    let t = r.trial();
+    let kind = t["error"]["type"].as_str().unwrap_or_default().to_string();
+    assert!(
+        kind == "agent_execution_failed" || kind == "agent_execution_timeout",
+        "{t}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "took {:?}",
+        started.elapsed()
+    );
+    let kept = std::fs::metadata(
+        r.trial_dir("endless-output__oracle__1")
+            .join("agent/command-0/stdout.txt"),
+    )
+    .unwrap()
+    .len();
+    assert!(kept <= (1 << 20) + 200, "kept {kept} bytes");
+    r.assert_no_containers();
+}
+
+#[test]
+fn fork_bomb_ends_the_trial_not_the_job() {
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let job_file = tmp.path().join("job.yaml");
+    std::fs::write(
+        &job_file,
+        format!(
+            "tasks: [{{path: {}}}, {{path: {}}}]\nenvironment: {{pids_limit: 256}}\n",
+            fixture("fork-bomb").display(),
+            example("hello-world").display()
+        ),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let out = rollout_cmd()
+        .args([
+            "run",
+            job_file.to_str().unwrap(),
+            "-o",
+            tmp.path().to_str().unwrap(),
+            "--job-name",
+            "job",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bomb = read_json(&tmp.path().join("job/fork-bomb__oracle__1/result.json"));
+    assert_eq!(bomb["error"]["type"], "agent_execution_timeout", "{bomb}");
+    assert_eq!(
+        bomb["reward"], 1.0,
+        "the verifier runs after the bomb is stopped"
+    );
+    let hello = read_json(&tmp.path().join("job/hello-world__oracle__1/result.json"));
+    assert_eq!(
+        hello["reward"], 1.0,
+        "the other trial of the job is unaffected"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(150),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_no_containers(
+        read_json(&tmp.path().join("job/result.json"))["id"]
+            .as_str()
+            .unwrap(),
+    );
+}
+
+#[test]
+fn preserved_environments_are_left_for_gc() {
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let job_file = tmp.path().join("job.yaml");
+    std::fs::write(
+        &job_file,
+        format!(
+            "tasks: [{{path: {}}}]\nenvironment: {{preserve_env: always}}\n",
+            example("hello-world").display()
+        ),
+    )
+    .unwrap();
+    let out = rollout_cmd()
+        .args([
+            "run",
+            job_file.to_str().unwrap(),
+            "-o",
+            tmp.path().to_str().unwrap(),
+            "--job-name",
+            "job",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("docker exec -it"),
+        "the preserved container must be reported with how to enter it: {stderr}"
+    );
+    let trial = read_json(&tmp.path().join("job/hello-world__oracle__1/result.json"));
+    assert_eq!(trial["environment"]["preserved"], true);
+    let container = trial["environment"]["container_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job_id = read_json(&tmp.path().join("job/result.json"))["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(job_containers(&job_id), 1);
+
+    let dry = rollout_cmd().args(["gc", "--dry-run"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&dry.stdout);
+    assert!(
+        listed.contains(&container[..12]),
+        "gc --dry-run should list {container}: {listed}"
+    );
+    assert_eq!(job_containers(&job_id), 1, "a dry run removes nothing");
+    let gc = rollout_cmd().arg("gc").output().unwrap();
+    assert_eq!(
+        gc.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&gc.stdout)
+    );
+    assert_eq!(job_containers(&job_id), 0);
+}
