@@ -4,6 +4,7 @@ use crate::cli::{EnvKind, RunArgs};
 use crate::exit;
 use rollout_core::job_config::{AgentSpec, DatasetSpec, EnvironmentType};
 use rollout_core::result::any_errored;
+use rollout_core::task_config::NetworkMode;
 use rollout_core::{JobConfig, TaskFilter};
 use rollout_env::docker::{DockerProvider, EngineLimits};
 use rollout_env::Provider;
@@ -147,6 +148,17 @@ pub fn main(args: RunArgs) -> u8 {
     } else {
         filter.apply(tasks)
     };
+    if let Some(t) = tasks
+        .iter()
+        .find(|t| t.config.environment.network_mode == NetworkMode::Allowlist)
+    {
+        eprintln!(
+            "error: task {} asks for network_mode = \"allowlist\", which the Docker provider cannot enforce; \
+             use \"public\" or \"no-network\"",
+            t.name
+        );
+        return exit::USAGE;
+    }
     if config.environment.kind != EnvironmentType::Docker {
         eprintln!(
             "error: environment type {:?} is not available in this build of rollout; use --env docker",
