@@ -5,6 +5,10 @@
 //! defined in the job file (`install` and `execute` shell scripts). Agents only run commands through
 //! the [`Environment`]; the runner decides what their outcome means.
 
+pub mod code;
+pub mod installed;
+pub mod llm;
+
 use async_trait::async_trait;
 use rollout_core::job_config::AgentSpec;
 use rollout_core::result::{AgentInfo, CommandOutcome};
@@ -42,6 +46,12 @@ pub enum AgentError {
     Config(String),
     #[error("{0}")]
     Host(String),
+    /// The model provider failed (after the agent's own retries).
+    #[error("{message}")]
+    Provider {
+        kind: rollout_core::ErrorKind,
+        message: String,
+    },
 }
 
 /// A host directory an agent needs inside the environment from the start.
@@ -49,7 +59,8 @@ pub enum AgentError {
 pub struct AgentFiles {
     /// Absolute path inside the environment.
     pub target: String,
-    /// Host directory whose contents go there (a private copy: the agent may change it).
+    /// Host directory whose contents go there, or a single file placed inside it (a private
+    /// copy: the agent may change it).
     pub source: std::path::PathBuf,
     /// Other paths inside the environment that must show the same directory.
     pub aliases: Vec<String>,
@@ -113,6 +124,7 @@ pub fn outcome_of(out: &rollout_env::ExecOutput) -> CommandOutcome {
         stderr_bytes: out.stderr.total,
         output_truncated: out.stdout.truncated() || out.stderr.truncated(),
         output_limit_exceeded: out.output_limit_exceeded,
+        usage: None,
     }
 }
 
@@ -284,12 +296,27 @@ pub fn from_spec(spec: &AgentSpec) -> Result<Arc<dyn Agent>, String> {
             spec.name
         ));
     }
+    if let Some(path) = spec.name.strip_prefix("code:") {
+        let (dir, language) = code::prepare_program(Path::new(path))?;
+        return Ok(Arc::new(code::CodeAgent::new(
+            spec.name.clone(),
+            dir,
+            language,
+            spec.model_name.clone(),
+        )));
+    }
+    if let Some(agent) = installed::InstalledAgent::from_spec(spec) {
+        return Ok(Arc::new(agent?));
+    }
+    if llm::NAMES.contains(&spec.name.as_str()) {
+        return Ok(Arc::new(llm::LlmAgent::from_spec(spec)?));
+    }
     match spec.name.as_str() {
         "oracle" => Ok(Arc::new(Oracle)),
         "nop" => Ok(Arc::new(Nop)),
         other => Err(format!(
-            "unknown agent {other:?}: built-in agents are `oracle` and `nop`; define a command agent in the job file \
-             with `name`, `install` and `execute`"
+            "unknown agent {other:?}: built-in agents are `oracle`, `nop`, `rollout-agent` (-m MODEL) and the installed CLI agents claude-code, codex, aider, opencode, gemini-cli, goose, mini-swe-agent, openhands; use `code:PATH` for a program, or \
+             define a command agent in the job file with `name`, `install` and `execute`"
         )),
     }
 }

@@ -49,6 +49,12 @@ pub struct JobConfig {
     pub datasets: Vec<DatasetSpec>,
     /// Single tasks.
     pub tasks: Vec<TaskSpec>,
+    /// Term-executor archives (zip / tar.gz) whose tasks to run (a rollout extension).
+    pub archives: Vec<PathBuf>,
+    /// Base image for executor-archive tasks (default: debian:bookworm-slim + git + runtime).
+    pub executor_image: Option<String>,
+    /// Shuffle the tasks with this seed before `-l/--n-tasks` (a rollout extension).
+    pub shuffle_seed: Option<u64>,
 }
 
 /// `retry:` — exponential backoff for infrastructure failures.
@@ -283,6 +289,9 @@ impl JobConfig {
         for t in &mut self.tasks {
             fix(&mut t.path);
         }
+        for a in &mut self.archives {
+            fix(a);
+        }
     }
 
     /// Map Harbor's `orchestrator:` block onto the flat fields (flat fields win).
@@ -371,7 +380,7 @@ impl JobConfig {
 
     /// Fail unless the job names at least one task source.
     pub fn validate_sources(&self, file: &Path) -> Result<(), ConfigError> {
-        if self.datasets.is_empty() && self.tasks.is_empty() {
+        if self.datasets.is_empty() && self.tasks.is_empty() && self.archives.is_empty() {
             return Err(ConfigError::file(
                 file,
                 "no tasks to run: give `tasks:` or `datasets:` in the job file, or -p PATH",

@@ -32,6 +32,16 @@ pub enum ErrorKind {
     AgentExecutionTimeout,
     /// The agent is misconfigured for this task (e.g. oracle without `solution/solve.sh`).
     AgentConfigInvalid,
+    /// The model provider kept answering 429 (rate limited) after the agent's retries.
+    ApiRateLimit,
+    /// The model provider refused the credentials (401/403).
+    ApiAuth,
+    /// The conversation no longer fits the model's context window.
+    ContextWindowExceeded,
+    /// The model provider does not know the model.
+    ModelNotFound,
+    /// The model provider failed otherwise (5xx, connection errors) after the agent's retries.
+    ApiError,
     /// `tests/test.sh` ran past its timeout.
     VerifierTimeout,
     /// `tests/test.sh` could not be run at all.
@@ -54,6 +64,8 @@ pub enum ErrorClass {
     Infrastructure,
     /// The agent did something wrong or too slowly.
     Agent,
+    /// The model provider failed (rate limits, auth, unknown model, outages).
+    Provider,
     /// The task's verifier misbehaved.
     Verifier,
     /// The user or signal stopped it.
@@ -64,7 +76,7 @@ pub enum ErrorClass {
 
 impl ErrorKind {
     /// Every kind, in declaration order (for docs and exhaustive tests).
-    pub const ALL: [ErrorKind; 18] = [
+    pub const ALL: [ErrorKind; 23] = [
         Self::EnvironmentBuildFailed,
         Self::EnvironmentBuildTimeout,
         Self::EnvironmentImagePullFailed,
@@ -77,6 +89,11 @@ impl ErrorKind {
         Self::AgentExecutionFailed,
         Self::AgentExecutionTimeout,
         Self::AgentConfigInvalid,
+        Self::ApiRateLimit,
+        Self::ApiAuth,
+        Self::ContextWindowExceeded,
+        Self::ModelNotFound,
+        Self::ApiError,
         Self::VerifierTimeout,
         Self::VerifierFailed,
         Self::VerifierRewardMissing,
@@ -101,12 +118,23 @@ impl ErrorKind {
             | AgentExecutionFailed
             | AgentExecutionTimeout
             | AgentConfigInvalid => ErrorClass::Agent,
+            ApiRateLimit | ApiAuth | ContextWindowExceeded | ModelNotFound | ApiError => {
+                ErrorClass::Provider
+            }
             VerifierTimeout | VerifierFailed | VerifierRewardMissing | VerifierRewardInvalid => {
                 ErrorClass::Verifier
             }
             Cancelled => ErrorClass::Cancelled,
             InternalError => ErrorClass::Internal,
         }
+    }
+
+    /// Whether the retry policy retries a trial that ended with this kind: infrastructure
+    /// failures and transient provider failures (rate limits, outages). Agent and verifier
+    /// outcomes, and deterministic provider refusals (auth, unknown model, context), are not.
+    pub fn retryable(self) -> bool {
+        self.class() == ErrorClass::Infrastructure
+            || matches!(self, ErrorKind::ApiRateLimit | ErrorKind::ApiError)
     }
 
     /// The snake_case name used in JSON and logs.
@@ -125,6 +153,11 @@ impl ErrorKind {
             AgentExecutionFailed => "agent_execution_failed",
             AgentExecutionTimeout => "agent_execution_timeout",
             AgentConfigInvalid => "agent_config_invalid",
+            ApiRateLimit => "api_rate_limit",
+            ApiAuth => "api_auth",
+            ContextWindowExceeded => "context_window_exceeded",
+            ModelNotFound => "model_not_found",
+            ApiError => "api_error",
             VerifierTimeout => "verifier_timeout",
             VerifierFailed => "verifier_failed",
             VerifierRewardMissing => "verifier_reward_missing",
@@ -153,6 +186,15 @@ mod tests {
             let back: ErrorKind = serde_json::from_str(&json).unwrap();
             assert_eq!(back, kind);
         }
+    }
+
+    #[test]
+    fn retryable_kinds() {
+        assert!(ErrorKind::EnvironmentBuildFailed.retryable());
+        assert!(ErrorKind::ApiRateLimit.retryable());
+        assert!(!ErrorKind::ApiAuth.retryable());
+        assert!(!ErrorKind::AgentExecutionTimeout.retryable());
+        assert!(!ErrorKind::VerifierRewardMissing.retryable());
     }
 
     #[test]

@@ -34,6 +34,21 @@ pub fn owner_alive(pid: u32, host: &str, this_host: &str) -> bool {
         .is_ok_and(|c| String::from_utf8_lossy(&c).contains("rollout"))
 }
 
+/// rollout's cache directory: `$ROLLOUT_CACHE_DIR`, else `$XDG_CACHE_HOME/rollout`, else
+/// `~/.cache/rollout`. Holds the git cache, unpacked archives and prepared code agents.
+pub fn cache_root() -> std::path::PathBuf {
+    if let Some(d) = std::env::var_os("ROLLOUT_CACHE_DIR").filter(|d| !d.is_empty()) {
+        return d.into();
+    }
+    if let Some(d) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return std::path::PathBuf::from(d).join("rollout");
+    }
+    let home = std::env::var_os("HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    home.join(".cache/rollout")
+}
+
 /// Version of the result JSON schemas written by this build (`schema_version` fields).
 pub const RESULT_SCHEMA_VERSION: &str = "1.0";
 

@@ -80,6 +80,22 @@ pub struct CommandOutcome {
     /// Whether the command was killed for writing more output than allowed.
     #[serde(default)]
     pub output_limit_exceeded: bool,
+    /// Model usage, for agents that talk to a model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<ModelUsage>,
+}
+
+/// What an agent spent on its model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct ModelUsage {
+    pub requests: u64,
+    pub turns: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// When prices were given (agent kwargs `input_cost_per_mtok`, `output_cost_per_mtok`).
+    pub cost_usd: Option<f64>,
+    /// Why the agent stopped: `final_answer`, `max_turns`, `token_budget`, `cost_budget`, `timeout`.
+    pub stop_reason: String,
 }
 
 /// Where a trial ran.

@@ -147,6 +147,17 @@ impl Task {
                 );
             }
         }
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(self.tests_dir().join("test.sh")) {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o111 == 0 {
+                out.push(Finding {
+                    severity: Severity::Warning,
+                    path: self.tests_dir().join("test.sh"),
+                    message: "not executable: rollout runs it with bash, but other harnesses may execute it directly (chmod +x)".into(),
+                });
+            }
+        }
         if !self.solution_dir().join("solve.sh").is_file() {
             out.push(Finding {
                 severity: Severity::Warning,
@@ -266,47 +277,20 @@ impl TaskFilter {
     }
 }
 
-/// Every task a job names (its `datasets:` with their filters, and its `tasks:`), in order:
-/// datasets in the order given, each sorted by name, then single tasks. Errors list every bad
-/// task and source.
-pub fn tasks_of_job(job: &crate::JobConfig) -> Result<Vec<Task>, Vec<ConfigError>> {
-    let mut tasks = Vec::new();
-    let mut errors = Vec::new();
-    for (i, d) in job.datasets.iter().enumerate() {
-        let Some(path) = &d.path else {
-            errors.push(ConfigError::field(
-                "job",
-                format!("datasets[{i}]"),
-                "registry datasets are loaded by the registry source, not from a directory",
-            ));
-            continue;
-        };
-        let filter = match TaskFilter::new(&d.task_names, &d.exclude_task_names, d.n_tasks) {
-            Ok(f) => f,
-            Err(e) => {
-                errors.push(ConfigError::field(
-                    path,
-                    format!("datasets[{i}].task_names"),
-                    e,
-                ));
-                continue;
-            }
-        };
-        match discover(path) {
-            Ok(found) => tasks.extend(filter.apply(found)),
-            Err(errs) => errors.extend(errs),
-        }
-    }
-    for t in &job.tasks {
-        match discover(&t.path) {
-            Ok(found) => tasks.extend(found),
-            Err(errs) => errors.extend(errs),
-        }
-    }
-    if errors.is_empty() {
-        Ok(tasks)
-    } else {
-        Err(errors)
+/// Shuffle tasks with a seeded generator (splitmix64 + Fisher–Yates): the same seed gives the
+/// same order on every machine, so a sample (`--shuffle --seed N -l K`) can be reproduced.
+pub fn shuffle(tasks: &mut [Task], seed: u64) {
+    let mut state = seed;
+    let mut next = || {
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    };
+    for i in (1..tasks.len()).rev() {
+        let j = (next() % (i as u64 + 1)) as usize;
+        tasks.swap(i, j);
     }
 }
 
@@ -331,6 +315,12 @@ mod tests {
             "echo 1 > /logs/verifier/reward.txt\n",
         )
         .unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(d.join("tests/test.sh"), fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
         d
     }
 
@@ -407,6 +397,25 @@ mod tests {
         fs::remove_file(b2.join("tests/test.sh")).unwrap();
         let errs = discover(root.path()).unwrap_err();
         assert_eq!(errs.len(), 2);
+    }
+
+    #[test]
+    fn shuffle_is_seeded_and_a_permutation() {
+        let root = tempfile::tempdir().unwrap();
+        for n in ["a", "b", "c", "d", "e", "f"] {
+            make_task(root.path(), n);
+        }
+        let tasks = discover(root.path()).unwrap();
+        let order = |seed| {
+            let mut t = tasks.clone();
+            shuffle(&mut t, seed);
+            t.into_iter().map(|t| t.name).collect::<Vec<_>>()
+        };
+        assert_eq!(order(7), order(7));
+        assert_ne!(order(7), order(8));
+        let mut sorted = order(7);
+        sorted.sort();
+        assert_eq!(sorted, ["a", "b", "c", "d", "e", "f"]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use chrono::Utc;
 use rollout_core::job_config::PreserveEnv;
 use rollout_core::result::{compute_stats, ErrorInfo, JobResult, TrialResult, TryRecord};
 use rollout_core::timeouts::seconds;
-use rollout_core::{labels, ErrorClass, ErrorKind, JobConfig, RESULT_SCHEMA_VERSION};
+use rollout_core::{labels, ErrorKind, JobConfig, RESULT_SCHEMA_VERSION};
 use rollout_env::Provider;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -216,7 +216,7 @@ impl Runner {
     }
 }
 
-/// Run a trial, retrying infrastructure failures with exponential backoff. The evidence of each
+/// Run a trial, retrying infrastructure and transient provider failures with exponential backoff. The evidence of each
 /// failed try moves to `previous-tries/try-<n>/` and is listed in the final result.
 async fn run_with_retries(shared: &Shared, plan: &TrialPlan, dir: &Path) -> TrialResult {
     // A resumed trial starts from scratch: whatever an interrupted run left goes.
@@ -234,11 +234,8 @@ async fn run_with_retries(shared: &Shared, plan: &TrialPlan, dir: &Path) -> Tria
         }
         .run()
         .await;
-        let infrastructure = r
-            .error
-            .as_ref()
-            .is_some_and(|e| e.kind.class() == ErrorClass::Infrastructure);
-        if !infrastructure || n > retry.max_retries || shared.cancel.is_cancelled() {
+        let retryable = r.error.as_ref().is_some_and(|e| e.kind.retryable());
+        if !retryable || n > retry.max_retries || shared.cancel.is_cancelled() {
             r.previous_tries = previous;
             return r;
         }
@@ -258,7 +255,7 @@ async fn run_with_retries(shared: &Shared, plan: &TrialPlan, dir: &Path) -> Tria
             dir: rel,
         });
         let wait = retry.backoff_seconds(n);
-        let e = r.error.as_ref().expect("infrastructure error");
+        let e = r.error.as_ref().expect("a retryable error");
         shared.emit(&Event::Note {
             trial: Some(plan.name.clone()),
             message: format!(

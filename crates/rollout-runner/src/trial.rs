@@ -269,6 +269,16 @@ impl TrialRun<'_> {
                         plan.agent.run(&ctx).await.map_err(agent_error)
                     })
                     .await;
+                // A provider failure ends the agent, not the environment: what the agent did
+                // before it is still verified.
+                if ran.is_none()
+                    && st
+                        .error
+                        .as_ref()
+                        .is_some_and(|e| e.kind.class() == rollout_core::ErrorClass::Provider)
+                {
+                    agent_ran = true;
+                }
                 if let Some(outcome) = ran {
                     agent_ran = true;
                     if outcome.timed_out {
@@ -439,7 +449,14 @@ impl TrialRun<'_> {
         }
         for (i, files) in self.plan.agent.files(task).into_iter().enumerate() {
             let copy = staging.join(format!("files-{i}"));
-            copy_dir(&files.source, &copy)?;
+            if files.source.is_file() {
+                std::fs::create_dir_all(&copy)?;
+                if let Some(name) = files.source.file_name() {
+                    std::fs::copy(&files.source, copy.join(name))?;
+                }
+            } else {
+                copy_dir(&files.source, &copy)?;
+            }
             for target in std::iter::once(files.target).chain(files.aliases) {
                 mounts.push(HostMount {
                     source: copy.clone(),
@@ -465,7 +482,19 @@ impl TrialRun<'_> {
             tar.file(CA_BUNDLE_PATH, 0o644, bundle)?;
         }
         for files in self.plan.agent.files(task) {
-            tar.host_dir(&files.target, &files.source)?;
+            match files.source.file_name().filter(|_| files.source.is_file()) {
+                Some(name) => {
+                    let bytes = std::fs::read(&files.source)?;
+                    tar.dir(&files.target, 0o755)?.file(
+                        &format!("{}/{}", files.target, name.to_string_lossy()),
+                        0o644,
+                        &bytes,
+                    )?;
+                }
+                None => {
+                    tar.host_dir(&files.target, &files.source)?;
+                }
+            }
             for alias in &files.aliases {
                 tar.symlink(alias, &files.target)?;
             }
@@ -812,6 +841,7 @@ fn agent_error(e: rollout_agents::AgentError) -> ErrorInfo {
         rollout_agents::AgentError::Env(e) => ErrorInfo::new(e.kind(), e.to_string()),
         rollout_agents::AgentError::Config(m) => ErrorInfo::new(ErrorKind::AgentConfigInvalid, m),
         rollout_agents::AgentError::Host(m) => ErrorInfo::new(ErrorKind::InternalError, m),
+        rollout_agents::AgentError::Provider { kind, message } => ErrorInfo::new(kind, message),
     }
 }
 

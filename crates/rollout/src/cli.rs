@@ -24,9 +24,33 @@ pub enum Command {
     /// Work with job directories.
     #[command(subcommand)]
     Jobs(JobsCommand),
+    /// Work with dataset registries.
+    #[command(subcommand)]
+    Datasets(DatasetsCommand),
+    /// Inspect or empty rollout's cache (git clones, unpacked archives, code agents).
+    #[command(subcommand)]
+    Cache(CacheCommand),
     /// Remove containers whose rollout process is gone (crashes, preserved environments) and
     /// dangling build images. Environment images are kept unless --images.
     Gc(GcArgs),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DatasetsCommand {
+    /// List the datasets of a registry: names, versions, task counts.
+    List {
+        /// registry.json: a path or an http(s) URL.
+        #[arg(long)]
+        registry: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum CacheCommand {
+    /// What the cache holds.
+    Ls,
+    /// Remove everything in the cache.
+    Clean,
 }
 
 #[derive(Subcommand, Debug)]
@@ -68,6 +92,17 @@ pub struct GcArgs {
 pub enum TasksCommand {
     /// Validate tasks or datasets without running them (exit 1 when any task has an error).
     Check(CheckArgs),
+    /// Create a new Harbor-format task directory to fill in.
+    Init(InitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct InitArgs {
+    /// Task name (the directory name).
+    pub name: String,
+    /// Parent directory (default: the current directory).
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -94,9 +129,41 @@ pub struct RunArgs {
     #[arg(short = 'p', long = "path")]
     pub paths: Vec<PathBuf>,
 
-    /// Agent to run: `oracle`, `nop`, or the name of an agent defined in the job file (repeatable).
+    /// A registry dataset `NAME[@VERSION]` (repeatable; needs --registry).
+    #[arg(short = 'd', long = "dataset")]
+    pub datasets: Vec<String>,
+
+    /// The registry (registry.json) for -d: a path or an http(s) URL.
+    #[arg(long)]
+    pub registry: Option<String>,
+
+    /// A term-executor archive (zip or tar.gz) of tasks and agent code (repeatable).
+    #[arg(long)]
+    pub archive: Vec<PathBuf>,
+
+    /// Base image for archive tasks (default: debian:bookworm-slim plus git and the runtime).
+    #[arg(long = "executor-image")]
+    pub executor_image: Option<String>,
+
+    /// Shuffle the tasks (before -l) with --seed, for reproducible sampling.
+    #[arg(long)]
+    pub shuffle: bool,
+
+    /// Seed of --shuffle (default 0).
+    #[arg(long)]
+    pub seed: Option<u64>,
+
+    /// Agent to run: `oracle`, `nop`, `code:PATH`, or an agent defined in the job file (repeatable).
     #[arg(short = 'a', long = "agent")]
     pub agents: Vec<String>,
+
+    /// Version of the agents to install (installed CLI agents).
+    #[arg(long = "agent-version")]
+    pub agent_version: Option<String>,
+
+    /// An agent option `KEY=VALUE` (JSON values are parsed), for every agent (repeatable).
+    #[arg(long = "ak", alias = "agent-kwarg")]
+    pub agent_kwargs: Vec<String>,
 
     /// Model name passed to the agents.
     #[arg(short = 'm', long = "model")]

@@ -6,6 +6,7 @@ mod gc;
 mod progress;
 mod run;
 mod signals;
+mod sources_cmd;
 mod summary;
 mod tasks_cmd;
 
@@ -32,7 +33,12 @@ fn main() -> ExitCode {
     let code = match cli.command {
         cli::Command::Run(args) => run::main(*args),
         cli::Command::Tasks(cli::TasksCommand::Check(args)) => tasks_cmd::check(args),
+        cli::Command::Tasks(cli::TasksCommand::Init(args)) => sources_cmd::tasks_init(args),
         cli::Command::Jobs(cli::JobsCommand::Resume(args)) => run::resume(args),
+        cli::Command::Datasets(cli::DatasetsCommand::List { registry }) => {
+            sources_cmd::datasets_list(&registry)
+        }
+        cli::Command::Cache(cmd) => sources_cmd::cache(cmd),
         cli::Command::Gc(args) => gc::main(args),
     };
     ExitCode::from(code)

@@ -2,17 +2,57 @@
 
 use crate::cli::{EnvKind, RunArgs};
 use crate::exit;
-use rollout_core::job_config::{AgentSpec, DatasetSpec, EnvironmentType};
+use rollout_core::job_config::{AgentSpec, DatasetSpec, EnvironmentType, RegistrySpec};
 use rollout_core::result::any_errored;
 use rollout_core::task_config::NetworkMode;
-use rollout_core::{JobConfig, TaskFilter};
+use rollout_core::JobConfig;
 use rollout_env::docker::{DockerProvider, EngineLimits};
 use rollout_env::Provider;
 use rollout_runner::writer::{ResultsWriter, RunControl, RunStatus};
 use rollout_runner::{JobPlan, RunOptions, Runner};
+use rollout_sources::executor::ExecutorOptions;
+use rollout_sources::git::GitCache;
+use rollout_sources::job::{load_job_tasks, SourceOptions};
 use std::path::Path;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+/// Load every task of the job from its sources; archive agents become the default agent.
+/// Errors are printed; the error value is the exit status.
+fn load_tasks(config: &mut JobConfig) -> Result<Vec<rollout_core::Task>, u8> {
+    let ca = crate::ca::bundle(&crate::ca::CaCerts::Auto).ok().flatten();
+    let opts = SourceOptions {
+        git: GitCache::new(GitCache::default_root()),
+        parallel_clones: 4,
+        archives: config.archives.clone(),
+        executor: ExecutorOptions {
+            base_image: config.executor_image.clone(),
+            ca_bundle: ca,
+            ..Default::default()
+        },
+    };
+    match load_job_tasks(config, &opts) {
+        Ok(loaded) => {
+            if config.agents.is_empty() {
+                config.agents = loaded
+                    .archive_agents
+                    .iter()
+                    .map(|p| AgentSpec {
+                        name: format!("code:{}", p.display()),
+                        ..Default::default()
+                    })
+                    .collect();
+            }
+            Ok(loaded.tasks)
+        }
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            Err(exit::USAGE)
+        }
+    }
+}
 
 /// Merge the job file (if any) with the flags; flags win.
 pub fn job_config(args: &RunArgs) -> Result<JobConfig, String> {
@@ -52,6 +92,24 @@ pub fn job_config(args: &RunArgs) -> Result<JobConfig, String> {
             a.model_name = Some(model.clone());
         }
     }
+    if args.agent_version.is_some() || !args.agent_kwargs.is_empty() {
+        if config.agents.is_empty() {
+            config.agents = config.effective_agents();
+        }
+        for a in &mut config.agents {
+            if let Some(v) = &args.agent_version {
+                a.version = Some(v.clone());
+            }
+            for kv in &args.agent_kwargs {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--ak {kv:?}: expected KEY=VALUE"))?;
+                let value = serde_json::from_str(v)
+                    .unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
+                a.kwargs.insert(k.to_string(), value);
+            }
+        }
+    }
     if let Some(n) = args.n_concurrent {
         if n == 0 {
             return Err("-n/--n-concurrent must be at least 1".into());
@@ -82,6 +140,43 @@ pub fn job_config(args: &RunArgs) -> Result<JobConfig, String> {
     if args.force_build {
         config.environment.force_build = true;
     }
+    for spec in &args.datasets {
+        let Some(registry) = &args.registry else {
+            return Err(format!(
+                "-d {spec}: give the registry with --registry PATH|URL"
+            ));
+        };
+        let (name, version) = rollout_sources::registry::parse_dataset_ref(spec);
+        let is_url = registry.starts_with("http://") || registry.starts_with("https://");
+        config.datasets.push(DatasetSpec {
+            registry: Some(RegistrySpec {
+                path: (!is_url).then(|| std::path::PathBuf::from(registry)),
+                url: is_url.then(|| registry.clone()),
+            }),
+            name: Some(name),
+            version,
+            ..Default::default()
+        });
+    }
+    config.archives.extend(args.archive.iter().cloned());
+    if args.executor_image.is_some() {
+        config.executor_image = args.executor_image.clone();
+    }
+    // Task filters apply to every dataset (Harbor's semantics: -l is per dataset).
+    for d in &mut config.datasets {
+        if !args.include.is_empty() {
+            d.task_names = args.include.clone();
+        }
+        if !args.exclude.is_empty() {
+            d.exclude_task_names = args.exclude.clone();
+        }
+        if args.n_tasks.is_some() {
+            d.n_tasks = args.n_tasks;
+        }
+    }
+    if args.shuffle || args.seed.is_some() {
+        config.shuffle_seed = Some(args.seed.unwrap_or(0));
+    }
     if let Some(n) = args.max_retries {
         config
             .retry
@@ -99,6 +194,11 @@ pub fn job_config(args: &RunArgs) -> Result<JobConfig, String> {
     for t in &mut config.tasks {
         if let Ok(abs) = t.path.canonicalize() {
             t.path = abs;
+        }
+    }
+    for a in &mut config.archives {
+        if let Ok(abs) = a.canonicalize() {
+            *a = abs;
         }
     }
     if let Some(env) = args.env {
@@ -120,33 +220,16 @@ pub fn job_config(args: &RunArgs) -> Result<JobConfig, String> {
 }
 
 pub fn main(args: RunArgs) -> u8 {
-    let config = match job_config(&args) {
+    let mut config = match job_config(&args) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;
         }
     };
-    let tasks = match rollout_core::task::tasks_of_job(&config) {
+    let tasks = match load_tasks(&mut config) {
         Ok(t) => t,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("error: {e}");
-            }
-            return exit::USAGE;
-        }
-    };
-    let filter = match TaskFilter::new(&args.include, &args.exclude, args.n_tasks) {
-        Ok(f) => f,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
-    let tasks = if args.include.is_empty() && args.exclude.is_empty() && args.n_tasks.is_none() {
-        tasks
-    } else {
-        filter.apply(tasks)
+        Err(code) => return code,
     };
     if let Some(t) = tasks
         .iter()
@@ -208,7 +291,7 @@ pub fn main(args: RunArgs) -> u8 {
 pub fn resume(args: crate::cli::ResumeArgs) -> u8 {
     let dir = &args.job_dir;
     let config_path = dir.join("config.json");
-    let mut config = match JobConfig::load(&config_path) {
+    let mut config: JobConfig = match JobConfig::load(&config_path) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}: is {} a job directory?", dir.display());
@@ -220,14 +303,9 @@ pub fn resume(args: crate::cli::ResumeArgs) -> u8 {
     if let Some(n) = args.n_concurrent {
         config.n_concurrent_trials = Some(n.max(1));
     }
-    let tasks = match rollout_core::task::tasks_of_job(&config) {
+    let tasks = match load_tasks(&mut config) {
         Ok(t) => t,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("error: {e}");
-            }
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
     match resume_plan(dir, config, tasks, args.retry_errors) {
         Ok(plan) => match crate::ca::bundle(&args.ca_certs) {

@@ -42,7 +42,7 @@ pub fn require_docker() {
 pub struct Run {
     pub output: Output,
     pub job_dir: PathBuf,
-    _tmp: tempfile::TempDir,
+    pub _tmp: tempfile::TempDir,
 }
 
 impl Run {

@@ -1,0 +1,381 @@
+//! Installed agents: known CLI agents installed inside the environment by a recipe, then run
+//! non-interactively with the instruction.
+//!
+//! A recipe names the runtime the agent needs (Node or Python), its package, the command that
+//! runs it, the API-key variables it reads (passed from the host by name, only when set) and
+//! where it keeps its own logs (copied into `/logs/agent` after the run). The install step
+//! detects the image's package manager (apt, apk, dnf, yum), installs the runtime when missing,
+//! then the agent: npm packages globally, Python packages into a private venv
+//! (`/opt/rollout-agent`). `--agent-version` pins the version. The kwarg `package` replaces the
+//! registry package with a local file or directory (a wheel, an npm tarball), copied into the
+//! environment — for offline machines and for testing the recipe itself.
+
+use crate::{request, run_logged, Agent, AgentContext, AgentError, AgentFiles};
+use async_trait::async_trait;
+use rollout_core::job_config::AgentSpec;
+use rollout_core::result::{AgentInfo, CommandOutcome};
+use rollout_core::task_config::shell_quote;
+use rollout_core::Task;
+use std::path::PathBuf;
+
+/// What an agent is installed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Node,
+    Python,
+}
+
+/// How to install and run one CLI agent.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipe {
+    pub name: &'static str,
+    pub runtime: Runtime,
+    /// npm or PyPI package.
+    pub package: &'static str,
+    /// The run command; `{instruction}` is replaced by the quoted instruction, `{model}` by the
+    /// quoted model (recipes use `{model_flag}`, which is empty without `-m`).
+    pub command: &'static str,
+    /// How the model is passed, with `{model}` in it (empty: the agent reads it from env).
+    pub model_flag: &'static str,
+    /// Variables taken from the host by name.
+    pub env_keys: &'static [&'static str],
+    /// Extra variables the agent needs to run unattended.
+    pub fixed_env: &'static [(&'static str, &'static str)],
+    /// The agent's own logs, copied into `/logs/agent` after the run.
+    pub logs: &'static [&'static str],
+}
+
+/// The known CLI agents.
+pub const RECIPES: [Recipe; 8] = [
+    Recipe {
+        name: "claude-code",
+        runtime: Runtime::Node,
+        package: "@anthropic-ai/claude-code",
+        command: "claude --print --dangerously-skip-permissions --verbose --output-format stream-json {model_flag} -- {instruction}",
+        model_flag: "--model {model}",
+        env_keys: &["ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"],
+        fixed_env: &[("IS_SANDBOX", "1"), ("DISABLE_AUTOUPDATER", "1")],
+        logs: &["$HOME/.claude/projects"],
+    },
+    Recipe {
+        name: "codex",
+        runtime: Runtime::Node,
+        package: "@openai/codex",
+        command: "codex exec --full-auto --skip-git-repo-check {model_flag} -- {instruction}",
+        model_flag: "--model {model}",
+        env_keys: &["OPENAI_API_KEY", "OPENAI_BASE_URL"],
+        fixed_env: &[],
+        logs: &["$HOME/.codex/sessions"],
+    },
+    Recipe {
+        name: "aider",
+        runtime: Runtime::Python,
+        package: "aider-chat",
+        command: "aider --yes-always --no-auto-commits --no-check-update --no-pretty {model_flag} --message {instruction}",
+        model_flag: "--model {model}",
+        env_keys: &["OPENAI_API_KEY", "OPENAI_API_BASE", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY", "DEEPSEEK_API_KEY"],
+        fixed_env: &[],
+        logs: &[".aider.chat.history.md", ".aider.input.history"],
+    },
+    Recipe {
+        name: "opencode",
+        runtime: Runtime::Node,
+        package: "opencode-ai",
+        command: "opencode run {model_flag} -- {instruction}",
+        model_flag: "--model {model}",
+        env_keys: &["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY"],
+        fixed_env: &[],
+        logs: &["$HOME/.local/share/opencode"],
+    },
+    Recipe {
+        name: "gemini-cli",
+        runtime: Runtime::Node,
+        package: "@google/gemini-cli",
+        command: "gemini --yolo {model_flag} --prompt {instruction}",
+        model_flag: "--model {model}",
+        env_keys: &["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT"],
+        fixed_env: &[],
+        logs: &["$HOME/.gemini/tmp"],
+    },
+    Recipe {
+        name: "goose",
+        runtime: Runtime::Python,
+        package: "goose-ai",
+        command: "goose run --no-session --text {instruction}",
+        model_flag: "",
+        env_keys: &["GOOSE_PROVIDER", "GOOSE_MODEL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"],
+        fixed_env: &[("GOOSE_MODE", "auto")],
+        logs: &["$HOME/.local/share/goose/sessions"],
+    },
+    Recipe {
+        name: "mini-swe-agent",
+        runtime: Runtime::Python,
+        package: "mini-swe-agent",
+        command: "mini --yolo --exit-immediately {model_flag} --output /logs/agent/mini-swe-agent.traj.json --task {instruction}",
+        model_flag: "--model {model}",
+        env_keys: &["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MSWEA_MODEL_NAME", "OPENROUTER_API_KEY"],
+        fixed_env: &[("MSWEA_CONFIGURED", "true")],
+        logs: &[],
+    },
+    Recipe {
+        name: "openhands",
+        runtime: Runtime::Python,
+        package: "openhands-ai",
+        command: "python -m openhands.core.main --task {instruction}",
+        model_flag: "",
+        env_keys: &["LLM_API_KEY", "LLM_MODEL", "LLM_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"],
+        fixed_env: &[("RUNTIME", "local"), ("SANDBOX_USER_ID", "0")],
+        logs: &["$HOME/.openhands/sessions"],
+    },
+];
+
+/// The recipe of a known agent.
+pub fn recipe(name: &str) -> Option<&'static Recipe> {
+    RECIPES.iter().find(|r| r.name == name)
+}
+
+/// Where a local package goes inside the environment.
+const PACKAGE_DIR: &str = "/rollout/agent-package";
+
+/// The shell script that installs the runtime (when missing) and the agent.
+pub fn install_script(
+    recipe: &Recipe,
+    version: Option<&str>,
+    local_package: Option<&str>,
+) -> String {
+    let runtime = match recipe.runtime {
+        Runtime::Node => (
+            "command -v npm >/dev/null 2>&1",
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm ca-certificates",
+            "apk add --no-cache nodejs npm ca-certificates",
+            "nodejs npm ca-certificates",
+        ),
+        Runtime::Python => (
+            "python3 -m venv --help >/dev/null 2>&1",
+            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-pip python3-venv ca-certificates",
+            "apk add --no-cache python3 py3-pip ca-certificates",
+            "python3 python3-pip ca-certificates",
+        ),
+    };
+    let (present, apt, apk, rpm) = runtime;
+    let package = match (local_package, recipe.runtime, version) {
+        (Some(p), _, _) => shell_quote(p),
+        (None, Runtime::Node, Some(v)) => shell_quote(&format!("{}@{v}", recipe.package)),
+        (None, Runtime::Python, Some(v)) => shell_quote(&format!("{}=={v}", recipe.package)),
+        (None, _, None) => shell_quote(recipe.package),
+    };
+    let install = match recipe.runtime {
+        Runtime::Node => format!("npm install --global --no-audit --no-fund {package}"),
+        Runtime::Python => format!(
+            "python3 -m venv /opt/rollout-agent && /opt/rollout-agent/bin/pip install --no-cache-dir --disable-pip-version-check {package} \
+             && for f in /opt/rollout-agent/bin/*; do case \"$(basename \"$f\")\" in python*|pip*|activate*|Activate*) ;; *) ln -sf \"$f\" /usr/local/bin/ ;; esac; done"
+        ),
+    };
+    format!(
+        "set -eu\n\
+         if ! {present}; then\n\
+           if command -v apt-get >/dev/null 2>&1; then {apt}\n\
+           elif command -v apk >/dev/null 2>&1; then {apk}\n\
+           elif command -v dnf >/dev/null 2>&1; then dnf install -y {rpm}\n\
+           elif command -v yum >/dev/null 2>&1; then yum install -y {rpm}\n\
+           else echo 'rollout: no supported package manager (apt, apk, dnf, yum) to install the {name} runtime' >&2; exit 1\n\
+           fi\n\
+         fi\n\
+         {install}\n",
+        name = recipe.name
+    )
+}
+
+/// The shell script that runs the agent, then copies its own logs into `/logs/agent`.
+pub fn run_script(recipe: &Recipe, model: Option<&str>, instruction_path: &str) -> String {
+    let model_flag = match model {
+        Some(m) if !recipe.model_flag.is_empty() => {
+            recipe.model_flag.replace("{model}", &shell_quote(m))
+        }
+        _ => String::new(),
+    };
+    let command = recipe
+        .command
+        .replace("{model_flag}", &model_flag)
+        .replace("{instruction}", "\"$(cat \"$ROLLOUT_TASK_INSTRUCTION\")\"");
+    let mut script = format!("export PATH=\"/usr/local/bin:/opt/rollout-agent/bin:$PATH\"\nexport ROLLOUT_TASK_INSTRUCTION=\"${{ROLLOUT_TASK_INSTRUCTION:-{instruction_path}}}\"\n{command}\nstatus=$?\n");
+    for log in recipe.logs {
+        script.push_str(&format!(
+            "if [ -e {log} ]; then cp -r {log} /logs/agent/ 2>/dev/null || true; fi\n"
+        ));
+    }
+    script.push_str("exit $status\n");
+    script
+}
+
+/// A known CLI agent.
+pub struct InstalledAgent {
+    recipe: &'static Recipe,
+    spec: AgentSpec,
+    /// Host path of a local package (kwarg `package`).
+    package: Option<PathBuf>,
+}
+
+impl InstalledAgent {
+    /// The installed agent a job-file entry names, if it names one.
+    pub fn from_spec(spec: &AgentSpec) -> Option<Result<Self, String>> {
+        let recipe = recipe(&spec.name)?;
+        let package = match spec.kwargs.get("package") {
+            None => None,
+            Some(v) => match v.as_str().map(PathBuf::from) {
+                Some(p) if p.exists() => Some(p),
+                Some(p) => {
+                    return Some(Err(format!(
+                        "agent {}: kwargs.package {} does not exist",
+                        spec.name,
+                        p.display()
+                    )))
+                }
+                None => {
+                    return Some(Err(format!(
+                        "agent {}: kwargs.package must be a path",
+                        spec.name
+                    )))
+                }
+            },
+        };
+        Some(Ok(Self {
+            recipe,
+            spec: spec.clone(),
+            package,
+        }))
+    }
+
+    /// The package path inside the environment, for a local package.
+    fn package_in_env(&self) -> Option<String> {
+        let p = self.package.as_ref()?;
+        Some(if p.is_file() {
+            format!("{PACKAGE_DIR}/{}", p.file_name()?.to_string_lossy())
+        } else {
+            PACKAGE_DIR.to_string()
+        })
+    }
+
+    fn env(&self) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .recipe
+            .env_keys
+            .iter()
+            .filter_map(|k| {
+                self.spec
+                    .env
+                    .get(*k)
+                    .cloned()
+                    .or_else(|| std::env::var(k).ok())
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (k.to_string(), v))
+            })
+            .collect();
+        env.extend(
+            self.recipe
+                .fixed_env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        let (extra, _) = rollout_core::envvars::expand_map(&self.spec.env);
+        for (k, v) in extra {
+            if !env.iter().any(|(ek, _)| ek == &k) {
+                env.push((k, v));
+            }
+        }
+        env
+    }
+}
+
+#[async_trait]
+impl Agent for InstalledAgent {
+    fn info(&self) -> AgentInfo {
+        AgentInfo {
+            name: self.recipe.name.into(),
+            version: self.spec.version.clone(),
+            model_name: self.spec.model_name.clone(),
+        }
+    }
+
+    fn files(&self, _task: &Task) -> Vec<AgentFiles> {
+        let Some(p) = &self.package else {
+            return Vec::new();
+        };
+        vec![AgentFiles {
+            target: PACKAGE_DIR.into(),
+            source: p.clone(),
+            aliases: Vec::new(),
+        }]
+    }
+
+    async fn install(&self, ctx: &AgentContext<'_>) -> Result<Option<CommandOutcome>, AgentError> {
+        let script = install_script(
+            self.recipe,
+            self.spec.version.as_deref(),
+            self.package_in_env().as_deref(),
+        );
+        let mut req = request(ctx, script, ctx.install_timeout, Some("0".into()));
+        req.env.extend(self.env());
+        run_logged(ctx, "setup", req).await.map(Some)
+    }
+
+    async fn run(&self, ctx: &AgentContext<'_>) -> Result<CommandOutcome, AgentError> {
+        let script = run_script(
+            self.recipe,
+            self.spec.model_name.as_deref(),
+            crate::INSTRUCTION_PATH,
+        );
+        let mut req = request(ctx, script, ctx.run_timeout, ctx.user.clone());
+        req.env.extend(self.env());
+        run_logged(ctx, "command-0", req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_pinned_per_ecosystem() {
+        let claude = recipe("claude-code").unwrap();
+        assert!(install_script(claude, Some("1.0.3"), None)
+            .contains("npm install --global --no-audit --no-fund @anthropic-ai/claude-code@1.0.3"));
+        let aider = recipe("aider").unwrap();
+        assert!(install_script(aider, Some("0.80.0"), None)
+            .contains("pip install --no-cache-dir --disable-pip-version-check aider-chat==0.80.0"));
+        assert!(
+            install_script(aider, None, Some("/rollout/agent-package/x.whl"))
+                .contains("/rollout/agent-package/x.whl")
+        );
+    }
+
+    #[test]
+    fn install_detects_package_managers() {
+        let s = install_script(recipe("codex").unwrap(), None, None);
+        for pm in ["apt-get", "apk add", "dnf install", "yum install"] {
+            assert!(s.contains(pm), "{pm}");
+        }
+    }
+
+    #[test]
+    fn run_script_passes_the_instruction_and_model() {
+        let s = run_script(
+            recipe("aider").unwrap(),
+            Some("gpt-4.1"),
+            "/rollout/instruction.md",
+        );
+        assert!(s.contains("--model gpt-4.1"));
+        assert!(s.contains("--message \"$(cat \"$ROLLOUT_TASK_INSTRUCTION\")\""));
+        let s = run_script(recipe("claude-code").unwrap(), None, "/i");
+        assert!(!s.contains("--model"));
+        assert!(s.contains("cp -r $HOME/.claude/projects /logs/agent/"));
+    }
+
+    #[test]
+    fn every_recipe_is_known_by_name() {
+        for r in RECIPES {
+            assert_eq!(recipe(r.name).unwrap().package, r.package);
+            assert!(r.command.contains("{instruction}"));
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! `rollout datasets list`, `rollout cache ls|clean`, `rollout tasks init`.
+
+use crate::cli::{CacheCommand, InitArgs};
+use crate::exit;
+use rollout_sources::git::GitCache;
+use rollout_sources::registry::Registry;
+use std::path::Path;
+
+pub fn datasets_list(registry: &str) -> u8 {
+    let reg = match Registry::load(registry) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let width = reg
+        .datasets
+        .iter()
+        .map(|d| d.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    println!(
+        "{:<width$}  {:<10}  {:>5}  description",
+        "name", "version", "tasks"
+    );
+    for d in &reg.datasets {
+        println!(
+            "{:<width$}  {:<10}  {:>5}  {}",
+            d.name,
+            d.version,
+            d.tasks.len(),
+            d.description
+        );
+    }
+    exit::OK
+}
+
+/// Size of a directory tree in bytes.
+fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+pub fn cache(cmd: CacheCommand) -> u8 {
+    let root = rollout_core::cache_root();
+    let git = GitCache::new(GitCache::default_root());
+    let others = ["archives", "jsonl", "code-agents"];
+    match cmd {
+        CacheCommand::Ls => {
+            println!("cache: {}", root.display());
+            match git.list() {
+                Ok(entries) => {
+                    for e in &entries {
+                        println!("git       {}  {}  {}", e.url, e.commit, mib(e.bytes));
+                    }
+                    println!("git: {} checkout(s)", entries.len());
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::TRIAL_ERRORS;
+                }
+            }
+            for d in others {
+                let dir = root.join(d);
+                let n = std::fs::read_dir(&dir).map(|r| r.count()).unwrap_or(0);
+                println!(
+                    "{d}: {n} entr{}, {}",
+                    if n == 1 { "y" } else { "ies" },
+                    mib(tree_bytes(&dir))
+                );
+            }
+            exit::OK
+        }
+        CacheCommand::Clean => {
+            let mut freed = match git.clean() {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return exit::TRIAL_ERRORS;
+                }
+            };
+            for d in others {
+                let dir = root.join(d);
+                freed += tree_bytes(&dir);
+                if let Err(e) = std::fs::remove_dir_all(&dir) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        eprintln!("error: removing {}: {e}", dir.display());
+                        return exit::TRIAL_ERRORS;
+                    }
+                }
+            }
+            println!("freed {}", mib(freed));
+            exit::OK
+        }
+    }
+}
+
+pub fn tasks_init(args: InitArgs) -> u8 {
+    let dir = args.dir.join(&args.name);
+    if dir.exists() {
+        eprintln!("error: {} already exists", dir.display());
+        return exit::USAGE;
+    }
+    let files: [(&str, String, bool); 5] = [
+        ("instruction.md", format!("# {}\n\nDescribe the task for the agent here.\n", args.name), false),
+        (
+            "task.toml",
+            String::from(
+                "version = \"1.0\"\n\n[metadata]\nauthor_name = \"\"\ndifficulty = \"easy\"\ncategory = \"\"\ntags = []\n\n\
+                 [verifier]\ntimeout_sec = 120.0\n\n[agent]\ntimeout_sec = 600.0\n\n\
+                 [environment]\nbuild_timeout_sec = 600.0\ncpus = 1\nmemory_mb = 2048\nstorage_mb = 10240\n# network_mode = \"no-network\"\n# workdir = \"/app\"\n"
+            ),
+            false,
+        ),
+        ("environment/Dockerfile", "FROM debian:bookworm-slim\nWORKDIR /app\n".into(), false),
+        ("solution/solve.sh", "#!/bin/bash\n# The reference solution: the oracle agent runs this.\nset -euo pipefail\n".into(), true),
+        (
+            "tests/test.sh",
+            "#!/bin/bash\n# Runs after the agent. Write the reward (1 = solved) to /logs/verifier/reward.txt\n\
+             # (or named numbers to /logs/verifier/reward.json).\nif false; then echo 1; else echo 0; fi > /logs/verifier/reward.txt\n"
+                .into(),
+            true,
+        ),
+    ];
+    for (rel, content, exec) in files {
+        let path = dir.join(rel);
+        let res = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::write(&path, content))
+            .and_then(|_| {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = if exec { 0o755 } else { 0o644 };
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            });
+        if let Err(e) = res {
+            eprintln!("error: writing {}: {e}", path.display());
+            return exit::TRIAL_ERRORS;
+        }
+    }
+    println!("created {}: edit instruction.md, solution/solve.sh and tests/test.sh, then `rollout tasks check {}`", dir.display(), dir.display());
+    exit::OK
+}

@@ -1,0 +1,214 @@
+//! The built-in LLM agent against a scripted OpenAI-compatible server on loopback (real HTTP),
+//! through the real Docker environment.
+
+mod common;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use common::*;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+
+/// What the fake server answers, in order; and what it was sent.
+#[derive(Clone, Default)]
+struct Script {
+    replies: Arc<Mutex<Vec<(u16, Value)>>>,
+    seen: Arc<Mutex<Vec<Value>>>,
+}
+
+async fn chat(State(s): State<Script>, Json(body): Json<Value>) -> Response {
+    s.seen.lock().unwrap().push(body);
+    let (status, reply) = {
+        let mut r = s.replies.lock().unwrap();
+        if r.is_empty() {
+            (500, json!({"error": {"message": "script exhausted"}}))
+        } else {
+            r.remove(0)
+        }
+    };
+    let mut resp = (StatusCode::from_u16(status).unwrap(), Json(reply)).into_response();
+    if status == 429 {
+        resp.headers_mut()
+            .insert("retry-after", "0".parse().unwrap());
+    }
+    resp
+}
+
+/// Start the server on a free loopback port; returns its base URL.
+fn serve(script: Script) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let app = Router::new()
+                .route("/v1/chat/completions", post(chat))
+                .with_state(script);
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    format!("http://{addr}/v1")
+}
+
+fn tool_call(id: &str, command: &str) -> Value {
+    json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
+        {"id": id, "type": "function", "function": {"name": "bash", "arguments": json!({"command": command}).to_string()}}
+    ]}}], "usage": {"prompt_tokens": 100, "completion_tokens": 20}})
+}
+
+fn final_answer(text: &str) -> Value {
+    json!({"choices": [{"message": {"role": "assistant", "content": text}}], "usage": {"prompt_tokens": 150, "completion_tokens": 5}})
+}
+
+fn run_agent(base_url: &str, extra: &[&str]) -> Run {
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let output = rollout_cmd()
+        .env("OPENAI_BASE_URL", base_url)
+        .env("OPENAI_API_KEY", "test-key")
+        .args([
+            "run",
+            "-p",
+            example("hello-world").to_str().unwrap(),
+            "-a",
+            "rollout-agent",
+            "-m",
+            "fake-model",
+        ])
+        .args(extra)
+        .args(["-o", tmp.path().to_str().unwrap(), "--job-name", "job"])
+        .output()
+        .unwrap();
+    Run {
+        output,
+        job_dir: tmp.path().join("job"),
+        _tmp: tmp,
+    }
+}
+
+#[test]
+fn the_agent_solves_hello_world_through_tool_calls() {
+    let script = Script::default();
+    *script.replies.lock().unwrap() = vec![
+        (
+            200,
+            tool_call(
+                "call-1",
+                "printf 'Hello, world!' > /app/hello.txt && cat /app/hello.txt",
+            ),
+        ),
+        (200, final_answer("Created /app/hello.txt.")),
+    ];
+    let url = serve(script.clone());
+    let r = run_agent(&url, &[]);
+    assert_eq!(r.code(), 0, "stderr:\n{}", r.stderr());
+    let t = r.trial();
+    assert_eq!(t["reward"], 1.0, "{t}");
+    assert_eq!(t["agent"]["model_name"], "fake-model");
+    let usage = &t["agent_run"]["usage"];
+    assert_eq!(usage["input_tokens"], 250);
+    assert_eq!(usage["output_tokens"], 25);
+    assert_eq!(usage["turns"], 2);
+    assert_eq!(usage["stop_reason"], "final_answer");
+
+    // The trajectory matches what the server saw.
+    let seen = script.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2);
+    let traj = read_json(
+        &r.trial_dir("hello-world__rollout-agent__1")
+            .join("agent/trajectory.json"),
+    );
+    let steps = traj["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 2);
+    for (step, sent) in steps.iter().zip(&seen) {
+        assert_eq!(
+            &step["request"], sent,
+            "the trajectory records the exact request"
+        );
+    }
+    let tool = &steps[0]["tool_calls"][0];
+    assert_eq!(tool["name"], "bash");
+    let output = tool["output"].as_str().unwrap();
+    assert!(
+        output.contains("exit code: 0")
+            && output.contains("Hello, world!")
+            && output.contains("time left"),
+        "{output}"
+    );
+    // The second request carries the tool result back to the model.
+    let last = seen[1]["messages"].as_array().unwrap().last().unwrap();
+    assert_eq!(last["role"], "tool");
+    assert_eq!(last["tool_call_id"], "call-1");
+    assert_eq!(last["content"], tool["output"]);
+    assert!(seen[0]["messages"][0]["content"]
+        .as_str()
+        .unwrap()
+        .contains("Time left"));
+    assert_eq!(seen[0]["model"], "fake-model");
+}
+
+#[test]
+fn rate_limits_are_retried() {
+    let script = Script::default();
+    *script.replies.lock().unwrap() = vec![
+        (429, json!({"error": {"message": "slow down"}})),
+        (
+            200,
+            tool_call("c1", "printf 'Hello, world!' > /app/hello.txt"),
+        ),
+        (200, final_answer("done")),
+    ];
+    let url = serve(script.clone());
+    let r = run_agent(&url, &[]);
+    assert_eq!(r.code(), 0, "stderr:\n{}", r.stderr());
+    let t = r.trial();
+    assert_eq!(t["reward"], 1.0);
+    assert_eq!(t["agent_run"]["usage"]["requests"], 3);
+    let traj = read_json(
+        &r.trial_dir("hello-world__rollout-agent__1")
+            .join("agent/trajectory.json"),
+    );
+    assert_eq!(traj["steps"][0]["attempts"][0]["status"], 429);
+    assert_eq!(traj["steps"][0]["attempts"][1]["status"], 200);
+}
+
+#[test]
+fn a_context_window_error_is_classified() {
+    let script = Script::default();
+    *script.replies.lock().unwrap() = vec![(
+        400,
+        json!({"error": {"code": "context_length_exceeded", "message": "This model's maximum context length is 8192 tokens"}}),
+    )];
+    let url = serve(script);
+    let r = run_agent(&url, &[]);
+    assert_eq!(r.code(), 1);
+    let t = r.trial();
+    assert_eq!(t["error"]["type"], "context_window_exceeded", "{t}");
+    // The verifier still judged the (untouched) environment.
+    assert_eq!(t["reward"], 0.0);
+    let job = r.job_result();
+    assert_eq!(job["stats"]["error_counts"]["context_window_exceeded"], 1);
+}
+
+#[test]
+fn auth_errors_are_not_retried() {
+    let script = Script::default();
+    *script.replies.lock().unwrap() = vec![(401, json!({"error": {"message": "bad key"}}))];
+    let url = serve(script.clone());
+    let r = run_agent(&url, &["--max-retries", "2"]);
+    let t = r.trial();
+    assert_eq!(t["error"]["type"], "api_auth", "{t}");
+    assert_eq!(
+        script.seen.lock().unwrap().len(),
+        1,
+        "a 401 is final: no API retry, no trial retry"
+    );
+}
