@@ -82,6 +82,10 @@ pub enum Event {
     },
     /// Cancellation was requested; running trials are being stopped.
     Cancelling,
+    /// No new trial starts until [`Event::Resumed`]; running trials go on.
+    Paused,
+    /// Trials start again.
+    Resumed,
     /// A note worth a log line (a preserved container, a warning …).
     Note {
         trial: Option<String>,

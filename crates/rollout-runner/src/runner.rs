@@ -85,6 +85,7 @@ pub struct Runner {
     sinks: Vec<Arc<dyn EventSink>>,
     cancel: CancellationToken,
     options: RunOptions,
+    pause: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Runner {
@@ -98,7 +99,14 @@ impl Runner {
             sinks: Vec::new(),
             cancel,
             options,
+            pause: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
+    }
+
+    /// A handle that pauses (`true`: no new trial starts; running ones go on) and resumes
+    /// (`false`) the job.
+    pub fn pause_handle(&self) -> Arc<tokio::sync::watch::Sender<bool>> {
+        self.pause.clone()
     }
 
     /// Add a consumer of events.
@@ -147,7 +155,34 @@ impl Runner {
             });
             results.push(Arc::unwrap_or_clone(r));
         };
-        for trial in &plan.trials {
+        // Pausing and resuming are announced as they happen.
+        let announcer = {
+            let shared = shared.clone();
+            let mut rx = self.pause.subscribe();
+            tokio::spawn(async move {
+                while rx.changed().await.is_ok() {
+                    let paused = *rx.borrow_and_update();
+                    shared.emit(if paused {
+                        &Event::Paused
+                    } else {
+                        &Event::Resumed
+                    });
+                }
+            })
+        };
+        let mut pause_rx = self.pause.subscribe();
+        'schedule: for trial in &plan.trials {
+            // While paused, start nothing, but keep reaping finished trials.
+            while *pause_rx.borrow_and_update() {
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => break 'schedule,
+                    Some(done) = running.join_next(), if !running.is_empty() => {
+                        if let Ok((r, dir)) = done { finish(r, &shared, &mut results, dir); }
+                    }
+                    _ = pause_rx.changed() => {}
+                }
+            }
             // Reap finished trials while waiting for a slot, so events stay timely.
             let permit = loop {
                 tokio::select! {
@@ -159,7 +194,9 @@ impl Runner {
                     p = semaphore.clone().acquire_owned() => break p.ok(),
                 }
             };
-            let Some(permit) = permit else { break };
+            let Some(permit) = permit else {
+                break 'schedule;
+            };
             let shared = shared.clone();
             let trial = trial.clone();
             let dir = plan.job_dir.join(&trial.name);
@@ -182,6 +219,7 @@ impl Runner {
                 }
             }
         }
+        announcer.abort();
         if self.cancel.is_cancelled() && !cancel_announced {
             shared.emit(&Event::Cancelling);
         }

@@ -179,6 +179,14 @@ impl EventSink for ResultsWriter {
                 log_job(&mut st, format!("{} finished: {outcome}", result.trial_name))
             }
             Event::Cancelling => log_job(&mut st, "cancelling: no new trials; running trials are stopped and their containers removed".into()),
+            Event::Paused | Event::Resumed => {
+                let paused = matches!(event, Event::Paused);
+                if let Some(c) = st.control.as_mut() {
+                    c.status = if paused { RunStatus::Paused } else { RunStatus::Running };
+                }
+                write_control(&mut st)?;
+                log_job(&mut st, if paused { "paused: no new trial starts; running trials go on".into() } else { "resumed".into() })
+            }
             Event::Note { trial, message } => {
                 if let (Some(t), Some(dir)) = (trial, &st.job_dir) {
                     append_line(&dir.join(t).join("trial.log"), &format!("{} {message}", stamp()))?;

@@ -30,6 +30,8 @@ pub enum Command {
     /// Inspect or empty rollout's cache (git clones, unpacked archives, code agents).
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Check everything that can fail before a run, without running an agent.
+    Preflight(PreflightArgs),
     /// Remove containers whose rollout process is gone (crashes, preserved environments) and
     /// dangling build images. Environment images are kept unless --images.
     Gc(GcArgs),
@@ -55,9 +57,28 @@ pub enum CacheCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum JobsCommand {
-    /// Finish a job that was interrupted (crash, kill -9, Ctrl-C): complete trials are kept,
-    /// the others run from scratch, orphaned containers are removed first.
+    /// Un-pause a paused running job; or finish a job whose process is gone (crash, kill -9,
+    /// Ctrl-C): complete trials are kept, the others run from scratch, orphaned containers are
+    /// removed first.
     Resume(ResumeArgs),
+    /// Stop starting new trials in a running job (running trials go on).
+    Pause(JobDirArg),
+    /// Cancel a running job as Ctrl-C does: trials stop, containers are removed, results written.
+    Kill(JobDirArg),
+    /// Past and running jobs under a jobs directory.
+    List {
+        /// The jobs directory.
+        #[arg(short = 'o', long = "jobs-dir", default_value = "jobs")]
+        jobs_dir: PathBuf,
+    },
+    /// One job: status, active trials, summary.
+    Show(JobDirArg),
+}
+
+#[derive(Args, Debug)]
+pub struct JobDirArg {
+    /// The job directory (`jobs/<name>`).
+    pub job_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -74,6 +95,24 @@ pub struct ResumeArgs {
     #[arg(short = 'n', long = "n-concurrent")]
     pub n_concurrent: Option<usize>,
     /// Print the job result as JSON on stdout instead of the summary table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct PreflightArgs {
+    /// A job file (YAML or JSON).
+    pub config: Option<PathBuf>,
+    /// A task directory, dataset directory or JSONL row file (repeatable).
+    #[arg(short = 'p', long = "path")]
+    pub paths: Vec<PathBuf>,
+    /// Agents to check (`oracle`, `nop`, …), as for `rollout run`.
+    #[arg(short = 'a', long = "agent")]
+    pub agents: Vec<String>,
+    /// Actually build (or pull) every image needed, instead of only checking they can be.
+    #[arg(long)]
+    pub build: bool,
+    /// Print `{"ok", "checks": [...]}` on stdout.
     #[arg(long)]
     pub json: bool,
 }

@@ -3,6 +3,8 @@
 mod ca;
 mod cli;
 mod gc;
+mod jobs_cmd;
+mod preflight;
 mod progress;
 mod run;
 mod signals;
@@ -34,12 +36,17 @@ fn main() -> ExitCode {
         cli::Command::Run(args) => run::main(*args),
         cli::Command::Tasks(cli::TasksCommand::Check(args)) => tasks_cmd::check(args),
         cli::Command::Tasks(cli::TasksCommand::Init(args)) => sources_cmd::tasks_init(args),
-        cli::Command::Jobs(cli::JobsCommand::Resume(args)) => run::resume(args),
+        cli::Command::Jobs(cli::JobsCommand::Resume(args)) => jobs_cmd::resume(args),
+        cli::Command::Jobs(cli::JobsCommand::Pause(a)) => jobs_cmd::pause(&a.job_dir),
+        cli::Command::Jobs(cli::JobsCommand::Kill(a)) => jobs_cmd::kill(&a.job_dir),
+        cli::Command::Jobs(cli::JobsCommand::List { jobs_dir }) => jobs_cmd::list(&jobs_dir),
+        cli::Command::Jobs(cli::JobsCommand::Show(a)) => jobs_cmd::show(&a.job_dir),
         cli::Command::Datasets(cli::DatasetsCommand::List { registry }) => {
             sources_cmd::datasets_list(&registry)
         }
         cli::Command::Cache(cmd) => sources_cmd::cache(cmd),
         cli::Command::Gc(args) => gc::main(args),
+        cli::Command::Preflight(args) => preflight::main(args),
     };
     ExitCode::from(code)
 }

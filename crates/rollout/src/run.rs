@@ -438,6 +438,7 @@ async fn run_plan(plan: JobPlan, json: bool, ca_bundle: Option<Vec<u8>>) -> u8 {
         ..Default::default()
     };
     let mut runner = Runner::new(provider, cancel.clone(), options);
+    crate::signals::watch_pause(runner.pause_handle());
     let writer = Arc::new(ResultsWriter::new());
     runner.subscribe(writer.clone());
     let progress = Arc::new(crate::progress::Progress::new(

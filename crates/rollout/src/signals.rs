@@ -5,6 +5,29 @@ use rollout_env::Provider;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
+/// SIGUSR1 pauses the job (no new trial starts), SIGUSR2 resumes it: what `rollout jobs
+/// pause|resume` send from another terminal.
+pub fn watch_pause(pause: Arc<tokio::sync::watch::Sender<bool>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut usr1), Ok(mut usr2)) = (
+        signal(SignalKind::user_defined1()),
+        signal(SignalKind::user_defined2()),
+    ) else {
+        tracing::warn!(
+            "cannot watch SIGUSR1/SIGUSR2: pausing from another terminal is unavailable"
+        );
+        return;
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = usr1.recv() => { pause.send_replace(true); }
+                _ = usr2.recv() => { pause.send_replace(false); }
+            }
+        }
+    });
+}
+
 /// Watch for SIGINT/SIGTERM for the job `job_id`.
 pub fn watch(cancel: CancellationToken, provider: Arc<dyn Provider>, job_id: String) {
     tokio::spawn(async move {

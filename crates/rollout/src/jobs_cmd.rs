@@ -1,0 +1,269 @@
+//! `rollout jobs pause|resume|kill|list|show`: act on a job from another terminal.
+//!
+//! A running job's `run_control.json` names its process; pause and resume send it SIGUSR1 and
+//! SIGUSR2, kill sends SIGTERM (the same clean cancellation as Ctrl-C) and, if the process does
+//! not end in time, SIGKILL followed by a sweep of the job's containers.
+
+use crate::cli::ResumeArgs;
+use crate::exit;
+use rollout_core::result::JobResult;
+use rollout_runner::writer::{RunControl, RunStatus, RUN_CONTROL};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// How long `kill` waits for a clean cancellation before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(120);
+
+/// The state of the job in `dir`, and whether its process still runs.
+fn control(dir: &Path) -> Result<(RunControl, bool), String> {
+    let c = RunControl::load(dir).ok_or_else(|| {
+        format!(
+            "{} has no readable {RUN_CONTROL}: is it a job directory?",
+            dir.display()
+        )
+    })?;
+    let alive = c.owner_alive(&rollout_runner::host_name());
+    Ok((c, alive))
+}
+
+fn signal(pid: u32, sig: i32) -> Result<(), String> {
+    // SAFETY: kill(2) with a pid read from the job's state file and checked to be a rollout
+    // process on this host.
+    let rc = unsafe { libc::kill(pid as i32, sig) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "cannot signal process {pid}: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// Wait (bounded) until `cond` holds for the job's state.
+fn wait_for(dir: &Path, secs: u64, cond: impl Fn(&RunControl) -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if RunControl::load(dir).is_some_and(|c| cond(&c)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+pub fn pause(dir: &Path) -> u8 {
+    let (c, alive) = match control(dir) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    if !alive || c.status != RunStatus::Running {
+        eprintln!(
+            "error: job {} is not running (status {:?}); nothing to pause",
+            dir.display(),
+            c.status
+        );
+        return exit::USAGE;
+    }
+    if let Err(e) = signal(c.pid, libc::SIGUSR1) {
+        eprintln!("error: {e}");
+        return exit::TRIAL_ERRORS;
+    }
+    if wait_for(dir, 10, |c| c.status == RunStatus::Paused) {
+        let n = RunControl::load(dir).map_or(0, |c| c.active_trials.len());
+        println!("paused {}: no new trial starts; {n} running trial(s) go on. `rollout jobs resume` continues.", dir.display());
+        exit::OK
+    } else {
+        eprintln!(
+            "error: job {} did not report paused within 10 s",
+            dir.display()
+        );
+        exit::TRIAL_ERRORS
+    }
+}
+
+pub fn resume(args: ResumeArgs) -> u8 {
+    let dir = &args.job_dir;
+    if let Ok((c, true)) = control(dir) {
+        if c.status == RunStatus::Paused {
+            if let Err(e) = signal(c.pid, libc::SIGUSR2) {
+                eprintln!("error: {e}");
+                return exit::TRIAL_ERRORS;
+            }
+            return if wait_for(dir, 10, |c| c.status == RunStatus::Running) {
+                println!("resumed {}", dir.display());
+                exit::OK
+            } else {
+                eprintln!(
+                    "error: job {} did not report running within 10 s",
+                    dir.display()
+                );
+                exit::TRIAL_ERRORS
+            };
+        }
+    }
+    crate::run::resume(args)
+}
+
+pub fn kill(dir: &Path) -> u8 {
+    let (c, alive) = match control(dir) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    if alive && matches!(c.status, RunStatus::Running | RunStatus::Paused) {
+        if let Err(e) = signal(c.pid, libc::SIGTERM) {
+            eprintln!("error: {e}");
+            return exit::TRIAL_ERRORS;
+        }
+        let deadline = Instant::now() + KILL_GRACE;
+        while rollout_core::owner_alive(c.pid, &c.host, &rollout_runner::host_name())
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if rollout_core::owner_alive(c.pid, &c.host, &rollout_runner::host_name()) {
+            eprintln!(
+                "job did not stop within {} s: killing process {}",
+                KILL_GRACE.as_secs(),
+                c.pid
+            );
+            let _ = signal(c.pid, libc::SIGKILL);
+        }
+    }
+    // Whatever the process left (or a crash left) goes too.
+    let removed = sweep(&c.run_id);
+    let mut c = RunControl::load(dir).unwrap_or(c);
+    c.status = RunStatus::Killed;
+    c.active_trials.clear();
+    c.updated_at = chrono::Utc::now();
+    if let Err(e) = rollout_runner::fsutil::write_json(&dir.join(RUN_CONTROL), &c) {
+        eprintln!("error: updating {}: {e}", dir.join(RUN_CONTROL).display());
+        return exit::TRIAL_ERRORS;
+    }
+    println!(
+        "killed {}{}",
+        dir.display(),
+        removed.map_or(String::new(), |n| format!("; removed {n} container(s)"))
+    );
+    exit::OK
+}
+
+/// Remove the containers of job `job_id`; None when the engine cannot be reached.
+fn sweep(job_id: &str) -> Option<usize> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()?;
+    rt.block_on(async {
+        use rollout_env::Provider;
+        let p = rollout_env::docker::DockerProvider::connect(Default::default())
+            .await
+            .ok()?;
+        p.remove_labelled(rollout_core::labels::JOB, job_id)
+            .await
+            .ok()
+    })
+}
+
+/// Status shown for a job: a "running" job whose process is gone was interrupted.
+fn status_of(dir: &Path) -> (String, Option<RunControl>) {
+    match control(dir) {
+        Ok((c, alive)) => {
+            let s = match c.status {
+                RunStatus::Running | RunStatus::Paused if !alive => {
+                    "interrupted (process gone)".to_string()
+                }
+                s => format!("{s:?}").to_lowercase(),
+            };
+            (s, Some(c))
+        }
+        Err(_) => ("unknown".into(), None),
+    }
+}
+
+fn job_result(dir: &Path) -> Option<JobResult> {
+    serde_json::from_slice(&std::fs::read(dir.join("result.json")).ok()?).ok()
+}
+
+fn count_results(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map_or(0, |d| {
+        d.flatten()
+            .filter(|e| e.path().join("result.json").is_file())
+            .count()
+    })
+}
+
+pub fn list(jobs_dir: &Path) -> u8 {
+    let Ok(entries) = std::fs::read_dir(jobs_dir) else {
+        eprintln!("error: cannot read {}", jobs_dir.display());
+        return exit::USAGE;
+    };
+    let mut dirs: Vec<_> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.join("config.json").is_file())
+        .collect();
+    dirs.sort();
+    println!(
+        "{:<32} {:<28} {:>8} {:>11}  started",
+        "job", "status", "trials", "mean reward"
+    );
+    for d in &dirs {
+        let (status, control) = status_of(d);
+        let result = job_result(d);
+        let done = count_results(d);
+        let total = result
+            .as_ref()
+            .map(|r| r.n_total_trials.to_string())
+            .unwrap_or_else(|| "?".into());
+        let mean = result
+            .as_ref()
+            .and_then(|r| r.stats.mean_reward)
+            .map_or("-".into(), |m| format!("{m:.3}"));
+        let started = control
+            .map(|c| c.started_at.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_default();
+        let name = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        println!(
+            "{name:<32} {status:<28} {:>8} {mean:>11}  {started}",
+            format!("{done}/{total}")
+        );
+    }
+    println!("{} job(s) in {}", dirs.len(), jobs_dir.display());
+    exit::OK
+}
+
+pub fn show(dir: &Path) -> u8 {
+    if !dir.join("config.json").is_file() {
+        eprintln!("error: {} is not a job directory", dir.display());
+        return exit::USAGE;
+    }
+    let (status, control) = status_of(dir);
+    println!("job {}: {status}", dir.display());
+    if let Some(c) = &control {
+        println!(
+            "id {}  pid {} on {}  started {}  updated {}",
+            c.run_id, c.pid, c.host, c.started_at, c.updated_at
+        );
+        if !c.active_trials.is_empty() {
+            println!("running: {}", c.active_trials.join(", "));
+        }
+    }
+    match job_result(dir) {
+        Some(r) => print!("{}", crate::summary::render(&r, dir)),
+        None => println!(
+            "{} trial(s) finished so far; no job result yet",
+            count_results(dir)
+        ),
+    }
+    exit::OK
+}
