@@ -9,6 +9,21 @@ pub fn bytes_digest(bytes: &[u8]) -> String {
     blake3::hash(bytes).to_hex().to_string()
 }
 
+/// Bytes of the regular files under `dir` (symlinks not followed); 0 when unreadable.
+pub fn tree_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(_) => e.metadata().map_or(0, |m| m.len()),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// Every regular file and symlink under `root`, as sorted relative paths.
 pub fn list_files(root: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();

@@ -77,6 +77,24 @@ impl TarBuilder {
     }
 }
 
+/// Copy a host directory tree: files with their modes, symlinks as symlinks.
+pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
+    fs::create_dir_all(dst)?;
+    for entry in fs::read_dir(src)? {
+        let entry = entry?;
+        let ft = entry.file_type()?;
+        let to = dst.join(entry.file_name());
+        if ft.is_dir() {
+            copy_tree(&entry.path(), &to)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(fs::read_link(entry.path())?, &to)?;
+        } else {
+            fs::copy(entry.path(), &to)?;
+        }
+    }
+    Ok(())
+}
+
 /// What [`extract_stripped`] did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct ExtractStats {

@@ -455,7 +455,7 @@ impl TrialRun<'_> {
                     std::fs::copy(&files.source, copy.join(name))?;
                 }
             } else {
-                copy_dir(&files.source, &copy)?;
+                rollout_env::archive::copy_tree(&files.source, &copy)?;
             }
             for target in std::iter::once(files.target).chain(files.aliases) {
                 mounts.push(HostMount {
@@ -786,24 +786,6 @@ const NO_TAR: &str = "rollout: no tar in this image";
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
-/// Copy a directory tree (files with their modes; symlinks as symlinks).
-fn copy_dir(src: &Path, dst: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dst)?;
-    for entry in std::fs::read_dir(src)? {
-        let entry = entry?;
-        let ft = entry.file_type()?;
-        let to = dst.join(entry.file_name());
-        if ft.is_dir() {
-            copy_dir(&entry.path(), &to)?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
-        } else {
-            std::fs::copy(entry.path(), &to)?;
-        }
-    }
-    Ok(())
 }
 
 /// Remove everything under `dir` that is neither a regular file nor a directory; sum file sizes.

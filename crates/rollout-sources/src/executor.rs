@@ -283,7 +283,7 @@ fn write_task(
     std::fs::create_dir_all(&env).map_err(io(format!("creating {}", env.display())))?;
     std::fs::copy(src.join("prompt.md"), task.join("instruction.md"))
         .map_err(io("copying prompt.md"))?;
-    copy_tree(repo, &env.join("repo"))
+    rollout_env::archive::copy_tree(repo, &env.join("repo"))
         .map_err(io(format!("copying the checkout of {}", ws.repo)))?;
     let language = ws
         .language
@@ -413,24 +413,6 @@ reward=0
 if [ "$total" -gt 0 ] && [ "$passed" -eq "$total" ]; then reward=1; fi
 printf '{"reward": %s, "checks_passed": %s, "checks_total": %s}\n' "$reward" "$passed" "$total" > /logs/verifier/reward.json
 "#;
-
-/// Copy a directory tree, keeping file modes and symlinks as symlinks.
-fn copy_tree(src: &Path, dst: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dst)?;
-    for entry in std::fs::read_dir(src)? {
-        let entry = entry?;
-        let ft = entry.file_type()?;
-        let to = dst.join(entry.file_name());
-        if ft.is_dir() {
-            copy_tree(&entry.path(), &to)?;
-        } else if ft.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(entry.path())?, &to)?;
-        } else {
-            std::fs::copy(entry.path(), &to)?;
-        }
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

@@ -457,7 +457,7 @@ impl GitCache {
                 out.push(CacheEntry {
                     url,
                     commit,
-                    bytes: tree_bytes(&dir),
+                    bytes: rollout_core::digest::tree_bytes(&dir),
                     dir,
                 });
             }
@@ -471,7 +471,7 @@ impl GitCache {
         if !self.root.exists() {
             return Ok(0);
         }
-        let bytes = tree_bytes(&self.root);
+        let bytes = rollout_core::digest::tree_bytes(&self.root);
         match std::fs::remove_dir_all(&self.root) {
             Ok(()) => Ok(bytes),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(bytes),
@@ -989,21 +989,6 @@ fn visible_dirs(dir: &Path) -> Result<Vec<PathBuf>, SourceError> {
     }
     out.sort();
     Ok(out)
-}
-
-/// Bytes of the regular files under `dir` (symlinks not followed).
-fn tree_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
-            Ok(_) => e.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
-        })
-        .sum()
 }
 
 /// Write `<url_dir>/<commit>.json` atomically.

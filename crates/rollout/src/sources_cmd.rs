@@ -4,7 +4,6 @@ use crate::cli::{CacheCommand, InitArgs};
 use crate::exit;
 use rollout_sources::git::GitCache;
 use rollout_sources::registry::Registry;
-use std::path::Path;
 
 pub fn datasets_list(registry: &str) -> u8 {
     let reg = match Registry::load(registry) {
@@ -37,21 +36,6 @@ pub fn datasets_list(registry: &str) -> u8 {
     exit::OK
 }
 
-/// Size of a directory tree in bytes.
-fn tree_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
-            Ok(_) => e.metadata().map_or(0, |m| m.len()),
-            Err(_) => 0,
-        })
-        .sum()
-}
-
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
@@ -81,7 +65,7 @@ pub fn cache(cmd: CacheCommand) -> u8 {
                 println!(
                     "{d}: {n} entr{}, {}",
                     if n == 1 { "y" } else { "ies" },
-                    mib(tree_bytes(&dir))
+                    mib(rollout_core::digest::tree_bytes(&dir))
                 );
             }
             exit::OK
@@ -96,7 +80,7 @@ pub fn cache(cmd: CacheCommand) -> u8 {
             };
             for d in others {
                 let dir = root.join(d);
-                freed += tree_bytes(&dir);
+                freed += rollout_core::digest::tree_bytes(&dir);
                 if let Err(e) = std::fs::remove_dir_all(&dir) {
                     if e.kind() != std::io::ErrorKind::NotFound {
                         eprintln!("error: removing {}: {e}", dir.display());

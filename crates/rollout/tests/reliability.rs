@@ -21,18 +21,6 @@ fn spawn_run(args: &[&str], jobs: &Path) -> Child {
         .unwrap()
 }
 
-/// Wait (bounded) until `cond` holds.
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn job_containers(job_id: &str) -> usize {
     let out = Command::new("docker")
         .args([

@@ -5,18 +5,6 @@ mod common;
 use common::*;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
-
-fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn jobs(args: &[&str]) -> std::process::Output {
     rollout_cmd().arg("jobs").args(args).output().unwrap()
