@@ -164,7 +164,14 @@ impl JobPlan {
             .collect::<Result<_, _>>()
             .map_err(PlanError::Agent)?;
         let agent_labels = unique_labels(agents.iter().map(|a| sanitize(&a.name)));
-        let tasks: Vec<Arc<Task>> = tasks.into_iter().map(Arc::new).collect();
+        // A task named twice (`-p X -p X`, a dataset and one of its tasks, two identical copies)
+        // runs once: same name and content would write the same trial directories.
+        let mut seen = std::collections::HashSet::new();
+        let tasks: Vec<Arc<Task>> = tasks
+            .into_iter()
+            .filter(|t| seen.insert((t.name.clone(), t.checksum.clone())))
+            .map(Arc::new)
+            .collect();
         let task_labels = task_labels(&tasks);
         let mut trials = Vec::new();
         for (ai, spec) in agents.iter().enumerate() {
@@ -245,6 +252,32 @@ fn task_labels(tasks: &[Arc<Task>]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn task(root: &std::path::Path, name: &str) -> Task {
+        let d = root.join(name);
+        std::fs::create_dir_all(d.join("tests")).unwrap();
+        std::fs::create_dir_all(d.join("environment")).unwrap();
+        std::fs::write(d.join("instruction.md"), "x").unwrap();
+        std::fs::write(d.join("tests/test.sh"), "true").unwrap();
+        std::fs::write(d.join("environment/Dockerfile"), "FROM x").unwrap();
+        Task::load(&d).unwrap()
+    }
+
+    #[test]
+    fn the_same_task_twice_is_planned_once() {
+        let root = tempfile::tempdir().unwrap();
+        let t = task(root.path(), "a");
+        let config = JobConfig {
+            jobs_dir: Some(root.path().join("jobs")),
+            agents: vec![AgentSpec {
+                name: "nop".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let plan = JobPlan::new(config, vec![t.clone(), t]).unwrap();
+        assert_eq!(plan.trials.len(), 1);
+    }
 
     #[test]
     fn repeated_labels_get_suffixes() {
