@@ -156,6 +156,15 @@ impl JobPlan {
         if tasks.is_empty() {
             return Err(PlanError::NoTasks);
         }
+        // Absolute, so that trial directories can be bound into containers and the job can be
+        // resumed from any working directory.
+        let job_dir = if job_dir.is_absolute() {
+            job_dir
+        } else {
+            std::env::current_dir()
+                .map(|cwd| cwd.join(&job_dir))
+                .unwrap_or(job_dir)
+        };
         let multipliers = Multipliers::from_job(&config);
         let agents = config.effective_agents();
         let built: Vec<Arc<dyn Agent>> = agents

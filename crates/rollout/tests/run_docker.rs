@@ -77,6 +77,48 @@ fn oracle_scores_one_and_writes_the_job_directory() {
 }
 
 #[test]
+fn the_default_relative_jobs_dir_works() {
+    // The README's quick start: no -o, jobs/ under the working directory.
+    require_docker();
+    let cwd = tempfile::tempdir().unwrap();
+    let out = rollout_cmd()
+        .current_dir(cwd.path())
+        .args([
+            "run",
+            "-p",
+            example("hello-world").to_str().unwrap(),
+            "-a",
+            "oracle",
+            "--job-name",
+            "j",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        read_json(&cwd.path().join("jobs/j/hello-world__oracle__1/result.json"))["reward"],
+        1.0
+    );
+    // Resuming through a relative path works too.
+    let again = rollout_cmd()
+        .current_dir(cwd.path())
+        .args(["jobs", "resume", "jobs/j"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        again.status.code(),
+        Some(0),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[test]
 fn nop_scores_zero_without_error() {
     let r = run_task(&example("hello-world"), "nop", &[]);
     assert_eq!(r.code(), 0, "stderr:\n{}", r.stderr());
