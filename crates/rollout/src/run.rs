@@ -19,8 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Load every task of the job from its sources; archive agents become the default agent.
 /// Errors are printed; the error value is the exit status.
-fn load_tasks(config: &mut JobConfig) -> Result<Vec<rollout_core::Task>, u8> {
-    let ca = crate::ca::bundle(&crate::ca::CaCerts::Auto).ok().flatten();
+fn load_tasks(
+    config: &mut JobConfig,
+    ca_certs: &crate::ca::CaCerts,
+) -> Result<Vec<rollout_core::Task>, u8> {
+    // The same CAs as the environments get, for the build steps of archive tasks.
+    let ca = crate::ca::bundle(ca_certs).ok().flatten();
     let opts = SourceOptions {
         git: GitCache::new(GitCache::default_root()),
         parallel_clones: 4,
@@ -227,7 +231,7 @@ pub fn main(args: RunArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    let tasks = match load_tasks(&mut config) {
+    let tasks = match load_tasks(&mut config, &args.ca_certs) {
         Ok(t) => t,
         Err(code) => return code,
     };
@@ -303,7 +307,7 @@ pub fn resume(args: crate::cli::ResumeArgs) -> u8 {
     if let Some(n) = args.n_concurrent {
         config.n_concurrent_trials = Some(n.max(1));
     }
-    let tasks = match load_tasks(&mut config) {
+    let tasks = match load_tasks(&mut config, &args.ca_certs) {
         Ok(t) => t,
         Err(code) => return code,
     };
