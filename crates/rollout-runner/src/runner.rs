@@ -172,17 +172,6 @@ impl Runner {
         };
         let mut pause_rx = self.pause.subscribe();
         'schedule: for trial in &plan.trials {
-            // While paused, start nothing, but keep reaping finished trials.
-            while *pause_rx.borrow_and_update() {
-                tokio::select! {
-                    biased;
-                    _ = self.cancel.cancelled() => break 'schedule,
-                    Some(done) = running.join_next(), if !running.is_empty() => {
-                        if let Ok((r, dir)) = done { finish(r, &shared, &mut results, dir); }
-                    }
-                    _ = pause_rx.changed() => {}
-                }
-            }
             // Reap finished trials while waiting for a slot, so events stay timely.
             let permit = loop {
                 tokio::select! {
@@ -197,6 +186,18 @@ impl Runner {
             let Some(permit) = permit else {
                 break 'schedule;
             };
+            // A pause, even one that arrived while waiting for the slot, holds: keep the slot
+            // and start nothing until resumed, reaping finished trials meanwhile.
+            while *pause_rx.borrow_and_update() {
+                tokio::select! {
+                    biased;
+                    _ = self.cancel.cancelled() => break 'schedule,
+                    Some(done) = running.join_next(), if !running.is_empty() => {
+                        if let Ok((r, dir)) = done { finish(r, &shared, &mut results, dir); }
+                    }
+                    _ = pause_rx.changed() => {}
+                }
+            }
             let shared = shared.clone();
             let trial = trial.clone();
             let dir = plan.job_dir.join(&trial.name);
