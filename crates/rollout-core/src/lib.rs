@@ -8,6 +8,7 @@
 pub mod digest;
 pub mod envvars;
 pub mod error;
+pub mod experiment;
 pub mod job_config;
 pub mod kinds;
 pub mod result;

@@ -48,6 +48,9 @@ pub enum PlanError {
     Resume { job: PathBuf, reason: String },
 }
 
+/// The one entry a job directory may hold before its job starts: the job's own task inputs.
+pub const INPUTS_DIR: &str = "tasks";
+
 /// Default job name: the local start time, `YYYY-MM-DD__HH-MM-SS`.
 pub fn default_job_name() -> String {
     chrono::Local::now()
@@ -68,10 +71,12 @@ impl JobPlan {
         let (job_name, job_dir) = match &config.name {
             Some(name) => {
                 let dir = jobs_dir.join(name);
+                // A job may carry its own inputs in `<job>/tasks/` (an experiment's rows, written
+                // before planning); anything else means another job lives there.
                 if dir.exists()
                     && dir
                         .read_dir()
-                        .map(|mut d| d.next().is_some())
+                        .map(|mut d| d.any(|e| e.map_or(true, |e| e.file_name() != INPUTS_DIR)))
                         .unwrap_or(true)
                 {
                     return Err(PlanError::JobDirExists(dir));

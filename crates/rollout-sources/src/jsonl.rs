@@ -408,6 +408,37 @@ fn invalid(message: String) -> io::Error {
 ///   `verifier_reward_missing`;
 /// - `row.json`: the row's task object and limits, for reference.
 pub fn materialize(row: &TaskRow, dest: &Path) -> io::Result<PathBuf> {
+    materialize_with(row, dest, &Materialize::default())
+}
+
+/// How an experiment (docs/experiments.md) changes the task directory of a row.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Materialize {
+    /// The image every trial runs in (`image_source: global`), instead of the row's `task.image`.
+    pub image: Option<String>,
+    /// A directory or tarball unpacked at `/opt/agent` in the task's image (an image is then
+    /// always built, `FROM` the task's image).
+    pub artifact: Option<PathBuf>,
+    /// A grader command run per trial instead of the row's `task.grader` (the benchmark adapter):
+    /// it writes `$OUT_DIR/benchmark_score.json` and the reward is read from it.
+    pub adapter: Option<String>,
+    /// Extra container-wide environment variables.
+    pub env: BTreeMap<String, String>,
+    /// Overrides of the task's `[environment]`: cpus, memory_mb, network_mode.
+    pub cpus: Option<f64>,
+    pub memory_mb: Option<u64>,
+    pub no_network: Option<bool>,
+}
+
+/// Directory, inside the trial container, where the benchmark adapter writes its files.
+pub const ADAPTER_OUT_DIR: &str = "/logs/verifier/out";
+/// The score file the adapter writes in [`ADAPTER_OUT_DIR`].
+pub const SCORE_FILE: &str = "benchmark_score.json";
+/// The adapter's exit status, written by the generated test script in [`ADAPTER_OUT_DIR`].
+pub const GRADE_EXIT_FILE: &str = "grade_exit_code";
+
+/// [`materialize`], changed by an experiment's options.
+pub fn materialize_with(row: &TaskRow, dest: &Path, opts: &Materialize) -> io::Result<PathBuf> {
     if !is_safe_name(&row.id) {
         return Err(invalid(format!(
             "task id '{}' cannot be a directory name",
@@ -428,14 +459,11 @@ pub fn materialize(row: &TaskRow, dest: &Path) -> io::Result<PathBuf> {
         .iter()
         .find_map(|k| row.task.get(*k).and_then(Value::as_str).filter(|s| !s.trim().is_empty()))
         .ok_or_else(|| invalid(format!("task '{}' has no instruction: set task.instruction, task.prompt or task.problem_statement", row.id)))?;
-    let grader = grader_command(row)?;
-    let workdir = match &row.workspace {
-        Some(w) => format!(
-            "/workspace/{}",
-            w.trim_start_matches("./").trim_end_matches('/')
-        ),
-        None => "/workspace".to_string(),
+    let grader = match &opts.adapter {
+        Some(a) => Some(a.clone()),
+        None => grader_command(row)?,
     };
+    let workdir = workdir(row);
 
     std::fs::create_dir_all(dest)?;
     let dir = dest.join(&row.id);
@@ -444,7 +472,14 @@ pub fn materialize(row: &TaskRow, dest: &Path) -> io::Result<PathBuf> {
     if staging.exists() {
         std::fs::remove_dir_all(&staging)?;
     }
-    let written = write_task(row, &staging, instruction, grader.as_deref(), &workdir);
+    let written = write_task(
+        row,
+        &staging,
+        instruction,
+        grader.as_deref(),
+        &workdir,
+        opts,
+    );
     if let Err(e) = written {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(e);
@@ -454,6 +489,17 @@ pub fn materialize(row: &TaskRow, dest: &Path) -> io::Result<PathBuf> {
     }
     std::fs::rename(&staging, &dir)?;
     Ok(dir)
+}
+
+/// The working directory of a row's task inside its container: `/workspace/<task.workspace>`.
+pub fn workdir(row: &TaskRow) -> String {
+    match &row.workspace {
+        Some(w) => format!(
+            "/workspace/{}",
+            w.trim_start_matches("./").trim_end_matches('/')
+        ),
+        None => "/workspace".to_string(),
+    }
 }
 
 /// `task.grader` or `task.test_command`: a shell command, or a list of them run in order.
@@ -485,6 +531,7 @@ fn write_task(
     instruction: &str,
     grader: Option<&str>,
     workdir: &str,
+    opts: &Materialize,
 ) -> io::Result<()> {
     let env_dir = dir.join("environment");
     let tests_dir = dir.join("tests");
@@ -492,14 +539,33 @@ fn write_task(
     std::fs::create_dir_all(&tests_dir)?;
     std::fs::write(dir.join("instruction.md"), instruction)?;
 
-    let build = !row.workspace_files.is_empty() || row.image.is_none();
+    let base_image = opts.image.as_ref().or(row.image.as_ref());
+    let build = !row.workspace_files.is_empty() || base_image.is_none() || opts.artifact.is_some();
     let mut environment = toml::Table::new();
     if !build {
-        if let Some(image) = &row.image {
+        if let Some(image) = base_image {
             environment.insert("docker_image".into(), image.clone().into());
         }
     }
     environment.insert("workdir".into(), workdir.into());
+    if let Some(cpus) = opts.cpus {
+        environment.insert("cpus".into(), cpus.into());
+    }
+    if let Some(mb) = opts.memory_mb {
+        environment.insert("memory_mb".into(), (mb as i64).into());
+    }
+    if let Some(no_network) = opts.no_network {
+        let mode = if no_network { "no-network" } else { "public" };
+        environment.insert("network_mode".into(), mode.into());
+    }
+    if !opts.env.is_empty() {
+        let env: toml::Table = opts
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), toml::Value::from(v.clone())))
+            .collect();
+        environment.insert("env".into(), env.into());
+    }
     let mut metadata = toml::Table::new();
     metadata.insert("task_id".into(), row.id.clone().into());
     metadata.insert("row_line".into(), (row.line as i64).into());
@@ -517,8 +583,11 @@ fn write_task(
     )?;
 
     if build {
-        let image = row.image.as_deref().unwrap_or(DEFAULT_IMAGE);
+        let image = base_image.map(String::as_str).unwrap_or(DEFAULT_IMAGE);
         let mut dockerfile = format!("FROM {image}\n");
+        if let Some(artifact) = &opts.artifact {
+            dockerfile.push_str(&stage_artifact(artifact, &env_dir)?);
+        }
         if !row.workspace_files.is_empty() {
             for (path, content) in &row.workspace_files {
                 let file = env_dir.join("workspace").join(path);
@@ -536,6 +605,10 @@ fn write_task(
     }
 
     let test_sh = match grader {
+        Some(cmd) if opts.adapter.is_some() => {
+            std::fs::write(tests_dir.join("grader.sh"), format!("{cmd}\n"))?;
+            adapter_script(workdir, &row.id)
+        }
         Some(cmd) => {
             std::fs::write(tests_dir.join("grader.sh"), format!("{cmd}\n"))?;
             format!(
@@ -583,9 +656,97 @@ fn write_task(
     Ok(())
 }
 
-/// `'…'` for bash.
 fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
+    rollout_core::task_config::shell_quote(s)
+}
+
+/// The test script of an experiment's benchmark adapter: run it from the workdir with `OUT_DIR`
+/// set, keep its exit status, and turn `benchmark_score.json` into the reward: the first of a
+/// numeric `reward` or `score`, or a boolean `resolved` or `passed` (true = 1). Without a score
+/// file, or without any of these fields, no reward is written: the trial is then a grading error.
+fn adapter_script(workdir: &str, task_id: &str) -> String {
+    format!(
+        r#"#!/usr/bin/env bash
+# Generated by rollout: the experiment's benchmark adapter (tests/grader.sh), run per trial.
+out={out}
+mkdir -p "$out" /logs/verifier
+cd {workdir} 2>/dev/null || true
+export OUT_DIR="$out" TASK_ID={task_id}
+bash /tests/grader.sh
+rc=$?
+echo "$rc" > "$out/{exit_file}"
+score="$out/{score_file}"
+if [ "$rc" -ne 0 ]; then
+  echo "benchmark adapter exited with status $rc" >&2
+  exit 0
+fi
+if [ ! -s "$score" ]; then
+  echo "benchmark adapter wrote no $score" >&2
+  exit 0
+fi
+flat=$(tr -d '\n\r' < "$score")
+value=$(printf '%s' "$flat" | sed -n 's/.*"\(reward\|score\)"[[:space:]]*:[[:space:]]*\(-\{{0,1\}}[0-9][0-9.eE+-]*\).*/\2/p' | head -n 1)
+if [ -z "$value" ]; then
+  if printf '%s' "$flat" | grep -Eq '"(resolved|passed)"[[:space:]]*:[[:space:]]*true'; then
+    value=1
+  elif printf '%s' "$flat" | grep -Eq '"(resolved|passed)"[[:space:]]*:[[:space:]]*false'; then
+    value=0
+  fi
+fi
+if [ -n "$value" ]; then
+  echo "$value" > /logs/verifier/reward.txt
+else
+  echo "$score has no numeric reward/score nor boolean resolved/passed" >&2
+fi
+"#,
+        out = ADAPTER_OUT_DIR,
+        workdir = shell_quote(workdir),
+        task_id = shell_quote(task_id),
+        exit_file = GRADE_EXIT_FILE,
+        score_file = SCORE_FILE,
+    )
+}
+
+/// Copy the agent artifact into the build context and return the Dockerfile lines that unpack it
+/// at `/opt/agent`: a directory is copied, a tarball (`.tar`, `.tar.gz`, `.tgz`, …) is unpacked by
+/// `ADD`. The copy is a hard link when the filesystem allows, so large artifacts cost nothing.
+fn stage_artifact(artifact: &Path, env_dir: &Path) -> io::Result<String> {
+    let meta = std::fs::metadata(artifact).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "agent artifact {}: {e} (set /runtime/agent/artifact to an existing directory or tarball)",
+                artifact.display()
+            ),
+        )
+    })?;
+    let agent_dir = rollout_core::experiment::AGENT_DIR;
+    if meta.is_dir() {
+        let dest = env_dir.join("agent-artifact");
+        rollout_env::archive::copy_tree(artifact, &dest)?;
+        return Ok(format!("COPY agent-artifact/ {agent_dir}/\n"));
+    }
+    let name = artifact
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let is_tar = [".tar", ".tar.gz", ".tgz", ".tar.xz", ".tar.bz2", ".tar.zst"]
+        .iter()
+        .any(|ext| name.ends_with(ext));
+    if !is_tar {
+        return Err(invalid(format!(
+            "agent artifact {}: expected a directory or a tarball (.tar, .tar.gz, .tgz, .tar.xz, .tar.bz2)",
+            artifact.display()
+        )));
+    }
+    let staged = format!("agent-artifact-{name}");
+    let dest = env_dir.join(&staged);
+    if std::fs::hard_link(artifact, &dest).is_err() {
+        std::fs::copy(artifact, &dest)?;
+    }
+    let src = serde_json::to_string(&[staged.as_str(), &format!("{agent_dir}/")])
+        .map_err(io::Error::other)?;
+    Ok(format!("ADD {src}\n"))
 }
 
 #[cfg(test)]

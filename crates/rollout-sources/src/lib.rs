@@ -10,6 +10,7 @@
 
 pub mod archive;
 pub mod executor;
+pub mod experiment;
 pub mod git;
 pub mod job;
 pub mod jsonl;

@@ -101,7 +101,7 @@ pub struct ResumeArgs {
 
 #[derive(Args, Debug)]
 pub struct PreflightArgs {
-    /// A job file (YAML or JSON).
+    /// A job file (YAML or JSON), or an experiment file (AgentLab shape).
     pub config: Option<PathBuf>,
     /// A task directory, dataset directory or JSONL row file (repeatable).
     #[arg(short = 'p', long = "path")]
@@ -161,7 +161,8 @@ pub enum EnvKind {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// A job file (YAML or JSON). Flags given here override its fields.
+    /// A job file (YAML or JSON), or an experiment file (AgentLab shape, docs/experiments.md).
+    /// Flags given here override its fields.
     pub config: Option<PathBuf>,
 
     /// A task directory or a dataset directory of tasks (repeatable).
@@ -264,4 +265,9 @@ pub struct RunArgs {
     /// Print the job result as JSON on stdout instead of the summary table.
     #[arg(long)]
     pub json: bool,
+
+    /// Start without the preflight checks `rollout run` makes first (files, verifiers, agents,
+    /// disk; see `rollout preflight`).
+    #[arg(long = "no-preflight")]
+    pub no_preflight: bool,
 }

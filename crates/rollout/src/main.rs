@@ -2,6 +2,7 @@
 
 mod ca;
 mod cli;
+mod experiment;
 mod gc;
 mod jobs_cmd;
 mod preflight;

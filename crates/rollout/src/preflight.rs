@@ -14,6 +14,7 @@ use crate::cli::{Cli, Command, PreflightArgs, RunArgs};
 use crate::exit;
 use clap::Parser;
 use rollout_agents::Agent;
+use rollout_core::experiment;
 use rollout_core::job_config::{AgentSpec, EnvironmentType};
 use rollout_core::task_config::{NetworkMode, TaskConfig};
 use rollout_core::timeouts::{Multipliers, Timeouts};
@@ -241,9 +242,9 @@ pub fn render(checks: &[Check]) -> String {
 
 /// Run every check; the result always holds all of [`CHECKS`], in order.
 pub fn run_checks(args: &PreflightArgs) -> Vec<Check> {
-    let (config_check, config) = check_config(args);
-    let mut checks = vec![config_check];
-    let Some(mut config) = config else {
+    let (config_check, loaded) = check_config(args);
+    let Some(loaded) = loaded else {
+        let mut checks = vec![config_check];
         checks.extend(
             CHECKS[1..].iter().map(|name| {
                 Check::skipped(name, format!("depends on {CONFIG_VALID}, which failed"))
@@ -251,7 +252,42 @@ pub fn run_checks(args: &PreflightArgs) -> Vec<Check> {
         );
         return checks;
     };
+    checks_for(config_check, &loaded, Depth::Full { build: args.build })
+}
 
+/// How much of the engine a run of the checks touches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// Everything, building images with `build`.
+    Full { build: bool },
+    /// What `rollout run` checks before it starts: no engine call (the run connects and builds
+    /// right after), so `container_ready` is skipped.
+    Cheap,
+}
+
+/// A job configuration ready for the checks.
+pub struct Loaded {
+    pub config: JobConfig,
+    /// Problems of the dataset found while preparing the configuration (an experiment's rows).
+    pub dataset_errors: Vec<String>,
+    /// Holds an experiment's task directories while the checks read them.
+    _tasks_dir: Option<tempfile::TempDir>,
+}
+
+impl Loaded {
+    pub fn job(config: JobConfig) -> Self {
+        Self {
+            config,
+            dataset_errors: Vec::new(),
+            _tasks_dir: None,
+        }
+    }
+}
+
+/// The checks after `config_valid`, on a configuration that passed it.
+pub fn checks_for(config_check: Check, loaded: &Loaded, depth: Depth) -> Vec<Check> {
+    let mut checks = vec![config_check];
+    let mut config = loaded.config.clone();
     let sources = load_sources(&config);
     if config.agents.is_empty() && !sources.archive_agents.is_empty() {
         // As `rollout run`: an archive's agent code is the default agent.
@@ -274,7 +310,7 @@ pub fn run_checks(args: &PreflightArgs) -> Vec<Check> {
         .collect();
     let tasks = &sources.tasks;
 
-    checks.push(check_dataset(&sources));
+    checks.push(check_dataset(&sources, &loaded.dataset_errors));
     let no_tasks = format!("no task could be loaded (see {DATASET_TASK_IDS})");
     if tasks.is_empty() {
         checks.push(Check::skipped(PROBE_TRIAL_INPUT, &no_tasks));
@@ -287,12 +323,28 @@ pub fn run_checks(args: &PreflightArgs) -> Vec<Check> {
     }
     checks.push(check_agents(&agents, tasks));
 
+    let build = match depth {
+        Depth::Full { build } => build,
+        Depth::Cheap => {
+            checks.push(Check::skipped(
+                CONTAINER_READY,
+                "not checked before a run (the run connects to the engine next); `rollout preflight` checks it",
+            ));
+            let facts = ContainerFacts {
+                images_to_build: count_builds(tasks),
+                docker_root: None,
+            };
+            let trials = tasks.len() * agents.len() * config.attempts() as usize;
+            checks.push(check_disk(&config, trials, &facts));
+            return checks;
+        }
+    };
     let facts = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => {
-            let (check, facts) = rt.block_on(check_container(&config, tasks, args.build));
+            let (check, facts) = rt.block_on(check_container(&config, tasks, build));
             checks.push(check);
             facts
         }
@@ -311,11 +363,133 @@ pub fn run_checks(args: &PreflightArgs) -> Vec<Check> {
     checks
 }
 
+/// `rollout run`'s own preflight: the cheap checks on the job it is about to run. Prints every
+/// failed check and returns false when one failed with an error (the run must not start).
+pub fn gate(config: &JobConfig, dataset_errors: Vec<String>) -> bool {
+    let loaded = Loaded {
+        config: config.clone(),
+        dataset_errors,
+        _tasks_dir: None,
+    };
+    let passed = Check {
+        name: CONFIG_VALID,
+        passed: true,
+        severity: Severity::Error,
+        message: "checked by rollout run".into(),
+    };
+    let checks = checks_for(passed, &loaded, Depth::Cheap);
+    let mut ok = true;
+    for c in checks
+        .iter()
+        .filter(|c| !c.passed && !c.message.starts_with("skipped:"))
+    {
+        let tag = if c.is_error() { "FAIL" } else { "WARN" };
+        eprintln!("[{tag}] {}: {}", c.name, c.message);
+        ok &= !c.is_error();
+    }
+    if !ok {
+        eprintln!(
+            "error: preflight failed: nothing was run. Fix the problems above (`rollout preflight` \
+             checks everything, including images), or skip these checks with --no-preflight"
+        );
+    }
+    ok
+}
+
 // ---------------------------------------------------------------------------------------------
 // config_valid
 
 /// The job configuration exactly as `rollout run` would build it from the same file and flags.
-fn check_config(args: &PreflightArgs) -> (Check, Option<JobConfig>) {
+fn check_config(args: &PreflightArgs) -> (Check, Option<Loaded>) {
+    if let Some(file) = args
+        .config
+        .as_deref()
+        .filter(|c| experiment::is_experiment_file(c))
+    {
+        return check_experiment(file);
+    }
+    let (check, config) = check_job_config(args);
+    (check, config.map(Loaded::job))
+}
+
+/// config_valid of an experiment file: its fields and boundaries; its rows are written as task
+/// directories into a temporary directory for the other checks, and problems of the rows (a
+/// missing `task.image` in per-task mode) go to `dataset_task_ids`.
+fn check_experiment(file: &Path) -> (Check, Option<Loaded>) {
+    let mut p = Problems::default();
+    let exp = match experiment::load(file) {
+        Ok(e) => e,
+        Err(e) => {
+            for m in e.errors {
+                p.error(m);
+            }
+            return (p.into_check(CONFIG_VALID, ""), None);
+        }
+    };
+    let tmp = match tempfile::Builder::new()
+        .prefix("rollout-preflight-")
+        .tempdir()
+    {
+        Ok(t) => t,
+        Err(e) => {
+            p.error(format!(
+                "cannot create a temporary directory for the experiment's tasks: {e}"
+            ));
+            return (p.into_check(CONFIG_VALID, ""), None);
+        }
+    };
+    let mut dataset_errors = Vec::new();
+    let rows = match rollout_sources::experiment::rows(&exp) {
+        Ok(rows) => rows,
+        Err(errors) => {
+            dataset_errors = errors;
+            // Check what can be checked of the rows that name their image.
+            rollout_sources::jsonl::load_rows(&exp.dataset)
+                .map(|rows| rows.into_iter().filter(|r| r.image.is_some()).collect())
+                .unwrap_or_default()
+        }
+    };
+    let tasks_dir = tmp.path().join("tasks");
+    for row in &rows {
+        let opts = rollout_sources::experiment::options(&exp, row);
+        if let Err(e) = rollout_sources::jsonl::materialize_with(row, &tasks_dir, &opts) {
+            dataset_errors.push(format!("task '{}' (line {}): {e}", row.id, row.line));
+        }
+    }
+    let mut config = rollout_sources::experiment::job_config(&exp, &tasks_dir);
+    config.jobs_dir = Some(crate::experiment::RUNS_DIR.into());
+    if rows.is_empty() {
+        config.datasets.clear();
+    }
+    let check = p.into_check(
+        CONFIG_VALID,
+        format!(
+            "experiment {} ({}) is valid: image_source {}, {} row(s), {} replication(s){}",
+            exp.id,
+            file.display(),
+            match exp.image_source {
+                experiment::ImageSource::Global => "global",
+                experiment::ImageSource::PerTask => "per_task",
+            },
+            rows.len(),
+            exp.replications,
+            if exp.grader.is_some() {
+                ", benchmark adapter set"
+            } else {
+                ""
+            }
+        ),
+    );
+    let loaded = Loaded {
+        config,
+        dataset_errors,
+        _tasks_dir: Some(tmp),
+    };
+    (check, Some(loaded))
+}
+
+/// config_valid of a job file and flags.
+fn check_job_config(args: &PreflightArgs) -> (Check, Option<JobConfig>) {
     let mut p = Problems::default();
     // Parse as `rollout run` with the same flags, so that flags mean the same in both commands
     // (and new `run` flags with defaults need nothing here).
@@ -622,13 +796,13 @@ fn task_labels(tasks: &[Candidate]) -> Vec<String> {
         .collect()
 }
 
-fn check_dataset(sources: &Sources) -> Check {
+fn check_dataset(sources: &Sources, extra_errors: &[String]) -> Check {
     let mut p = Problems::default();
-    for e in &sources.errors {
+    for e in sources.errors.iter().chain(extra_errors) {
         p.error(e.clone());
     }
     let tasks = &sources.tasks;
-    if tasks.is_empty() && sources.errors.is_empty() {
+    if tasks.is_empty() && sources.errors.is_empty() && extra_errors.is_empty() {
         p.error("no tasks: every task was filtered out (check -t/-x/-l or the job's task_names)");
     }
     let mut by_name: BTreeMap<&str, Vec<&Candidate>> = BTreeMap::new();
@@ -837,7 +1011,8 @@ fn check_dependency_files(tasks: &[Candidate], agents: &[ResolvedAgent]) -> Chec
                 ));
             }
         }
-        if !oracle && !t.solution_dir().join("solve.sh").is_file() {
+        // JSONL rows carry no solution by design: only the oracle would need one.
+        if !oracle && !c.is_jsonl_row() && !t.solution_dir().join("solve.sh").is_file() {
             no_solution.push(name.to_string());
         }
     }
@@ -1215,6 +1390,7 @@ async fn check_container(
     let (mut present, mut built_now, mut to_build) = (0, 0, 0);
     let mut bases: Vec<PreparedImage> = Vec::new();
     let mut bases_seen = BTreeSet::new();
+    let mut bases_pulled = 0;
     for (tag, b) in &builds {
         if build {
             let source = ImageSource::Build {
@@ -1271,10 +1447,30 @@ async fn check_container(
                             fresh: false,
                             build_log: None,
                         }),
-                        Ok(None) => p.warn(format!(
-                            "base image {base} of {} is not local: building {tag} at run time will have to pull it",
-                            names(&b.tasks)
-                        )),
+                        // Not local: try the pull the build would do (AgentLab's PF-04).
+                        Ok(None) => {
+                            let source = ImageSource::Prebuilt {
+                                reference: base.clone(),
+                            };
+                            match bounded(
+                                PULL_TIMEOUT,
+                                &format!("pulling {base}"),
+                                provider.prepare_image(&source, &image_labels),
+                            )
+                            .await
+                            {
+                                Ok(img) => {
+                                    bases_pulled += 1;
+                                    bases.push(img);
+                                }
+                                Err(e) => p.error(format!(
+                                    "base image {base} of {} is neither local nor pullable (docker pull failed: {}); \
+                                     the build of {tag} cannot start",
+                                    names(&b.tasks),
+                                    one_line(&e.to_string())
+                                )),
+                            }
+                        }
                         Err(e) => p.error(e),
                     }
                 }
@@ -1298,6 +1494,9 @@ async fn check_container(
         });
     }
 
+    if bases_pulled > 0 {
+        notes.push(format!("{bases_pulled} base image(s) pulled"));
+    }
     // One container from one available image.
     match available.first().or(bases.first()) {
         Some(image) => match probe(&provider, image).await {

@@ -8,6 +8,7 @@ use rollout_core::task_config::NetworkMode;
 use rollout_core::JobConfig;
 use rollout_env::docker::{DockerProvider, EngineLimits};
 use rollout_env::Provider;
+use rollout_runner::events::EventSink;
 use rollout_runner::writer::{ResultsWriter, RunControl, RunStatus};
 use rollout_runner::{JobPlan, RunOptions, Runner};
 use rollout_sources::executor::ExecutorOptions;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Load every task of the job from its sources; archive agents become the default agent.
 /// Errors are printed; the error value is the exit status.
-fn load_tasks(
+pub(crate) fn load_tasks(
     config: &mut JobConfig,
     ca_certs: &crate::ca::CaCerts,
 ) -> Result<Vec<rollout_core::Task>, u8> {
@@ -224,6 +225,13 @@ pub fn job_config(args: &RunArgs) -> Result<JobConfig, String> {
 }
 
 pub fn main(args: RunArgs) -> u8 {
+    if let Some(file) = args
+        .config
+        .as_deref()
+        .filter(|c| rollout_core::experiment::is_experiment_file(c))
+    {
+        return crate::experiment::run(file, &args);
+    }
     let mut config = match job_config(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -231,6 +239,9 @@ pub fn main(args: RunArgs) -> u8 {
             return exit::USAGE;
         }
     };
+    if !args.no_preflight && !crate::preflight::gate(&config, Vec::new()) {
+        return exit::USAGE;
+    }
     let tasks = match load_tasks(&mut config, &args.ca_certs) {
         Ok(t) => t,
         Err(code) => return code,
@@ -288,7 +299,7 @@ pub fn main(args: RunArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    execute(plan, args.json, ca_bundle)
+    execute(plan, args.json, ca_bundle, Vec::new())
 }
 
 /// `rollout jobs resume DIR`.
@@ -313,7 +324,7 @@ pub fn resume(args: crate::cli::ResumeArgs) -> u8 {
     };
     match resume_plan(dir, config, tasks, args.retry_errors) {
         Ok(plan) => match crate::ca::bundle(&args.ca_certs) {
-            Ok(bundle) => execute(plan, args.json, bundle),
+            Ok(bundle) => execute(plan, args.json, bundle, Vec::new()),
             Err(e) => {
                 eprintln!("error: {e}");
                 exit::USAGE
@@ -401,7 +412,13 @@ fn resume_plan(
         .map_err(|e| e.to_string())
 }
 
-fn execute(plan: JobPlan, json: bool, ca_bundle: Option<Vec<u8>>) -> u8 {
+/// Run `plan` to the end; `sinks` get the job's events after the results writer.
+pub fn execute(
+    plan: JobPlan,
+    json: bool,
+    ca_bundle: Option<Vec<u8>>,
+    sinks: Vec<Arc<dyn EventSink>>,
+) -> u8 {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -413,10 +430,15 @@ fn execute(plan: JobPlan, json: bool, ca_bundle: Option<Vec<u8>>) -> u8 {
             return exit::TRIAL_ERRORS;
         }
     };
-    runtime.block_on(run_plan(plan, json, ca_bundle))
+    runtime.block_on(run_plan(plan, json, ca_bundle, sinks))
 }
 
-async fn run_plan(plan: JobPlan, json: bool, ca_bundle: Option<Vec<u8>>) -> u8 {
+async fn run_plan(
+    plan: JobPlan,
+    json: bool,
+    ca_bundle: Option<Vec<u8>>,
+    sinks: Vec<Arc<dyn EventSink>>,
+) -> u8 {
     let provider: Arc<dyn Provider> = match DockerProvider::connect(EngineLimits::default()).await {
         Ok(p) => Arc::new(p),
         Err(e) => {
@@ -445,6 +467,9 @@ async fn run_plan(plan: JobPlan, json: bool, ca_bundle: Option<Vec<u8>>) -> u8 {
     crate::signals::watch_pause(runner.pause_handle());
     let writer = Arc::new(ResultsWriter::new());
     runner.subscribe(writer.clone());
+    for sink in sinks {
+        runner.subscribe(sink);
+    }
     let progress = Arc::new(crate::progress::Progress::new(
         plan.trials.len() + plan.kept.len(),
     ));
