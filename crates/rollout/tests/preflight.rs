@@ -534,3 +534,36 @@ fn an_unset_task_variable_is_a_warning() {
         "{m}"
     );
 }
+
+#[test]
+fn run_refuses_to_start_when_a_cheap_check_fails_unless_no_preflight() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The oracle on a task without solution/solve.sh: the loader accepts the task, the run
+    // would start containers and fail in the agent phase.
+    let task = make_task(
+        tmp.path(),
+        "no-solution",
+        Some(BASE_DOCKERFILE),
+        true,
+        false,
+    );
+    let refused = run_task(&task, "oracle", &[]);
+    assert_eq!(refused.code(), 2, "{}", refused.stderr());
+    let stderr = refused.stderr();
+    assert!(
+        stderr.contains("[FAIL] agent_ready")
+            && stderr.contains("solve.sh")
+            && stderr.contains("--no-preflight"),
+        "{stderr}"
+    );
+    assert!(
+        !refused.job_dir.exists(),
+        "a refused run must not create its job directory"
+    );
+
+    // Skipping the checks, the run starts and the trial fails where preflight said it would.
+    let ran = run_task(&task, "oracle", &["--no-preflight"]);
+    assert_eq!(ran.code(), 1, "{}", ran.stderr());
+    let result = read_json(&ran.job_dir.join("result.json"));
+    assert_eq!(result["stats"]["n_errored"], 1, "{result}");
+}
