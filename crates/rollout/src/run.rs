@@ -445,6 +445,10 @@ async fn run_plan(plan: JobPlan, json: bool, ca_bundle: Option<Vec<u8>>) -> u8 {
     crate::signals::watch_pause(runner.pause_handle());
     let writer = Arc::new(ResultsWriter::new());
     runner.subscribe(writer.clone());
+    let recorder = crate::prov_cmd::trial_recorder();
+    if let Some(r) = &recorder {
+        runner.subscribe(r.clone());
+    }
     let progress = Arc::new(crate::progress::Progress::new(
         plan.trials.len() + plan.kept.len(),
     ));
@@ -452,6 +456,7 @@ async fn run_plan(plan: JobPlan, json: bool, ca_bundle: Option<Vec<u8>>) -> u8 {
     let job_dir = plan.job_dir.clone();
     let result = runner.run(plan).await;
     progress.finish();
+    crate::prov_cmd::finish_recorder(recorder);
     if json {
         match serde_json::to_string_pretty(&result) {
             Ok(s) => println!("{s}"),
