@@ -10,6 +10,7 @@
 pub mod events;
 pub mod fsutil;
 pub mod plan;
+pub mod provenance;
 mod runner;
 mod trial;
 pub mod writer;

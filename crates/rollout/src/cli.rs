@@ -10,6 +10,10 @@ use std::path::PathBuf;
     about = "Run AI agents on tasks in containers, verify the outcome into a reward, and record every trial."
 )]
 pub struct Cli {
+    /// The provenance store (SQLite file); default `.rollout/rollout.db` in the project
+    /// directory; `off` records nothing.
+    #[arg(long, global = true, env = "ROLLOUT_STORE")]
+    pub store: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -35,6 +39,20 @@ pub enum Command {
     /// Remove containers whose rollout process is gone (crashes, preserved environments) and
     /// dangling build images. Environment images are kept unless --images.
     Gc(GcArgs),
+    /// Run a command under the syscall tracer and record the files it read and wrote.
+    Trace(crate::prov_cmd::TraceArgs),
+    /// The jobs and artifacts upstream of an artifact, as a tree.
+    Lineage(crate::prov_cmd::LineageArgs),
+    /// Recently recorded jobs (traced commands, build steps, trials).
+    Log(crate::prov_cmd::LogArgs),
+    /// Recorded files changed since last recorded, and stale steps.
+    Status(crate::prov_cmd::StatusArgs),
+    /// What the store knows about a trial directory, a file, a hash or a job.
+    Show(crate::prov_cmd::ShowArgs),
+    /// Show how an artifact was made and, with --run, make it again and compare.
+    Reproduce(crate::prov_cmd::ReproduceArgs),
+    /// Push an artifact's lineage to a remote `rollout serve`.
+    Register(crate::prov_cmd::RegisterArgs),
 }
 
 #[derive(Subcommand, Debug)]

@@ -7,6 +7,7 @@ mod gc;
 mod jobs_cmd;
 mod preflight;
 mod progress;
+mod prov_cmd;
 mod run;
 mod signals;
 mod sources_cmd;
@@ -33,6 +34,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
+    prov_cmd::set_store(cli.store.clone());
     let code = match cli.command {
         cli::Command::Run(args) => run::main(*args),
         cli::Command::Tasks(cli::TasksCommand::Check(args)) => tasks_cmd::check(args),
@@ -48,6 +50,13 @@ fn main() -> ExitCode {
         cli::Command::Cache(cmd) => sources_cmd::cache(cmd),
         cli::Command::Gc(args) => gc::main(args),
         cli::Command::Preflight(args) => preflight::main(args),
+        cli::Command::Trace(args) => prov_cmd::trace(args),
+        cli::Command::Lineage(args) => prov_cmd::lineage(args),
+        cli::Command::Log(args) => prov_cmd::log(args),
+        cli::Command::Status(args) => prov_cmd::status(args),
+        cli::Command::Show(args) => prov_cmd::show(args),
+        cli::Command::Reproduce(args) => prov_cmd::reproduce::main(args),
+        cli::Command::Register(args) => prov_cmd::register::main(args),
     };
     ExitCode::from(code)
 }

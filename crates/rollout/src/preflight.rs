@@ -510,6 +510,7 @@ fn check_job_config(args: &PreflightArgs) -> (Check, Option<JobConfig>) {
     let run_args: RunArgs = match Cli::try_parse_from(argv) {
         Ok(Cli {
             command: Command::Run(a),
+            ..
         }) => *a,
         Ok(_) => unreachable!("the argv names the run command"),
         Err(e) => {

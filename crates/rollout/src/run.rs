@@ -470,6 +470,10 @@ async fn run_plan(
     for sink in sinks {
         runner.subscribe(sink);
     }
+    let recorder = crate::prov_cmd::trial_recorder();
+    if let Some(r) = &recorder {
+        runner.subscribe(r.clone());
+    }
     let progress = Arc::new(crate::progress::Progress::new(
         plan.trials.len() + plan.kept.len(),
     ));
@@ -477,6 +481,7 @@ async fn run_plan(
     let job_dir = plan.job_dir.clone();
     let result = runner.run(plan).await;
     progress.finish();
+    crate::prov_cmd::finish_recorder(recorder);
     if json {
         match serde_json::to_string_pretty(&result) {
             Ok(s) => println!("{s}"),

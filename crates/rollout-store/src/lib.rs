@@ -1,0 +1,427 @@
+//! The provenance store: one SQLite file (default `.rollout/rollout.db` in the project directory)
+//! holding content-addressed artifacts (BLAKE3, optionally also sha256), jobs (a traced command,
+//! a build step or a trial) with their inputs and outputs, sessions that group jobs, a hash cache
+//! keyed by (path, size, mtime), and full-text search over commands.
+//!
+//! It answers the provenance questions: who produced this artifact ([`Store::lineage`]), what is
+//! known about it ([`Store::artifact_info`]), which recorded files changed and which consumers are
+//! stale ([`Store::status`]), and exports/imports the lineage of an artifact as a [`Bundle`] for
+//! registration with a remote `rollout serve`.
+//!
+//! It is not the job directory (that stays the human-readable record of a run) and does not run
+//! anything: tracing is `rollout-trace`, reproduction is the CLI.
+
+mod hash;
+mod model;
+mod query;
+mod redact;
+mod schema;
+
+pub mod git;
+
+pub use hash::{file_digest, tree_digest, FileDigest};
+pub use model::*;
+pub use redact::{Redactor, DEFAULT_REDACT_PATTERNS, REDACTED};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// File name of the store inside a project's `.rollout/` directory.
+pub const DEFAULT_DB: &str = ".rollout/rollout.db";
+
+/// What can go wrong with the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("provenance store {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("provenance store {path}: cannot create its directory: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "provenance store {path} has schema version {found}, newer than this rollout understands ({supported}): upgrade rollout"
+    )]
+    TooNew {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+    #[error("cannot hash {path}: {source}")]
+    Hash {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no artifact {0} in the provenance store (give a recorded file path or a hash of at least 6 hex digits)")]
+    UnknownArtifact(String),
+    #[error("{prefix} matches {n} artifacts: give more digits")]
+    AmbiguousHash { prefix: String, n: usize },
+    #[error("no job {0} in the provenance store")]
+    UnknownJob(String),
+    #[error("stored JSON of {what} is invalid: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("invalid redaction pattern {pattern:?}: {source}")]
+    Pattern {
+        pattern: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("provenance config {path}: {message}")]
+    Config { path: PathBuf, message: String },
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// An open provenance store.
+pub struct Store {
+    conn: Connection,
+    path: PathBuf,
+}
+
+/// A hash cache row to write.
+struct CacheEntry {
+    path: String,
+    size: i64,
+    mtime: i64,
+    hash: String,
+    sha256: Option<String>,
+}
+
+/// How long a writer waits for another process's transaction before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Store {
+    /// Open (creating and migrating when needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let err = |source| StoreError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        // WAL lets readers run beside one writer; two writers queue on the busy timeout.
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(err)?;
+        conn.pragma_update(None, "foreign_keys", "ON")
+            .map_err(err)?;
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+        };
+        schema::migrate(&mut store)?;
+        Ok(store)
+    }
+
+    /// Where the store file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub(crate) fn sql<T>(&self, r: rusqlite::Result<T>) -> Result<T> {
+        r.map_err(|source| StoreError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// The default store path for work in `dir`: `.rollout/rollout.db` in the project directory
+    /// ([`project_dir`]).
+    pub fn default_path(dir: &Path) -> PathBuf {
+        project_dir(dir).join(DEFAULT_DB)
+    }
+
+    /// Record a session (no-op when its uid is already there).
+    pub fn ensure_session(&mut self, s: &Session) -> Result<()> {
+        let git = s
+            .git
+            .as_ref()
+            .map(|g| serde_json::to_string(g).expect("git info"));
+        let r = self.conn.execute(
+            "INSERT OR IGNORE INTO sessions (uid, name, kind, created_at, git) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![s.uid, s.name, s.kind, s.created_at, git],
+        );
+        self.sql(r).map(|_| ())
+    }
+
+    /// The session traced jobs go to: the latest `trace` session, or a new one when there is
+    /// none or `new` is set.
+    pub fn trace_session(&mut self, new: bool, git: Option<&git::GitInfo>) -> Result<Session> {
+        if !new {
+            let r = self
+                .conn
+                .query_row(
+                    "SELECT uid, name, kind, created_at, git FROM sessions WHERE kind = 'trace' ORDER BY created_at DESC, id DESC LIMIT 1",
+                    [],
+                    query::session_row,
+                )
+                .optional();
+            if let Some(s) = self.sql(r)? {
+                return Ok(s);
+            }
+        }
+        let s = Session {
+            uid: uuid::Uuid::new_v4().to_string(),
+            name: None,
+            kind: "trace".into(),
+            created_at: now(),
+            git: git.cloned(),
+        };
+        self.ensure_session(&s)?;
+        Ok(s)
+    }
+
+    /// Record a job with its inputs and outputs, in one transaction. Artifacts are created as
+    /// needed; the job's step hash is computed here. A job whose uid exists is replaced.
+    pub fn record_job(&mut self, job: &Job) -> Result<()> {
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        insert_job(&tx, job).map_err(err)?;
+        tx.commit().map_err(err)
+    }
+
+    /// Hash a file through the hash cache: unchanged (path, size, mtime) reuse the digest.
+    pub fn hash_file(&mut self, path: &Path, sha256: bool) -> Result<FileDigest> {
+        let (d, update) = self.digest_with_cache(path, sha256)?;
+        self.write_cache(update.as_slice())?;
+        Ok(d)
+    }
+
+    /// Hash many files through the cache (missing files are left out); the cache is updated in
+    /// one transaction after hashing, so no lock is held while reading files.
+    pub fn hash_files(
+        &mut self,
+        paths: &[PathBuf],
+        sha256: bool,
+    ) -> Result<Vec<(PathBuf, FileDigest)>> {
+        let mut out = Vec::with_capacity(paths.len());
+        let mut updates = Vec::new();
+        for p in paths {
+            match self.digest_with_cache(p, sha256) {
+                Ok((d, u)) => {
+                    out.push((p.clone(), d));
+                    updates.extend(u);
+                }
+                Err(StoreError::Hash { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.write_cache(&updates)?;
+        Ok(out)
+    }
+
+    fn digest_with_cache(
+        &self,
+        path: &Path,
+        sha256: bool,
+    ) -> Result<(FileDigest, Option<CacheEntry>)> {
+        let hash_err = |source| StoreError::Hash {
+            path: path.to_path_buf(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(hash_err)?;
+        if !meta.is_file() {
+            return Err(hash_err(std::io::Error::other("not a regular file")));
+        }
+        let key = path.to_string_lossy().into_owned();
+        let size = meta.len() as i64;
+        let mtime = hash::mtime_ns(&meta);
+        let cached: Option<(String, Option<String>)> = {
+            let mut st = self.sql(self.conn.prepare_cached(
+                "SELECT hash, sha256 FROM hash_cache WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3",
+            ))?;
+            let r = st
+                .query_row(params![key, size, mtime], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional();
+            self.sql(r)?
+        };
+        if let Some((h, s)) = cached {
+            if !sha256 || s.is_some() {
+                let d = FileDigest {
+                    hash: h,
+                    size: size as u64,
+                    sha256: s,
+                };
+                return Ok((d, None));
+            }
+        }
+        let d = file_digest(path, sha256).map_err(hash_err)?;
+        // A file that changed while we hashed it is not cached.
+        let after = std::fs::metadata(path).ok();
+        let unchanged =
+            after.is_some_and(|m| m.len() as i64 == size && hash::mtime_ns(&m) == mtime);
+        let entry = unchanged.then(|| CacheEntry {
+            path: key,
+            size,
+            mtime,
+            hash: d.hash.clone(),
+            sha256: d.sha256.clone(),
+        });
+        Ok((d, entry))
+    }
+
+    fn write_cache(&mut self, entries: &[CacheEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let path = self.path.clone();
+        let err = |source| StoreError::Sqlite {
+            path: path.clone(),
+            source,
+        };
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(err)?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO hash_cache (path, size, mtime_ns, hash, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .map_err(err)?;
+            for e in entries {
+                st.execute(params![e.path, e.size, e.mtime, e.hash, e.sha256])
+                    .map_err(err)?;
+            }
+        }
+        tx.commit().map_err(err)
+    }
+
+    /// A job by uid (or a unique uid prefix).
+    pub fn job(&self, uid: &str) -> Result<Job> {
+        query::job_by_uid(self, uid)
+    }
+}
+
+fn insert_job(tx: &rusqlite::Transaction<'_>, job: &Job) -> rusqlite::Result<()> {
+    let (repo, commit, branch, dirty, remote) = match &job.git {
+        Some(g) => (
+            Some(g.repo.as_str()),
+            Some(g.commit.as_str()),
+            g.branch.as_deref(),
+            Some(g.dirty),
+            g.remote.as_deref(),
+        ),
+        None => (None, None, None, None, None),
+    };
+    tx.execute(
+        "INSERT OR IGNORE INTO sessions (uid, name, kind, created_at, git) VALUES (?1, NULL, ?2, ?3, NULL)",
+        params![job.session, job.kind.as_str(), job.started_at],
+    )?;
+    if let Some(old) = tx
+        .query_row("SELECT id FROM jobs WHERE uid = ?1", [&job.uid], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()?
+    {
+        tx.execute("DELETE FROM job_inputs WHERE job_id = ?1", [old])?;
+        tx.execute("DELETE FROM job_outputs WHERE job_id = ?1", [old])?;
+        tx.execute("DELETE FROM jobs WHERE id = ?1", [old])?;
+    }
+    tx.execute(
+        "INSERT INTO jobs (uid, session_uid, kind, command, argv, cwd, git_repo, git_commit, git_branch, git_dirty, git_remote,
+                           started_at, duration_sec, exit_code, step_hash, env, metadata, host)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+        params![
+            job.uid,
+            job.session,
+            job.kind.as_str(),
+            job.command,
+            serde_json::to_string(&job.argv).expect("argv"),
+            job.cwd,
+            repo,
+            commit,
+            branch,
+            dirty,
+            remote,
+            job.started_at,
+            job.duration_sec,
+            job.exit_code,
+            job.step_hash(),
+            serde_json::to_string(&job.env).expect("env"),
+            serde_json::to_string(&job.metadata).expect("metadata"),
+            job.host,
+        ],
+    )?;
+    let id = tx.last_insert_rowid();
+    for (table, refs) in [("job_inputs", &job.inputs), ("job_outputs", &job.outputs)] {
+        let mut art = tx.prepare_cached(
+            "INSERT INTO artifacts (hash, size, kind, first_seen) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(hash) DO NOTHING",
+        )?;
+        let mut sha = tx.prepare_cached(
+            "INSERT OR IGNORE INTO artifact_hashes (hash, algorithm, digest) VALUES (?1, 'sha256', ?2)",
+        )?;
+        let mut link = tx.prepare_cached(&format!(
+            "INSERT OR REPLACE INTO {table} (job_id, path, artifact_hash) VALUES (?1, ?2, ?3)"
+        ))?;
+        for f in refs.iter() {
+            art.execute(params![
+                f.hash,
+                f.size as i64,
+                f.kind.as_str(),
+                job.started_at
+            ])?;
+            if let Some(s) = &f.sha256 {
+                sha.execute(params![f.hash, s])?;
+            }
+            link.execute(params![id, f.path, f.hash])?;
+        }
+    }
+    Ok(())
+}
+
+/// The current time in the store's sortable format.
+pub fn now() -> String {
+    format_time(chrono::Utc::now())
+}
+
+/// A time in the store's format (RFC 3339, UTC, microseconds: sorts as text).
+pub fn format_time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%.6fZ").to_string()
+}
+
+/// The project directory of `dir`: the nearest ancestor holding a `.rollout/` directory, else the
+/// top of its git work tree, else `dir` itself.
+pub fn project_dir(dir: &Path) -> PathBuf {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    for a in abs.ancestors() {
+        if a.join(".rollout").is_dir() {
+            return a.to_path_buf();
+        }
+    }
+    for a in abs.ancestors() {
+        if a.join(".git").exists() {
+            return a.to_path_buf();
+        }
+    }
+    abs
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+use super::*;
+use std::fs;
+
+fn file(dir: &Path, name: &str, body: &str) -> FileRef {
+    let p = dir.join(name);
+    fs::write(&p, body).unwrap();
+    let d = file_digest(&p, false).unwrap();
+    FileRef {
+        path: p.to_string_lossy().into(),
+        hash: d.hash,
+        size: d.size,
+        kind: ArtifactKind::File,
+        sha256: None,
+    }
+}
+
+fn job(cmd: &str, started: &str, inputs: Vec<FileRef>, outputs: Vec<FileRef>) -> Job {
+    Job {
+        uid: Job::new_uid(),
+        session: "s1".into(),
+        kind: JobKind::Trace,
+        command: cmd.into(),
+        argv: cmd.split(' ').map(String::from).collect(),
+        cwd: "/w".into(),
+        git: None,
+        started_at: started.into(),
+        duration_sec: 0.1,
+        exit_code: Some(0),
+        env: [("API_TOKEN".to_string(), "hunter2-secret".to_string())].into(),
+        metadata: serde_json::json!({}),
+        host: "h".into(),
+        inputs,
+        outputs,
+    }
+}
+
+#[test]
+fn lineage_follows_producers_and_bundle_round_trips() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&d.path().join("db/rollout.db")).unwrap();
+    let raw = file(d.path(), "raw", "1 2 3");
+    let mid = file(d.path(), "mid", "6");
+    let out = file(d.path(), "out", "36");
+    s.record_job(&job(
+        "step1",
+        "2026-01-01T00:00:01.000000Z",
+        vec![raw.clone()],
+        vec![mid.clone()],
+    ))
+    .unwrap();
+    s.record_job(&job(
+        "step2",
+        "2026-01-01T00:00:02.000000Z",
+        vec![mid.clone()],
+        vec![out.clone()],
+    ))
+    .unwrap();
+    let l = s.lineage(&out.hash[..8], 10).unwrap();
+    let j2 = l.produced_by.as_ref().unwrap();
+    assert_eq!(j2.job.command, "step2");
+    let j1 = j2.inputs[0].produced_by.as_ref().unwrap();
+    assert_eq!(j1.job.command, "step1");
+    assert_eq!(j1.inputs[0].hash, raw.hash);
+    assert!(j1.inputs[0].produced_by.is_none());
+    // depth 1 stops after the first job and says so.
+    let short = s.lineage(&out.hash, 1).unwrap();
+    assert!(short.produced_by.as_ref().unwrap().inputs[0].truncated);
+
+    let b = s.export_bundle(&out.hash).unwrap();
+    assert_eq!(b.jobs.len(), 2);
+    assert_eq!(b.jobs[0].command, "step1");
+    assert_eq!(b.artifacts.len(), 3);
+    let mut other = Store::open(&d.path().join("other.db")).unwrap();
+    let st = other.import_bundle(&b).unwrap();
+    assert_eq!((st.jobs, st.artifacts), (2, 3));
+    assert_eq!(other.import_bundle(&b).unwrap().jobs, 0);
+    assert_eq!(other.lineage(&out.hash, 10).unwrap(), l);
+    let info = other.artifact_info(&mid.hash).unwrap();
+    assert_eq!(info.produced_by[0].command, "step1");
+    assert_eq!(info.consumed_by[0].command, "step2");
+}
+
+#[test]
+fn rerunning_a_producer_makes_its_consumers_stale() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&d.path().join("rollout.db")).unwrap();
+    let raw = file(d.path(), "raw", "1");
+    let mid = file(d.path(), "mid", "a");
+    let out = file(d.path(), "out", "b");
+    let fin = file(d.path(), "fin", "c");
+    s.record_job(&job(
+        "one",
+        "2026-01-01T00:00:01.000000Z",
+        vec![raw.clone()],
+        vec![mid.clone()],
+    ))
+    .unwrap();
+    s.record_job(&job(
+        "two",
+        "2026-01-01T00:00:02.000000Z",
+        vec![mid.clone()],
+        vec![out.clone()],
+    ))
+    .unwrap();
+    s.record_job(&job(
+        "three",
+        "2026-01-01T00:00:03.000000Z",
+        vec![out.clone()],
+        vec![fin.clone()],
+    ))
+    .unwrap();
+    let st = s.status(None).unwrap();
+    assert!(st.stale.is_empty() && st.changed.is_empty(), "{st:?}");
+    let mid2 = file(d.path(), "mid", "A");
+    s.record_job(&job(
+        "one",
+        "2026-01-01T00:00:04.000000Z",
+        vec![raw.clone()],
+        vec![mid2.clone()],
+    ))
+    .unwrap();
+    let st = s.status(None).unwrap();
+    let names: Vec<(&str, bool)> = st
+        .stale
+        .iter()
+        .map(|j| (j.job.command.as_str(), j.upstream))
+        .collect();
+    assert_eq!(names, [("two", false), ("three", true)]);
+    assert_eq!(
+        st.stale[0].current_hash.as_deref(),
+        Some(mid2.hash.as_str())
+    );
+    assert!(st.changed.is_empty(), "{:?}", st.changed);
+    fs::write(d.path().join("fin"), "edited").unwrap();
+    let st = s.status(None).unwrap();
+    assert_eq!(st.changed.len(), 1);
+    assert!(st.changed[0].path.ends_with("fin"));
+}
+
+#[test]
+fn hash_cache_notices_changes() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&d.path().join("rollout.db")).unwrap();
+    let p = d.path().join("f");
+    fs::write(&p, "one").unwrap();
+    let a = s.hash_file(&p, true).unwrap();
+    assert_eq!(a.hash, blake3::hash(b"one").to_hex().to_string());
+    assert_eq!(
+        a.sha256.as_deref(),
+        Some("7692c3ad3540bb803c020b3aee66cd8887123234ea0c6e7143c0add73ff431ed")
+    );
+    assert_eq!(s.hash_file(&p, false).unwrap().hash, a.hash);
+    fs::write(&p, "two!").unwrap();
+    assert_eq!(
+        s.hash_file(&p, false).unwrap().hash,
+        blake3::hash(b"two!").to_hex().to_string()
+    );
+}
+
+#[test]
+fn tree_digest_is_content_addressed() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    for d in [a.path(), b.path()] {
+        fs::create_dir_all(d.join("tests")).unwrap();
+        fs::write(d.join("task.toml"), "x").unwrap();
+        fs::write(d.join("tests/test.sh"), "echo").unwrap();
+    }
+    assert_eq!(
+        tree_digest(a.path()).unwrap(),
+        tree_digest(b.path()).unwrap()
+    );
+    fs::write(b.path().join("tests/test.sh"), "echo 2").unwrap();
+    assert_ne!(
+        tree_digest(a.path()).unwrap().0,
+        tree_digest(b.path()).unwrap().0
+    );
+}
+
+#[test]
+fn redaction_hides_secrets_and_keeps_the_rest() {
+    let r = Redactor::new(&["hunter[0-9]".to_string()]).unwrap();
+    assert_eq!(
+        r.text(
+            "curl --token abc123 https://u:pw@host/x?q=1 OPENAI_API_KEY=sk-aaaaaaaaaaaaaaaaaaaa ok"
+        ),
+        "curl --token [REDACTED] https://u:[REDACTED]@host/x?q=1 OPENAI_API_KEY=[REDACTED] ok"
+    );
+    assert_eq!(r.text("echo hunter2"), "echo [REDACTED]");
+    assert_eq!(r.env_value("GITHUB_TOKEN", "x"), REDACTED);
+    assert_eq!(r.env_value("HOME", "/root"), "/root");
+    assert!(Redactor::new(&["(".to_string()]).is_err());
+}
+
+#[test]
+fn two_connections_write_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("rollout.db");
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            let db = db.clone();
+            let dir = d.path().to_path_buf();
+            std::thread::spawn(move || {
+                let mut s = Store::open(&db).unwrap();
+                for i in 0..25 {
+                    let f = file(&dir, &format!("f{t}-{i}"), &format!("{t} {i}"));
+                    s.record_job(&job(&format!("w{t} {i}"), &now(), vec![], vec![f]))
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let s = Store::open(&db).unwrap();
+    assert_eq!(s.recent_jobs(100, None).unwrap().len(), 50);
+    assert_eq!(s.recent_jobs(100, Some("w1")).unwrap().len(), 25);
+}

@@ -1,0 +1,212 @@
+//! A syscall tracer for Linux x86_64: runs a command under ptrace and records which files its
+//! whole process tree read, wrote, removed and executed.
+//!
+//! A seccomp-bpf filter installed in the child makes only the file syscalls that name a path
+//! (open/openat/openat2/creat, rename*, link*, symlink*, unlink*, truncate, execve*) and
+//! chdir/fchdir stop the tracee; everything else (read, write, stat, close, mmap …) runs at full
+//! speed. Fork, vfork, clone and exec are followed through ptrace options. Paths are resolved
+//! against the process's working directory or the `dirfd` (`/proc/<pid>/cwd`,
+//! `/proc/<pid>/fd/<n>`) and recorded at syscall entry; whether an opened file really existed is
+//! decided afterwards by the caller (a read of a path that is not a regular file when the command
+//! ends is not an input).
+//!
+//! Not for: 32-bit or x32 tracees (their syscalls are not stopped), other architectures, or a
+//! process that has other children of its own while tracing (the tracer waits for any child).
+
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+mod linux;
+
+use std::collections::BTreeSet;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// What to run and how.
+#[derive(Debug, Clone)]
+pub struct TraceOptions {
+    /// The program and its arguments (`argv[0]` is looked up in `PATH` when it has no `/`).
+    pub argv: Vec<OsString>,
+    /// Working directory (default: the current one).
+    pub cwd: Option<PathBuf>,
+    /// Environment (default: the current one).
+    pub env: Option<Vec<(OsString, OsString)>>,
+    /// Kill the whole traced tree after this long.
+    pub timeout: Option<Duration>,
+    /// Paths under these prefixes are not recorded (default: `/proc`, `/sys`, `/dev`).
+    pub ignore_prefixes: Vec<PathBuf>,
+}
+
+impl TraceOptions {
+    /// Trace `argv` in the current directory and environment with the default filters.
+    pub fn new(argv: Vec<OsString>) -> Self {
+        TraceOptions {
+            argv,
+            cwd: None,
+            env: None,
+            timeout: None,
+            ignore_prefixes: DEFAULT_IGNORED.iter().map(PathBuf::from).collect(),
+        }
+    }
+}
+
+/// Pseudo-filesystems never recorded.
+pub const DEFAULT_IGNORED: &[&str] = &["/proc", "/sys", "/dev"];
+
+/// How the traced command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    /// The exit status a shell would report (128 + signal for a signal).
+    pub fn status(self) -> i32 {
+        match self {
+            Exit::Code(c) => c,
+            Exit::Signal(s) => 128 + s,
+        }
+    }
+}
+
+/// What a traced command did to files. Paths are absolute and lexically normalised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trace {
+    pub exit: Exit,
+    /// The timeout killed the command.
+    pub timed_out: bool,
+    /// Paths opened for reading before the command wrote them (may include paths that did not
+    /// exist or are directories: filter with the file system).
+    pub reads: BTreeSet<PathBuf>,
+    /// Paths created, opened for writing, truncated, or made by rename/link/symlink, and not
+    /// removed or renamed away afterwards.
+    pub writes: BTreeSet<PathBuf>,
+    /// Paths removed (unlink, or renamed away) that existed before the command wrote them.
+    pub removed: BTreeSet<PathBuf>,
+    /// Programs passed to execve (resolved like the others).
+    pub execs: BTreeSet<PathBuf>,
+    /// Processes and threads seen, the root included.
+    pub processes: u64,
+    /// Syscall stops handled (a measure of tracing cost).
+    pub stops: u64,
+}
+
+/// Why a command could not be traced.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceError {
+    #[error("nothing to run: give a command after --")]
+    NoCommand,
+    #[error("{0}: command not found in PATH")]
+    NotFound(String),
+    #[error("cannot start {program}: {step} failed: {source}")]
+    Spawn {
+        program: String,
+        step: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tracing {program} failed: {what}: {source} (is ptrace allowed here? check kernel.yama.ptrace_scope and the container's seccomp profile)")]
+    Ptrace {
+        program: String,
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("tracing is only available on Linux x86_64")]
+    Unsupported,
+}
+
+/// Run the command under the tracer until it and every process it started have exited.
+/// SIGINT and SIGQUIT are ignored by the calling process meanwhile (the command gets them).
+/// Calls in one process run one at a time.
+pub fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
+    if opts.argv.is_empty() {
+        return Err(TraceError::NoCommand);
+    }
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    {
+        // The tracer waits for any child of the process: two traces at once would steal each
+        // other's events, so they take turns.
+        static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        linux::trace(opts)
+    }
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    {
+        Err(TraceError::Unsupported)
+    }
+}
+
+/// Lexically normalise an absolute path: drop `.`, resolve `..`, collapse slashes.
+pub fn normalize(path: &std::path::Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            Component::RootDir | Component::CurDir | Component::Prefix(_) => {}
+        }
+    }
+    out
+}
+
+#[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn sh(dir: &std::path::Path, script: &str) -> Trace {
+        let mut o = TraceOptions::new(vec!["sh".into(), "-c".into(), script.into()]);
+        o.cwd = Some(dir.to_path_buf());
+        o.timeout = Some(Duration::from_secs(60));
+        trace(&o).unwrap()
+    }
+
+    #[test]
+    fn records_reads_writes_renames_and_children() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().canonicalize().unwrap();
+        fs::write(dir.join("in.txt"), "hello\n").unwrap();
+        fs::create_dir(dir.join("sub")).unwrap();
+        let t = sh(
+            &dir,
+            "cat in.txt > tmp.txt && (cd sub && cat ../in.txt | tr a-z A-Z > up.txt) && mv tmp.txt out.txt && rm -f gone.txt; exit 3",
+        );
+        assert_eq!(t.exit, Exit::Code(3));
+        assert!(t.reads.contains(&dir.join("in.txt")), "{t:?}");
+        assert!(t.writes.contains(&dir.join("out.txt")), "{t:?}");
+        assert!(t.writes.contains(&dir.join("sub/up.txt")), "{t:?}");
+        assert!(
+            !t.writes.contains(&dir.join("tmp.txt")),
+            "renamed away: {t:?}"
+        );
+        assert!(t.execs.iter().any(|p| p.ends_with("cat")), "{t:?}");
+        assert!(t.execs.iter().any(|p| p.ends_with("tr")), "{t:?}");
+        assert!(t.processes >= 3, "{t:?}");
+        assert!(t
+            .reads
+            .iter()
+            .all(|p| !p.starts_with("/proc") && !p.starts_with("/dev")));
+    }
+
+    #[test]
+    fn exit_by_signal_timeout_and_missing_program() {
+        let d = tempfile::tempdir().unwrap();
+        let t = sh(d.path(), "kill -TERM $$");
+        assert_eq!(t.exit, Exit::Signal(15));
+        assert_eq!(t.exit.status(), 143);
+        let mut o = TraceOptions::new(vec!["sh".into(), "-c".into(), "sleep 30 & sleep 30".into()]);
+        o.timeout = Some(Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let t = trace(&o).unwrap();
+        assert!(t.timed_out);
+        assert!(started.elapsed() < Duration::from_secs(20));
+        let e = trace(&TraceOptions::new(vec!["no-such-program-xyz".into()])).unwrap_err();
+        assert!(matches!(e, TraceError::NotFound(_)), "{e}");
+        let e = trace(&TraceOptions::new(vec![d.path().join("nope").into()])).unwrap_err();
+        assert!(e.to_string().contains("execve"), "{e}");
+    }
+}
