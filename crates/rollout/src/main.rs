@@ -4,6 +4,7 @@ mod ca;
 mod cli;
 mod gc;
 mod jobs_cmd;
+mod pipeline_cmd;
 mod preflight;
 mod progress;
 mod run;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         cli::Command::Cache(cmd) => sources_cmd::cache(cmd),
         cli::Command::Gc(args) => gc::main(args),
         cli::Command::Preflight(args) => preflight::main(args),
+        cli::Command::Pipeline(cmd) => pipeline_cmd::main(cmd),
     };
     ExitCode::from(code)
 }
