@@ -167,13 +167,15 @@ fn unattended_rules() -> Vec<Rule> {
     ]
 }
 
-/// Script paths a command runs.
-fn scripts_in(cmd: &str) -> Vec<String> {
-    let re = Regex::new(
-        r#"(?:^|[;&|(]\s*|\s)(?:(?:bash|sh|source|\.)\s+(?:-[a-zA-Z]+\s+)*([^\s;&|()'"]+)|(\./[^\s;&|()'"]+))"#,
-    )
-    .expect("valid");
-    re.captures_iter(cmd)
+/// Script paths a command runs (`bash x.sh`, `sh x.sh`, `source x.sh`, `. x.sh`, `./x`).
+pub fn scripts_in(cmd: &str) -> Vec<String> {
+    static RE: std::sync::LazyLock<Regex> = std::sync::LazyLock::new(|| {
+        Regex::new(
+            r#"(?:^|[;&|(]\s*|\s)(?:(?:bash|sh|source|\.)\s+(?:-[a-zA-Z]+\s+)*([^\s;&|()'"]+)|(\./[^\s;&|()'"]+))"#,
+        )
+        .expect("valid")
+    });
+    RE.captures_iter(cmd)
         .filter_map(|c| c.get(1).or(c.get(2)).map(|m| m.as_str().to_string()))
         .filter(|p| !p.starts_with('-') && !p.starts_with('$'))
         .collect()

@@ -58,18 +58,6 @@ pub fn static_problems(repo: &Path, spec: &PipelineSpec) -> Vec<String> {
     out
 }
 
-/// Scripts a command runs that live in the repository (`bash x.sh`, `./x.sh`, …).
-fn scripts(cmd: &str) -> Vec<String> {
-    let re = regex::Regex::new(
-        r#"(?:^|[;&|(]\s*|\s)(?:(?:bash|sh|source|\.)\s+(?:-[a-zA-Z]+\s+)*([^\s;&|()'"$]+)|(\./[^\s;&|()'"$]+))"#,
-    )
-    .expect("valid");
-    re.captures_iter(cmd)
-        .filter_map(|c| c.get(1).or(c.get(2)).map(|m| m.as_str().to_string()))
-        .filter(|p| !p.starts_with('-'))
-        .collect()
-}
-
 async fn bash_n(path: &Path, repo: &Path) -> Result<(), String> {
     let cmd = format!(
         "bash -n {}",
@@ -151,7 +139,7 @@ pub async fn validate(repo: &Path) -> ValidateReport {
                         }
                     }
                 }
-                for script in scripts(&c.cmd) {
+                for script in crate::security::scripts_in(&c.cmd) {
                     let path = workdir.join(&script);
                     if !path.is_file() {
                         r.problems.push(format!(
