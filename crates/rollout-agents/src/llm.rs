@@ -715,7 +715,8 @@ impl LlmAgent {
 
 fn write_trajectory(path: &Path, trajectory: &Value) {
     if let Ok(bytes) = serde_json::to_vec_pretty(trajectory) {
-        let tmp = path.with_extension("json.tmp");
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(".{}.tmp", name.unwrap_or_default()));
         if std::fs::write(&tmp, bytes).is_ok() {
             let _ = std::fs::rename(&tmp, path);
         }
