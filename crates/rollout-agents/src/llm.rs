@@ -17,6 +17,7 @@ use rollout_core::job_config::AgentSpec;
 use rollout_core::result::{AgentInfo, CommandOutcome, ModelUsage};
 use rollout_core::ErrorKind;
 use serde_json::{json, Value};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Names under which the agent is known (`-a rollout-agent`).
@@ -486,21 +487,35 @@ impl LlmAgent {
         }
     }
 
-    /// Run one tool call in the environment; returns the text shown to the model.
-    async fn run_tool(&self, ctx: &AgentContext<'_>, call: &ToolCall, deadline: Instant) -> String {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let timeout = self
-            .settings
-            .command_timeout
-            .min(left)
-            .max(Duration::from_secs(1));
-        let arg = |k: &str| {
-            call.input
-                .get(k)
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        };
-        let (argv_script, stdin) = match call.name.as_str() {
+    fn cost(&self, usage: &ModelUsage) -> Option<f64> {
+        let (i, o) = (
+            self.settings.input_cost_per_mtok?,
+            self.settings.output_cost_per_mtok?,
+        );
+        Some(usage.input_tokens as f64 / 1e6 * i + usage.output_tokens as f64 / 1e6 * o)
+    }
+}
+
+/// Where the agent's tools (`bash`, `read_file`, `write_file`) run: the task environment for
+/// trials, or another host (the pipeline runs them in a repository on this machine).
+#[async_trait]
+pub trait ToolHost: Send + Sync {
+    /// Run one tool call within `timeout`; returns the text shown to the model (a refusal or
+    /// failure is text starting with `error:`, never a panic).
+    async fn call(&self, name: &str, input: &Value, timeout: Duration) -> String;
+}
+
+/// The tools of a trial: commands run in the task environment.
+struct EnvTools<'a, 'b> {
+    ctx: &'a AgentContext<'b>,
+}
+
+#[async_trait]
+impl ToolHost for EnvTools<'_, '_> {
+    async fn call(&self, name: &str, input: &Value, timeout: Duration) -> String {
+        let ctx = self.ctx;
+        let arg = |k: &str| input.get(k).and_then(Value::as_str).map(str::to_string);
+        let (argv_script, stdin) = match name {
             "bash" => match arg("command") {
                 Some(c) => (c, None),
                 None => return "error: bash needs a `command` string".into(),
@@ -553,55 +568,42 @@ impl LlmAgent {
         if !stderr.is_empty() {
             text.push_str(&format!("stderr:\n{stderr}\n"));
         }
-        cap_text(&text, self.settings.tool_output_cap)
-    }
-
-    fn cost(&self, usage: &ModelUsage) -> Option<f64> {
-        let (i, o) = (
-            self.settings.input_cost_per_mtok?,
-            self.settings.output_cost_per_mtok?,
-        );
-        Some(usage.input_tokens as f64 / 1e6 * i + usage.output_tokens as f64 / 1e6 * o)
+        text
     }
 }
 
-fn write_trajectory(ctx: &AgentContext<'_>, trajectory: &Value) {
-    let path = ctx.logs_dir.join("trajectory.json");
-    if let Ok(bytes) = serde_json::to_vec_pretty(trajectory) {
-        let tmp = ctx.logs_dir.join(".trajectory.json.tmp");
-        if std::fs::write(&tmp, bytes).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
-    }
+/// How a conversation ended.
+#[derive(Debug, Clone)]
+pub struct Conversation {
+    /// Tokens, turns, requests, cost and `stop_reason`.
+    pub usage: ModelUsage,
+    pub timed_out: bool,
+    /// The model's last reply without tool calls (empty when it never gave one).
+    pub final_text: String,
 }
 
-#[async_trait]
-impl Agent for LlmAgent {
-    fn info(&self) -> AgentInfo {
-        AgentInfo {
-            name: self.name.clone(),
-            version: Some(env!("CARGO_PKG_VERSION").into()),
-            model_name: Some(self.model.clone()),
-        }
-    }
-
-    async fn install(&self, _ctx: &AgentContext<'_>) -> Result<Option<CommandOutcome>, AgentError> {
-        Ok(None)
-    }
-
-    async fn run(&self, ctx: &AgentContext<'_>) -> Result<CommandOutcome, AgentError> {
-        let started = Instant::now();
-        let deadline = started + ctx.run_timeout;
+impl LlmAgent {
+    /// The conversation loop: send `instruction`, run the tool calls the model asks for on
+    /// `host`, until a final answer, `max_turns`, a budget or `deadline`. The trajectory is
+    /// rewritten at `trajectory_path` after every turn.
+    pub async fn converse(
+        &self,
+        system_prompt: &str,
+        instruction: &str,
+        host: &dyn ToolHost,
+        deadline: Instant,
+        trajectory_path: &Path,
+    ) -> Result<Conversation, AgentError> {
         let mut usage = ModelUsage::default();
-        let mut messages: Vec<Value> =
-            vec![json!({"role": "user", "content": ctx.task.instruction})];
+        let mut messages: Vec<Value> = vec![json!({"role": "user", "content": instruction})];
         let mut steps: Vec<Value> = Vec::new();
         let mut trajectory = json!({
             "schema_version": "1.0", "agent": self.name, "model": self.model,
             "api": match self.api { Api::OpenAi { .. } => "openai-chat-completions", Api::Anthropic { .. } => "anthropic-messages" },
-            "system": SYSTEM_PROMPT, "instruction": ctx.task.instruction, "steps": [], "usage": {},
+            "system": system_prompt, "instruction": instruction, "steps": [], "usage": {},
         });
         let mut timed_out = false;
+        let mut final_text = String::new();
         let stop_reason = loop {
             if usage.turns >= self.settings.max_turns {
                 break "max_turns";
@@ -613,7 +615,7 @@ impl Agent for LlmAgent {
             usage.turns += 1;
             let left = deadline.saturating_duration_since(Instant::now()).as_secs();
             let system = format!(
-                "{SYSTEM_PROMPT}\nTime left for the whole task: {left} s. Turn {} of at most {}.",
+                "{system_prompt}\nTime left for the whole task: {left} s. Turn {} of at most {}.",
                 usage.turns, self.settings.max_turns
             );
             let body = self.request_body(&system, &messages);
@@ -635,7 +637,7 @@ impl Agent for LlmAgent {
                     steps.push(json!({"turn": usage.turns, "request": body, "attempts": attempts, "error": {"type": f.kind, "message": f.message}}));
                     trajectory["steps"] = Value::Array(steps);
                     trajectory["usage"] = serde_json::to_value(&usage).unwrap_or_default();
-                    write_trajectory(ctx, &trajectory);
+                    write_trajectory(trajectory_path, &trajectory);
                     return Err(AgentError::Provider {
                         kind: f.kind,
                         message: f.message,
@@ -656,6 +658,7 @@ impl Agent for LlmAgent {
                 "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens, "text": reply.text,
             });
             if reply.calls.is_empty() {
+                final_text = reply.text.clone();
                 steps.push(step);
                 break "final_answer";
             }
@@ -663,7 +666,16 @@ impl Agent for LlmAgent {
             let mut tool_log = Vec::new();
             for call in &reply.calls {
                 let t = Instant::now();
-                let mut out = self.run_tool(ctx, call, deadline).await;
+                let left = deadline.saturating_duration_since(Instant::now());
+                let timeout = self
+                    .settings
+                    .command_timeout
+                    .min(left)
+                    .max(Duration::from_secs(1));
+                let mut out = cap_text(
+                    &host.call(&call.name, &call.input, timeout).await,
+                    self.settings.tool_output_cap,
+                );
                 let left = deadline.saturating_duration_since(Instant::now()).as_secs();
                 out.push_str(&format!("\n[time left: {left} s]"));
                 tool_log.push(json!({"id": call.id, "name": call.name, "input": call.input, "output": out, "seconds": t.elapsed().as_secs_f64()}));
@@ -674,7 +686,7 @@ impl Agent for LlmAgent {
             messages.extend(self.tool_messages(&results));
             trajectory["steps"] = Value::Array(steps.clone());
             trajectory["usage"] = serde_json::to_value(&usage).unwrap_or_default();
-            write_trajectory(ctx, &trajectory);
+            write_trajectory(trajectory_path, &trajectory);
             if self
                 .settings
                 .max_total_tokens
@@ -692,12 +704,55 @@ impl Agent for LlmAgent {
         trajectory["steps"] = Value::Array(steps);
         trajectory["usage"] = serde_json::to_value(&usage).unwrap_or_default();
         trajectory["stop_reason"] = json!(stop_reason);
-        write_trajectory(ctx, &trajectory);
-        Ok(CommandOutcome {
-            exit_code: (!timed_out).then_some(0),
+        write_trajectory(trajectory_path, &trajectory);
+        Ok(Conversation {
+            usage,
             timed_out,
+            final_text,
+        })
+    }
+}
+
+fn write_trajectory(path: &Path, trajectory: &Value) {
+    if let Ok(bytes) = serde_json::to_vec_pretty(trajectory) {
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+        let tmp = path.with_file_name(format!(".{}.tmp", name.unwrap_or_default()));
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+}
+
+#[async_trait]
+impl Agent for LlmAgent {
+    fn info(&self) -> AgentInfo {
+        AgentInfo {
+            name: self.name.clone(),
+            version: Some(env!("CARGO_PKG_VERSION").into()),
+            model_name: Some(self.model.clone()),
+        }
+    }
+
+    async fn install(&self, _ctx: &AgentContext<'_>) -> Result<Option<CommandOutcome>, AgentError> {
+        Ok(None)
+    }
+
+    async fn run(&self, ctx: &AgentContext<'_>) -> Result<CommandOutcome, AgentError> {
+        let started = Instant::now();
+        let c = self
+            .converse(
+                SYSTEM_PROMPT,
+                &ctx.task.instruction,
+                &EnvTools { ctx },
+                started + ctx.run_timeout,
+                &ctx.logs_dir.join("trajectory.json"),
+            )
+            .await?;
+        Ok(CommandOutcome {
+            exit_code: (!c.timed_out).then_some(0),
+            timed_out: c.timed_out,
             seconds: started.elapsed().as_secs_f64(),
-            usage: Some(usage),
+            usage: Some(c.usage),
             ..Default::default()
         })
     }

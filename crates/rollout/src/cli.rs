@@ -36,6 +36,9 @@ pub enum Command {
     Cache(CacheCommand),
     /// Check everything that can fail before a run, without running an agent.
     Preflight(PreflightArgs),
+    /// Repo-owned contracts (pipeline.yml + .aider_fsm/): run, validate, scaffold.
+    #[command(subcommand)]
+    Pipeline(crate::pipeline_cmd::PipelineCommand),
     /// Remove containers whose rollout process is gone (crashes, preserved environments) and
     /// dangling build images. Environment images are kept unless --images.
     Gc(GcArgs),

@@ -5,6 +5,7 @@ mod cli;
 mod experiment;
 mod gc;
 mod jobs_cmd;
+mod pipeline_cmd;
 mod preflight;
 mod progress;
 mod prov_cmd;
@@ -57,6 +58,7 @@ fn main() -> ExitCode {
         cli::Command::Show(args) => prov_cmd::show(args),
         cli::Command::Reproduce(args) => prov_cmd::reproduce::main(args),
         cli::Command::Register(args) => prov_cmd::register::main(args),
+        cli::Command::Pipeline(cmd) => pipeline_cmd::main(cmd),
     };
     ExitCode::from(code)
 }

@@ -3,70 +3,9 @@
 
 mod common;
 
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use common::fake_llm::{final_answer, serve, tool_call, Script};
 use common::*;
-use serde_json::{json, Value};
-use std::sync::{Arc, Mutex};
-
-/// What the fake server answers, in order; and what it was sent.
-#[derive(Clone, Default)]
-struct Script {
-    replies: Arc<Mutex<Vec<(u16, Value)>>>,
-    seen: Arc<Mutex<Vec<Value>>>,
-}
-
-async fn chat(State(s): State<Script>, Json(body): Json<Value>) -> Response {
-    s.seen.lock().unwrap().push(body);
-    let (status, reply) = {
-        let mut r = s.replies.lock().unwrap();
-        if r.is_empty() {
-            (500, json!({"error": {"message": "script exhausted"}}))
-        } else {
-            r.remove(0)
-        }
-    };
-    let mut resp = (StatusCode::from_u16(status).unwrap(), Json(reply)).into_response();
-    if status == 429 {
-        resp.headers_mut()
-            .insert("retry-after", "0".parse().unwrap());
-    }
-    resp
-}
-
-/// Start the server on a free loopback port; returns its base URL.
-fn serve(script: Script) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let app = Router::new()
-                .route("/v1/chat/completions", post(chat))
-                .with_state(script);
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    format!("http://{addr}/v1")
-}
-
-fn tool_call(id: &str, command: &str) -> Value {
-    json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
-        {"id": id, "type": "function", "function": {"name": "bash", "arguments": json!({"command": command}).to_string()}}
-    ]}}], "usage": {"prompt_tokens": 100, "completion_tokens": 20}})
-}
-
-fn final_answer(text: &str) -> Value {
-    json!({"choices": [{"message": {"role": "assistant", "content": text}}], "usage": {"prompt_tokens": 150, "completion_tokens": 5}})
-}
+use serde_json::json;
 
 fn run_agent(base_url: &str, extra: &[&str]) -> Run {
     require_docker();
