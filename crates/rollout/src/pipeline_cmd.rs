@@ -303,6 +303,9 @@ async fn run(a: RunArgs) -> u8 {
     }
     match res {
         Ok(r) => {
+            if let Err(e) = record_provenance(&r) {
+                eprintln!("warning: provenance: the pipeline run was not recorded: {e}");
+            }
             print_summary(&r);
             if a.json {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
@@ -323,6 +326,114 @@ async fn run(a: RunArgs) -> u8 {
             }
         }
     }
+}
+
+/// Record a pipeline run in the provenance store (docs/provenance.md) as a `pipeline` job:
+/// inputs are the contract files (and the repository's commit, in the job's git facts), outputs
+/// the files the run verified (runtime env, rollout, samples, metrics) and `pipeline_result.json`.
+/// A run with the store switched off records nothing.
+fn record_provenance(r: &PipelineResult) -> Result<(), String> {
+    use rollout_store::{ArtifactKind, FileRef, Job, JobKind, Session, Store};
+    if crate::prov_cmd::store_disabled() {
+        return Ok(());
+    }
+    let mut store = Store::open(&crate::prov_cmd::store_path()).map_err(|e| e.to_string())?;
+    let git = rollout_store::git::info(&r.repo.path).map(|mut g| {
+        if let Some(c) = &r.repo.commit {
+            g.commit = c.clone();
+        }
+        g
+    });
+    let session = Session {
+        uid: Job::new_uid(),
+        name: Some(format!("pipeline {}", r.run_id)),
+        kind: "pipeline".into(),
+        created_at: r.started_at.clone(),
+        git: git.clone(),
+    };
+    store.ensure_session(&session).map_err(|e| e.to_string())?;
+    let refs = |v: Vec<(PathBuf, rollout_store::FileDigest)>| -> Vec<FileRef> {
+        v.into_iter()
+            .map(|(p, d)| FileRef {
+                path: p.to_string_lossy().into_owned(),
+                hash: d.hash,
+                size: d.size,
+                kind: ArtifactKind::File,
+                sha256: d.sha256,
+            })
+            .collect()
+    };
+    let abs = |p: &Path| {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            r.repo.path.join(p)
+        }
+    };
+    let inputs: Vec<PathBuf> = r
+        .contract_files
+        .iter()
+        .map(|f| r.repo.path.join(&f.path))
+        .collect();
+    let outputs: Vec<PathBuf> = [
+        &r.runtime_env_path,
+        &r.rollout_path,
+        &r.samples_path,
+        &r.metrics_path,
+    ]
+    .into_iter()
+    .flatten()
+    .map(|p| abs(p))
+    .chain(std::iter::once(
+        abs(&r.artifacts_dir).join("pipeline_result.json"),
+    ))
+    .collect();
+    let inputs = refs(
+        store
+            .hash_files(&inputs, false)
+            .map_err(|e| e.to_string())?,
+    );
+    let outputs = refs(
+        store
+            .hash_files(&outputs, false)
+            .map_err(|e| e.to_string())?,
+    );
+    let argv: Vec<String> = std::env::args().collect();
+    let job = Job {
+        uid: Job::new_uid(),
+        session: session.uid.clone(),
+        kind: JobKind::Pipeline,
+        command: argv
+            .iter()
+            .map(|a| crate::prov_cmd::shell_quote(a))
+            .collect::<Vec<_>>()
+            .join(" "),
+        argv,
+        cwd: std::env::current_dir()
+            .map(|d| d.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        git,
+        started_at: r.started_at.clone(),
+        duration_sec: r.duration_seconds,
+        exit_code: Some(if r.ok { 0 } else { 1 }),
+        env: Default::default(),
+        metadata: serde_json::json!({
+            "run_id": r.run_id,
+            "ok": r.ok,
+            "cancelled": r.cancelled,
+            "repo": r.repo,
+            "failed_stage": r.failed_stage,
+            "failure": r.failure,
+            "metrics": r.metrics,
+            "samples": r.samples,
+            "artifacts_dir": r.artifacts_dir,
+            "repairs": r.repairs.len(),
+        }),
+        host: rollout_runner::host_name(),
+        inputs,
+        outputs,
+    };
+    store.record_job(&job).map_err(|e| e.to_string())
 }
 
 async fn validate(a: ValidateArgs) -> u8 {

@@ -24,7 +24,7 @@ pub fn set_store(flag: Option<PathBuf>) {
 }
 
 /// Whether recording is switched off (`--store off`).
-fn store_disabled() -> bool {
+pub fn store_disabled() -> bool {
     STORE_FLAG
         .get()
         .and_then(|f| f.as_deref())

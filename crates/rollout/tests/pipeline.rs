@@ -703,3 +703,34 @@ fn scaffold_writes_a_contract_where_there_is_none() {
         stderr(&o)
     );
 }
+
+#[test]
+fn a_pipeline_run_is_recorded_in_the_provenance_store() {
+    let (tmp, dir) = repo("passing");
+    let store = tmp.path().join("store/rollout.db");
+    let store_env = store.to_str().unwrap();
+    let (code, r) = run_json(&dir, &[], &[("ROLLOUT_STORE", store_env)]);
+    assert_eq!(code, 0, "{r}");
+    let out = rollout_cmd()
+        .args(["log", "--json"])
+        .env("ROLLOUT_STORE", store_env)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = log.to_string();
+    assert!(
+        text.contains("\"pipeline\""),
+        "no pipeline job in the log: {text}"
+    );
+    // The contract is an input and the metrics an output of the recorded job.
+    let show = rollout_cmd()
+        .args(["lineage", "--json"])
+        .arg(dir.join(r["metrics_path"].as_str().unwrap()))
+        .env("ROLLOUT_STORE", store_env)
+        .output()
+        .unwrap();
+    assert!(show.status.success(), "{}", stderr(&show));
+    let lineage = String::from_utf8_lossy(&show.stdout);
+    assert!(lineage.contains("pipeline.yml"), "{lineage}");
+}

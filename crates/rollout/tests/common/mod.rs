@@ -130,8 +130,18 @@ pub fn read_json(path: &Path) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("parsing {}: {e}", path.display()))
 }
 
+/// The rollout binary. Its provenance store is a shared file under the temporary directory, so
+/// that tests record trials (as users' runs do) without writing into the repository; tests of
+/// the store itself set `ROLLOUT_STORE` to their own file.
 pub fn rollout_cmd() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_rollout"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rollout"));
+    c.env(
+        "ROLLOUT_STORE",
+        std::env::temp_dir()
+            .join("rollout-tests")
+            .join("rollout.db"),
+    );
+    c
 }
 
 /// `rollout run ARGS -o <tmp> --job-name job`; the job directory is `<tmp>/job`.
