@@ -506,10 +506,8 @@ impl Tracer {
             SYMLINK => self.with_path(pid, AT_FDCWD, a[1], Op::Write),
             SYMLINKAT => self.with_path(pid, a[1] as i32, a[2], Op::Write),
             UNLINK => self.with_path(pid, AT_FDCWD, a[0], Op::Remove),
-            UNLINKAT => {
-                if a[2] & libc::AT_REMOVEDIR as u64 == 0 {
-                    self.with_path(pid, a[0] as i32, a[1], Op::Remove)
-                }
+            UNLINKAT if a[2] & libc::AT_REMOVEDIR as u64 == 0 => {
+                self.with_path(pid, a[0] as i32, a[1], Op::Remove)
             }
             EXECVE => self.with_path(pid, AT_FDCWD, a[0], Op::Exec),
             EXECVEAT => {
