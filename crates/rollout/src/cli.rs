@@ -35,6 +35,8 @@ pub enum Command {
     /// Remove containers whose rollout process is gone (crashes, preserved environments) and
     /// dangling build images. Environment images are kept unless --images.
     Gc(GcArgs),
+    /// Serve the evaluation executor over HTTP: the term-executor API and the /api/v1 job API.
+    Serve(Box<crate::serve::ServeArgs>),
 }
 
 #[derive(Subcommand, Debug)]

@@ -7,6 +7,7 @@ mod jobs_cmd;
 mod preflight;
 mod progress;
 mod run;
+mod serve;
 mod signals;
 mod sources_cmd;
 mod summary;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         cli::Command::Cache(cmd) => sources_cmd::cache(cmd),
         cli::Command::Gc(args) => gc::main(args),
         cli::Command::Preflight(args) => preflight::main(args),
+        cli::Command::Serve(args) => serve::main(*args),
     };
     ExitCode::from(code)
 }
