@@ -360,11 +360,11 @@ pub async fn download_file(
         .await
         .map_err(|_| not_found())?;
     let stream = tokio_util::io::ReaderStream::new(file);
-    Ok(Response::builder()
+    Response::builder()
         .header(header::CONTENT_TYPE, "application/octet-stream")
         .header(header::CONTENT_LENGTH, meta.len())
         .body(Body::from_stream(stream))
-        .map_err(|e| ApiError::internal(e.to_string()))?)
+        .map_err(|e| ApiError::internal(e.to_string()))
 }
 
 #[cfg(test)]

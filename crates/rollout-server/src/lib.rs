@@ -254,12 +254,16 @@ pub fn router(state: Arc<AppState>) -> Router {
         count_requests,
     ))
     .layer(
-        tower_http::trace::TraceLayer::new_for_http().make_span_with(
-            // Method and path only: headers (credentials) and query strings stay out of logs.
-            |req: &axum::http::Request<axum::body::Body>| {
-                tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
-            },
-        ),
+        tower_http::trace::TraceLayer::new_for_http()
+            .make_span_with(
+                // Method and path only: headers (credentials) and query strings stay out of logs.
+                |req: &axum::http::Request<axum::body::Body>| {
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                },
+            )
+            .on_response(
+                tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
+            ),
     )
     .with_state(state)
 }

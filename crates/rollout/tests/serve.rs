@@ -1204,3 +1204,70 @@ fn every_route_is_documented_and_every_documented_route_exists() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_cancels_after_the_grace_and_old_runs_expire() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let cache = tmp.path().join("cache");
+    // Finished runs older than the TTL disappear with their files.
+    let server = Server::start(&data, &cache, &["--ttl", "3"]);
+    let fast = executor_archive(tmp.path(), "fast", 0);
+    let (s, b) = submit(&server, &fast, "", &[]).await;
+    assert_eq!(s, 202, "{b}");
+    let id = b["batch_id"].as_str().unwrap().to_string();
+    poll(&server, &format!("/batch/{id}"), 300, |v| {
+        v["status"] == "completed"
+    })
+    .await;
+    assert!(data.join("jobs").join(&id).is_dir());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client()
+            .get(server.url(&format!("/batch/{id}")))
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run was not reaped:\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!data.join("jobs").join(&id).exists());
+    assert!(!data.join("runs").join(&id).exists());
+    drop(server);
+
+    // SIGTERM: running trials get the grace period, then are cancelled; nothing is left.
+    let mut server = Server::start(&data, &cache, &["--shutdown-grace", "1"]);
+    let slow = executor_archive(tmp.path(), "slow", 600);
+    let (s, b) = submit(&server, &slow, "", &[]).await;
+    assert_eq!(s, 202, "{b}");
+    let id = b["batch_id"].as_str().unwrap().to_string();
+    poll(&server, &format!("/batch/{id}/tasks"), 240, |v| {
+        v["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["status"] == "running_agent")
+    })
+    .await;
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(120), Some(0), "{}", server.log());
+    assert!(
+        containers_of(&id).is_empty(),
+        "containers left after SIGTERM"
+    );
+    assert!(
+        server.log().contains("grace period over"),
+        "{}",
+        server.log()
+    );
+    let again = Server::start(&data, &cache, &[]);
+    let batch = get(&again, &format!("/batch/{id}")).await;
+    assert_eq!(batch["status"], "interrupted", "{batch}");
+}
