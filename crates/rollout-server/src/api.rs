@@ -136,8 +136,15 @@ fn sanitize(
         }
     }
     if let (Some(root), true) = (root, c.datasets.is_empty() && c.tasks.is_empty()) {
+        // The archive's `tasks/` directory when it has one, else its root.
+        let tasks = root.join("tasks");
+        let dataset = if tasks.is_dir() {
+            tasks
+        } else {
+            root.to_path_buf()
+        };
         c.datasets.push(rollout_core::job_config::DatasetSpec {
-            path: Some(root.to_path_buf()),
+            path: Some(dataset),
             ..Default::default()
         });
     }
