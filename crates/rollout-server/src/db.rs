@@ -372,19 +372,16 @@ impl Db {
 
     pub fn get_run(&self, id: &str) -> Result<Option<RunRow>, DbError> {
         self.with(|c| {
-            c.query_row(
-                &format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"),
-                [id],
-                run_from,
-            )
-            .optional()
+            c.prepare_cached(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE id = ?1"))?
+                .query_row([id], run_from)
+                .optional()
         })
     }
 
     /// Runs, newest first; `kind` filters.
     pub fn list_runs(&self, kind: Option<RunKind>) -> Result<Vec<RunRow>, DbError> {
         self.with(|c| {
-            let mut stmt = c.prepare(&format!(
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE ?1 IS NULL OR kind = ?1 ORDER BY created_at DESC"
             ))?;
             let rows = stmt.query_map([kind.map(|k| k.as_str())], run_from)?;
@@ -395,7 +392,7 @@ impl Db {
     /// Runs whose status is one of `statuses`, oldest first.
     pub fn runs_with_status(&self, statuses: &[RunStatus]) -> Result<Vec<RunRow>, DbError> {
         let all = self.with(|c| {
-            let mut stmt = c.prepare(&format!(
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT {RUN_COLUMNS} FROM runs ORDER BY created_at ASC"
             ))?;
             let rows = stmt.query_map([], run_from)?;
@@ -504,7 +501,7 @@ impl Db {
 
     pub fn list_trials(&self, run: &str) -> Result<Vec<TrialRow>, DbError> {
         self.with(|c| {
-            let mut stmt = c.prepare(&format!(
+            let mut stmt = c.prepare_cached(&format!(
                 "SELECT {TRIAL_COLUMNS} FROM trials WHERE run_id = ?1 ORDER BY seq"
             ))?;
             let rows = stmt.query_map([run], trial_from)?;
@@ -515,12 +512,9 @@ impl Db {
     /// A trial by its trial name or, failing that, its task id (the seed's `task_id`).
     pub fn get_trial(&self, run: &str, name: &str) -> Result<Option<TrialRow>, DbError> {
         self.with(|c| {
-            c.query_row(
-                &format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE run_id = ?1 AND (trial_name = ?2 OR task_id = ?2) ORDER BY trial_name = ?2 DESC, seq LIMIT 1"),
-                params![run, name],
-                trial_from,
-            )
-            .optional()
+            c.prepare_cached(&format!("SELECT {TRIAL_COLUMNS} FROM trials WHERE run_id = ?1 AND (trial_name = ?2 OR task_id = ?2) ORDER BY trial_name = ?2 DESC, seq LIMIT 1"))?
+                .query_row(params![run, name], trial_from)
+                .optional()
         })
     }
 }
