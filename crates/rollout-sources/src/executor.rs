@@ -123,7 +123,11 @@ pub fn load(
         })
         .unwrap_or_else(|| "archive".into());
     if !root.join(".complete").is_file() {
-        let staging = root.with_extension(format!("tmp-{}", std::process::id()));
+        // Unique per call: two batches of the same archive in one process (the server) must
+        // not unpack into, or delete, each other's staging directory.
+        static STAGING: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = STAGING.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let staging = root.with_extension(format!("tmp-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
         let built = generate(
             archive,

@@ -56,6 +56,8 @@ pub enum Command {
     Reproduce(crate::prov_cmd::ReproduceArgs),
     /// Push an artifact's lineage to a remote `rollout serve`.
     Register(crate::prov_cmd::RegisterArgs),
+    /// Serve the evaluation executor over HTTP: the term-executor API and the /api/v1 job API.
+    Serve(Box<crate::serve::ServeArgs>),
 }
 
 #[derive(Subcommand, Debug)]

@@ -10,6 +10,7 @@ mod preflight;
 mod progress;
 mod prov_cmd;
 mod run;
+mod serve;
 mod signals;
 mod sources_cmd;
 mod summary;
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
         cli::Command::Reproduce(args) => prov_cmd::reproduce::main(args),
         cli::Command::Register(args) => prov_cmd::register::main(args),
         cli::Command::Pipeline(cmd) => pipeline_cmd::main(cmd),
+        cli::Command::Serve(args) => serve::main(*args),
     };
     ExitCode::from(code)
 }

@@ -31,6 +31,11 @@ pub fn store_disabled() -> bool {
         .is_some_and(|p| p == Path::new("off") || p == Path::new("none"))
 }
 
+/// The store given with `--store`/`ROLLOUT_STORE`, if any.
+pub fn store_flag() -> Option<PathBuf> {
+    STORE_FLAG.get().and_then(|f| f.clone())
+}
+
 /// The store file: `--store`/`ROLLOUT_STORE`, else `.rollout/rollout.db` in the project.
 pub fn store_path() -> PathBuf {
     match STORE_FLAG.get().and_then(|f| f.clone()) {

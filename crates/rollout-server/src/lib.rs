@@ -1,0 +1,321 @@
+//! `rollout serve`: the evaluation executor as an HTTP service.
+//!
+//! Two faces over one runner:
+//! - the term-executor API (`/submit`, `/batch/{id}`, `/ws` …), field for field, so the seed's
+//!   clients work unchanged ([`seed`]);
+//! - the native job API under `/api/v1` (job configurations, trials, files, SSE and WebSocket
+//!   streams, an OpenAPI document) ([`api`]).
+//!
+//! Both turn a submission into a [`rollout_runner::JobPlan`] and run it through the same
+//! [`rollout_runner::Runner`] and Docker provider as `rollout run` ([`runs`]), recording runs and
+//! trials in SQLite under `--data-dir` ([`db`]) so they survive a restart.
+//!
+//! Not here: the provenance store (an optional path is kept in [`ServerConfig::store_path`] for
+//! the endpoints that will serve it), the command line (crate `rollout`).
+
+#![recursion_limit = "512"]
+
+pub mod api;
+pub mod auth;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod openapi;
+pub mod prov;
+pub mod runs;
+pub mod seed;
+pub mod stream;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post, MethodRouter};
+use axum::Router;
+use rollout_env::Provider;
+use rollout_sources::archive::Limits;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use auth::{Auth, AuthMode};
+pub use error::ApiError;
+
+/// The server's version, reported by `/status` and the OpenAPI document.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything `rollout serve` is told.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the database, uploads and job directories live.
+    pub data_dir: PathBuf,
+    /// Runs executing at once; more wait in a queue.
+    pub max_batches: usize,
+    /// Default and maximum trials at once within one run.
+    pub max_concurrent_tasks: usize,
+    /// Archive extraction caps (archive size, files, extracted bytes, compression ratio).
+    pub limits: Limits,
+    /// Largest request body accepted.
+    pub max_body_bytes: u64,
+    /// On shutdown: how long running trials may go on before they are cancelled.
+    pub shutdown_grace: Duration,
+    /// Finished runs older than this are deleted with their files.
+    pub ttl: Duration,
+    /// Restart runs a previous server left unfinished, instead of marking them interrupted.
+    pub resume_interrupted: bool,
+    /// Base image of executor-archive tasks (default: Debian + git + the language runtime).
+    pub executor_image: Option<String>,
+    /// CA bundle for environments and builds.
+    pub ca_bundle: Option<Vec<u8>>,
+    /// The provenance store (crate rollout-store), when one is configured.
+    pub store_path: Option<PathBuf>,
+}
+
+impl ServerConfig {
+    /// Defaults for a data directory.
+    pub fn new(data_dir: PathBuf) -> Self {
+        let limits = Limits::default();
+        Self {
+            data_dir,
+            max_batches: 2,
+            max_concurrent_tasks: 8,
+            max_body_bytes: limits.max_archive_bytes + (1 << 20),
+            limits,
+            shutdown_grace: Duration::from_secs(30),
+            ttl: Duration::from_secs(7 * 24 * 3600),
+            resume_interrupted: false,
+            executor_image: None,
+            ca_bundle: None,
+            store_path: None,
+        }
+    }
+    pub fn db_path(&self) -> PathBuf {
+        self.data_dir.join("serve.db")
+    }
+    pub fn jobs_dir(&self) -> PathBuf {
+        self.data_dir.join("jobs")
+    }
+    pub fn runs_dir(&self) -> PathBuf {
+        self.data_dir.join("runs")
+    }
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub config: ServerConfig,
+    pub db: db::Db,
+    pub auth: Auth,
+    pub metrics: metrics::Metrics,
+    pub provider: Arc<dyn Provider>,
+    /// One permit per run allowed to execute at once.
+    pub slots: Arc<Semaphore>,
+    /// Runs not yet finished, by id: their event channel and cancel token.
+    pub live: Mutex<HashMap<String, Arc<runs::LiveRun>>>,
+    /// Run tasks, awaited on shutdown.
+    pub tasks: TaskTracker,
+    /// Cancelled when the server begins to shut down: no new submissions.
+    pub shutdown: CancellationToken,
+    /// Cancelled when streams must end (after runs have stopped).
+    pub streams_end: CancellationToken,
+    pub started_at: Instant,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("creating {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl AppState {
+    /// Open the data directory and database; runs a previous server left unfinished are marked
+    /// interrupted here (or resumed by [`resume_interrupted`] when configured).
+    pub fn new(
+        config: ServerConfig,
+        auth: Auth,
+        provider: Arc<dyn Provider>,
+    ) -> Result<Arc<Self>, ServeError> {
+        for dir in [
+            config.data_dir.clone(),
+            config.jobs_dir(),
+            config.runs_dir(),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|source| ServeError::DataDir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let db = db::Db::open(&config.db_path())?;
+        let slots = Arc::new(Semaphore::new(config.max_batches.max(1)));
+        Ok(Arc::new(Self {
+            db,
+            auth,
+            metrics: metrics::Metrics::default(),
+            provider,
+            slots,
+            live: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+            streams_end: CancellationToken::new(),
+            started_at: Instant::now(),
+            config,
+        }))
+    }
+
+    pub fn live_run(&self, id: &str) -> Option<Arc<runs::LiveRun>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+}
+
+/// One route: method, path (axum syntax, which is also OpenAPI's but for `{*rest}`), handler.
+pub struct Route {
+    pub method: &'static str,
+    pub path: &'static str,
+    pub handler: MethodRouter<Arc<AppState>>,
+}
+
+fn route(method: &'static str, path: &'static str, handler: MethodRouter<Arc<AppState>>) -> Route {
+    Route {
+        method,
+        path,
+        handler,
+    }
+}
+
+/// Every route the server answers; [`router`] is built from this list and the OpenAPI test
+/// compares it with the document.
+pub fn routes() -> Vec<Route> {
+    vec![
+        route("get", "/health", get(seed::health)),
+        route("get", "/status", get(seed::status)),
+        route("get", "/metrics", get(seed::metrics)),
+        route("post", "/submit", post(seed::submit)),
+        route("get", "/batches", get(seed::list_batches)),
+        route("get", "/batch/{id}", get(seed::get_batch)),
+        route("get", "/batch/{id}/tasks", get(seed::get_batch_tasks)),
+        route("get", "/batch/{id}/task/{task_id}", get(seed::get_task)),
+        route("post", "/batch/{id}/cancel", post(seed::cancel_batch)),
+        route("get", "/ws", get(stream::seed_ws)),
+        route("get", "/api/v1/openapi.json", get(openapi::serve_document)),
+        route("post", "/api/v1/jobs", post(api::submit_job)),
+        route("get", "/api/v1/jobs", get(api::list_jobs)),
+        route("get", "/api/v1/jobs/{id}", get(api::get_job)),
+        route("post", "/api/v1/jobs/{id}/cancel", post(api::cancel_job)),
+        route("get", "/api/v1/jobs/{id}/trials", get(api::list_trials)),
+        route(
+            "get",
+            "/api/v1/jobs/{id}/trials/{trial}",
+            get(api::get_trial),
+        ),
+        route(
+            "get",
+            "/api/v1/jobs/{id}/trials/{trial}/files/{*path}",
+            get(api::download_file),
+        ),
+        route("get", "/api/v1/jobs/{id}/events", get(stream::job_sse)),
+        route("get", "/api/v1/jobs/{id}/ws", get(stream::job_ws)),
+        route("post", "/api/v1/bundles", post(prov::post_bundle)),
+        route("get", "/api/v1/artifacts/{hash}", get(prov::get_artifact)),
+        route(
+            "get",
+            "/api/v1/artifacts/{hash}/lineage",
+            get(prov::get_lineage),
+        ),
+    ]
+}
+
+/// The HTTP application.
+pub fn router(state: Arc<AppState>) -> Router {
+    let mut app: Router<Arc<AppState>> = Router::new();
+    for r in routes() {
+        app = app.route(r.path, r.handler);
+    }
+    let limit = usize::try_from(state.config.max_body_bytes).unwrap_or(usize::MAX);
+    app.fallback(|| async {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "not_found",
+            "no such endpoint: see /api/v1/openapi.json",
+        )
+    })
+    .layer(DefaultBodyLimit::max(limit))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
+        count_requests,
+    ))
+    .layer(
+        tower_http::trace::TraceLayer::new_for_http()
+            .make_span_with(
+                // Method and path only: headers (credentials) and query strings stay out of logs.
+                |req: &axum::http::Request<axum::body::Body>| {
+                    tracing::info_span!("http", method = %req.method(), path = %req.uri().path())
+                },
+            )
+            .on_response(
+                tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
+            ),
+    )
+    .with_state(state)
+}
+
+async fn count_requests(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    metrics::Metrics::inc(&state.metrics.http_requests);
+    next.run(req).await
+}
+
+/// Serve on `listener` until `stop` is cancelled (SIGTERM/SIGINT in the binary), then shut down
+/// gracefully: stop accepting, let running trials go on for `shutdown_grace`, cancel the rest
+/// (their containers are removed), mark unfinished runs interrupted, end the streams.
+pub async fn serve(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+) -> Result<(), ServeError> {
+    runs::recover(&state).await;
+    runs::spawn_reaper(state.clone());
+    let app = router(state.clone());
+    let shutdown = state.shutdown.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .into_future(),
+    );
+    stop.cancelled().await;
+    tracing::info!(
+        "shutting down: no new connections; running trials have {:?}",
+        state.config.shutdown_grace
+    );
+    state.shutdown.cancel();
+    runs::drain(&state).await;
+    state.streams_end.cancel();
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(r)) => r?,
+        Ok(Err(e)) => tracing::warn!("server task: {e}"),
+        Err(_) => tracing::warn!("connections still open 10 s after shutdown; closing"),
+    }
+    Ok(())
+}
+
+use std::future::IntoFuture;

@@ -1,0 +1,719 @@
+//! Runs: a submission becomes a job plan, waits for a slot, runs through the runner, and every
+//! runner event updates the database and the run's event stream.
+
+use crate::db::{RunKind, RunRow, RunStatus, TaskStatus, TrialEnd, TrialRow};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::AppState;
+use chrono::Utc;
+use rollout_core::job_config::AgentSpec;
+use rollout_core::result::Phase;
+use rollout_core::JobConfig;
+use rollout_runner::writer::ResultsWriter;
+use rollout_runner::{Event, EventSink, JobPlan, RunOptions, Runner};
+use rollout_sources::executor::ExecutorOptions;
+use rollout_sources::git::GitCache;
+use rollout_sources::job::{load_job_tasks, SourceOptions};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Events kept for a slow stream subscriber before it is told it lagged.
+const CHANNEL_CAPACITY: usize = 1024;
+/// Bytes of verifier output kept per trial in the database.
+const TEST_OUTPUT_CAP: usize = 64 << 10;
+/// Bytes of each check's log kept in `test_results`.
+const CHECK_OUTPUT_CAP: usize = 16 << 10;
+
+/// One event of a run, as streamed (SSE, WebSocket).
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamEvent {
+    /// Position in the run's stream, from 1.
+    pub seq: u64,
+    /// `job_started`, `trial_started`, `phase_started`, `phase_finished`, `trial_finished`,
+    /// `cancelling`, `job_finished`.
+    pub event: &'static str,
+    pub job_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trial: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
+    pub data: serde_json::Value,
+    /// When the server emitted it (RFC 3339, microseconds).
+    pub emitted_at: String,
+}
+
+impl StreamEvent {
+    /// The seed's event name, for the events the seed streams.
+    pub fn seed_name(&self) -> Option<&'static str> {
+        Some(match self.event {
+            "job_started" => "batch_started",
+            "trial_started" => "task_started",
+            "trial_finished" => "task_complete",
+            "job_finished" => "batch_complete",
+            _ => return None,
+        })
+    }
+}
+
+/// A run that has not finished: its stream and its cancel switch.
+pub struct LiveRun {
+    pub id: String,
+    pub tx: broadcast::Sender<Arc<StreamEvent>>,
+    pub cancel: CancellationToken,
+    /// Set when the cancel comes from a shutdown (the run becomes `interrupted`).
+    pub interrupted: AtomicBool,
+    seq: AtomicU64,
+}
+
+impl LiveRun {
+    fn new(id: &str) -> Arc<Self> {
+        Arc::new(Self {
+            id: id.to_string(),
+            tx: broadcast::channel(CHANNEL_CAPACITY).0,
+            cancel: CancellationToken::new(),
+            interrupted: AtomicBool::new(false),
+            seq: AtomicU64::new(0),
+        })
+    }
+
+    pub fn emit(
+        &self,
+        event: &'static str,
+        trial: Option<&str>,
+        task_id: Option<&str>,
+        data: serde_json::Value,
+    ) {
+        let e = StreamEvent {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            event,
+            job_id: self.id.clone(),
+            trial: trial.map(str::to_string),
+            task_id: task_id.map(str::to_string),
+            data,
+            emitted_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        };
+        // No subscriber is not an error.
+        let _ = self.tx.send(Arc::new(e));
+    }
+}
+
+/// Load the tasks of `config` and plan its trials, with job id `id` (resuming the job
+/// directory when it already holds this job). Blocking: clones and archive extraction.
+pub fn plan(state: &AppState, id: &str, mut config: JobConfig) -> Result<JobPlan, ApiError> {
+    let opts = SourceOptions {
+        git: GitCache::new(GitCache::default_root()),
+        parallel_clones: 4,
+        archives: config.archives.clone(),
+        executor: ExecutorOptions {
+            base_image: config.executor_image.clone(),
+            ca_bundle: state.config.ca_bundle.clone(),
+            limits: state.config.limits.clone(),
+            parallel_clones: 4,
+        },
+    };
+    let loaded = load_job_tasks(&config, &opts)
+        .map_err(|errors| ApiError::bad_request("invalid_archive", errors.join("; ")))?;
+    if config.agents.is_empty() && !loaded.archive_agents.is_empty() {
+        config.agents = loaded
+            .archive_agents
+            .iter()
+            .map(|p| AgentSpec {
+                name: format!("code:{}", p.display()),
+                ..Default::default()
+            })
+            .collect();
+    }
+    if loaded.tasks.is_empty() {
+        return Err(ApiError::bad_request(
+            "no_tasks",
+            "the submission holds no task to run",
+        ));
+    }
+    let job_dir = state.config.jobs_dir().join(id);
+    let plan = if job_dir.join("config.json").is_file() {
+        JobPlan::resume(config, loaded.tasks, id.to_string(), job_dir, false)
+    } else {
+        JobPlan::new(config, loaded.tasks).map(|mut p| {
+            // Containers are labelled with the job id: the run id makes them findable.
+            p.job_id = id.to_string();
+            p
+        })
+    };
+    plan.map_err(|e| ApiError::bad_request("invalid_job", e.to_string()))
+}
+
+/// Record a new run and start it (it waits for a slot).
+pub fn start(
+    state: &Arc<AppState>,
+    kind: RunKind,
+    id: &str,
+    plan: JobPlan,
+    work_dir: &Path,
+) -> Result<RunRow, ApiError> {
+    let trials: Vec<(String, String)> = plan
+        .trials
+        .iter()
+        .map(|t| (t.name.clone(), t.task.name.clone()))
+        .chain(
+            plan.kept
+                .iter()
+                .map(|r| (r.trial_name.clone(), r.task_name.clone())),
+        )
+        .collect();
+    let run = RunRow {
+        id: id.to_string(),
+        kind,
+        status: RunStatus::Pending,
+        created_at: Utc::now(),
+        started_at: None,
+        finished_at: None,
+        concurrent_tasks: plan.config.concurrency() as u32,
+        total_tasks: trials.len() as u32,
+        error: None,
+        config: serde_json::to_value(&plan.config).unwrap_or_default(),
+        job_dir: plan.job_dir.clone(),
+        work_dir: work_dir.to_path_buf(),
+        result: None,
+    };
+    state.db.insert_run(&run, &trials)?;
+    Metrics::inc(&state.metrics.batches_total);
+    launch(state, id, plan);
+    Ok(run)
+}
+
+fn launch(state: &Arc<AppState>, id: &str, plan: JobPlan) {
+    let live = LiveRun::new(id);
+    state
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(id.to_string(), live.clone());
+    let state2 = state.clone();
+    state.tasks.spawn(execute(state2, live, plan));
+}
+
+async fn execute(state: Arc<AppState>, live: Arc<LiveRun>, plan: JobPlan) {
+    let id = live.id.clone();
+    Metrics::inc(&state.metrics.batches_queued);
+    let permit = tokio::select! {
+        p = state.slots.clone().acquire_owned() => p.ok(),
+        _ = live.cancel.cancelled() => None,
+    };
+    Metrics::dec(&state.metrics.batches_queued);
+    let Some(_permit) = permit else {
+        finish(&state, &live, None, Instant::now()).await;
+        return;
+    };
+    if let Err(e) = state.db.set_run_status(&id, RunStatus::Running, None) {
+        tracing::error!(run = %id, "{e}");
+    }
+    Metrics::inc(&state.metrics.batches_active);
+    let t0 = Instant::now();
+    // A resumed job first removes what its predecessor left running.
+    if let Err(e) = state
+        .provider
+        .remove_labelled(rollout_core::labels::JOB, &id)
+        .await
+    {
+        tracing::warn!(run = %id, "removing leftover containers: {e}");
+    }
+    let options = RunOptions {
+        ca_bundle: state.config.ca_bundle.clone().map(Arc::new),
+        ..Default::default()
+    };
+    let mut runner = Runner::new(state.provider.clone(), live.cancel.clone(), options);
+    let writer = Arc::new(ResultsWriter::new());
+    runner.subscribe(writer.clone());
+    runner.subscribe(Arc::new(Sink {
+        state: state.clone(),
+        live: live.clone(),
+        tasks: Mutex::new(HashMap::new()),
+    }));
+    // Every trial is recorded in the provenance store, as `rollout run`'s are.
+    let recorder = state.config.store_path.clone().map(|store| {
+        Arc::new(rollout_runner::provenance::TrialRecorder::start(
+            store,
+            vec!["rollout".into(), "serve".into(), format!("run:{id}")],
+        ))
+    });
+    if let Some(r) = &recorder {
+        runner.subscribe(r.clone());
+    }
+    let result = runner.run(plan).await;
+    if let Some(e) = writer.error() {
+        tracing::error!(run = %id, "writing results: {e}");
+    }
+    if let Some(r) = recorder {
+        // The recorder joins its worker thread: off the async workers.
+        let report = tokio::task::spawn_blocking(move || r.finish()).await;
+        if let Ok(report) = report {
+            for w in report.warnings {
+                tracing::warn!(run = %id, "provenance: {w}");
+            }
+        }
+    }
+    Metrics::dec(&state.metrics.batches_active);
+    let value = serde_json::to_value(&result).unwrap_or_default();
+    finish(&state, &live, Some(value), t0).await;
+}
+
+/// Record the end of a run, tell the stream, forget the live run.
+async fn finish(
+    state: &Arc<AppState>,
+    live: &Arc<LiveRun>,
+    result: Option<serde_json::Value>,
+    t0: Instant,
+) {
+    let id = &live.id;
+    // Whatever a cancel left behind (the runner sweeps too; this covers a run never started).
+    if let Err(e) = state
+        .provider
+        .remove_labelled(rollout_core::labels::JOB, id)
+        .await
+    {
+        tracing::warn!(run = %id, "removing containers: {e}");
+    }
+    let status = if live.interrupted.load(Ordering::SeqCst) {
+        RunStatus::Interrupted
+    } else if live.cancel.is_cancelled() {
+        RunStatus::Cancelled
+    } else if result.is_none() {
+        RunStatus::Failed
+    } else {
+        RunStatus::Completed
+    };
+    let open_status = match status {
+        RunStatus::Interrupted => TaskStatus::Interrupted,
+        _ => TaskStatus::Cancelled,
+    };
+    let db = &state.db;
+    if let Some(r) = &result {
+        let _ = db.set_run_result(id, r);
+    }
+    let _ = db.close_open_trials(id, open_status);
+    let _ = db.set_run_status(id, status, None);
+    match status {
+        RunStatus::Completed => Metrics::inc(&state.metrics.batches_completed),
+        RunStatus::Cancelled => Metrics::inc(&state.metrics.batches_cancelled),
+        RunStatus::Interrupted => Metrics::inc(&state.metrics.batches_interrupted),
+        _ => Metrics::inc(&state.metrics.batches_failed),
+    }
+    if result.is_some() {
+        state
+            .metrics
+            .batch_duration
+            .observe(t0.elapsed().as_secs_f64());
+    }
+    let trials = db.list_trials(id).unwrap_or_default();
+    let summary = Summary::of(&trials);
+    live.emit(
+        "job_finished",
+        None,
+        None,
+        serde_json::json!({
+            "status": status,
+            "total": summary.total,
+            "passed": summary.passed,
+            "failed": summary.failed,
+            "reward": summary.aggregate_reward,
+            "duration_ms": t0.elapsed().as_millis() as u64,
+        }),
+    );
+    state
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(id);
+}
+
+/// Counts over a run's trials.
+pub struct Summary {
+    pub total: usize,
+    pub completed: usize,
+    pub passed: usize,
+    pub failed: usize,
+    /// Sum of rewards / number of trials (a trial without a reward counts 0).
+    pub aggregate_reward: f64,
+}
+
+impl Summary {
+    pub fn of(trials: &[TrialRow]) -> Self {
+        let total = trials.len();
+        let done: Vec<&TrialRow> = trials.iter().filter(|t| t.status().is_final()).collect();
+        let passed = done.iter().filter(|t| t.passed == Some(true)).count();
+        let sum: f64 = trials.iter().filter_map(|t| t.reward).sum();
+        Self {
+            total,
+            completed: done.len(),
+            passed,
+            failed: done.len() - passed,
+            aggregate_reward: if total == 0 { 0.0 } else { sum / total as f64 },
+        }
+    }
+}
+
+/// Turns runner events into database rows and stream events.
+struct Sink {
+    state: Arc<AppState>,
+    live: Arc<LiveRun>,
+    /// Trial name → task id.
+    tasks: Mutex<HashMap<String, String>>,
+}
+
+impl Sink {
+    fn task_of(&self, trial: &str) -> Option<String> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(trial)
+            .cloned()
+    }
+}
+
+fn phase_status(phase: Phase) -> Option<TaskStatus> {
+    match phase {
+        Phase::EnvironmentSetup => Some(TaskStatus::InstallingDeps),
+        Phase::AgentInstall | Phase::AgentRun => Some(TaskStatus::RunningAgent),
+        Phase::Verify => Some(TaskStatus::RunningTests),
+        Phase::Collect | Phase::Teardown => None,
+    }
+}
+
+impl EventSink for Sink {
+    fn on_event(&self, event: &Event) {
+        let id = &self.live.id;
+        let db = &self.state.db;
+        match event {
+            Event::JobStarted {
+                n_trials,
+                n_kept,
+                concurrency,
+                ..
+            } => self.live.emit(
+                "job_started",
+                None,
+                None,
+                serde_json::json!({"total_tasks": n_trials, "kept": n_kept, "concurrent_tasks": concurrency}),
+            ),
+            Event::TrialStarted { config, .. } => {
+                self.tasks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(config.trial_name.clone(), config.task_name.clone());
+                let _ = db.set_trial_status(id, &config.trial_name, TaskStatus::InstallingDeps);
+                self.live.emit(
+                    "trial_started",
+                    Some(&config.trial_name),
+                    Some(&config.task_name),
+                    serde_json::json!({"task_id": config.task_name, "trial": config.trial_name, "attempt": config.attempt}),
+                );
+            }
+            Event::PhaseStarted { trial, phase } => {
+                if let Some(s) = phase_status(*phase) {
+                    let _ = db.set_trial_status(id, trial, s);
+                }
+                let task = self.task_of(trial);
+                self.live.emit(
+                    "phase_started",
+                    Some(trial),
+                    task.as_deref(),
+                    serde_json::json!({"phase": phase.as_str()}),
+                );
+            }
+            Event::PhaseFinished {
+                trial,
+                phase,
+                seconds,
+                error,
+            } => {
+                let task = self.task_of(trial);
+                self.live.emit(
+                    "phase_finished",
+                    Some(trial),
+                    task.as_deref(),
+                    serde_json::json!({"phase": phase.as_str(), "seconds": seconds, "error": error}),
+                );
+            }
+            Event::TrialFinished { result, trial_dir } => {
+                let end = trial_end(result, trial_dir);
+                let _ = db.finish_trial(id, &result.trial_name, &end);
+                let m = &self.state.metrics;
+                if end.status != TaskStatus::Cancelled {
+                    Metrics::inc(&m.tasks_total);
+                    Metrics::inc(if end.passed {
+                        &m.tasks_passed
+                    } else {
+                        &m.tasks_failed
+                    });
+                    m.task_duration.observe(result.seconds);
+                }
+                self.live.emit(
+                    "trial_finished",
+                    Some(&result.trial_name),
+                    Some(&result.task_name),
+                    serde_json::json!({
+                        "task_id": result.task_name,
+                        "trial": result.trial_name,
+                        "status": end.status,
+                        "passed": end.passed,
+                        "reward": end.reward,
+                        "error": end.error,
+                        "duration_ms": end.duration_ms,
+                    }),
+                );
+            }
+            Event::Cancelling => self
+                .live
+                .emit("cancelling", None, None, serde_json::json!({})),
+            Event::Note { trial, message } => self.live.emit(
+                "note",
+                trial.as_deref(),
+                None,
+                serde_json::json!({"message": message}),
+            ),
+            Event::Paused | Event::Resumed | Event::JobFinished { .. } => {}
+        }
+    }
+}
+
+fn read_capped(path: &Path, cap: usize) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    let start = bytes.len().saturating_sub(cap);
+    let mut s = String::from_utf8_lossy(&bytes[start..]).into_owned();
+    if start > 0 {
+        s.insert_str(0, "[… truncated]\n");
+    }
+    Some(s)
+}
+
+/// A finished trial in the seed's terms: `test_results` from the executor verifier's
+/// `PASS name` / `FAIL name (exit N)` lines and each check's log.
+fn trial_end(result: &rollout_core::TrialResult, trial_dir: &Path) -> TrialEnd {
+    let verifier = trial_dir.join("verifier");
+    let test_output =
+        read_capped(&verifier.join("test-stdout.txt"), TEST_OUTPUT_CAP).unwrap_or_default();
+    let mut tests = Vec::new();
+    for line in test_output.lines() {
+        let (passed, rest) = if let Some(r) = line.strip_prefix("PASS ") {
+            (true, r)
+        } else if let Some(r) = line.strip_prefix("FAIL ") {
+            (false, r)
+        } else {
+            continue;
+        };
+        let (name, exit_code) = match rest.split_once(" (exit ") {
+            Some((n, code)) => (n, code.trim_end_matches(')').parse::<i64>().unwrap_or(-1)),
+            None => (rest, 0),
+        };
+        if name.contains('/') || name.starts_with('.') {
+            continue;
+        }
+        let output = read_capped(&verifier.join(format!("{name}.log")), CHECK_OUTPUT_CAP)
+            .unwrap_or_default();
+        tests.push(serde_json::json!({"name": name, "passed": passed, "exit_code": exit_code, "output": output}));
+    }
+    let cancelled = result.is_cancelled();
+    let passed = !cancelled && result.reward.is_some_and(|r| r >= 1.0);
+    let status = if cancelled {
+        TaskStatus::Cancelled
+    } else if result.reward.is_some() {
+        TaskStatus::Completed
+    } else {
+        TaskStatus::Failed
+    };
+    TrialEnd {
+        status,
+        reward: result.reward,
+        passed,
+        error: result
+            .error
+            .as_ref()
+            .map(|e| format!("{}: {}", e.kind, e.message)),
+        duration_ms: (result.seconds * 1000.0) as u64,
+        test_output,
+        test_results: serde_json::Value::Array(tests),
+        result: serde_json::to_value(result).unwrap_or_default(),
+    }
+}
+
+/// Cancel a run (client request). Returns false when it is not running or queued.
+pub fn cancel(state: &AppState, id: &str) -> bool {
+    match state.live_run(id) {
+        Some(live) => {
+            live.cancel.cancel();
+            true
+        }
+        None => false,
+    }
+}
+
+/// At start: runs a previous server left pending or running are marked interrupted, or
+/// re-planned and resumed (`--resume-interrupted`; finished trials are kept).
+pub async fn recover(state: &Arc<AppState>) {
+    let open = match state.db.runs_with_status(&[
+        RunStatus::Pending,
+        RunStatus::Extracting,
+        RunStatus::Running,
+        RunStatus::Interrupted,
+    ]) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!("listing unfinished runs: {e}");
+            return;
+        }
+    };
+    for run in open {
+        let was_interrupted_before = run.status == RunStatus::Interrupted;
+        if !was_interrupted_before {
+            // Containers of the dead server's trials.
+            let _ = state
+                .provider
+                .remove_labelled(rollout_core::labels::JOB, &run.id)
+                .await;
+        }
+        if state.config.resume_interrupted {
+            let config: Result<JobConfig, _> = serde_json::from_value(run.config.clone());
+            let planned = match config {
+                Ok(c) => {
+                    let st = state.clone();
+                    let id = run.id.clone();
+                    tokio::task::spawn_blocking(move || plan(&st, &id, c))
+                        .await
+                        .map_err(|e| ApiError::internal(e.to_string()))
+                        .and_then(|r| r)
+                }
+                Err(e) => Err(ApiError::internal(format!("stored configuration: {e}"))),
+            };
+            match planned {
+                Ok(p) => {
+                    tracing::info!(run = %run.id, "resuming interrupted run");
+                    let _ = state.db.set_run_status(&run.id, RunStatus::Pending, None);
+                    for t in &p.trials {
+                        let _ = state
+                            .db
+                            .set_trial_status(&run.id, &t.name, TaskStatus::Queued);
+                    }
+                    launch(state, &run.id, p);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(run = %run.id, "cannot resume: {e}");
+                    let _ = state.db.set_run_status(
+                        &run.id,
+                        RunStatus::Interrupted,
+                        Some(&format!("could not resume: {}", e.message)),
+                    );
+                    continue;
+                }
+            }
+        }
+        if !was_interrupted_before {
+            tracing::info!(run = %run.id, "marking run interrupted by the restart");
+            let _ = state.db.close_open_trials(&run.id, TaskStatus::Interrupted);
+            let _ = state.db.set_run_status(
+                &run.id,
+                RunStatus::Interrupted,
+                Some("the server stopped while this run was unfinished; restart with --resume-interrupted to resume it"),
+            );
+            Metrics::inc(&state.metrics.batches_interrupted);
+        }
+    }
+}
+
+/// Shutdown: runs may finish within the grace period; then the rest are cancelled (as
+/// interrupted) and awaited, which removes their containers.
+pub async fn drain(state: &Arc<AppState>) {
+    state.tasks.close();
+    // Queued runs never start now.
+    let live: Vec<Arc<LiveRun>> = state
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    for l in &live {
+        let queued = state
+            .db
+            .get_run(&l.id)
+            .ok()
+            .flatten()
+            .is_some_and(|r| r.status == RunStatus::Pending);
+        if queued {
+            l.interrupted.store(true, Ordering::SeqCst);
+            l.cancel.cancel();
+        }
+    }
+    if tokio::time::timeout(state.config.shutdown_grace, state.tasks.wait())
+        .await
+        .is_err()
+    {
+        let live: Vec<Arc<LiveRun>> = state
+            .live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        tracing::info!(
+            "grace period over: cancelling {} run(s); they resume with --resume-interrupted",
+            live.len()
+        );
+        for l in live {
+            l.interrupted.store(true, Ordering::SeqCst);
+            l.cancel.cancel();
+        }
+        if tokio::time::timeout(Duration::from_secs(120), state.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("runs still stopping after 120 s; exiting anyway");
+        }
+    }
+}
+
+/// Every so often, delete finished runs older than `--ttl` with their files.
+pub fn spawn_reaper(state: Arc<AppState>) {
+    let every = (state.config.ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = state.shutdown.cancelled() => return,
+            }
+            let st = state.clone();
+            let _ = tokio::task::spawn_blocking(move || reap(&st)).await;
+        }
+    });
+}
+
+/// Delete finished runs older than the TTL; returns how many.
+pub fn reap(state: &AppState) -> usize {
+    let ttl = chrono::Duration::from_std(state.config.ttl).unwrap_or(chrono::Duration::MAX);
+    let Some(cutoff) = Utc::now().checked_sub_signed(ttl) else {
+        return 0;
+    };
+    let runs = state.db.list_runs(None).unwrap_or_default();
+    let mut n = 0;
+    for r in runs {
+        let done_at = r.finished_at.unwrap_or(r.created_at);
+        if r.status.is_final() && state.live_run(&r.id).is_none() && done_at < cutoff {
+            for dir in [&r.job_dir, &r.work_dir] {
+                if dir.starts_with(&state.config.data_dir) {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+            }
+            if state.db.delete_run(&r.id).is_ok() {
+                tracing::info!(run = %r.id, "expired (--ttl)");
+                n += 1;
+            }
+        }
+    }
+    n
+}

@@ -1,0 +1,255 @@
+//! `rollout serve`: the evaluation executor as an HTTP service (crate rollout-server).
+
+use crate::exit;
+use clap::{Args, ValueEnum};
+use rollout_env::docker::{DockerProvider, EngineLimits};
+use rollout_env::Provider;
+use rollout_server::{AppState, Auth, ServerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// `--auth`.
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum AuthArg {
+    /// No authentication (keep the default loopback bind).
+    None,
+    /// `Authorization: Bearer TOKEN`, checked against BLAKE3 hashes (--tokens-file or
+    /// ROLLOUT_SERVE_TOKEN_HASHES).
+    Token,
+    /// The term-executor's X-Hotkey + X-Nonce + X-Signature (sr25519), allowlist in
+    /// --hotkeys-file.
+    Hotkey,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on. The default is loopback only; expose it deliberately.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port (0: any free port; the chosen one is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Where the database (serve.db), uploads (runs/) and job directories (jobs/) live.
+    #[arg(long = "data-dir", default_value = "rollout-serve")]
+    pub data_dir: PathBuf,
+    /// Runs (batches or jobs) executing at once; further ones queue.
+    #[arg(long = "max-batches", default_value_t = 2)]
+    pub max_batches: usize,
+    /// Trials at once within one run: the default and the cap of ?concurrent_tasks=N.
+    #[arg(long = "max-concurrent-tasks", default_value_t = 8)]
+    pub max_concurrent_tasks: usize,
+    /// Who may submit, cancel and download.
+    #[arg(long, value_enum, default_value = "none")]
+    pub auth: AuthArg,
+    /// BLAKE3 hashes (hex) of accepted tokens, one a line (`printf %s "$TOKEN" | b3sum`).
+    #[arg(long = "tokens-file")]
+    pub tokens_file: Option<PathBuf>,
+    /// SS58 hotkeys allowed to submit, one a line.
+    #[arg(long = "hotkeys-file")]
+    pub hotkeys_file: Option<PathBuf>,
+    /// Seconds running trials may go on after SIGTERM before they are cancelled.
+    #[arg(long = "shutdown-grace", default_value_t = 30)]
+    pub shutdown_grace: u64,
+    /// Finished runs older than this are deleted with their files: seconds, or a number with
+    /// s, m, h or d.
+    #[arg(long, default_value = "7d", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// Resume runs a previous server left unfinished (finished trials are kept) instead of
+    /// marking them interrupted.
+    #[arg(long = "resume-interrupted")]
+    pub resume_interrupted: bool,
+    /// Largest archive accepted, in bytes.
+    #[arg(long = "max-archive-bytes")]
+    pub max_archive_bytes: Option<u64>,
+    /// Largest total of extracted bytes per archive.
+    #[arg(long = "max-extracted-bytes")]
+    pub max_extracted_bytes: Option<u64>,
+    /// Most files per archive.
+    #[arg(long = "max-files")]
+    pub max_files: Option<u64>,
+    /// Highest compression ratio of an archive (past 1 MiB extracted).
+    #[arg(long = "max-compression-ratio")]
+    pub max_ratio: Option<f64>,
+    /// Base image of executor-archive tasks (default: debian:bookworm-slim + git + runtime).
+    #[arg(long = "executor-image")]
+    pub executor_image: Option<String>,
+    /// Extra CAs environments trust (as for `rollout run`).
+    #[arg(long = "ca-certs", default_value = "auto")]
+    pub ca_certs: crate::ca::CaCerts,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a number of seconds, or e.g. 90m, 12h, 7d"))?;
+    let mult = match unit {
+        "s" => 1.0,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        other => return Err(format!("{s:?}: unknown unit {other:?} (s, m, h, d)")),
+    };
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("{s:?}: must be positive"));
+    }
+    Ok(Duration::from_secs_f64(n * mult))
+}
+
+pub fn main(args: ServeArgs) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::TRIAL_ERRORS;
+        }
+    };
+    runtime.block_on(serve(args))
+}
+
+async fn serve(args: ServeArgs) -> u8 {
+    let auth = match args.auth {
+        AuthArg::None => Ok(Auth::None),
+        AuthArg::Token => Auth::tokens(
+            args.tokens_file.as_deref(),
+            std::env::var("ROLLOUT_SERVE_TOKEN_HASHES").ok().as_deref(),
+        ),
+        AuthArg::Hotkey => Auth::hotkeys(args.hotkeys_file.as_deref()),
+    };
+    let auth = match auth {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    if args.auth == AuthArg::None && !args.host.is_loopback() {
+        eprintln!(
+            "warning: listening on {} without authentication: anyone who reaches it can run code here (use --auth token|hotkey)",
+            args.host
+        );
+    }
+    let data_dir = match std::path::absolute(&args.data_dir) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: --data-dir {}: {e}", args.data_dir.display());
+            return exit::USAGE;
+        }
+    };
+    let mut config = ServerConfig::new(data_dir);
+    config.max_batches = args.max_batches.max(1);
+    config.max_concurrent_tasks = args.max_concurrent_tasks.max(1);
+    if let Some(v) = args.max_archive_bytes {
+        config.limits.max_archive_bytes = v;
+    }
+    if let Some(v) = args.max_extracted_bytes {
+        config.limits.max_total_bytes = v;
+    }
+    if let Some(v) = args.max_files {
+        config.limits.max_files = v;
+    }
+    if let Some(v) = args.max_ratio {
+        config.limits.max_ratio = v;
+    }
+    // Room for the multipart framing and a job configuration around the archive.
+    config.max_body_bytes = config.limits.max_archive_bytes + (1 << 20);
+    config.shutdown_grace = Duration::from_secs(args.shutdown_grace);
+    config.ttl = args.ttl;
+    config.resume_interrupted = args.resume_interrupted;
+    config.executor_image = args.executor_image.clone();
+    // The provenance store: the global --store (ROLLOUT_STORE), else one in the data directory;
+    // `--store off` keeps none (the provenance endpoints then answer 404).
+    config.store_path = if crate::prov_cmd::store_disabled() {
+        None
+    } else {
+        Some(crate::prov_cmd::store_flag().unwrap_or_else(|| config.data_dir.join("rollout.db")))
+    };
+    config.ca_bundle = match crate::ca::bundle(&args.ca_certs) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let provider: Arc<dyn Provider> = match DockerProvider::connect(EngineLimits::default()).await {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::TRIAL_ERRORS;
+        }
+    };
+    let state = match AppState::new(config, auth, provider) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let addr = SocketAddr::new(args.host, args.port);
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen on {addr}: {e}");
+            return exit::USAGE;
+        }
+    };
+    match listener.local_addr() {
+        Ok(a) => println!("rollout serve listening on http://{a}"),
+        Err(e) => eprintln!("warning: {e}"),
+    }
+    let stop = CancellationToken::new();
+    {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+            ) else {
+                eprintln!("warning: cannot watch SIGTERM/SIGINT");
+                return;
+            };
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            eprintln!("shutting down: finishing or cancelling running trials");
+            stop.cancel();
+        });
+    }
+    match rollout_server::serve(state, listener, stop).await {
+        Ok(()) => {
+            eprintln!("rollout serve stopped");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::TRIAL_ERRORS
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("7d").unwrap(), Duration::from_secs(604800));
+        assert!(parse_duration("0").is_err());
+        assert!(parse_duration("3w").is_err());
+    }
+}
