@@ -4,6 +4,7 @@ mod ca;
 mod cli;
 mod gc;
 mod jobs_cmd;
+mod kube_cmd;
 mod preflight;
 mod progress;
 mod run;
