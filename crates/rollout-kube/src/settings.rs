@@ -86,9 +86,11 @@ impl KubeSettings {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
         let pod_start_timeout = match raw.pod_start_timeout_sec {
             Some(s) if s.is_finite() && s > 0.0 => Duration::from_secs_f64(s),
-            Some(s) => return Err(format!(
+            Some(s) => {
+                return Err(format!(
                 "environment.pod_start_timeout_sec must be a positive number of seconds, not {s}"
-            )),
+            ))
+            }
             None => DEFAULT_POD_START_TIMEOUT,
         };
         Ok(Self {
