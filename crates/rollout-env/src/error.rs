@@ -25,6 +25,21 @@ pub enum EnvError {
     Unhealthy(String),
     #[error("Docker engine not reachable ({0}); start it (scripts/setup does) or set DOCKER_HOST")]
     EngineUnreachable(String),
+    #[error("Kubernetes cluster not reachable ({0}); check KUBECONFIG and the context, or start the test cluster with scripts/k8s-test-cluster up")]
+    ClusterUnreachable(String),
+    #[error("pod {pod} did not start within {seconds:.0} s ({reason}); its events: {events}")]
+    PodNotStarted {
+        pod: String,
+        reason: String,
+        seconds: f64,
+        events: String,
+    },
+    #[error("pod {pod} stopped while the trial used it ({reason}): {message}")]
+    PodLost {
+        pod: String,
+        reason: String,
+        message: String,
+    },
     #[error("container engine error while {context}: {message}")]
     Api { context: String, message: String },
     #[error("{context}: {message}")]
@@ -38,7 +53,12 @@ impl EnvError {
             EnvError::BuildFailed { .. } => ErrorKind::EnvironmentBuildFailed,
             EnvError::BuildTimeout { .. } => ErrorKind::EnvironmentBuildTimeout,
             EnvError::PullFailed { .. } => ErrorKind::EnvironmentImagePullFailed,
-            EnvError::StartFailed(_) => ErrorKind::EnvironmentStartFailed,
+            EnvError::StartFailed(_) | EnvError::PodNotStarted { .. } => {
+                ErrorKind::EnvironmentStartFailed
+            }
+            EnvError::ClusterUnreachable(_) | EnvError::PodLost { .. } => {
+                ErrorKind::EnvironmentApiError
+            }
             EnvError::Unhealthy(_) => ErrorKind::EnvironmentHealthcheckFailed,
             EnvError::EngineUnreachable(_) | EnvError::Api { .. } => ErrorKind::EnvironmentApiError,
             EnvError::Host { .. } => ErrorKind::InternalError,

@@ -64,6 +64,9 @@ pub struct EnvSpec {
     pub labels: BTreeMap<String, String>,
     pub cpus: f64,
     pub memory_mb: u64,
+    /// Disk the environment may write (providers that can enforce it: Kubernetes'
+    /// ephemeral-storage).
+    pub storage_mb: u64,
     pub pids_limit: i64,
     pub network: NetworkMode,
     /// Environment of every process.

@@ -204,6 +204,7 @@ impl TrialRun<'_> {
                 ]),
                 cpus,
                 memory_mb,
+                storage_mb,
                 pids_limit,
                 network: env_cfg.network_mode,
                 env: self.task_env(),

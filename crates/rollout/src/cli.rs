@@ -148,6 +148,10 @@ pub struct GcArgs {
     /// Also remove environment images (they are the build cache).
     #[arg(long)]
     pub images: bool,
+    /// Where to collect: the Docker engine (default) or the Kubernetes namespace
+    /// (ROLLOUT_K8S_NAMESPACE / ROLLOUT_K8S_CONTEXT, else the kubeconfig's).
+    #[arg(long = "env", value_enum)]
+    pub env: Option<EnvKind>,
 }
 
 #[derive(Subcommand, Debug)]

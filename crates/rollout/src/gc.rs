@@ -6,6 +6,9 @@ use rollout_env::docker::{DockerProvider, EngineLimits};
 use rollout_env::gc::GcOptions;
 
 pub fn main(args: GcArgs) -> u8 {
+    if args.env == Some(crate::cli::EnvKind::Kubernetes) {
+        return crate::kube_cmd::gc(args);
+    }
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -5,6 +5,7 @@ mod cli;
 mod experiment;
 mod gc;
 mod jobs_cmd;
+mod kube_cmd;
 mod pipeline_cmd;
 mod preflight;
 mod progress;

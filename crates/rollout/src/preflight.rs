@@ -1280,6 +1280,13 @@ async fn check_container(
         images_to_build: count_builds(tasks),
         docker_root: None,
     };
+    if config.environment.kind == rollout_core::job_config::EnvironmentType::Kubernetes {
+        match crate::kube_cmd::reachable(config).await {
+            Ok(note) => return (p.into_check(CONTAINER_READY, note), facts),
+            Err(e) => p.error(e),
+        }
+        return (p.into_check(CONTAINER_READY, ""), facts);
+    }
     let provider = match bounded(
         CONNECT_TIMEOUT,
         "connecting to the Docker engine",
@@ -1541,6 +1548,7 @@ async fn probe(provider: &DockerProvider, image: &PreparedImage) -> Result<Strin
         ]),
         cpus: 1.0,
         memory_mb: 512,
+        storage_mb: 1024,
         pids_limit: 256,
         network: NetworkMode::NoNetwork,
         env: BTreeMap::new(),

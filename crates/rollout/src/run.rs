@@ -257,7 +257,12 @@ pub fn main(args: RunArgs) -> u8 {
         );
         return exit::USAGE;
     }
-    if config.environment.kind != EnvironmentType::Docker {
+    if config.environment.kind == EnvironmentType::Kubernetes {
+        if let Err(e) = crate::kube_cmd::check(&config, &tasks) {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    } else if config.environment.kind != EnvironmentType::Docker {
         eprintln!(
             "error: environment type {:?} is not available in this build of rollout; use --env docker",
             config.environment.kind
@@ -439,12 +444,19 @@ async fn run_plan(
     ca_bundle: Option<Vec<u8>>,
     sinks: Vec<Arc<dyn EventSink>>,
 ) -> u8 {
-    let provider: Arc<dyn Provider> = match DockerProvider::connect(EngineLimits::default()).await {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
+    let provider: Arc<dyn Provider> = match crate::kube_cmd::provider_for(&plan.config).await {
+        Some(Ok(p)) => p,
+        Some(Err(e)) => {
             eprintln!("error: {e}");
             return exit::TRIAL_ERRORS;
         }
+        None => match DockerProvider::connect(EngineLimits::default()).await {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return exit::TRIAL_ERRORS;
+            }
+        },
     };
     // A resumed job first removes what its dead predecessor left running.
     if plan.job_dir.join("config.json").is_file() {
