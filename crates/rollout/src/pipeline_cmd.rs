@@ -333,7 +333,7 @@ async fn run(a: RunArgs) -> u8 {
 /// the files the run verified (runtime env, rollout, samples, metrics) and `pipeline_result.json`.
 /// A run with the store switched off records nothing.
 fn record_provenance(r: &PipelineResult) -> Result<(), String> {
-    use rollout_store::{ArtifactKind, FileRef, Job, JobKind, Session, Store};
+    use rollout_store::{Job, JobKind, Session, Store};
     if crate::prov_cmd::store_disabled() {
         return Ok(());
     }
@@ -352,17 +352,7 @@ fn record_provenance(r: &PipelineResult) -> Result<(), String> {
         git: git.clone(),
     };
     store.ensure_session(&session).map_err(|e| e.to_string())?;
-    let refs = |v: Vec<(PathBuf, rollout_store::FileDigest)>| -> Vec<FileRef> {
-        v.into_iter()
-            .map(|(p, d)| FileRef {
-                path: p.to_string_lossy().into_owned(),
-                hash: d.hash,
-                size: d.size,
-                kind: ArtifactKind::File,
-                sha256: d.sha256,
-            })
-            .collect()
-    };
+    let refs = crate::prov_cmd::file_refs;
     let abs = |p: &Path| {
         if p.is_absolute() {
             p.to_path_buf()

@@ -273,6 +273,19 @@ fn clamp(status: i32) -> u8 {
     u8::try_from(status).unwrap_or(1)
 }
 
+/// Hashed files as the inputs or outputs of a job.
+pub fn file_refs(v: Vec<(PathBuf, rollout_store::FileDigest)>) -> Vec<FileRef> {
+    v.into_iter()
+        .map(|(p, d)| FileRef {
+            path: p.to_string_lossy().into_owned(),
+            hash: d.hash,
+            size: d.size,
+            kind: ArtifactKind::File,
+            sha256: d.sha256,
+        })
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn trace_job(
     store: &mut Store,
@@ -299,19 +312,8 @@ fn trace_job(
         .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
         .cloned()
         .collect();
-    let refs = |v: Vec<(PathBuf, rollout_store::FileDigest)>| -> Vec<FileRef> {
-        v.into_iter()
-            .map(|(p, d)| FileRef {
-                path: p.to_string_lossy().into_owned(),
-                hash: d.hash,
-                size: d.size,
-                kind: ArtifactKind::File,
-                sha256: d.sha256,
-            })
-            .collect()
-    };
-    let inputs = refs(store.hash_files(&inputs, config.sha256)?);
-    let outputs = refs(store.hash_files(&outputs, config.sha256)?);
+    let inputs = file_refs(store.hash_files(&inputs, config.sha256)?);
+    let outputs = file_refs(store.hash_files(&outputs, config.sha256)?);
     let argv: Vec<String> = args
         .command
         .iter()
