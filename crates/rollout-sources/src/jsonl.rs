@@ -1050,7 +1050,7 @@ mod tests {
         );
         let test_sh = std::fs::read_to_string(dir.join("tests/test.sh")).unwrap();
         assert!(
-            test_sh.contains("cd '/workspace/repo'")
+            test_sh.contains("cd /workspace/repo ")
                 && test_sh.contains("echo 1 > /logs/verifier/reward.txt"),
             "{test_sh}"
         );
