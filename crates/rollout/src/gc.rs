@@ -35,28 +35,7 @@ pub fn main(args: GcArgs) -> u8 {
                 return exit::TRIAL_ERRORS;
             }
         };
-        let mut failed = 0;
-        for i in &items {
-            let id: String =
-                i.id.trim_start_matches("sha256:")
-                    .chars()
-                    .take(12)
-                    .collect();
-            let state = match (&i.error, i.removed) {
-                (Some(e), _) => {
-                    failed += 1;
-                    format!("not removed: {e}")
-                }
-                (None, true) => "removed".into(),
-                (None, false) => "would remove".into(),
-            };
-            let job = i
-                .job
-                .as_deref()
-                .map(|j| format!(" job {j}"))
-                .unwrap_or_default();
-            println!("{:<9} {id} {}{job}: {} ({state})", i.kind, i.name, i.reason);
-        }
+        let failed = print_items(&items, true);
         println!(
             "{} item(s){}",
             items.len(),
@@ -73,4 +52,37 @@ pub fn main(args: GcArgs) -> u8 {
             exit::OK
         }
     })
+}
+
+/// Print one line per collected item (with the short id when `with_id`); returns how many
+/// could not be removed.
+pub(crate) fn print_items(items: &[rollout_env::gc::GcItem], with_id: bool) -> usize {
+    let mut failed = 0;
+    for i in items {
+        let id: String = if with_id {
+            let short: String =
+                i.id.trim_start_matches("sha256:")
+                    .chars()
+                    .take(12)
+                    .collect();
+            format!("{short} ")
+        } else {
+            String::new()
+        };
+        let state = match (&i.error, i.removed) {
+            (Some(e), _) => {
+                failed += 1;
+                format!("not removed: {e}")
+            }
+            (None, true) => "removed".into(),
+            (None, false) => "would remove".into(),
+        };
+        let job = i
+            .job
+            .as_deref()
+            .map(|j| format!(" job {j}"))
+            .unwrap_or_default();
+        println!("{:<9} {id}{}{job}: {} ({state})", i.kind, i.name, i.reason);
+    }
+    failed
 }

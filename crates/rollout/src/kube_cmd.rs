@@ -90,23 +90,7 @@ pub fn gc(args: GcArgs) -> u8 {
                 return exit::TRIAL_ERRORS;
             }
         };
-        let mut failed = 0;
-        for i in &items {
-            let state = match (&i.error, i.removed) {
-                (Some(e), _) => {
-                    failed += 1;
-                    format!("not removed: {e}")
-                }
-                (None, true) => "removed".into(),
-                (None, false) => "would remove".into(),
-            };
-            let job = i
-                .job
-                .as_deref()
-                .map(|j| format!(" job {j}"))
-                .unwrap_or_default();
-            println!("{:<9} {}{job}: {} ({state})", i.kind, i.name, i.reason);
-        }
+        let failed = crate::gc::print_items(&items, false);
         println!(
             "{} item(s) in namespace {}{}",
             items.len(),
