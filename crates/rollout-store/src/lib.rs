@@ -192,6 +192,15 @@ impl Store {
     /// Record a job with its inputs and outputs, in one transaction. Artifacts are created as
     /// needed; the job's step hash is computed here. A job whose uid exists is replaced.
     pub fn record_job(&mut self, job: &Job) -> Result<()> {
+        self.write(|tx| insert_job(tx, job))
+    }
+
+    /// Run `f` in one immediate (write-locking) transaction and commit it; SQLite errors name
+    /// the store file.
+    pub(crate) fn write<T>(
+        &mut self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> rusqlite::Result<T>,
+    ) -> Result<T> {
         let path = self.path.clone();
         let err = |source| StoreError::Sqlite {
             path: path.clone(),
@@ -201,8 +210,9 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(err)?;
-        insert_job(&tx, job).map_err(err)?;
-        tx.commit().map_err(err)
+        let value = f(&tx).map_err(err)?;
+        tx.commit().map_err(err)?;
+        Ok(value)
     }
 
     /// Hash a file through the hash cache: unchanged (path, size, mtime) reuse the digest.
@@ -289,27 +299,15 @@ impl Store {
         if entries.is_empty() {
             return Ok(());
         }
-        let path = self.path.clone();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        {
-            let mut st = tx
-                .prepare_cached(
-                    "INSERT OR REPLACE INTO hash_cache (path, size, mtime_ns, hash, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .map_err(err)?;
+        self.write(|tx| {
+            let mut st = tx.prepare_cached(
+                "INSERT OR REPLACE INTO hash_cache (path, size, mtime_ns, hash, sha256) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
             for e in entries {
-                st.execute(params![e.path, e.size, e.mtime, e.hash, e.sha256])
-                    .map_err(err)?;
+                st.execute(params![e.path, e.size, e.mtime, e.hash, e.sha256])?;
             }
-        }
-        tx.commit().map_err(err)
+            Ok(())
+        })
     }
 
     /// A job by uid (or a unique uid prefix).

@@ -2,7 +2,7 @@
 
 use crate::model::*;
 use crate::{Result, Store, StoreError};
-use rusqlite::{params, OptionalExtension, Row, TransactionBehavior};
+use rusqlite::{params, OptionalExtension, Row};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 
@@ -403,56 +403,42 @@ impl Store {
     /// Store a bundle (from `export_bundle`, here or on another machine). Idempotent: sessions,
     /// jobs and artifacts already present are kept.
     pub fn import_bundle(&mut self, b: &Bundle) -> Result<ImportStats> {
-        let path = self.path.clone();
-        let err = |source| StoreError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
-        let mut stats = ImportStats::default();
-        for s in &b.sessions {
-            let git = s
-                .git
-                .as_ref()
-                .map(|g| serde_json::to_string(g).expect("git"));
-            stats.sessions += tx
-                .execute(
+        self.write(|tx| {
+            let mut stats = ImportStats::default();
+            for s in &b.sessions {
+                let git = s
+                    .git
+                    .as_ref()
+                    .map(|g| serde_json::to_string(g).expect("git"));
+                stats.sessions += tx.execute(
                     "INSERT OR IGNORE INTO sessions (uid, name, kind, created_at, git) VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![s.uid, s.name, s.kind, s.created_at, git],
-                )
-                .map_err(err)?;
-        }
-        for a in &b.artifacts {
-            stats.artifacts += tx
-                .execute(
+                )?;
+            }
+            for a in &b.artifacts {
+                stats.artifacts += tx.execute(
                     "INSERT OR IGNORE INTO artifacts (hash, size, kind, first_seen) VALUES (?1, ?2, ?3, ?4)",
                     params![a.hash, a.size as i64, a.kind.as_str(), a.first_seen],
-                )
-                .map_err(err)?;
-            for (alg, d) in &a.digests {
-                tx.execute(
-                    "INSERT OR IGNORE INTO artifact_hashes (hash, algorithm, digest) VALUES (?1, ?2, ?3)",
-                    params![a.hash, alg, d],
-                )
-                .map_err(err)?;
+                )?;
+                for (alg, d) in &a.digests {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO artifact_hashes (hash, algorithm, digest) VALUES (?1, ?2, ?3)",
+                        params![a.hash, alg, d],
+                    )?;
+                }
             }
-        }
-        for j in &b.jobs {
-            let exists: bool = tx
-                .query_row("SELECT 1 FROM jobs WHERE uid = ?1", [&j.uid], |_| Ok(true))
-                .optional()
-                .map_err(err)?
-                .unwrap_or(false);
-            if !exists {
-                crate::insert_job(&tx, j).map_err(err)?;
-                stats.jobs += 1;
+            for j in &b.jobs {
+                let exists: bool = tx
+                    .query_row("SELECT 1 FROM jobs WHERE uid = ?1", [&j.uid], |_| Ok(true))
+                    .optional()?
+                    .unwrap_or(false);
+                if !exists {
+                    crate::insert_job(tx, j)?;
+                    stats.jobs += 1;
+                }
             }
-        }
-        tx.commit().map_err(err)?;
-        Ok(stats)
+            Ok(stats)
+        })
     }
 
     /// Recorded files changed on disk, and stale consumers (FORMATS §7: a consumer is stale
