@@ -1,19 +1,24 @@
 //! The tracer alone, without recording: `trace CMD ARGS…` runs CMD traced and prints on stderr
 //! how many files it read and wrote and how many syscall stops that took (for
-//! `scripts/bench-trace`).
+//! `scripts/bench-trace`). `ROLLOUT_TRACE_MECHANISM=ptrace` forces ptrace stops instead of
+//! seccomp user notification.
 
 fn main() {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    let opts = rollout_trace::TraceOptions::new(argv);
+    let mut opts = rollout_trace::TraceOptions::new(argv);
+    if std::env::var_os("ROLLOUT_TRACE_MECHANISM").is_some_and(|m| m == "ptrace") {
+        opts.mechanism = rollout_trace::Mechanism::Ptrace;
+    }
     match rollout_trace::trace(&opts) {
         Ok(t) => {
             eprintln!(
-                "reads {} writes {} execs {} processes {} stops {}",
+                "reads {} writes {} execs {} processes {} stops {} via {}",
                 t.reads.len(),
                 t.writes.len(),
                 t.execs.len(),
                 t.processes,
-                t.stops
+                t.stops,
+                t.mechanism.as_str()
             );
             std::process::exit(t.exit.status());
         }

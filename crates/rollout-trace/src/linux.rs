@@ -1,14 +1,26 @@
-//! The ptrace + seccomp-bpf implementation (Linux x86_64). Raw libc: the hot loop handles every
-//! stop with one `waitpid`, one `PTRACE_GETREGS`, one `process_vm_readv` per path (plus a
-//! `readlink` for a relative path the first time a process is seen or after a `chdir`) and one
-//! `PTRACE_CONT`, and never allocates for a syscall it does not record.
+//! The seccomp + ptrace implementation (Linux x86_64). Raw libc.
+//!
+//! Two mechanisms share one seccomp-bpf filter (the file syscalls in [`TRACED`]):
+//!
+//! - **User notification** (preferred, Linux ≥ 5.5): the filter returns `SECCOMP_RET_USER_NOTIF`;
+//!   the calling thread blocks in the kernel while a supervisor thread here receives the syscall
+//!   number and arguments with one ioctl, reads the path with `process_vm_readv`, and lets the
+//!   syscall run with `SECCOMP_USER_NOTIF_FLAG_CONTINUE`. No ptrace stop, no register fetch, and
+//!   the bookkeeping happens after the tracee is resumed.
+//! - **ptrace stops** (fallback, when the kernel or an enclosing sandbox refuses a listener, or
+//!   on request): the filter returns `SECCOMP_RET_TRACE` and the ptrace loop handles each stop
+//!   with `PTRACE_GETREGS`.
+//!
+//! In both, ptrace follows fork/vfork/clone/exec and collects exit statuses, so the whole
+//! process tree is seen and killed on timeout (and if the tracer dies, `PTRACE_O_EXITKILL`).
 
-use crate::{normalize, Exit, Trace, TraceError, TraceOptions};
+use crate::{normalize, Exit, Mechanism, Trace, TraceError, TraceOptions};
 use libc::{c_int, c_void, pid_t};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,11 +37,14 @@ const EVENT_CLONE: c_int = 3;
 const EVENT_SECCOMP: c_int = 7;
 const WALL: c_int = 0x4000_0000;
 
-const SECCOMP_RET_ALLOW: u32 = 0x7fff_0000;
-const SECCOMP_RET_TRACE: u32 = 0x7ff0_0000;
 const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
-const SYS_SECCOMP: libc::c_long = 317;
-const SECCOMP_SET_MODE_FILTER: libc::c_ulong = 1;
+/// `SECCOMP_IOCTL_NOTIF_SET_FLAGS` value: wake the supervisor on the notifying CPU (Linux ≥ 6.6;
+/// older kernels refuse it and the notification still works).
+const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: libc::c_ulong = 1;
+
+/// What the child tells the tracer over the socket before it execs.
+const MSG_LISTENER: u8 = b'N';
+const MSG_PTRACE: u8 = b'P';
 
 // x86_64 syscall numbers.
 const OPEN: u64 = 2;
@@ -51,30 +66,65 @@ const RENAMEAT2: u64 = 316;
 const EXECVEAT: u64 = 322;
 const OPENAT2: u64 = 437;
 
-/// The syscalls that stop the tracee; every other one runs untraced.
+/// The syscalls the tracer sees; every other one runs untraced.
 const TRACED: [u64; 18] = [
     OPEN, CREAT, OPENAT, OPENAT2, RENAME, RENAMEAT, RENAMEAT2, LINK, LINKAT, SYMLINK, SYMLINKAT,
     UNLINK, UNLINKAT, TRUNCATE, EXECVE, EXECVEAT, CHDIR, FCHDIR,
 ];
 
-/// The BPF program: x86_64 syscalls in [`TRACED`] → SECCOMP_RET_TRACE, the rest → ALLOW.
-fn filter() -> Vec<libc::sock_filter> {
+/// Open flags that make an open uninteresting (no file content is read or written).
+const OPEN_SKIP_FLAGS: u32 = (libc::O_PATH | libc::O_DIRECTORY) as u32;
+
+/// The BPF program: x86_64 syscalls in [`TRACED`] → `action`, the rest → ALLOW; `open` and
+/// `openat` with `O_PATH` or `O_DIRECTORY` (directory walks) are allowed without a round trip.
+fn filter(action: u32) -> Vec<libc::sock_filter> {
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
     const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
+    const JSET_K: u16 = 0x45; // BPF_JMP | BPF_JSET | BPF_K
     const RET_K: u16 = 0x06; // BPF_RET | BPF_K
+    /// Offset of the low 32 bits of `seccomp_data.args[i]` (little-endian).
+    const fn arg(i: u32) -> u32 {
+        16 + 8 * i
+    }
     let ins = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
-    let n = TRACED.len();
+    // Layout: header (4) · one JEQ per syscall · ALLOW · open flags (2) · openat flags (2) ·
+    // ACTION · ALLOW.
+    let first_jeq = 4;
+    let allow = first_jeq + TRACED.len();
+    let open_flags = allow + 1;
+    let openat_flags = open_flags + 2;
+    let act = openat_flags + 2;
+    let allow2 = act + 1;
     let mut f = vec![
         ins(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
         ins(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
-        ins(RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        ins(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
         ins(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
     ];
-    for (i, nr) in TRACED.iter().enumerate() {
-        f.push(ins(JEQ_K, (n - i) as u8, 0, *nr as u32));
+    for nr in TRACED {
+        let target = match nr {
+            OPEN => open_flags,
+            OPENAT => openat_flags,
+            _ => act,
+        };
+        let here = f.len();
+        f.push(ins(JEQ_K, (target - here - 1) as u8, 0, nr as u32));
     }
-    f.push(ins(RET_K, 0, 0, SECCOMP_RET_ALLOW));
-    f.push(ins(RET_K, 0, 0, SECCOMP_RET_TRACE));
+    f.push(ins(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW));
+    for (i, argn) in [(open_flags, 1), (openat_flags, 2)] {
+        debug_assert_eq!(f.len(), i);
+        f.push(ins(LD_W_ABS, 0, 0, arg(argn)));
+        let here = f.len();
+        f.push(ins(
+            JSET_K,
+            (allow2 - here - 1) as u8,
+            (act - here - 1) as u8,
+            OPEN_SKIP_FLAGS,
+        ));
+    }
+    debug_assert_eq!(f.len(), act);
+    f.push(ins(RET_K, 0, 0, action));
+    f.push(ins(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW));
     f
 }
 
@@ -121,6 +171,181 @@ fn ptrace_cont(pid: pid_t, sig: c_int) {
     }
 }
 
+/// Room for one `SCM_RIGHTS` control message carrying one fd (`CMSG_SPACE(4)` is 24 on x86_64).
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 32]);
+
+/// Chooses between synchronous and ordinary wake-ups of the listener
+/// (`SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP`, Linux ≥ 6.6). Synchronous: the supervisor runs on the
+/// notifying CPU and hands it straight back, the cheapest round trip when one process at a time
+/// makes the traced syscalls. But when several do (`make -j`), a supervisor busy with one
+/// caller would pull the next caller onto its own CPU and serialise a parallel build; so the
+/// mode follows how often consecutive notifications come from different processes.
+struct SyncWake {
+    fd: c_int,
+    /// The kernel accepted the flag.
+    supported: bool,
+    on: bool,
+    last: pid_t,
+    seen: u32,
+    switches: u32,
+}
+
+impl SyncWake {
+    /// Notifications per decision.
+    const WINDOW: u32 = 64;
+    /// At most this many caller changes per window keep synchronous wake-ups.
+    const MAX_SWITCHES: u32 = 4;
+
+    fn new(fd: c_int) -> Self {
+        let mut w = SyncWake {
+            fd,
+            supported: true,
+            on: false,
+            last: 0,
+            seen: 0,
+            switches: 0,
+        };
+        w.supported = w.set(true);
+        w
+    }
+
+    fn set(&mut self, on: bool) -> bool {
+        let flags = if on {
+            SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+        } else {
+            0
+        };
+        // SAFETY: an ioctl on our listener fd; older kernels refuse it (EINVAL), which is fine.
+        let ok = unsafe { libc::ioctl(self.fd, libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS, flags) } == 0;
+        if ok {
+            self.on = on;
+        }
+        ok
+    }
+
+    fn observe(&mut self, pid: pid_t) {
+        if !self.supported {
+            return;
+        }
+        if pid != self.last {
+            self.switches += 1;
+            self.last = pid;
+        }
+        self.seen += 1;
+        if self.seen == Self::WINDOW {
+            let want = self.switches <= Self::MAX_SWITCHES;
+            if want != self.on {
+                self.set(want);
+            }
+            self.seen = 0;
+            self.switches = 0;
+        }
+    }
+}
+
+/// The supervisor side of user notification: receive the listener (or word that the child fell
+/// back to ptrace stops), then answer notifications until told to stop or the filter is orphaned.
+/// Returns the tracer state when it handled the syscalls, `None` otherwise.
+fn supervise(
+    sock: OwnedFd,
+    stop: OwnedFd,
+    ignore: Vec<Vec<u8>>,
+    lifecycle: Arc<Lifecycle>,
+) -> Option<Tracer> {
+    let mut byte = 0u8;
+    let mut iov = libc::iovec {
+        iov_base: &mut byte as *mut u8 as *mut c_void,
+        iov_len: 1,
+    };
+    let mut cmsg = CmsgBuf([0; 32]);
+    // SAFETY: a zeroed msghdr pointing at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg.0.as_mut_ptr() as *mut c_void;
+    msg.msg_controllen = cmsg.0.len();
+    let n = loop {
+        // SAFETY: recvmsg into the buffers above; the child's end is close-on-exec, so this
+        // returns 0 if the child dies or execs without sending.
+        let n = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
+    };
+    if n != 1 || byte != MSG_LISTENER {
+        return None;
+    }
+    // SAFETY: the control buffer was filled by recvmsg; CMSG_* walk it within msg_controllen.
+    let listener = unsafe {
+        let c = libc::CMSG_FIRSTHDR(&msg);
+        if c.is_null() || (*c).cmsg_level != libc::SOL_SOCKET || (*c).cmsg_type != libc::SCM_RIGHTS
+        {
+            return None;
+        }
+        OwnedFd::from_raw_fd(std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const c_int))
+    };
+    drop(sock);
+    let lfd = listener.as_raw_fd();
+    let mut wake = SyncWake::new(lfd);
+    let mut tracer = Tracer::new(ignore, lifecycle);
+    let mut fds = [
+        libc::pollfd {
+            fd: lfd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: poll on two fds we own.
+        let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if r < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break;
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            // SAFETY: the kernel wants a zeroed seccomp_notif.
+            let mut n: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+            // SAFETY: RECV fills `n`; ENOENT (the caller was killed or interrupted meanwhile)
+            // and EINTR just mean there is nothing to answer.
+            if unsafe { libc::ioctl(lfd, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut n) } != 0 {
+                continue;
+            }
+            tracer.stops += 1;
+            wake.observe(n.pid as pid_t);
+            let event = tracer
+                .resolver
+                .event(n.pid as pid_t, n.data.nr as u64, &n.data.args);
+            let mut resp = libc::seccomp_notif_resp {
+                id: n.id,
+                val: 0,
+                error: 0,
+                flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+            };
+            // SAFETY: SEND with the id just received; ENOENT (the caller is gone) is harmless.
+            unsafe { libc::ioctl(lfd, libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
+            if let Some(e) = event {
+                tracer.apply(e);
+            }
+            continue;
+        }
+        // Told to stop (every traced process has exited, so nothing is pending), or the
+        // filter has no task left (POLLHUP).
+        if fds[1].revents != 0 || fds[0].revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+            break;
+        }
+    }
+    Some(tracer)
+}
+
 pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     let program_name = opts.argv[0].to_string_lossy().into_owned();
     let env: Vec<(OsString, OsString)> = match &opts.env {
@@ -158,11 +383,17 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     let mut env_ptrs: Vec<*const libc::c_char> = c_env.iter().map(|c| c.as_ptr()).collect();
     env_ptrs.push(std::ptr::null());
     let c_cwd = cstr(cwd.as_os_str())?;
-    let mut bpf = filter();
-    let prog = libc::sock_fprog {
-        len: bpf.len() as u16,
-        filter: bpf.as_mut_ptr(),
+    let mut notify_bpf = filter(libc::SECCOMP_RET_USER_NOTIF);
+    let notify_prog = libc::sock_fprog {
+        len: notify_bpf.len() as u16,
+        filter: notify_bpf.as_mut_ptr(),
     };
+    let mut trace_bpf = filter(libc::SECCOMP_RET_TRACE);
+    let trace_prog = libc::sock_fprog {
+        len: trace_bpf.len() as u16,
+        filter: trace_bpf.as_mut_ptr(),
+    };
+    let try_notify = opts.mechanism != Mechanism::Ptrace;
     let spawn_err = |step: &'static str, source: io::Error| TraceError::Spawn {
         program: program_name.clone(),
         step,
@@ -173,7 +404,34 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(spawn_err("pipe", io::Error::last_os_error()));
     }
-    let (err_r, err_w) = (fds[0], fds[1]);
+    // SAFETY: fresh fds owned from here on.
+    let (err_r, err_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The socket over which the child hands over the seccomp listener.
+    // SAFETY: a fresh socket pair, both ends close-on-exec.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(spawn_err("socketpair", io::Error::last_os_error()));
+    }
+    // SAFETY: fresh fds owned from here on.
+    let (sock_parent, sock_child) =
+        unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // SAFETY: a fresh pipe, both ends close-on-exec.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(spawn_err("pipe", io::Error::last_os_error()));
+    }
+    // SAFETY: fresh fds owned from here on.
+    let (stop_r, stop_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The messages the child may send, built before fork.
+    let mut msg_byte = [MSG_LISTENER];
+    let mut ptrace_byte = [MSG_PTRACE];
+    let mut cmsg = CmsgBuf([0; 32]);
     let root_is_root = unsafe { libc::geteuid() } == 0;
     // The command gets Ctrl-C; the tracer must survive it to collect and record.
     // SAFETY: plain signal-disposition changes, restored below.
@@ -213,8 +471,9 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
                 libc::_exit(127);
             }
         }
+        let err_w = err_w.as_raw_fd();
+        let sock = sock_child.as_raw_fd();
         unsafe {
-            libc::close(err_r);
             libc::signal(libc::SIGINT, child_int);
             libc::signal(libc::SIGQUIT, child_quit);
             if libc::chdir(c_cwd.as_ptr()) != 0 {
@@ -229,7 +488,8 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
             {
                 fail(err_w, 2);
             }
-            // Wait for the tracer to set its options: the filter's TRACE needs them.
+            // Wait for the tracer to set its options: the fork events and the fallback's
+            // SECCOMP_RET_TRACE need them.
             libc::raise(libc::SIGSTOP);
             if !root_is_root
                 && libc::prctl(
@@ -242,24 +502,63 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
             {
                 fail(err_w, 3);
             }
-            if libc::syscall(
-                SYS_SECCOMP,
-                SECCOMP_SET_MODE_FILTER,
-                0 as libc::c_ulong,
-                &prog as *const libc::sock_fprog,
-            ) != 0
+            let listener = if try_notify {
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                    &notify_prog as *const libc::sock_fprog,
+                )
+            } else {
+                -1
+            };
+            if listener < 0
+                && libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0 as libc::c_ulong,
+                    &trace_prog as *const libc::sock_fprog,
+                ) != 0
             {
                 fail(err_w, 4);
+            }
+            let byte = if listener >= 0 {
+                msg_byte.as_mut_ptr()
+            } else {
+                ptrace_byte.as_mut_ptr()
+            };
+            let mut iov = libc::iovec {
+                iov_base: byte as *mut c_void,
+                iov_len: 1,
+            };
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            if listener >= 0 {
+                msg.msg_control = cmsg.0.as_mut_ptr() as *mut c_void;
+                msg.msg_controllen = libc::CMSG_SPACE(4) as usize;
+                let c = libc::CMSG_FIRSTHDR(&msg);
+                (*c).cmsg_level = libc::SOL_SOCKET;
+                (*c).cmsg_type = libc::SCM_RIGHTS;
+                (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(c) as *mut c_int, listener as c_int);
+            }
+            if libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) != 1 {
+                fail(err_w, 6);
+            }
+            if listener >= 0 {
+                libc::close(listener as c_int);
             }
             libc::execve(c_program.as_ptr(), argv_ptrs.as_ptr(), env_ptrs.as_ptr());
             fail(err_w, 5);
         }
     }
     // Parent.
-    unsafe { libc::close(err_w) };
+    drop(err_w);
+    drop(sock_child);
     let child_error = || -> Option<TraceError> {
         let mut msg = [0u8; 5];
-        let n = unsafe { libc::read(err_r, msg.as_mut_ptr() as *mut c_void, 5) };
+        let n = unsafe { libc::read(err_r.as_raw_fd(), msg.as_mut_ptr() as *mut c_void, 5) };
         if n != 5 {
             return None;
         }
@@ -269,6 +568,7 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
             2 => "PTRACE_TRACEME",
             3 => "PR_SET_NO_NEW_PRIVS",
             4 => "installing the seccomp filter",
+            6 => "handing the seccomp listener to the tracer",
             _ => "execve",
         };
         Some(spawn_err(step, io::Error::from_raw_os_error(errno)))
@@ -282,7 +582,6 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
                 io::Error::other("the child did not stop"),
             )
         });
-        unsafe { libc::close(err_r) };
         restore();
         return Err(e);
     }
@@ -306,7 +605,6 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         unsafe {
             libc::kill(pid, libc::SIGKILL);
             libc::waitpid(pid, &mut status, WALL);
-            libc::close(err_r);
         }
         restore();
         return Err(TraceError::Ptrace {
@@ -315,6 +613,27 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
             source,
         });
     }
+    let ignore = ignore_list(&opts.ignore_prefixes);
+    // The supervisor runs before the child goes on: the child's execve already waits for it.
+    let lifecycle = Arc::new(Lifecycle::default());
+    let supervisor = {
+        let ignore = ignore.clone();
+        let lifecycle = lifecycle.clone();
+        std::thread::Builder::new()
+            .name("rollout-trace-notify".into())
+            .spawn(move || supervise(sock_parent, stop_r, ignore, lifecycle))
+    };
+    let supervisor = match supervisor {
+        Ok(s) => s,
+        Err(source) => {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, WALL);
+            }
+            restore();
+            return Err(spawn_err("starting the supervisor thread", source));
+        }
+    };
     ptrace_cont(pid, 0);
 
     let alive = Arc::new(Mutex::new(HashSet::from([pid])));
@@ -333,7 +652,8 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         })
     });
 
-    let mut tracer = Tracer::new(&opts.ignore_prefixes);
+    // Handles the syscalls when the child fell back to SECCOMP_RET_TRACE.
+    let mut tracer = Tracer::new(ignore, lifecycle.clone());
     let mut started: HashSet<pid_t> = HashSet::from([pid]);
     let mut exit = Exit::Code(0);
     let mut processes = 1u64;
@@ -354,6 +674,7 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
                     Exit::Signal(libc::WTERMSIG(status))
                 };
             }
+            lifecycle.post(p);
             let mut a = alive.lock().expect("alive set");
             a.remove(&p);
             if a.is_empty() {
@@ -368,7 +689,16 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         let event = (status >> 16) & 0xff;
         if sig == libc::SIGTRAP && event != 0 {
             match event {
-                EVENT_SECCOMP => tracer.on_syscall(p),
+                EVENT_SECCOMP => {
+                    tracer.stops += 1;
+                    let e =
+                        syscall_regs(p).and_then(|(nr, args)| tracer.resolver.event(p, nr, &args));
+                    ptrace_cont(p, 0);
+                    if let Some(e) = e {
+                        tracer.apply(e);
+                    }
+                    continue;
+                }
                 EVENT_FORK | EVENT_VFORK | EVENT_CLONE => {
                     let mut child: libc::c_ulong = 0;
                     unsafe {
@@ -381,6 +711,7 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
                     };
                     if alive.lock().expect("alive set").insert(child as pid_t) {
                         processes += 1;
+                        lifecycle.post(child as pid_t);
                     }
                 }
                 _ => {}
@@ -392,6 +723,7 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
             // A new process's first stop (its fork event may come before or after).
             if alive.lock().expect("alive set").insert(p) {
                 processes += 1;
+                lifecycle.post(p);
             }
             if sig == libc::SIGSTOP {
                 ptrace_cont(p, 0);
@@ -414,13 +746,21 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     if let Some(w) = watchdog {
         let _ = w.join();
     }
+    // Every traced process has exited, so no notification is pending: stop the supervisor.
+    // SAFETY: a one-byte write to our own pipe.
+    unsafe { libc::write(stop_w.as_raw_fd(), b"x".as_ptr() as *const c_void, 1) };
+    let notified = supervisor.join().ok().flatten();
     restore();
     let spawn_failure = child_error();
-    unsafe { libc::close(err_r) };
-    drop(bpf);
+    drop(notify_bpf);
+    drop(trace_bpf);
     if let Some(e) = spawn_failure {
         return Err(e);
     }
+    let (mechanism, tracer) = match notified {
+        Some(t) => (Mechanism::UserNotif, t),
+        None => (Mechanism::Ptrace, tracer),
+    };
     let Tracer {
         reads,
         writes,
@@ -429,27 +769,60 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         stops,
         ..
     } = tracer;
+    let sorted = |s: HashSet<PathBuf>| s.into_iter().collect::<BTreeSet<_>>();
     Ok(Trace {
         exit,
         timed_out: timed_out.load(Ordering::SeqCst),
-        reads,
-        writes,
-        removed,
-        execs,
+        reads: sorted(reads),
+        writes: sorted(writes),
+        removed: sorted(removed),
+        execs: sorted(execs),
         processes,
         stops,
+        mechanism,
     })
 }
 
+/// The syscall number and arguments of a tracee in a seccomp stop.
+fn syscall_regs(pid: pid_t) -> Option<(u64, [u64; 6])> {
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    // SAFETY: the tracee is in a seccomp stop; regs is a valid buffer.
+    let r = unsafe {
+        libc::ptrace(
+            libc::PTRACE_GETREGS,
+            pid,
+            std::ptr::null_mut::<c_void>(),
+            &mut regs as *mut libc::user_regs_struct as *mut c_void,
+        )
+    };
+    (r == 0).then_some((
+        regs.orig_rax,
+        [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
+    ))
+}
+
+fn ignore_list(prefixes: &[PathBuf]) -> Vec<Vec<u8>> {
+    prefixes
+        .iter()
+        .map(|p| p.as_os_str().as_bytes().to_vec())
+        .collect()
+}
+
+/// What one syscall did to a path, resolved while the caller was still blocked.
+enum Event {
+    One(Op, PathBuf),
+    Rename(PathBuf, PathBuf),
+}
+
+/// The recorded sets, updated in syscall order (hash sets while tracing: cheaper than
+/// component-wise path comparisons; sorted once at the end).
 struct Tracer {
     ignore: Vec<Vec<u8>>,
-    /// Working directory per pid, dropped on any chdir (threads share it).
-    cwd: HashMap<pid_t, Vec<u8>>,
-    buf: Vec<u8>,
-    reads: BTreeSet<PathBuf>,
-    writes: BTreeSet<PathBuf>,
-    removed: BTreeSet<PathBuf>,
-    execs: BTreeSet<PathBuf>,
+    resolver: Resolver,
+    reads: HashSet<PathBuf>,
+    writes: HashSet<PathBuf>,
+    removed: HashSet<PathBuf>,
+    execs: HashSet<PathBuf>,
     stops: u64,
 }
 
@@ -457,99 +830,27 @@ const PATH_MAX: usize = 4096;
 const AT_FDCWD: i32 = -100;
 
 impl Tracer {
-    fn new(ignore: &[PathBuf]) -> Self {
+    fn new(ignore: Vec<Vec<u8>>, lifecycle: Arc<Lifecycle>) -> Self {
         Tracer {
-            ignore: ignore
-                .iter()
-                .map(|p| p.as_os_str().as_bytes().to_vec())
-                .collect(),
-            cwd: HashMap::new(),
-            buf: Vec::with_capacity(PATH_MAX + 1),
-            reads: BTreeSet::new(),
-            writes: BTreeSet::new(),
-            removed: BTreeSet::new(),
-            execs: BTreeSet::new(),
+            ignore,
+            resolver: Resolver::new(lifecycle),
+            reads: HashSet::new(),
+            writes: HashSet::new(),
+            removed: HashSet::new(),
+            execs: HashSet::new(),
             stops: 0,
         }
     }
 
-    fn on_syscall(&mut self, pid: pid_t) {
-        self.stops += 1;
-        let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-        // SAFETY: the tracee is in a seccomp stop; regs is a valid buffer.
-        let r = unsafe {
-            libc::ptrace(
-                libc::PTRACE_GETREGS,
-                pid,
-                std::ptr::null_mut::<c_void>(),
-                &mut regs as *mut libc::user_regs_struct as *mut c_void,
-            )
-        };
-        if r != 0 {
-            return;
-        }
-        let a = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8];
-        match regs.orig_rax {
-            OPEN => self.open(pid, AT_FDCWD, a[0], a[1]),
-            OPENAT => self.open(pid, a[0] as i32, a[1], a[2]),
-            OPENAT2 => {
-                if let Some(flags) = read_u64(pid, a[2]) {
-                    self.open(pid, a[0] as i32, a[1], flags)
+    fn apply(&mut self, e: Event) {
+        match e {
+            Event::One(op, p) => self.record(p, op),
+            Event::Rename(old, new) => {
+                if !self.writes.remove(&old) && !self.ignored(&old) {
+                    self.removed.insert(old);
                 }
+                self.record(new, Op::Write);
             }
-            CREAT => self.with_path(pid, AT_FDCWD, a[0], Op::Write),
-            TRUNCATE => self.with_path(pid, AT_FDCWD, a[0], Op::Write),
-            RENAME => self.rename(pid, AT_FDCWD, a[0], AT_FDCWD, a[1]),
-            RENAMEAT | RENAMEAT2 => self.rename(pid, a[0] as i32, a[1], a[2] as i32, a[3]),
-            LINK => self.with_path(pid, AT_FDCWD, a[1], Op::Write),
-            LINKAT => self.with_path(pid, a[2] as i32, a[3], Op::Write),
-            SYMLINK => self.with_path(pid, AT_FDCWD, a[1], Op::Write),
-            SYMLINKAT => self.with_path(pid, a[1] as i32, a[2], Op::Write),
-            UNLINK => self.with_path(pid, AT_FDCWD, a[0], Op::Remove),
-            UNLINKAT if a[2] & libc::AT_REMOVEDIR as u64 == 0 => {
-                self.with_path(pid, a[0] as i32, a[1], Op::Remove)
-            }
-            EXECVE => self.with_path(pid, AT_FDCWD, a[0], Op::Exec),
-            EXECVEAT => {
-                if a[4] & libc::AT_EMPTY_PATH as u64 != 0 {
-                    if let Some(p) = fd_path(pid, a[0] as i32) {
-                        self.record(p, Op::Exec);
-                    }
-                } else {
-                    self.with_path(pid, a[0] as i32, a[1], Op::Exec)
-                }
-            }
-            CHDIR | FCHDIR => self.cwd.clear(),
-            _ => {}
-        }
-    }
-
-    fn open(&mut self, pid: pid_t, dirfd: i32, addr: u64, flags: u64) {
-        let flags = flags as i32;
-        if flags & (libc::O_PATH | libc::O_DIRECTORY) != 0 {
-            return;
-        }
-        let write = flags & libc::O_ACCMODE != libc::O_RDONLY
-            || flags & (libc::O_CREAT | libc::O_TRUNC) != 0;
-        self.with_path(pid, dirfd, addr, if write { Op::Write } else { Op::Read });
-    }
-
-    fn rename(&mut self, pid: pid_t, ofd: i32, old: u64, nfd: i32, new: u64) {
-        let Some(old) = self.resolve(pid, ofd, old) else {
-            return;
-        };
-        let Some(new) = self.resolve(pid, nfd, new) else {
-            return;
-        };
-        if !self.writes.remove(&old) && !self.ignored(&old) {
-            self.removed.insert(old);
-        }
-        self.record(new, Op::Write);
-    }
-
-    fn with_path(&mut self, pid: pid_t, dirfd: i32, addr: u64, op: Op) {
-        if let Some(p) = self.resolve(pid, dirfd, addr) {
-            self.record(p, op);
         }
     }
 
@@ -585,30 +886,245 @@ impl Tracer {
             }
         }
     }
+}
 
-    /// The absolute path a syscall argument names, or None when it cannot be read.
-    fn resolve(&mut self, pid: pid_t, dirfd: i32, addr: u64) -> Option<PathBuf> {
-        if !read_cstr(pid, addr, &mut self.buf) || self.buf.is_empty() {
-            return None;
+/// Processes that started or ended, posted by the ptrace loop so that the resolver drops what
+/// it cached under a pid that may now name another process.
+#[derive(Default)]
+pub(crate) struct Lifecycle {
+    dirty: AtomicBool,
+    pids: Mutex<Vec<pid_t>>,
+}
+
+impl Lifecycle {
+    fn post(&self, pid: pid_t) {
+        self.pids.lock().expect("lifecycle").push(pid);
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    fn take(&self) -> Vec<pid_t> {
+        if !self.dirty.swap(false, Ordering::Acquire) {
+            return Vec::new();
         }
-        if self.buf[0] == b'/' {
-            return Some(normalize(Path::new(OsStr::from_bytes(&self.buf))));
-        }
-        let base = if dirfd == AT_FDCWD {
-            match self.cwd.get(&pid) {
-                Some(c) => PathBuf::from(OsStr::from_bytes(c)),
-                None => {
-                    let c = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
-                    self.cwd.insert(pid, c.as_os_str().as_bytes().to_vec());
-                    c
-                }
-            }
-        } else {
-            fd_path(pid, dirfd)?
-        };
-        Some(normalize(&base.join(OsStr::from_bytes(&self.buf))))
+        std::mem::take(&mut *self.pids.lock().expect("lifecycle"))
     }
 }
+
+/// A directory fd of a tracee, duplicated into the tracer so that later uses of the same fd
+/// are recognised with one `kcmp` instead of a `/proc/<pid>/fd/<n>` readlink.
+struct DirFd {
+    dup: OwnedFd,
+    path: Vec<u8>,
+}
+
+/// At most this many tracee directory fds are held (then the cache starts over).
+const DIR_CACHE_MAX: usize = 1024;
+
+/// Turns a syscall's number and arguments into the absolute paths it names, reading the
+/// caller's memory and `/proc`; must run while the caller is blocked in the syscall.
+struct Resolver {
+    lifecycle: Arc<Lifecycle>,
+    /// Working directory per pid, dropped on any chdir (threads share it).
+    cwd: HashMap<pid_t, Vec<u8>>,
+    /// Directory fds per (pid, fd), checked with kcmp before use.
+    dirs: HashMap<(pid_t, i32), DirFd>,
+    pidfds: HashMap<pid_t, OwnedFd>,
+    /// pidfd_getfd and kcmp work here (Linux ≥ 5.6 with kcmp); else every dirfd is a readlink.
+    dup_ok: bool,
+    me: pid_t,
+    buf: Vec<u8>,
+}
+
+impl Resolver {
+    fn new(lifecycle: Arc<Lifecycle>) -> Self {
+        Resolver {
+            lifecycle,
+            cwd: HashMap::new(),
+            dirs: HashMap::new(),
+            pidfds: HashMap::new(),
+            dup_ok: true,
+            // SAFETY: getpid cannot fail.
+            me: unsafe { libc::getpid() },
+            buf: vec![0; PATH_MAX + 1],
+        }
+    }
+
+    /// Forget what was cached for processes that started or ended.
+    fn refresh(&mut self) {
+        let pids = self.lifecycle.take();
+        if pids.is_empty() {
+            return;
+        }
+        for p in &pids {
+            self.cwd.remove(p);
+            self.pidfds.remove(p);
+        }
+        self.dirs.retain(|(p, _), _| !pids.contains(p));
+    }
+
+    fn event(&mut self, pid: pid_t, nr: u64, a: &[u64; 6]) -> Option<Event> {
+        self.refresh();
+        let one = |r: &mut Self, dirfd: i32, addr: u64, op: Op| {
+            r.resolve(pid, dirfd, addr).map(|p| Event::One(op, p))
+        };
+        match nr {
+            OPEN => self.open(pid, AT_FDCWD, a[0], a[1]),
+            OPENAT => self.open(pid, a[0] as i32, a[1], a[2]),
+            OPENAT2 => {
+                let flags = read_u64(pid, a[2])?;
+                self.open(pid, a[0] as i32, a[1], flags)
+            }
+            CREAT | TRUNCATE => one(self, AT_FDCWD, a[0], Op::Write),
+            RENAME => self.rename(pid, AT_FDCWD, a[0], AT_FDCWD, a[1]),
+            RENAMEAT | RENAMEAT2 => self.rename(pid, a[0] as i32, a[1], a[2] as i32, a[3]),
+            LINK | SYMLINK => one(self, AT_FDCWD, a[1], Op::Write),
+            LINKAT => one(self, a[2] as i32, a[3], Op::Write),
+            SYMLINKAT => one(self, a[1] as i32, a[2], Op::Write),
+            UNLINK => one(self, AT_FDCWD, a[0], Op::Remove),
+            UNLINKAT if a[2] & libc::AT_REMOVEDIR as u64 == 0 => {
+                one(self, a[0] as i32, a[1], Op::Remove)
+            }
+            EXECVE => one(self, AT_FDCWD, a[0], Op::Exec),
+            EXECVEAT => {
+                if a[4] & libc::AT_EMPTY_PATH as u64 != 0 {
+                    let mut out = Vec::new();
+                    readlink_proc(pid, "fd", a[0] as i32, &mut out)?;
+                    Some(Event::One(Op::Exec, PathBuf::from(OsString::from_vec(out))))
+                } else {
+                    one(self, a[0] as i32, a[1], Op::Exec)
+                }
+            }
+            CHDIR | FCHDIR => {
+                self.cwd.clear();
+                None
+            }
+            _ => None,
+        }
+    }
+
+    fn open(&mut self, pid: pid_t, dirfd: i32, addr: u64, flags: u64) -> Option<Event> {
+        let flags = flags as i32;
+        if flags & (libc::O_PATH | libc::O_DIRECTORY) != 0 {
+            return None;
+        }
+        let write = flags & libc::O_ACCMODE != libc::O_RDONLY
+            || flags & (libc::O_CREAT | libc::O_TRUNC) != 0;
+        let p = self.resolve(pid, dirfd, addr)?;
+        Some(Event::One(if write { Op::Write } else { Op::Read }, p))
+    }
+
+    fn rename(&mut self, pid: pid_t, ofd: i32, old: u64, nfd: i32, new: u64) -> Option<Event> {
+        let old = self.resolve(pid, ofd, old)?;
+        let new = self.resolve(pid, nfd, new)?;
+        Some(Event::Rename(old, new))
+    }
+
+    /// The absolute, normalised path a syscall argument names, or None when it cannot be read.
+    fn resolve(&mut self, pid: pid_t, dirfd: i32, addr: u64) -> Option<PathBuf> {
+        let n = read_cstr(pid, addr, &mut self.buf)?;
+        if n == 0 {
+            return None;
+        }
+        let mut out = Vec::with_capacity(n + 128);
+        if self.buf[0] != b'/' {
+            if dirfd == AT_FDCWD {
+                if let Some(c) = self.cwd.get(&pid) {
+                    out.extend_from_slice(c);
+                } else {
+                    readlink_proc(pid, "cwd", -1, &mut out)?;
+                    self.cwd.insert(pid, out.clone());
+                }
+            } else {
+                self.dir_path(pid, dirfd, &mut out)?;
+            }
+            out.push(b'/');
+        }
+        out.extend_from_slice(&self.buf[..n]);
+        Some(normalize_bytes(out))
+    }
+
+    /// Append the path of the tracee's directory fd to `out`.
+    fn dir_path(&mut self, pid: pid_t, fd: i32, out: &mut Vec<u8>) -> Option<()> {
+        if let Some(d) = self.dirs.get(&(pid, fd)) {
+            // SAFETY: kcmp compares the two file descriptions; 0 means the same one.
+            let same = unsafe {
+                libc::syscall(
+                    libc::SYS_kcmp,
+                    pid,
+                    self.me,
+                    KCMP_FILE,
+                    fd as libc::c_ulong,
+                    d.dup.as_raw_fd() as libc::c_ulong,
+                )
+            } == 0;
+            if same {
+                out.extend_from_slice(&d.path);
+                return Some(());
+            }
+            self.dirs.remove(&(pid, fd));
+        }
+        let start = out.len();
+        readlink_proc(pid, "fd", fd, out)?;
+        if out.get(start) != Some(&b'/') {
+            // Not a file system object (a pipe, a socket): the syscall fails with ENOTDIR.
+            out.truncate(start);
+            return None;
+        }
+        if self.dup_ok {
+            match self.dup_dir(pid, fd) {
+                Ok(Some(dup)) => {
+                    if self.dirs.len() >= DIR_CACHE_MAX {
+                        self.dirs.clear();
+                    }
+                    let path = out[start..].to_vec();
+                    self.dirs.insert((pid, fd), DirFd { dup, path });
+                }
+                Ok(None) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EPERM)) => {
+                    self.dup_ok = false;
+                }
+                Err(_) => {}
+            }
+        }
+        Some(())
+    }
+
+    /// A duplicate of the tracee's fd when it is a directory (holding any other kind of file
+    /// open, a pipe say, could change what the tracee sees).
+    fn dup_dir(&mut self, pid: pid_t, fd: i32) -> io::Result<Option<OwnedFd>> {
+        let pidfd = match self.pidfds.get(&pid) {
+            Some(p) => p.as_raw_fd(),
+            None => {
+                // SAFETY: pidfd_open returns a new fd or -1.
+                let p = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+                if p < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                // SAFETY: a fresh fd we own.
+                let p = unsafe { OwnedFd::from_raw_fd(p as c_int) };
+                let raw = p.as_raw_fd();
+                self.pidfds.insert(pid, p);
+                raw
+            }
+        };
+        // SAFETY: pidfd_getfd returns a new close-on-exec fd or -1.
+        let dup = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
+        if dup < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd we own.
+        let dup = unsafe { OwnedFd::from_raw_fd(dup as c_int) };
+        // SAFETY: fstat into a zeroed stat buffer.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        if unsafe { libc::fstat(dup.as_raw_fd(), &mut st) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok((st.st_mode & libc::S_IFMT == libc::S_IFDIR).then_some(dup))
+    }
+}
+
+/// `kcmp` type: compare two file descriptions.
+const KCMP_FILE: libc::c_ulong = 0;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -618,21 +1134,58 @@ enum Op {
     Exec,
 }
 
-fn fd_path(pid: pid_t, fd: i32) -> Option<PathBuf> {
-    std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()
+/// Append the target of `/proc/<pid>/<what>` (or `/proc/<pid>/fd/<fd>` when `fd` ≥ 0) to `out`.
+fn readlink_proc(pid: pid_t, what: &str, fd: i32, out: &mut Vec<u8>) -> Option<()> {
+    use std::io::Write;
+    let mut name = [0u8; 64];
+    let mut w = &mut name[..];
+    if fd >= 0 {
+        write!(w, "/proc/{pid}/{what}/{fd}\0").ok()?;
+    } else {
+        write!(w, "/proc/{pid}/{what}\0").ok()?;
+    }
+    let start = out.len();
+    out.resize(start + PATH_MAX, 0);
+    // SAFETY: `name` is NUL-terminated; `out` has PATH_MAX bytes free at `start`.
+    let n = unsafe {
+        libc::readlink(
+            name.as_ptr() as *const libc::c_char,
+            out[start..].as_mut_ptr() as *mut libc::c_char,
+            PATH_MAX,
+        )
+    };
+    if n <= 0 || n as usize >= PATH_MAX {
+        out.truncate(start);
+        return None;
+    }
+    out.truncate(start + n as usize);
+    Some(())
 }
 
-/// Read a NUL-terminated string from the tracee, a page at a time (a string may end right
-/// before an unmapped page).
-fn read_cstr(pid: pid_t, mut addr: u64, buf: &mut Vec<u8>) -> bool {
-    buf.clear();
-    while buf.len() < PATH_MAX {
+/// Lexically normalise an absolute path given as bytes; returns it untouched (no copy) when it
+/// already is (no `//`, `/./`, `/../`, trailing `/` or `/.`).
+fn normalize_bytes(p: Vec<u8>) -> PathBuf {
+    let clean = p.len() > 1
+        && p[p.len() - 1] != b'/'
+        && !p.windows(2).any(|w| w == b"//")
+        && !p.split(|&b| b == b'/').any(|c| c == b"." || c == b"..");
+    if clean || p == b"/" {
+        PathBuf::from(OsString::from_vec(p))
+    } else {
+        normalize(Path::new(OsStr::from_bytes(&p)))
+    }
+}
+
+/// Read a NUL-terminated string from the tracee into `buf` (PATH_MAX + 1 bytes) and return its
+/// length. Reads 256 bytes at a time, never across a page boundary in one call (a string may end
+/// right before an unmapped page).
+fn read_cstr(pid: pid_t, mut addr: u64, buf: &mut [u8]) -> Option<usize> {
+    let mut len = 0;
+    while len < PATH_MAX {
         let page_left = 4096 - (addr as usize % 4096);
-        let want = page_left.min(PATH_MAX - buf.len() + 1);
-        let start = buf.len();
-        buf.resize(start + want, 0);
+        let want = page_left.min(256).min(PATH_MAX + 1 - len);
         let local = libc::iovec {
-            iov_base: buf[start..].as_mut_ptr() as *mut c_void,
+            iov_base: buf[len..].as_mut_ptr() as *mut c_void,
             iov_len: want,
         };
         let remote = libc::iovec {
@@ -642,18 +1195,16 @@ fn read_cstr(pid: pid_t, mut addr: u64, buf: &mut Vec<u8>) -> bool {
         // SAFETY: local points into buf with `want` bytes available.
         let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
         if n <= 0 {
-            buf.truncate(start);
-            return false;
+            return None;
         }
         let n = n as usize;
-        if let Some(z) = buf[start..start + n].iter().position(|&b| b == 0) {
-            buf.truncate(start + z);
-            return true;
+        if let Some(z) = buf[len..len + n].iter().position(|&b| b == 0) {
+            return Some(len + z);
         }
-        buf.truncate(start + n);
+        len += n;
         addr += n as u64;
     }
-    false
+    None
 }
 
 fn read_u64(pid: pid_t, addr: u64) -> Option<u64> {

@@ -355,6 +355,7 @@ fn trace_job(
             "removed": t.removed,
             "processes": t.processes,
             "syscall_stops": t.stops,
+            "tracer": t.mechanism.as_str(),
             "timed_out": t.timed_out,
             "signal": match t.exit { rollout_trace::Exit::Signal(s) => Some(s), _ => None },
         }),
