@@ -123,6 +123,13 @@ impl Store {
             .map_err(err)?;
         conn.pragma_update(None, "foreign_keys", "ON")
             .map_err(err)?;
+        // A job with thousands of inputs is one transaction: keep its pages and statement
+        // journals in memory (up to 32 MiB) rather than spilling them to the WAL and temp files
+        // mid-transaction.
+        conn.pragma_update(None, "temp_store", "MEMORY")
+            .map_err(err)?;
+        conn.pragma_update(None, "cache_size", -32768)
+            .map_err(err)?;
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
@@ -231,15 +238,23 @@ impl Store {
     ) -> Result<Vec<(PathBuf, FileDigest)>> {
         let mut out = Vec::with_capacity(paths.len());
         let mut updates = Vec::new();
-        for p in paths {
-            match self.digest_with_cache(p, sha256) {
-                Ok((d, u)) => {
-                    out.push((p.clone(), d));
-                    updates.extend(u);
+        {
+            // One read transaction for all the cache lookups: a lock and a WAL check once,
+            // not per file.
+            let read = self.conn.unchecked_transaction();
+            let read = self.sql(read)?;
+            for p in paths {
+                match self.digest_with_cache(p, sha256) {
+                    Ok((d, u)) => {
+                        out.push((p.clone(), d));
+                        updates.extend(u);
+                    }
+                    Err(StoreError::Hash { .. }) => {}
+                    Err(e) => return Err(e),
                 }
-                Err(StoreError::Hash { .. }) => {}
-                Err(e) => return Err(e),
             }
+            let r = read.finish();
+            self.sql(r)?;
         }
         self.write_cache(&updates)?;
         Ok(out)
