@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Where the agent's container image comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageSource {
     /// Every trial runs in `runtime.agent.image`.
@@ -40,7 +40,7 @@ pub enum ImageSource {
 }
 
 /// `runtime.policy.sandbox.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SandboxMode {
     Container,
@@ -48,7 +48,7 @@ pub enum SandboxMode {
 }
 
 /// `runtime.policy.network.mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ExperimentNetwork {
     /// No network inside the trial container.
@@ -64,8 +64,9 @@ pub const PER_TASK_NEEDS_CONTAINER: &str =
 /// Where the agent artifact is unpacked inside the trial container.
 pub const AGENT_DIR: &str = "/opt/agent";
 
-/// A parsed, checked experiment.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+/// A parsed, checked experiment (written to the run directory as `experiment.json`, read back
+/// by `rollout jobs resume`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Experiment {
     /// The file it was read from (absolute when it could be made so).
     pub file: PathBuf,

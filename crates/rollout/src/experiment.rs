@@ -6,6 +6,7 @@
 //!   runtime/run_control.json            {schema_version, run_id, status, active_trials, updated_at}
 //!   experiment.json                     the experiment as read
 //!   tasks/<task_id>/                    the rows as task directories
+//!   trials/index.json                   trial name -> n (kept across `rollout jobs resume`)
 //!   trials/trial_<n>/
 //!     benchmark_preflight.json          benchmark_trial_preflight_v1: task_id, task_image, grading
 //!     out/benchmark_score.json          what the benchmark adapter wrote (valid JSON)
@@ -32,6 +33,8 @@ use std::sync::{Arc, Mutex};
 pub const PREFLIGHT_SCHEMA: &str = "benchmark_trial_preflight_v1";
 /// Schema of `trials/trial_<n>/trial_result.json`.
 pub const TRIAL_RESULT_SCHEMA: &str = "experiment_trial_result_v1";
+/// Trial name -> number of its `trials/trial_<n>` directory.
+pub const TRIAL_INDEX: &str = "trials/index.json";
 /// Default parent of run directories, as AgentLab's.
 pub const RUNS_DIR: &str = ".lab/runs";
 
@@ -139,13 +142,41 @@ pub fn run(file: &Path, args: &RunArgs) -> u8 {
         exp.id,
         plan.job_dir.display()
     );
-    let sink = Arc::new(ExperimentSink::new(&exp, &plan));
-    crate::run::execute(plan, args.json, ca_bundle, vec![sink.clone()]).max(
-        if sink.error().is_some() {
-            exit::TRIAL_ERRORS
-        } else {
-            0
-        },
+    let sink = match ExperimentSink::new(&exp, &plan) {
+        Ok(s) => Arc::new(s),
+        Err(e) => {
+            eprintln!(
+                "error: writing {}: {e}",
+                plan.job_dir.join(TRIAL_INDEX).display()
+            );
+            return exit::TRIAL_ERRORS;
+        }
+    };
+    execute_with(plan, args.json, ca_bundle, sink)
+}
+
+/// Run the plan with the experiment layout written beside it; an error writing the layout
+/// makes the exit status at least [`exit::TRIAL_ERRORS`].
+pub fn execute_with(
+    plan: JobPlan,
+    json: bool,
+    ca_bundle: Option<Vec<u8>>,
+    sink: Arc<ExperimentSink>,
+) -> u8 {
+    crate::run::execute(plan, json, ca_bundle, vec![sink.clone()]).max(if sink.error().is_some() {
+        exit::TRIAL_ERRORS
+    } else {
+        0
+    })
+}
+
+/// The experiment a run directory was started from (`experiment.json`), if it is one.
+pub fn load_run(dir: &Path) -> Option<Result<Experiment, String>> {
+    let path = dir.join("experiment.json");
+    let bytes = std::fs::read(&path).ok()?;
+    Some(
+        serde_json::from_slice(&bytes)
+            .map_err(|e| format!("{} is not an experiment rollout wrote: {e}", path.display())),
     )
 }
 
@@ -167,24 +198,37 @@ pub struct ExperimentSink {
 }
 
 impl ExperimentSink {
-    pub fn new(exp: &Experiment, plan: &JobPlan) -> Self {
+    /// The sink of a run: trials are numbered in plan order, and the numbering is kept in
+    /// `trials/index.json` so that a resumed run (whose plan holds only the trials left) writes
+    /// to the same `trial_<n>` directories. Trials the index does not know yet get the next
+    /// numbers, in plan order.
+    pub fn new(exp: &Experiment, plan: &JobPlan) -> std::io::Result<Self> {
         let task_images = rollout_sources::jsonl::load_rows(&exp.dataset)
             .map(|rows| rows.into_iter().map(|r| (r.id, r.image)).collect())
             .unwrap_or_default();
-        Self {
+        let index_path = plan.job_dir.join(TRIAL_INDEX);
+        let mut numbers: HashMap<String, usize> = match std::fs::read(&index_path) {
+            Ok(b) => serde_json::from_slice(&b).map_err(std::io::Error::other)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashMap::new(),
+            Err(e) => return Err(e),
+        };
+        let mut next = numbers.values().copied().max().unwrap_or(0);
+        for t in &plan.trials {
+            if !numbers.contains_key(&t.name) {
+                next += 1;
+                numbers.insert(t.name.clone(), next);
+            }
+        }
+        write_json(&index_path, &numbers)?;
+        Ok(Self {
             run_dir: plan.job_dir.clone(),
             grading: exp.grader.clone(),
             image_source: exp.image_source,
             global_image: exp.image.clone(),
             task_images,
-            numbers: plan
-                .trials
-                .iter()
-                .enumerate()
-                .map(|(i, t)| (t.name.clone(), i + 1))
-                .collect(),
+            numbers,
             error: Mutex::new(None),
-        }
+        })
     }
 
     /// The first error met while writing the layout.

@@ -62,6 +62,7 @@ fn trial_dirs(run: &Path) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(run.join("trials"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir())
         .collect();
     dirs.sort();
     dirs
@@ -202,6 +203,49 @@ fn sm01_sm02_sm04_a_run_reaches_a_terminal_state_with_the_seed_layout() {
     assert_eq!(tasks, ["greet-1", "greet-2"]);
     let job = read_json(&run.join("result.json"));
     assert_no_containers(job["id"].as_str().unwrap());
+}
+
+/// A run interrupted before one trial finished, resumed with `rollout jobs resume`: the resumed
+/// trial writes into its own `trials/trial_<n>/` (the numbering survives the resume) and the
+/// seed's `runtime/run_control.json` follows the resumed job.
+#[test]
+fn resuming_an_experiment_run_keeps_writing_the_seed_layout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = agentlab("experiment.yaml");
+    let out = rollout_in(tmp.path(), &["run", exp.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let run = run_dir(tmp.path());
+    let trials = trial_dirs(&run);
+    assert_eq!(trials.len(), 2, "{trials:?}");
+    let index = read_json(&run.join("trials/index.json"));
+    assert_eq!(index.as_object().unwrap().len(), 2, "{index}");
+
+    // Make the second trial look unfinished: no rollout result, no seed result.
+    let second = &trials[1];
+    let name = read_json(&second.join("benchmark_preflight.json"))["trial_name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(index[&name], 2, "{index}");
+    std::fs::remove_file(run.join(&name).join("result.json")).unwrap();
+    std::fs::remove_file(second.join("trial_result.json")).unwrap();
+    std::fs::remove_dir_all(second.join("out")).unwrap();
+    let before = read_json(&run.join("runtime/run_control.json"));
+
+    let out = rollout_in(tmp.path(), &["jobs", "resume", run.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(trial_dirs(&run), trials, "no new trial directory");
+    let result = read_json(&second.join("trial_result.json"));
+    assert_eq!(result["classification"], "graded", "{result}");
+    assert_eq!(result["trial_name"], name.as_str());
+    assert_eq!(
+        read_json(&second.join("out/benchmark_score.json"))["resolved"],
+        true
+    );
+    let after = read_json(&run.join("runtime/run_control.json"));
+    assert_eq!(after["status"], "completed", "{after}");
+    assert_ne!(after["updated_at"], before["updated_at"], "{after}");
+    assert_no_containers(read_json(&run.join("result.json"))["id"].as_str().unwrap());
 }
 
 #[test]
