@@ -6,8 +6,8 @@
 //! chdir/fchdir to the tracer; everything else (read, write, stat, close, mmap …) runs at full
 //! speed. The tracer receives them through seccomp user notification where the kernel allows a
 //! listener (Linux ≥ 5.5, no enclosing filter with one), else as ptrace seccomp stops (see
-//! [`Mechanism`]). Fork, vfork, clone and exec are followed through ptrace options. Paths are resolved
-//! against the process's working directory or the `dirfd` (`/proc/<pid>/cwd`,
+//! [`Mechanism`]). Fork, vfork, clone and exec are followed through ptrace options. Paths are
+//! resolved against the process's working directory or the `dirfd` (`/proc/<pid>/cwd`,
 //! `/proc/<pid>/fd/<n>`) and recorded at syscall entry; whether an opened file really existed is
 //! decided afterwards by the caller (a read of a path that is not a regular file when the command
 //! ends is not an input).

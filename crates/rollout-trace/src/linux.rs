@@ -918,7 +918,7 @@ struct DirFd {
 }
 
 /// At most this many tracee directory fds are held (then the cache starts over).
-const DIR_CACHE_MAX: usize = 1024;
+const DIR_CACHE_MAX: usize = 256;
 
 /// Turns a syscall's number and arguments into the absolute paths it names, reading the
 /// caller's memory and `/proc`; must run while the caller is blocked in the syscall.
