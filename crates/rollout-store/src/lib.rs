@@ -229,8 +229,9 @@ impl Store {
         Ok(d)
     }
 
-    /// Hash many files through the cache (missing files are left out); the cache is updated in
-    /// one transaction after hashing, so no lock is held while reading files.
+    /// Hash many files through the cache (missing paths and what is not a regular file are left
+    /// out); the cache is updated in one transaction after hashing, so no lock is held while
+    /// reading files.
     pub fn hash_files(
         &mut self,
         paths: &[PathBuf],

@@ -298,20 +298,14 @@ fn trace_job(
     duration: f64,
 ) -> Result<Job, StoreError> {
     // Inputs: read and not written by the command, regular files now. Outputs: written and
-    // still regular files.
+    // still regular files. (`hash_files` leaves out what is missing or not a regular file.)
     let inputs: Vec<PathBuf> = t
         .reads
         .iter()
         .filter(|p| !t.writes.contains(*p))
-        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
         .cloned()
         .collect();
-    let outputs: Vec<PathBuf> = t
-        .writes
-        .iter()
-        .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file()))
-        .cloned()
-        .collect();
+    let outputs: Vec<PathBuf> = t.writes.iter().cloned().collect();
     let inputs = file_refs(store.hash_files(&inputs, config.sha256)?);
     let outputs = file_refs(store.hash_files(&outputs, config.sha256)?);
     let argv: Vec<String> = args
