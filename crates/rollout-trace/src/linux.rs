@@ -1047,7 +1047,7 @@ impl Resolver {
     fn dir_path(&mut self, pid: pid_t, fd: i32, out: &mut Vec<u8>) -> Option<()> {
         if let Some(d) = self.dirs.get(&(pid, fd)) {
             // SAFETY: kcmp compares the two file descriptions; 0 means the same one.
-            let same = unsafe {
+            let r = unsafe {
                 libc::syscall(
                     libc::SYS_kcmp,
                     pid,
@@ -1056,12 +1056,24 @@ impl Resolver {
                     fd as libc::c_ulong,
                     d.dup.as_raw_fd() as libc::c_ulong,
                 )
-            } == 0;
-            if same {
+            };
+            if r == 0 {
                 out.extend_from_slice(&d.path);
                 return Some(());
             }
-            self.dirs.remove(&(pid, fd));
+            if r < 0
+                && matches!(
+                    io::Error::last_os_error().raw_os_error(),
+                    Some(libc::ENOSYS | libc::EPERM)
+                )
+            {
+                // No kcmp here (a container's seccomp profile, a kernel without it): stop
+                // caching rather than pay for a useless duplicate per lookup.
+                self.dup_ok = false;
+                self.dirs.clear();
+            } else {
+                self.dirs.remove(&(pid, fd));
+            }
         }
         let start = out.len();
         readlink_proc(pid, "fd", fd, out)?;
