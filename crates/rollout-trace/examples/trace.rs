@@ -12,12 +12,13 @@ fn main() {
     match rollout_trace::trace(&opts) {
         Ok(t) => {
             eprintln!(
-                "reads {} writes {} execs {} processes {} stops {} via {}",
+                "reads {} writes {} execs {} processes {} stops {} unresolved {} via {}",
                 t.reads.len(),
                 t.writes.len(),
                 t.execs.len(),
                 t.processes,
                 t.stops,
+                t.unresolved,
                 t.mechanism.as_str()
             );
             std::process::exit(t.exit.status());

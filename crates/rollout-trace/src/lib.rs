@@ -116,6 +116,9 @@ pub struct Trace {
     pub processes: u64,
     /// Syscalls handed to the tracer (a measure of tracing cost).
     pub stops: u64,
+    /// Path arguments the tracer could not read from the caller's memory (a bad pointer, or
+    /// memory access refused): those syscalls are missing from the sets above.
+    pub unresolved: u64,
     /// The mechanism that delivered them.
     pub mechanism: Mechanism,
 }
@@ -220,6 +223,7 @@ mod tests {
         // mechanism is the one used.
         assert_eq!(t.mechanism, mechanism);
         assert!(t.stops > 0, "{t:?}");
+        assert_eq!(t.unresolved, 0, "{t:?}");
         assert_eq!(t.exit, Exit::Code(3));
         assert!(t.reads.contains(&dir.join("in.txt")), "{t:?}");
         assert!(t.writes.contains(&dir.join("out.txt")), "{t:?}");

@@ -491,35 +491,52 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
             // Wait for the tracer to set its options: the fork events and the fallback's
             // SECCOMP_RET_TRACE need them.
             libc::raise(libc::SIGSTOP);
-            if !root_is_root
-                && libc::prctl(
+            // Installing a filter needs CAP_SYS_ADMIN or no_new_privs. Root keeps setuid
+            // programs working when it can; root without CAP_SYS_ADMIN (a container) gets
+            // EACCES and takes no_new_privs too.
+            let no_new_privs = || {
+                libc::prctl(
                     libc::PR_SET_NO_NEW_PRIVS,
                     1 as libc::c_ulong,
                     0 as libc::c_ulong,
                     0 as libc::c_ulong,
                     0 as libc::c_ulong,
-                ) != 0
-            {
-                fail(err_w, 3);
+                ) == 0
+            };
+            let mut nnp = false;
+            if !root_is_root {
+                if !no_new_privs() {
+                    fail(err_w, 3);
+                }
+                nnp = true;
             }
-            let listener = if try_notify {
-                libc::syscall(
+            let mut install = |flags: libc::c_ulong, prog: *const libc::sock_fprog| {
+                let r = libc::syscall(
                     libc::SYS_seccomp,
                     libc::SECCOMP_SET_MODE_FILTER,
-                    libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
-                    &notify_prog as *const libc::sock_fprog,
-                )
+                    flags,
+                    prog,
+                );
+                if r < 0 && !nnp && *libc::__errno_location() == libc::EACCES {
+                    if !no_new_privs() {
+                        fail(err_w, 3);
+                    }
+                    nnp = true;
+                    return libc::syscall(
+                        libc::SYS_seccomp,
+                        libc::SECCOMP_SET_MODE_FILTER,
+                        flags,
+                        prog,
+                    );
+                }
+                r
+            };
+            let listener = if try_notify {
+                install(libc::SECCOMP_FILTER_FLAG_NEW_LISTENER, &notify_prog)
             } else {
                 -1
             };
-            if listener < 0
-                && libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    0 as libc::c_ulong,
-                    &trace_prog as *const libc::sock_fprog,
-                ) != 0
-            {
+            if listener < 0 && install(0, &trace_prog) != 0 {
                 fail(err_w, 4);
             }
             let byte = if listener >= 0 {
@@ -767,6 +784,7 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         removed,
         execs,
         stops,
+        resolver,
         ..
     } = tracer;
     let sorted = |s: HashSet<PathBuf>| s.into_iter().collect::<BTreeSet<_>>();
@@ -779,6 +797,7 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         execs: sorted(execs),
         processes,
         stops,
+        unresolved: resolver.unresolved,
         mechanism,
     })
 }
@@ -929,6 +948,13 @@ struct Resolver {
     /// Directory fds per (pid, fd), checked with kcmp before use.
     dirs: HashMap<(pid_t, i32), DirFd>,
     pidfds: HashMap<pid_t, OwnedFd>,
+    /// `/proc/<pid>/mem` per pid, used where `process_vm_readv` is refused.
+    mems: HashMap<pid_t, OwnedFd>,
+    /// `process_vm_readv` works here (Docker's default seccomp profile refuses it without
+    /// CAP_SYS_PTRACE; reading `/proc/<pid>/mem` is then allowed).
+    vm_ok: bool,
+    /// Path arguments that could not be read from the caller's memory.
+    unresolved: u64,
     /// pidfd_getfd and kcmp work here (Linux ≥ 5.6 with kcmp); else every dirfd is a readlink.
     dup_ok: bool,
     me: pid_t,
@@ -942,6 +968,9 @@ impl Resolver {
             cwd: HashMap::new(),
             dirs: HashMap::new(),
             pidfds: HashMap::new(),
+            mems: HashMap::new(),
+            vm_ok: true,
+            unresolved: 0,
             dup_ok: true,
             // SAFETY: getpid cannot fail.
             me: unsafe { libc::getpid() },
@@ -958,6 +987,7 @@ impl Resolver {
         for p in &pids {
             self.cwd.remove(p);
             self.pidfds.remove(p);
+            self.mems.remove(p);
         }
         self.dirs.retain(|(p, _), _| !pids.contains(p));
     }
@@ -971,7 +1001,12 @@ impl Resolver {
             OPEN => self.open(pid, AT_FDCWD, a[0], a[1]),
             OPENAT => self.open(pid, a[0] as i32, a[1], a[2]),
             OPENAT2 => {
-                let flags = read_u64(pid, a[2])?;
+                let mut flags = [0u8; 8];
+                if self.read_mem(pid, a[2], &mut flags) != 8 {
+                    self.unresolved += 1;
+                    return None;
+                }
+                let flags = u64::from_ne_bytes(flags);
                 self.open(pid, a[0] as i32, a[1], flags)
             }
             CREAT | TRUNCATE => one(self, AT_FDCWD, a[0], Op::Write),
@@ -1021,7 +1056,10 @@ impl Resolver {
 
     /// The absolute, normalised path a syscall argument names, or None when it cannot be read.
     fn resolve(&mut self, pid: pid_t, dirfd: i32, addr: u64) -> Option<PathBuf> {
-        let n = read_cstr(pid, addr, &mut self.buf)?;
+        let Some(n) = self.read_cstr(pid, addr) else {
+            self.unresolved += 1;
+            return None;
+        };
         if n == 0 {
             return None;
         }
@@ -1135,6 +1173,96 @@ impl Resolver {
     }
 }
 
+impl Resolver {
+    /// Read the tracee's memory at `addr` into `buf`: the number of bytes read, or -1.
+    fn read_mem(&mut self, pid: pid_t, addr: u64, buf: &mut [u8]) -> isize {
+        if self.vm_ok {
+            let local = libc::iovec {
+                iov_base: buf.as_mut_ptr() as *mut c_void,
+                iov_len: buf.len(),
+            };
+            let remote = libc::iovec {
+                iov_base: addr as *mut c_void,
+                iov_len: buf.len(),
+            };
+            // SAFETY: `local` is `buf`, writable for its length.
+            let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+            if n >= 0 {
+                return n;
+            }
+            match io::Error::last_os_error().raw_os_error() {
+                Some(libc::EPERM | libc::ENOSYS) => self.vm_ok = false,
+                _ => return -1,
+            }
+        }
+        // A cached fd reads the memory of the program the pid ran when it was opened: after
+        // an exec it fails, and a fresh one is opened.
+        for fresh in [false, true] {
+            if fresh {
+                self.mems.remove(&pid);
+            }
+            let fd = match self.mems.get(&pid) {
+                Some(fd) => fd.as_raw_fd(),
+                None => {
+                    let Ok(path) = CString::new(format!("/proc/{pid}/mem")) else {
+                        return -1;
+                    };
+                    // SAFETY: open returns a new fd or -1.
+                    let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+                    if fd < 0 {
+                        return -1;
+                    }
+                    if self.mems.len() >= DIR_CACHE_MAX {
+                        self.mems.clear();
+                    }
+                    // SAFETY: a fresh fd we own.
+                    self.mems.insert(pid, unsafe { OwnedFd::from_raw_fd(fd) });
+                    fd
+                }
+            };
+            // SAFETY: pread into `buf`, writable for its length.
+            let n = unsafe {
+                libc::pread(
+                    fd,
+                    buf.as_mut_ptr() as *mut c_void,
+                    buf.len(),
+                    addr as libc::off_t,
+                )
+            };
+            if n > 0 {
+                return n;
+            }
+        }
+        -1
+    }
+
+    /// Read a NUL-terminated string from the tracee into `self.buf` (PATH_MAX + 1 bytes) and
+    /// return its length. Reads 256 bytes at a time, never across a page boundary in one call
+    /// (a string may end right before an unmapped page).
+    fn read_cstr(&mut self, pid: pid_t, mut addr: u64) -> Option<usize> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let mut len = 0;
+        let mut found = None;
+        while len < PATH_MAX {
+            let page_left = 4096 - (addr as usize % 4096);
+            let want = page_left.min(256).min(PATH_MAX + 1 - len);
+            let n = self.read_mem(pid, addr, &mut buf[len..len + want]);
+            if n <= 0 {
+                break;
+            }
+            let n = n as usize;
+            if let Some(z) = buf[len..len + n].iter().position(|&b| b == 0) {
+                found = Some(len + z);
+                break;
+            }
+            len += n;
+            addr += n as u64;
+        }
+        self.buf = buf;
+        found
+    }
+}
+
 /// `kcmp` type: compare two file descriptions.
 const KCMP_FILE: libc::c_ulong = 0;
 
@@ -1186,49 +1314,4 @@ fn normalize_bytes(p: Vec<u8>) -> PathBuf {
     } else {
         normalize(Path::new(OsStr::from_bytes(&p)))
     }
-}
-
-/// Read a NUL-terminated string from the tracee into `buf` (PATH_MAX + 1 bytes) and return its
-/// length. Reads 256 bytes at a time, never across a page boundary in one call (a string may end
-/// right before an unmapped page).
-fn read_cstr(pid: pid_t, mut addr: u64, buf: &mut [u8]) -> Option<usize> {
-    let mut len = 0;
-    while len < PATH_MAX {
-        let page_left = 4096 - (addr as usize % 4096);
-        let want = page_left.min(256).min(PATH_MAX + 1 - len);
-        let local = libc::iovec {
-            iov_base: buf[len..].as_mut_ptr() as *mut c_void,
-            iov_len: want,
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut c_void,
-            iov_len: want,
-        };
-        // SAFETY: local points into buf with `want` bytes available.
-        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-        if n <= 0 {
-            return None;
-        }
-        let n = n as usize;
-        if let Some(z) = buf[len..len + n].iter().position(|&b| b == 0) {
-            return Some(len + z);
-        }
-        len += n;
-        addr += n as u64;
-    }
-    None
-}
-
-fn read_u64(pid: pid_t, addr: u64) -> Option<u64> {
-    let mut v = 0u64;
-    let local = libc::iovec {
-        iov_base: &mut v as *mut u64 as *mut c_void,
-        iov_len: 8,
-    };
-    let remote = libc::iovec {
-        iov_base: addr as *mut c_void,
-        iov_len: 8,
-    };
-    let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
-    (n == 8).then_some(v)
 }

@@ -214,6 +214,12 @@ pub fn trace(args: TraceArgs) -> u8 {
     };
     let duration = t0.elapsed().as_secs_f64();
     let status = t.exit.status();
+    if t.unresolved > 0 {
+        eprintln!(
+            "rollout trace: warning: {} file syscall(s) had a path the tracer could not read, so the record may miss files (inside a container, allow process_vm_readv or /proc/<pid>/mem, e.g. --cap-add SYS_PTRACE)",
+            t.unresolved
+        );
+    }
     if t.timed_out {
         eprintln!(
             "rollout trace: the command ran longer than --timeout {} s and was killed",
@@ -350,6 +356,7 @@ fn trace_job(
             "processes": t.processes,
             "syscall_stops": t.stops,
             "tracer": t.mechanism.as_str(),
+            "unresolved_syscalls": t.unresolved,
             "timed_out": t.timed_out,
             "signal": match t.exit { rollout_trace::Exit::Signal(s) => Some(s), _ => None },
         }),

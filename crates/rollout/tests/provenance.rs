@@ -622,3 +622,41 @@ fn recording_failure_warns_but_never_fails_the_run() {
         text(&out.stderr)
     );
 }
+
+/// `rollout trace` inside a container under Docker's default seccomp profile, without
+/// CAP_SYS_PTRACE: that profile refuses process_vm_readv, pidfd_getfd and kcmp, so the tracer
+/// must read paths through /proc/<pid>/mem and still record the files (before the fallback it
+/// recorded nothing, silently).
+#[test]
+fn tracing_works_in_a_container_under_the_default_seccomp_profile() {
+    require_docker();
+    let bin = env!("CARGO_BIN_EXE_rollout");
+    let script = "mkdir -p /w/d && cd /w && echo hi > d/in.txt \
+        && export ROLLOUT_STORE=/tmp/store/rollout.db \
+        && rollout trace -- sh -c 'cd d && cat in.txt | tr a-z A-Z > out.txt' \
+        && rollout lineage d/out.txt --json";
+    let out = Command::new("timeout")
+        .args([
+            "300",
+            "docker",
+            "run",
+            "--rm",
+            "--label",
+            "io.rollout.test=provenance",
+        ])
+        .arg("-v")
+        .arg(format!("{bin}:/usr/local/bin/rollout:ro"))
+        .args(["debian:bookworm-slim", "sh", "-c", script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("1 input(s), 1 output(s)"),
+        "the traced job records in.txt -> out.txt: {stderr}"
+    );
+    assert!(!stderr.contains("warning"), "{stderr}");
+    let lineage: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert!(lineage.to_string().contains("/w/d/in.txt"), "{lineage}");
+}
