@@ -142,7 +142,14 @@ pub fn run(file: &Path, args: &RunArgs) -> u8 {
         exp.id,
         plan.job_dir.display()
     );
-    let sink = match ExperimentSink::new(&exp, &plan) {
+    execute(&exp, plan, args.json, ca_bundle)
+}
+
+/// Run the plan (a new run's, or the rest of a resumed one) with the experiment layout written
+/// beside it; an error writing the layout makes the exit status at least
+/// [`exit::TRIAL_ERRORS`].
+pub fn execute(exp: &Experiment, plan: JobPlan, json: bool, ca_bundle: Option<Vec<u8>>) -> u8 {
+    let sink = match ExperimentSink::new(exp, &plan) {
         Ok(s) => Arc::new(s),
         Err(e) => {
             eprintln!(
@@ -152,17 +159,6 @@ pub fn run(file: &Path, args: &RunArgs) -> u8 {
             return exit::TRIAL_ERRORS;
         }
     };
-    execute_with(plan, args.json, ca_bundle, sink)
-}
-
-/// Run the plan with the experiment layout written beside it; an error writing the layout
-/// makes the exit status at least [`exit::TRIAL_ERRORS`].
-pub fn execute_with(
-    plan: JobPlan,
-    json: bool,
-    ca_bundle: Option<Vec<u8>>,
-    sink: Arc<ExperimentSink>,
-) -> u8 {
     crate::run::execute(plan, json, ca_bundle, vec![sink.clone()]).max(if sink.error().is_some() {
         exit::TRIAL_ERRORS
     } else {

@@ -327,34 +327,25 @@ pub fn resume(args: crate::cli::ResumeArgs) -> u8 {
         Ok(t) => t,
         Err(code) => return code,
     };
-    match resume_plan(dir, config, tasks, args.retry_errors) {
-        Ok(plan) => match crate::ca::bundle(&args.ca_certs) {
-            // An experiment run goes on writing the seed's layout.
-            Ok(bundle) => match crate::experiment::load_run(dir) {
-                None => execute(plan, args.json, bundle, Vec::new()),
-                Some(Err(e)) => {
-                    eprintln!("error: {e}");
-                    exit::USAGE
-                }
-                Some(Ok(exp)) => match crate::experiment::ExperimentSink::new(&exp, &plan) {
-                    Ok(sink) => {
-                        crate::experiment::execute_with(plan, args.json, bundle, Arc::new(sink))
-                    }
-                    Err(e) => {
-                        eprintln!(
-                            "error: writing {}: {e}",
-                            dir.join(crate::experiment::TRIAL_INDEX).display()
-                        );
-                        exit::TRIAL_ERRORS
-                    }
-                },
-            },
-            Err(e) => {
-                eprintln!("error: {e}");
-                exit::USAGE
-            }
-        },
+    let plan = match resume_plan(dir, config, tasks, args.retry_errors) {
+        Ok(p) => p,
         Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    let bundle = match crate::ca::bundle(&args.ca_certs) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::USAGE;
+        }
+    };
+    // An experiment run goes on writing the seed's layout.
+    match crate::experiment::load_run(dir) {
+        None => execute(plan, args.json, bundle, Vec::new()),
+        Some(Ok(exp)) => crate::experiment::execute(&exp, plan, args.json, bundle),
+        Some(Err(e)) => {
             eprintln!("error: {e}");
             exit::USAGE
         }
