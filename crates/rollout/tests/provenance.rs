@@ -419,23 +419,10 @@ async fn bundles(State(r): State<Received>, Json(body): Json<Value>) -> StatusCo
 }
 
 fn serve(r: Received) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let app = Router::new()
-                .route("/api/v1/bundles", post(bundles))
-                .with_state(r);
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            axum::serve(listener, app).await.unwrap();
-        });
-    });
-    format!("http://{addr}")
+    let app = Router::new()
+        .route("/api/v1/bundles", post(bundles))
+        .with_state(r);
+    format!("http://{}", common::fake_llm::serve_router(app))
 }
 
 #[test]

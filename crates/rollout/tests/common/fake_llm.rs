@@ -50,6 +50,15 @@ async fn chat(State(s): State<Script>, Json(body): Json<Value>) -> Response {
 
 /// Start the server on a free loopback port; returns its base URL (`http://127.0.0.1:N/v1`).
 pub fn serve(script: Script) -> String {
+    let app = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .with_state(script);
+    format!("http://{}/v1", serve_router(app))
+}
+
+/// Serve `app` on a free loopback port from a thread of its own (for as long as the test
+/// process lives); returns the address.
+pub fn serve_router(app: Router) -> std::net::SocketAddr {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let addr = listener.local_addr().unwrap();
@@ -59,14 +68,11 @@ pub fn serve(script: Script) -> String {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let app = Router::new()
-                .route("/v1/chat/completions", post(chat))
-                .with_state(script);
             let listener = tokio::net::TcpListener::from_std(listener).unwrap();
             axum::serve(listener, app).await.unwrap();
         });
     });
-    format!("http://{addr}/v1")
+    addr
 }
 
 /// A reply calling one tool.
