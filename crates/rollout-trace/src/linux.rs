@@ -936,8 +936,9 @@ struct DirFd {
     path: Vec<u8>,
 }
 
-/// At most this many tracee directory fds are held (then the cache starts over).
-const DIR_CACHE_MAX: usize = 256;
+/// At most this many fds are held per cache (tracee directories, `/proc/<pid>/mem`); a full
+/// cache starts over.
+const FD_CACHE_MAX: usize = 256;
 
 /// Turns a syscall's number and arguments into the absolute paths it names, reading the
 /// caller's memory and `/proc`; must run while the caller is blocked in the syscall.
@@ -1123,7 +1124,7 @@ impl Resolver {
         if self.dup_ok {
             match self.dup_dir(pid, fd) {
                 Ok(Some(dup)) => {
-                    if self.dirs.len() >= DIR_CACHE_MAX {
+                    if self.dirs.len() >= FD_CACHE_MAX {
                         self.dirs.clear();
                     }
                     let path = out[start..].to_vec();
@@ -1212,7 +1213,7 @@ impl Resolver {
                     if fd < 0 {
                         return -1;
                     }
-                    if self.mems.len() >= DIR_CACHE_MAX {
+                    if self.mems.len() >= FD_CACHE_MAX {
                         self.mems.clear();
                     }
                     // SAFETY: a fresh fd we own.
