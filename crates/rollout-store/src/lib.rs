@@ -239,23 +239,15 @@ impl Store {
     ) -> Result<Vec<(PathBuf, FileDigest)>> {
         let mut out = Vec::with_capacity(paths.len());
         let mut updates = Vec::new();
-        {
-            // One read transaction for all the cache lookups: a lock and a WAL check once,
-            // not per file.
-            let read = self.conn.unchecked_transaction();
-            let read = self.sql(read)?;
-            for p in paths {
-                match self.digest_with_cache(p, sha256) {
-                    Ok((d, u)) => {
-                        out.push((p.clone(), d));
-                        updates.extend(u);
-                    }
-                    Err(StoreError::Hash { .. }) => {}
-                    Err(e) => return Err(e),
+        for p in paths {
+            match self.digest_with_cache(p, sha256) {
+                Ok((d, u)) => {
+                    out.push((p.clone(), d));
+                    updates.extend(u);
                 }
+                Err(StoreError::Hash { .. }) => {}
+                Err(e) => return Err(e),
             }
-            let r = read.finish();
-            self.sql(r)?;
         }
         self.write_cache(&updates)?;
         Ok(out)
