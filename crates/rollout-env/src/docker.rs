@@ -782,7 +782,7 @@ fn transient(e: &BollardError) -> bool {
 
 /// Run an idempotent engine call, retrying transient errors with exponential backoff
 /// (4 tries: 0.1, 0.2, 0.4 s apart).
-async fn retried<T, F, Fut>(mut call: F) -> Result<T, BollardError>
+pub(crate) async fn retried<T, F, Fut>(mut call: F) -> Result<T, BollardError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, BollardError>>,
@@ -802,7 +802,7 @@ where
     }
 }
 
-fn force_remove() -> RemoveContainerOptions {
+pub(crate) fn force_remove() -> RemoveContainerOptions {
     RemoveContainerOptions {
         force: true,
         v: true,
@@ -810,7 +810,7 @@ fn force_remove() -> RemoveContainerOptions {
     }
 }
 
-fn is_not_found(e: &BollardError) -> bool {
+pub(crate) fn is_not_found(e: &BollardError) -> bool {
     matches!(
         e,
         BollardError::DockerResponseServerError {

@@ -2,11 +2,10 @@
 //! process is gone (crashes, preserved environments), dangling build images, and on request the
 //! environment images themselves (which are otherwise kept: they are the build cache).
 
-use crate::docker::DockerProvider;
+use crate::docker::{force_remove, is_not_found, retried, DockerProvider};
 use crate::EnvError;
 use bollard::query_parameters::{
-    ListContainersOptions, ListImagesOptions, PruneImagesOptions, RemoveContainerOptions,
-    RemoveImageOptions,
+    ListContainersOptions, ListImagesOptions, PruneImagesOptions, RemoveImageOptions,
 };
 use rollout_core::labels;
 use std::collections::HashMap;
@@ -83,18 +82,13 @@ impl DockerProvider {
                 error: None,
             };
             if !opts.dry_run {
-                match docker
-                    .remove_container(
-                        &id,
-                        Some(RemoveContainerOptions {
-                            force: true,
-                            v: true,
-                            ..Default::default()
-                        }),
-                    )
-                    .await
-                {
+                // `retried`: a 409 "removal already in progress" (another gc, or the owner
+                // finishing) is retried until the container is gone.
+                match retried(|| docker.remove_container(&id, Some(force_remove()))).await {
                     Ok(()) => item.removed = true,
+                    // Gone between the listing and now: its owner removed it as it finished
+                    // (the listing is a snapshot, the owner check comes later). Not garbage.
+                    Err(e) if is_not_found(&e) => continue,
                     Err(e) => item.error = Some(e.to_string()),
                 }
             }
@@ -177,6 +171,8 @@ impl DockerProvider {
                         .await
                     {
                         Ok(_) => item.removed = true,
+                        // Removed meanwhile by another `rollout gc` or by hand.
+                        Err(e) if is_not_found(&e) => continue,
                         Err(e) => item.error = Some(e.to_string()),
                     }
                 }

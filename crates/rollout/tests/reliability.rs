@@ -444,3 +444,59 @@ fn preserved_environments_are_left_for_gc() {
     );
     assert_eq!(job_containers(&job_id), 0);
 }
+
+#[test]
+fn two_gc_runs_at_once_both_succeed() {
+    // Each `rollout gc` lists the orphans, then removes them one by one; whichever comes second
+    // finds some already removed by the first. That is not a failure: the container is gone.
+    require_docker();
+    let job = format!("gc-race-{}", std::process::id());
+    for _ in 0..6 {
+        let out = Command::new("docker")
+            .args([
+                "create",
+                "--label",
+                "io.rollout.managed=true",
+                "--label",
+                &format!("io.rollout.job={job}"),
+                "debian:bookworm-slim",
+                "true",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(job_containers(&job), 6);
+    let gcs: Vec<Child> = (0..2)
+        .map(|_| {
+            rollout_cmd()
+                .arg("gc")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut listed = 0;
+    for gc in gcs {
+        let out = gc.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!stdout.contains("not removed"), "{stdout}");
+        listed += stdout.matches(job.as_str()).count();
+    }
+    assert_eq!(job_containers(&job), 0);
+    assert!(
+        (6..=12).contains(&listed),
+        "each orphan is reported as removed by at least one of the two runs ({listed})"
+    );
+}
