@@ -265,6 +265,26 @@ async fn submit(
     )
 }
 
+/// The server's Prometheus text.
+async fn metrics(server: &Server) -> String {
+    client()
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// `metrics` holds the sample line `line` (name and value) exactly.
+fn assert_metric(metrics: &str, line: &str) {
+    assert!(
+        metrics.lines().any(|l| l == line),
+        "no line `{line}` in the metrics:\n{metrics}"
+    );
+}
+
 async fn get(server: &Server, path: &str) -> Value {
     let resp = client().get(server.url(path)).send().await.unwrap();
     assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
@@ -456,30 +476,11 @@ async fn seed_client_flow_streams_events_and_reports_results() {
         .unwrap()
         .iter()
         .any(|b| b["batch_id"] == id.as_str() && b["status"] == "completed"));
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("rollout_serve_tasks_passed 1\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("rollout_serve_tasks_failed 1\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("rollout_serve_batches_completed 1\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("rollout_serve_task_duration_seconds_count 2\n"),
-        "{metrics}"
-    );
+    let metrics = metrics(&server).await;
+    assert_metric(&metrics, "rollout_serve_tasks_passed 1");
+    assert_metric(&metrics, "rollout_serve_tasks_failed 1");
+    assert_metric(&metrics, "rollout_serve_batches_completed 1");
+    assert_metric(&metrics, "rollout_serve_task_duration_seconds_count 2");
     let status = get(&server, "/status").await;
     assert_eq!(status["total_batches"], 1);
     assert_eq!(status["tasks_passed"], 1);
@@ -575,18 +576,8 @@ async fn authentication_refuses_missing_bad_replayed_and_unlisted_credentials() 
             .as_u16(),
         200
     );
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("rollout_serve_auth_failures_total 6\n"),
-        "{metrics}"
-    );
+    let metrics = metrics(&server).await;
+    assert_metric(&metrics, "rollout_serve_auth_failures_total 6");
 
     // Token mode: hashes only on the server.
     let token = "tok-3f9a1c77e2";
@@ -721,18 +712,8 @@ async fn oversized_and_hostile_archives_are_refused_and_leave_nothing() {
     let runs: Vec<_> = std::fs::read_dir(data.join("runs")).unwrap().collect();
     assert!(runs.is_empty(), "{runs:?}");
     assert_eq!(get(&server, "/batches").await, json!([]));
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("rollout_serve_submissions_rejected_total 6\n"),
-        "{metrics}"
-    );
+    let metrics = metrics(&server).await;
+    assert_metric(&metrics, "rollout_serve_submissions_rejected_total 6");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -863,22 +844,9 @@ async fn concurrent_batches_queue_beyond_the_limit_and_cancel_cleans_up() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 409);
-    let metrics = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("rollout_serve_batches_cancelled 1\n"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("rollout_serve_batches_completed 2\n"),
-        "{metrics}"
-    );
+    let metrics = metrics(&server).await;
+    assert_metric(&metrics, "rollout_serve_batches_cancelled 1");
+    assert_metric(&metrics, "rollout_serve_batches_completed 2");
 }
 
 /// A tar.gz of the hello-world example as `tasks/hello-world`.
