@@ -9,6 +9,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// `rollout gc` removes every container whose rollout process is gone, engine-wide. The tests
+/// that run it and the tests that leave such containers on purpose take this lock, so that one
+/// does not collect what another is about to check.
+fn orphan_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn spawn_run(args: &[&str], jobs: &Path) -> Child {
     require_docker();
     rollout_cmd()
@@ -52,6 +60,7 @@ fn results_in(job: &Path) -> Vec<(String, Value)> {
 
 #[test]
 fn kill_9_then_resume_completes_every_trial_exactly_once() {
+    let _orphans = orphan_lock();
     let tmp = tempfile::tempdir().unwrap();
     let job = tmp.path().join("job");
     let (hello, slow) = (example("hello-world"), fixture("slow-solve"));
@@ -388,6 +397,7 @@ fn fork_bomb_ends_the_trial_not_the_job() {
 
 #[test]
 fn preserved_environments_are_left_for_gc() {
+    let _orphans = orphan_lock();
     require_docker();
     let tmp = tempfile::tempdir().unwrap();
     let job_file = tmp.path().join("job.yaml");
@@ -447,6 +457,7 @@ fn preserved_environments_are_left_for_gc() {
 
 #[test]
 fn two_gc_runs_at_once_both_succeed() {
+    let _orphans = orphan_lock();
     // Each `rollout gc` lists the orphans, then removes them one by one; whichever comes second
     // finds some already removed by the first. That is not a failure: the container is gone.
     require_docker();
