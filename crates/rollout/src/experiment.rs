@@ -115,19 +115,16 @@ pub fn run(file: &Path, args: &RunArgs) -> u8 {
         let _ = std::fs::remove_dir_all(&run_dir);
         return exit::USAGE;
     }
-    let tasks = match crate::run::load_tasks(&mut config, &args.ca_certs) {
+    let ca_bundle = match crate::ca::bundle_or_exit(&args.ca_certs) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let tasks = match crate::run::load_tasks(&mut config, ca_bundle.clone()) {
         Ok(t) => t,
         Err(code) => return code,
     };
     let plan = match JobPlan::new(config, tasks) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
-    let ca_bundle = match crate::ca::bundle(&args.ca_certs) {
-        Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;

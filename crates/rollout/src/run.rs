@@ -20,19 +20,18 @@ use tokio_util::sync::CancellationToken;
 
 /// Load every task of the job from its sources; archive agents become the default agent.
 /// Errors are printed; the error value is the exit status.
+/// `ca_bundle` is the one the environments get; archive tasks' build steps trust it too.
 pub(crate) fn load_tasks(
     config: &mut JobConfig,
-    ca_certs: &crate::ca::CaCerts,
+    ca_bundle: Option<Vec<u8>>,
 ) -> Result<Vec<rollout_core::Task>, u8> {
-    // The same CAs as the environments get, for the build steps of archive tasks.
-    let ca = crate::ca::bundle(ca_certs).ok().flatten();
     let opts = SourceOptions {
         git: GitCache::new(GitCache::default_root()),
         parallel_clones: 4,
         archives: config.archives.clone(),
         executor: ExecutorOptions {
             base_image: config.executor_image.clone(),
-            ca_bundle: ca,
+            ca_bundle,
             ..Default::default()
         },
     };
@@ -242,7 +241,11 @@ pub fn main(args: RunArgs) -> u8 {
     if !args.no_preflight && !crate::preflight::gate(&config, Vec::new()) {
         return exit::USAGE;
     }
-    let tasks = match load_tasks(&mut config, &args.ca_certs) {
+    let ca_bundle = match crate::ca::bundle_or_exit(&args.ca_certs) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let tasks = match load_tasks(&mut config, ca_bundle.clone()) {
         Ok(t) => t,
         Err(code) => return code,
     };
@@ -297,13 +300,6 @@ pub fn main(args: RunArgs) -> u8 {
             }
         },
     };
-    let ca_bundle = match crate::ca::bundle(&args.ca_certs) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
     execute(plan, args.json, ca_bundle, Vec::new())
 }
 
@@ -323,19 +319,16 @@ pub fn resume(args: crate::cli::ResumeArgs) -> u8 {
     if let Some(n) = args.n_concurrent {
         config.n_concurrent_trials = Some(n.max(1));
     }
-    let tasks = match load_tasks(&mut config, &args.ca_certs) {
+    let bundle = match crate::ca::bundle_or_exit(&args.ca_certs) {
+        Ok(b) => b,
+        Err(code) => return code,
+    };
+    let tasks = match load_tasks(&mut config, bundle.clone()) {
         Ok(t) => t,
         Err(code) => return code,
     };
     let plan = match resume_plan(dir, config, tasks, args.retry_errors) {
         Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
-    let bundle = match crate::ca::bundle(&args.ca_certs) {
-        Ok(b) => b,
         Err(e) => {
             eprintln!("error: {e}");
             return exit::USAGE;

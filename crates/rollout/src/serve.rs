@@ -175,12 +175,9 @@ async fn serve(args: ServeArgs) -> u8 {
     } else {
         Some(crate::prov_cmd::store_flag().unwrap_or_else(|| config.data_dir.join("rollout.db")))
     };
-    config.ca_bundle = match crate::ca::bundle(&args.ca_certs) {
+    config.ca_bundle = match crate::ca::bundle_or_exit(&args.ca_certs) {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
+        Err(code) => return code,
     };
     let provider: Arc<dyn Provider> = match DockerProvider::connect(EngineLimits::default()).await {
         Ok(p) => Arc::new(p),
