@@ -22,6 +22,14 @@ pub struct TaskConfig {
     pub agent: AgentConfig,
     /// `[environment]`.
     pub environment: EnvironmentConfig,
+    /// `[solution] env`: environment of the oracle's `solve.sh`.
+    pub solution_env: BTreeMap<String, String>,
+    /// Top-level `artifacts`: paths collected from the environment at the end of the trial.
+    pub artifacts: Vec<ArtifactSpec>,
+    /// `[[steps]]` of a multi-step task (Harbor schema ≥ 1.1); empty for a single-step task.
+    pub steps: Vec<StepConfig>,
+    /// `multi_step_reward_strategy`: how step rewards become the trial's (default mean).
+    pub multi_step_reward_strategy: Option<MultiStepRewardStrategy>,
     /// Keys rollout does not interpret, by dotted path, kept verbatim (e.g. Harbor's `solution`).
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -96,6 +104,103 @@ pub struct EnvironmentConfig {
     pub workdir: Option<String>,
     /// Wait for this check to pass before the agent starts.
     pub healthcheck: Option<Healthcheck>,
+    /// GPUs the environment needs (0 = none).
+    pub gpus: u32,
+    /// Acceptable GPU models (empty = any).
+    pub gpu_types: Vec<String>,
+    /// `[[environment.mcp_servers]]`: MCP tool servers offered to the agent.
+    pub mcp_servers: Vec<McpServerConfig>,
+    /// `skills_dir`: a directory of agent skills inside the environment.
+    pub skills_dir: Option<String>,
+}
+
+/// One `[[environment.mcp_servers]]` entry (Harbor's `MCPServerConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpServerConfig {
+    /// Name the agent knows the server by.
+    pub name: String,
+    /// How to reach it; Harbor's default is `sse`, and `http` means `streamable-http`.
+    #[serde(default)]
+    pub transport: McpTransport,
+    /// Endpoint of the `sse` and `streamable-http` transports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Program of the `stdio` transport.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    /// Arguments of the `stdio` program.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// HTTP headers of the HTTP transports (`${VAR}` references, never literal credentials).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Transport of an MCP server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum McpTransport {
+    Stdio,
+    #[default]
+    Sse,
+    #[serde(alias = "http")]
+    StreamableHttp,
+}
+
+/// An artifact to collect: a path in the environment (Harbor's `str | ArtifactConfig`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArtifactSpec {
+    /// Absolute path (file or directory) inside the environment.
+    pub source: String,
+    /// Where under the trial's `artifacts/` it lands (default: derived from `source`).
+    pub destination: Option<String>,
+    /// Patterns left out when `source` is a directory.
+    pub exclude: Vec<String>,
+    /// Compose service to collect from (`None` or `main` = the agent's container).
+    pub service: Option<String>,
+}
+
+/// One `[[steps]]` entry of a multi-step task. Unset timeouts and users fall back to the
+/// task-level `[agent]` / `[verifier]` values.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepConfig {
+    /// Directory name under `steps/`.
+    pub name: String,
+    /// `[steps.agent] timeout_sec`.
+    pub agent_timeout_sec: Option<f64>,
+    /// `[steps.agent] user`.
+    pub agent_user: Option<String>,
+    /// `[steps.verifier] timeout_sec`.
+    pub verifier_timeout_sec: Option<f64>,
+    /// `[steps.verifier] env`, over the task-level verifier env.
+    pub verifier_env: BTreeMap<String, String>,
+    /// `[steps.verifier] user`.
+    pub verifier_user: Option<String>,
+    /// Stop the remaining steps when this step's reward is below it.
+    pub min_reward: Option<MinReward>,
+    /// Checked after this step's setup, before its agent runs.
+    pub healthcheck: Option<Healthcheck>,
+    /// Collected after this step's verification into `steps/<name>/artifacts/`.
+    pub artifacts: Vec<ArtifactSpec>,
+}
+
+/// `min_reward`: a float gates the `reward` key; a table gates each named key.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
+pub enum MinReward {
+    Reward(f64),
+    PerKey(BTreeMap<String, f64>),
+}
+
+/// How a multi-step trial's reward is derived from its steps' rewards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MultiStepRewardStrategy {
+    /// Per-key mean over the steps that were verified (missing keys count 0).
+    #[default]
+    Mean,
+    /// The last step's rewards.
+    Final,
 }
 
 /// `[environment.healthcheck]`, with Docker's semantics: failures during `start_period_sec`
@@ -166,6 +271,77 @@ struct RawTaskConfig {
     agent: RawAgent,
     #[serde(default)]
     environment: RawEnvironment,
+    #[serde(default)]
+    solution: RawSolution,
+    #[serde(default)]
+    artifacts: Vec<RawArtifact>,
+    #[serde(default)]
+    steps: Vec<RawStep>,
+    multi_step_reward_strategy: Option<MultiStepRewardStrategy>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct RawSolution {
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// `"path"` or `{source, destination, exclude, service}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawArtifact {
+    Path(String),
+    Full {
+        source: String,
+        destination: Option<String>,
+        #[serde(default)]
+        exclude: Vec<String>,
+        service: Option<String>,
+    },
+}
+
+impl From<RawArtifact> for ArtifactSpec {
+    fn from(raw: RawArtifact) -> Self {
+        match raw {
+            RawArtifact::Path(source) => ArtifactSpec {
+                source,
+                destination: None,
+                exclude: Vec::new(),
+                service: None,
+            },
+            RawArtifact::Full {
+                source,
+                destination,
+                exclude,
+                service,
+            } => ArtifactSpec {
+                source,
+                destination,
+                exclude,
+                service,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct RawStep {
+    name: String,
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    verifier: RawVerifier,
+    min_reward: Option<RawMinReward>,
+    healthcheck: Option<RawHealthcheck>,
+    #[serde(default)]
+    artifacts: Vec<RawArtifact>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawMinReward {
+    Reward(f64),
+    PerKey(BTreeMap<String, f64>),
 }
 
 /// `version = "1.0"` or `version = 1.0`.
@@ -291,6 +467,12 @@ struct RawEnvironment {
     env: BTreeMap<String, String>,
     workdir: Option<String>,
     healthcheck: Option<RawHealthcheck>,
+    gpus: Option<u32>,
+    #[serde(default)]
+    gpu_types: Vec<String>,
+    #[serde(default)]
+    mcp_servers: Vec<McpServerConfig>,
+    skills_dir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -390,21 +572,18 @@ fn parse_raw(raw: RawTaskConfig) -> Result<TaskConfig, FieldError> {
             ));
         }
     }
-    let healthcheck = env.healthcheck.map(|h| Healthcheck {
-        command: h.command.0,
-        interval_sec: h.interval_sec.map_or(1.0, |s| s.0),
-        timeout_sec: h.timeout_sec.map_or(30.0, |s| s.0),
-        start_period_sec: h.start_period_sec.map_or(0.0, |s| s.0),
-        retries: h.retries.unwrap_or(10),
-    });
-    if let Some(h) = &healthcheck {
-        if h.command.trim().is_empty() {
-            return Err((
-                "environment.healthcheck.command".into(),
-                "expected a non-empty command".into(),
-            ));
-        }
+    let healthcheck = env
+        .healthcheck
+        .map(|h| healthcheck_of(h, "environment.healthcheck"))
+        .transpose()?;
+    for (i, server) in env.mcp_servers.iter().enumerate() {
+        check_mcp_server(server).map_err(|msg| (format!("environment.mcp_servers[{i}]"), msg))?;
     }
+    let mut steps = Vec::with_capacity(raw.steps.len());
+    for (i, step) in raw.steps.into_iter().enumerate() {
+        steps.push(step_of(step, i, &steps)?);
+    }
+    check_artifacts(&raw.artifacts, "artifacts")?;
     Ok(TaskConfig {
         version,
         source: raw.source,
@@ -431,8 +610,130 @@ fn parse_raw(raw: RawTaskConfig) -> Result<TaskConfig, FieldError> {
             env: env.env,
             workdir: env.workdir,
             healthcheck,
+            gpus: env.gpus.unwrap_or(0),
+            gpu_types: env.gpu_types,
+            mcp_servers: env.mcp_servers,
+            skills_dir: env.skills_dir,
         },
+        solution_env: raw.solution.env,
+        artifacts: raw.artifacts.into_iter().map(ArtifactSpec::from).collect(),
+        steps,
+        multi_step_reward_strategy: raw.multi_step_reward_strategy,
         extra: BTreeMap::new(),
+    })
+}
+
+fn healthcheck_of(h: RawHealthcheck, field: &str) -> Result<Healthcheck, FieldError> {
+    if h.command.0.trim().is_empty() {
+        return Err((
+            format!("{field}.command"),
+            "expected a non-empty command".into(),
+        ));
+    }
+    Ok(Healthcheck {
+        command: h.command.0,
+        interval_sec: h.interval_sec.map_or(1.0, |s| s.0),
+        timeout_sec: h.timeout_sec.map_or(30.0, |s| s.0),
+        start_period_sec: h.start_period_sec.map_or(0.0, |s| s.0),
+        retries: h.retries.unwrap_or(10),
+    })
+}
+
+/// Harbor's transport rules: a URL for the HTTP transports, a command for stdio.
+fn check_mcp_server(server: &McpServerConfig) -> Result<(), String> {
+    if server.name.trim().is_empty() {
+        return Err("expected a non-empty `name`".into());
+    }
+    match server.transport {
+        McpTransport::Sse | McpTransport::StreamableHttp if server.url.is_none() => Err(format!(
+            "MCP server {:?}: `url` is required for transport {:?}",
+            server.name,
+            transport_name(server.transport)
+        )),
+        McpTransport::Stdio if server.command.is_none() => Err(format!(
+            "MCP server {:?}: `command` is required for transport \"stdio\"",
+            server.name
+        )),
+        McpTransport::Stdio if !server.headers.is_empty() => Err(format!(
+            "MCP server {:?}: `headers` only apply to the HTTP transports",
+            server.name
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The name Harbor writes for a transport.
+pub fn transport_name(t: McpTransport) -> &'static str {
+    match t {
+        McpTransport::Stdio => "stdio",
+        McpTransport::Sse => "sse",
+        McpTransport::StreamableHttp => "streamable-http",
+    }
+}
+
+/// Artifact sources are container paths that also decide where the copy lands on the host:
+/// no `..` may escape the trial's `artifacts/`.
+fn check_artifacts(list: &[RawArtifact], field: &str) -> Result<(), FieldError> {
+    for (i, a) in list.iter().enumerate() {
+        let (source, destination) = match a {
+            RawArtifact::Path(s) => (s, None),
+            RawArtifact::Full {
+                source,
+                destination,
+                ..
+            } => (source, destination.as_ref()),
+        };
+        for (what, path) in [("source", Some(source)), ("destination", destination)] {
+            let Some(path) = path else { continue };
+            if path.trim().is_empty() || path.split('/').any(|c| c == "..") {
+                return Err((
+                    format!("{field}[{i}]"),
+                    format!("artifact {what} {path:?} must be a non-empty path without `..`"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn step_of(raw: RawStep, i: usize, earlier: &[StepConfig]) -> Result<StepConfig, FieldError> {
+    let field = format!("steps[{i}]");
+    let name = raw.name;
+    let portable = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !portable {
+        return Err((
+            format!("{field}.name"),
+            format!("step name {name:?} must be a portable directory name (letters, digits, `-`, `_`, `.`)"),
+        ));
+    }
+    if earlier.iter().any(|s| s.name.eq_ignore_ascii_case(&name)) {
+        return Err((
+            format!("{field}.name"),
+            format!("step name {name:?} is used twice (names are compared without case)"),
+        ));
+    }
+    check_artifacts(&raw.artifacts, &format!("{field}.artifacts"))?;
+    Ok(StepConfig {
+        name,
+        agent_timeout_sec: raw.agent.timeout_sec.map(|s| s.0),
+        agent_user: raw.agent.user,
+        verifier_timeout_sec: raw.verifier.timeout_sec.map(|s| s.0),
+        verifier_env: raw.verifier.env,
+        verifier_user: raw.verifier.user,
+        min_reward: raw.min_reward.map(|m| match m {
+            RawMinReward::Reward(r) => MinReward::Reward(r),
+            RawMinReward::PerKey(k) => MinReward::PerKey(k),
+        }),
+        healthcheck: raw
+            .healthcheck
+            .map(|h| healthcheck_of(h, &format!("{field}.healthcheck")))
+            .transpose()?,
+        artifacts: raw.artifacts.into_iter().map(ArtifactSpec::from).collect(),
     })
 }
 
@@ -449,8 +750,13 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "verifier",
             "agent",
             "environment",
+            "solution",
+            "artifacts",
+            "steps",
+            "multi_step_reward_strategy",
         ],
     ),
+    ("solution", &["env"]),
     (
         "task",
         &["name", "version", "description", "authors", "keywords"],
@@ -481,6 +787,10 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "env",
             "workdir",
             "healthcheck",
+            "gpus",
+            "gpu_types",
+            "mcp_servers",
+            "skills_dir",
         ],
     ),
     (
@@ -602,7 +912,8 @@ env = { A = "b" }
         assert_eq!(c.environment.cpus, 2.0);
         assert_eq!(c.environment.memory_mb, 4096);
         assert_eq!(c.metadata["difficulty"], "easy");
-        assert_eq!(c.extra["solution"]["env"]["A"], "b");
+        assert_eq!(c.solution_env["A"], "b");
+        assert_eq!(c.unknown_keys().count(), 0);
     }
 
     #[test]
@@ -677,9 +988,9 @@ env = { A = "b" }
 
     #[test]
     fn unknown_keys_are_kept_not_rejected() {
-        let c = parse("custom = 1\n[verifier]\ntimeout = 5\n[environment]\ngpus = 1\n").unwrap();
+        let c = parse("custom = 1\n[verifier]\ntimeout = 5\n[environment]\ngpu = 1\n").unwrap();
         let keys: Vec<_> = c.unknown_keys().collect();
-        assert_eq!(keys, ["custom", "environment.gpus", "verifier.timeout"]);
+        assert_eq!(keys, ["custom", "environment.gpu", "verifier.timeout"]);
         assert_eq!(c.extra["verifier.timeout"], 5);
     }
 
@@ -691,5 +1002,98 @@ env = { A = "b" }
         assert_eq!(parse_size_mb("1.5g"), Some(1536));
         assert_eq!(parse_size_mb("1024"), Some(1024));
         assert_eq!(parse_size_mb("2X"), None);
+    }
+
+    #[test]
+    fn harbor_multi_step_mcp_and_artifact_keys_are_typed() {
+        let c = parse(
+            r#"
+schema_version = "1.1"
+multi_step_reward_strategy = "final"
+artifacts = ["/app/out.txt", { source = "/app/logs", destination = "logs", exclude = ["*.tmp"] }]
+
+[environment]
+gpus = 1
+gpu_types = ["H100"]
+skills_dir = "/skills"
+
+[[environment.mcp_servers]]
+name = "calc"
+transport = "http"
+url = "http://mcp:8000/mcp"
+
+[[environment.mcp_servers]]
+name = "local"
+transport = "stdio"
+command = "python3"
+args = ["-m", "srv"]
+
+[solution.env]
+HINT = "1"
+
+[[steps]]
+name = "write"
+min_reward = 1.0
+artifacts = ["/app/step.txt"]
+[steps.agent]
+timeout_sec = 30
+[steps.verifier]
+env = { MODE = "strict" }
+[steps.healthcheck]
+command = "true"
+
+[[steps]]
+name = "review"
+min_reward = { correctness = 0.5 }
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.unknown_keys().count(), 0, "{:?}", c.extra);
+        assert_eq!(
+            c.multi_step_reward_strategy,
+            Some(MultiStepRewardStrategy::Final)
+        );
+        assert_eq!(c.artifacts.len(), 2);
+        assert_eq!(c.artifacts[1].destination.as_deref(), Some("logs"));
+        assert_eq!(c.environment.gpus, 1);
+        assert_eq!(c.environment.skills_dir.as_deref(), Some("/skills"));
+        assert_eq!(
+            c.environment.mcp_servers[0].transport,
+            McpTransport::StreamableHttp
+        );
+        assert_eq!(c.environment.mcp_servers[1].args, ["-m", "srv"]);
+        assert_eq!(c.solution_env["HINT"], "1");
+        assert_eq!(c.steps.len(), 2);
+        assert_eq!(c.steps[0].agent_timeout_sec, Some(30.0));
+        assert_eq!(c.steps[0].verifier_env["MODE"], "strict");
+        assert_eq!(c.steps[0].min_reward, Some(MinReward::Reward(1.0)));
+        assert!(c.steps[0].healthcheck.is_some());
+        assert_eq!(
+            c.steps[1].min_reward,
+            Some(MinReward::PerKey([("correctness".to_string(), 0.5)].into()))
+        );
+    }
+
+    #[test]
+    fn invalid_steps_mcp_servers_and_artifacts_name_the_field() {
+        for (text, field) in [
+            ("[[steps]]\nname = \"../x\"", "steps[0].name"),
+            (
+                "[[steps]]\nname = \"a\"\n[[steps]]\nname = \"A\"",
+                "steps[1].name",
+            ),
+            (
+                "[[environment.mcp_servers]]\nname = \"m\"\ntransport = \"sse\"",
+                "environment.mcp_servers[0]",
+            ),
+            (
+                "[[environment.mcp_servers]]\nname = \"m\"\ntransport = \"stdio\"",
+                "environment.mcp_servers[0]",
+            ),
+            ("artifacts = [\"/a/../../etc\"]", "artifacts[0]"),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert_eq!(err.field.as_deref(), Some(field), "{text}: {err}");
+        }
     }
 }
