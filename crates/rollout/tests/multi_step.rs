@@ -294,3 +294,46 @@ fn harbor_cookbook_multi_step_recipe_scores_one_with_the_oracle() {
     assert_eq!(t["reward"], 0.0, "{t:#}");
     assert_eq!(step_names(&t), ["scaffold"]);
 }
+
+/// Ctrl-C while step two's agent runs: the trial is cancelled (step two records it, step
+/// three never starts), the exit status is 130 and the container is removed.
+#[test]
+fn sigint_during_a_step_cancels_the_trial_and_removes_its_container() {
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let task = three_step_task(tmp.path(), "hangs-in-two", "");
+    std::fs::write(
+        task.join("steps/two/solution/solve.sh"),
+        "#!/bin/bash\nsleep 600\n",
+    )
+    .unwrap();
+    let child = rollout_cmd()
+        .args(["run", "-p", task.to_str().unwrap(), "-a", "oracle"])
+        .args(["-o", tmp.path().to_str().unwrap(), "--job-name", "job"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = tmp.path().join("job/hangs-in-two__oracle__1/trial.log");
+    wait_for("step two's agent to start", 120, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| {
+            l.split_once("step 2/3 two started")
+                .is_some_and(|(_, after)| after.contains("agent_run started"))
+        })
+    });
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = read_json(&tmp.path().join("job/hangs-in-two__oracle__1/result.json"));
+    assert_eq!(t["error"]["type"], "cancelled", "{t:#}");
+    assert_eq!(step_names(&t), ["one", "two"]);
+    assert_eq!(t["step_results"][1]["error"]["type"], "cancelled");
+    let job = read_json(&tmp.path().join("job/result.json"));
+    assert_no_containers(job["id"].as_str().unwrap());
+}
