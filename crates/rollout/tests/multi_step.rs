@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::fake_llm::{final_answer, serve, tool_call, Script};
 use common::steps_task::{fixed_reward_task, three_step_task};
 use common::*;
 use serde_json::Value;
@@ -336,4 +337,67 @@ fn sigint_during_a_step_cancels_the_trial_and_removes_its_container() {
     assert_eq!(t["step_results"][1]["error"]["type"], "cancelled");
     let job = read_json(&tmp.path().join("job/result.json"));
     assert_no_containers(job["id"].as_str().unwrap());
+}
+
+/// The built-in LLM agent gets each step's instruction as the prompt of a conversation of its
+/// own, in the same environment (scripted OpenAI-compatible server on loopback).
+#[test]
+fn rollout_agent_gets_each_steps_instruction_as_its_prompt() {
+    require_docker();
+    let script = Script::ok(vec![
+        tool_call("c1", "echo one > /app/one.txt"),
+        final_answer("done one"),
+        tool_call("c2", "cp /app/config.txt /app/two.txt"),
+        final_answer("done two"),
+        tool_call("c3", "echo three > /app/three.txt"),
+        final_answer("done three"),
+    ]);
+    let url = serve(script.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let task = three_step_task(tmp.path(), "three-step", "");
+    let out = rollout_cmd()
+        .env("OPENAI_BASE_URL", &url)
+        .env("OPENAI_API_KEY", "test-key")
+        .args(["run", "-p", task.to_str().unwrap()])
+        .args(["-a", "rollout-agent", "-m", "fake-model"])
+        .args(["-o", tmp.path().to_str().unwrap(), "--job-name", "job"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let t = read_json(
+        &tmp.path()
+            .join("job/three-step__rollout-agent__1/result.json"),
+    );
+    assert_eq!(t["reward"], 1.0, "{t:#}");
+    let seen = script.seen();
+    assert_eq!(seen.len(), 6);
+    let prompt = |i: usize| -> String {
+        seen[i]["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "user")
+            .map(|m| m["content"].to_string())
+            .collect()
+    };
+    assert!(prompt(0).contains("Write the word one"), "{}", prompt(0));
+    assert!(prompt(2).contains("Copy /app/config.txt"), "{}", prompt(2));
+    assert!(
+        !prompt(2).contains("Write the word one"),
+        "a fresh conversation per step"
+    );
+    assert!(prompt(4).contains("Write the word three"), "{}", prompt(4));
+    let dir = tmp.path().join("job/three-step__rollout-agent__1");
+    for step in ["one", "two", "three"] {
+        assert!(
+            dir.join(format!("steps/{step}/agent/trajectory.json"))
+                .is_file(),
+            "step {step}"
+        );
+    }
 }
