@@ -82,6 +82,13 @@ pub trait Agent: Send + Sync {
         Vec::new()
     }
 
+    /// Directories to place in the environment before step `step` (0-based) of a multi-step
+    /// task runs; each target is emptied first. The oracle puts the step's solution at
+    /// `/solution`.
+    fn step_files(&self, _task: &Task, _step: usize) -> Vec<AgentFiles> {
+        Vec::new()
+    }
+
     /// Install step; `None` when the agent has nothing to install.
     async fn install(&self, ctx: &AgentContext<'_>) -> Result<Option<CommandOutcome>, AgentError>;
 
@@ -156,6 +163,19 @@ impl Agent for Oracle {
     }
 
     fn check(&self, task: &Task) -> Result<(), String> {
+        if task.is_multi_step() {
+            for step in &task.config.steps {
+                let solve = task.step_solution_dir(&step.name).join("solve.sh");
+                if !solve.is_file() {
+                    return Err(format!(
+                        "the oracle agent needs {} for step {:?}, which does not exist",
+                        solve.display(),
+                        step.name
+                    ));
+                }
+            }
+            return Ok(());
+        }
         if task.solution_dir().join("solve.sh").is_file() {
             Ok(())
         } else {
@@ -167,11 +187,28 @@ impl Agent for Oracle {
     }
 
     fn files(&self, task: &Task) -> Vec<AgentFiles> {
+        if task.is_multi_step() {
+            // Each step brings its own solution (step_files).
+            return Vec::new();
+        }
         vec![AgentFiles {
             target: "/solution".into(),
             source: task.solution_dir(),
             aliases: vec!["/oracle".into()],
         }]
+    }
+
+    fn step_files(&self, task: &Task, step: usize) -> Vec<AgentFiles> {
+        task.config
+            .steps
+            .get(step)
+            .map(|s| AgentFiles {
+                target: "/solution".into(),
+                source: task.step_solution_dir(&s.name),
+                aliases: vec!["/oracle".into()],
+            })
+            .into_iter()
+            .collect()
     }
 
     async fn install(&self, _ctx: &AgentContext<'_>) -> Result<Option<CommandOutcome>, AgentError> {

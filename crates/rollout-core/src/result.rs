@@ -38,6 +38,8 @@ pub struct PhaseTiming {
 pub enum Phase {
     EnvironmentSetup,
     AgentInstall,
+    /// A step of a multi-step task: its `workdir/` upload, `setup.sh` and healthcheck.
+    StepSetup,
     AgentRun,
     Verify,
     Collect,
@@ -49,6 +51,7 @@ impl Phase {
         match self {
             Phase::EnvironmentSetup => "environment_setup",
             Phase::AgentInstall => "agent_install",
+            Phase::StepSetup => "step_setup",
             Phase::AgentRun => "agent_run",
             Phase::Verify => "verify",
             Phase::Collect => "collect",
@@ -151,6 +154,39 @@ pub struct TrialResult {
     /// evidence is kept under `previous-tries/try-<n>/`.
     #[serde(default)]
     pub previous_tries: Vec<TryRecord>,
+    /// One entry per step that started, in order (multi-step tasks only; Harbor's
+    /// `step_results`). The trial's `rewards` derive from them by the task's
+    /// `multi_step_reward_strategy`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_results: Vec<StepResult>,
+}
+
+/// What one step of a multi-step trial did (Harbor's `StepResult`; its `agent_result`,
+/// `verifier_result.rewards`, `exception_info`, `agent_execution` and `verifier` are
+/// `agent_run`, `rewards`, `error` and `phases` here, named like the trial's own fields).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepResult {
+    /// The step's `name` (its directory under `steps/`).
+    pub step_name: String,
+    /// What the step's verifier wrote; absent when it did not run or failed.
+    pub rewards: Option<BTreeMap<String, f64>>,
+    /// The main reward of `rewards`.
+    pub reward: Option<f64>,
+    /// The first error of the step.
+    pub error: Option<ErrorInfo>,
+    /// The step's `workdir/setup.sh`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub setup: Option<CommandOutcome>,
+    pub agent_run: Option<CommandOutcome>,
+    pub verifier: Option<CommandOutcome>,
+    /// Why the remaining steps did not run, when this step stopped the trial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<String>,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub seconds: f64,
+    /// Timing of the step's phases (`step_setup`, `agent_run`, `verify`, `collect`).
+    pub phases: BTreeMap<Phase, PhaseTiming>,
 }
 
 /// One earlier try of a trial.
@@ -374,6 +410,7 @@ mod tests {
             seconds: 0.0,
             phases: BTreeMap::new(),
             previous_tries: Vec::new(),
+            step_results: Vec::new(),
         }
     }
 

@@ -16,8 +16,12 @@ pub struct Task {
     pub dir: PathBuf,
     /// Parsed `task.toml` (defaults when the file is absent).
     pub config: TaskConfig,
-    /// Contents of `instruction.md`.
+    /// Contents of `instruction.md`; empty for a multi-step task (Harbor's convention), whose
+    /// instructions are in [`Task::step_instructions`].
     pub instruction: String,
+    /// Contents of `steps/<name>/instruction.md`, one per `[[steps]]` entry, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub step_instructions: Vec<String>,
     /// BLAKE3 of the whole task directory (hex).
     pub checksum: String,
     /// Name of the dataset the task came from, if any.
@@ -64,13 +68,37 @@ impl Task {
         } else {
             TaskConfig::default()
         };
-        let instruction_path = dir.join("instruction.md");
-        let instruction = std::fs::read_to_string(&instruction_path).map_err(|e| {
-            ConfigError::file(
-                &instruction_path,
-                format!("cannot read the task's instruction: {e}"),
-            )
-        })?;
+        let mut step_instructions = Vec::with_capacity(config.steps.len());
+        for step in &config.steps {
+            let step_dir = dir.join("steps").join(&step.name);
+            if !step_dir.is_dir() {
+                return Err(ConfigError::file(
+                    &step_dir,
+                    format!(
+                        "missing: task.toml declares step {:?}, whose directory steps/{}/ holds its instruction.md and tests",
+                        step.name, step.name
+                    ),
+                ));
+            }
+            let path = step_dir.join("instruction.md");
+            step_instructions.push(std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::file(
+                    &path,
+                    format!("cannot read the instruction of step {:?}: {e}", step.name),
+                )
+            })?);
+        }
+        let instruction = if config.steps.is_empty() {
+            let instruction_path = dir.join("instruction.md");
+            std::fs::read_to_string(&instruction_path).map_err(|e| {
+                ConfigError::file(
+                    &instruction_path,
+                    format!("cannot read the task's instruction: {e}"),
+                )
+            })?
+        } else {
+            String::new()
+        };
         let task = Self {
             name,
             checksum: digest::dir_digest(&dir)
@@ -80,6 +108,7 @@ impl Task {
             dir,
             config,
             instruction,
+            step_instructions,
             dataset: None,
         };
         if let Some(f) = task
@@ -107,6 +136,36 @@ impl Task {
         self.dir.join("solution")
     }
 
+    /// Whether the task declares `[[steps]]` (a multi-step task).
+    pub fn is_multi_step(&self) -> bool {
+        !self.config.steps.is_empty()
+    }
+
+    /// `steps/<name>/`.
+    pub fn step_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("steps").join(name)
+    }
+
+    /// The `solution/` the oracle runs for step `name`: the step's own, else the task's.
+    pub fn step_solution_dir(&self, name: &str) -> PathBuf {
+        let own = self.step_dir(name).join("solution");
+        if own.is_dir() {
+            own
+        } else {
+            self.solution_dir()
+        }
+    }
+
+    /// The `test.sh` step `name` runs: the step's own, else the task's `tests/test.sh`.
+    pub fn step_test_sh(&self, name: &str) -> Option<PathBuf> {
+        [
+            self.step_dir(name).join("tests/test.sh"),
+            self.tests_dir().join("test.sh"),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())
+    }
+
     /// Problems with this task's files, errors first.
     pub fn findings(&self) -> Vec<Finding> {
         let mut out = Vec::new();
@@ -117,15 +176,23 @@ impl Task {
                 message,
             })
         };
-        if self.instruction.trim().is_empty() {
-            error(
-                self.dir.join("instruction.md"),
-                "the instruction is empty: write the prompt for the agent".into(),
-            );
-        }
-        let test_sh = self.tests_dir().join("test.sh");
-        if !test_sh.is_file() {
-            error(test_sh, "missing: every task needs tests/test.sh, which writes /logs/verifier/reward.txt or reward.json".into());
+        if self.is_multi_step() {
+            for f in step_findings(&self.dir, &self.config) {
+                if f.severity == Severity::Error {
+                    error(f.path, f.message);
+                }
+            }
+        } else {
+            if self.instruction.trim().is_empty() {
+                error(
+                    self.dir.join("instruction.md"),
+                    "the instruction is empty: write the prompt for the agent".into(),
+                );
+            }
+            let test_sh = self.tests_dir().join("test.sh");
+            if !test_sh.is_file() {
+                error(test_sh, "missing: every task needs tests/test.sh, which writes /logs/verifier/reward.txt or reward.json".into());
+            }
         }
         let env_dir = self.environment_dir();
         if self.config.environment.docker_image.is_none() {
@@ -158,7 +225,13 @@ impl Task {
                 });
             }
         }
-        if !self.solution_dir().join("solve.sh").is_file() {
+        if self.is_multi_step() {
+            out.extend(
+                step_findings(&self.dir, &self.config)
+                    .into_iter()
+                    .filter(|f| f.severity == Severity::Warning),
+            );
+        } else if !self.solution_dir().join("solve.sh").is_file() {
             out.push(Finding {
                 severity: Severity::Warning,
                 path: self.solution_dir().join("solve.sh"),
@@ -175,6 +248,96 @@ impl Task {
         out.sort_by_key(|f| f.severity == Severity::Warning);
         out
     }
+}
+
+/// What is wrong with the `steps/` of a multi-step task (`config.steps` non-empty): each step
+/// needs `steps/<name>/` with a non-empty `instruction.md`, and a `test.sh` of its own or the
+/// task's `tests/test.sh` (Harbor merges `tests/` under each step's tests). Shared by the loader,
+/// `rollout tasks check` and preflight.
+pub fn step_findings(dir: &Path, config: &TaskConfig) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut push = |severity, path: PathBuf, message: String| {
+        out.push(Finding {
+            severity,
+            path,
+            message,
+        })
+    };
+    let shared_test = dir.join("tests/test.sh").is_file();
+    let shared_solve = dir.join("solution/solve.sh").is_file();
+    for step in &config.steps {
+        let step_dir = dir.join("steps").join(&step.name);
+        if !step_dir.is_dir() {
+            push(
+                Severity::Error,
+                step_dir,
+                format!(
+                    "missing: task.toml declares step {:?}; create steps/{}/ with instruction.md and tests/test.sh",
+                    step.name, step.name
+                ),
+            );
+            continue;
+        }
+        let instruction = step_dir.join("instruction.md");
+        match std::fs::read_to_string(&instruction) {
+            Err(e) => push(
+                Severity::Error,
+                instruction,
+                format!("cannot read the instruction of step {:?}: {e}", step.name),
+            ),
+            Ok(text) if text.trim().is_empty() => push(
+                Severity::Error,
+                instruction,
+                format!(
+                    "the instruction of step {:?} is empty: write the prompt for the agent",
+                    step.name
+                ),
+            ),
+            Ok(_) => {}
+        }
+        if !shared_test && !step_dir.join("tests/test.sh").is_file() {
+            push(
+                Severity::Error,
+                step_dir.join("tests/test.sh"),
+                format!(
+                    "missing: step {:?} has no test script; add steps/{}/tests/test.sh or a shared tests/test.sh",
+                    step.name, step.name
+                ),
+            );
+        }
+        let own_solution = step_dir.join("solution");
+        // The step's own solution/, else the task's (what the oracle falls back to).
+        let solvable = if own_solution.is_dir() {
+            own_solution.join("solve.sh").is_file()
+        } else {
+            shared_solve
+        };
+        if !solvable {
+            push(
+                Severity::Warning,
+                own_solution.join("solve.sh"),
+                format!("missing: the oracle agent cannot run step {:?}", step.name),
+            );
+        }
+        let setup = step_dir.join("workdir/setup.sh");
+        if setup.exists() && !setup.is_file() {
+            push(
+                Severity::Error,
+                setup,
+                "workdir/setup.sh is reserved for the step's setup script and must be a file"
+                    .into(),
+            );
+        }
+    }
+    if dir.join("instruction.md").is_file() {
+        push(
+            Severity::Warning,
+            dir.join("instruction.md"),
+            "ignored: a multi-step task gives each step its own steps/<name>/instruction.md".into(),
+        );
+    }
+    out.sort_by_key(|f| f.severity == Severity::Warning);
+    out
 }
 
 /// The tasks at `path`: the task itself if `path` is a task directory, otherwise every task
@@ -416,6 +579,63 @@ mod tests {
         let mut sorted = order(7);
         sorted.sort();
         assert_eq!(sorted, ["a", "b", "c", "d", "e", "f"]);
+    }
+
+    fn make_steps_task(root: &Path) -> PathBuf {
+        let d = make_task(root, "ms");
+        fs::remove_file(d.join("instruction.md")).unwrap();
+        fs::remove_file(d.join("tests/test.sh")).unwrap();
+        fs::write(
+            d.join("task.toml"),
+            "[[steps]]\nname = \"a\"\n[[steps]]\nname = \"b\"\n",
+        )
+        .unwrap();
+        for step in ["a", "b"] {
+            fs::create_dir_all(d.join(format!("steps/{step}/tests"))).unwrap();
+            fs::write(
+                d.join(format!("steps/{step}/instruction.md")),
+                format!("do {step}"),
+            )
+            .unwrap();
+            fs::write(d.join(format!("steps/{step}/tests/test.sh")), "exit 0").unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn a_multi_step_task_loads_without_a_top_level_instruction() {
+        let root = tempfile::tempdir().unwrap();
+        let d = make_steps_task(root.path());
+        let t = Task::load(&d).unwrap();
+        assert!(t.is_multi_step());
+        assert_eq!(t.instruction, "");
+        assert_eq!(t.step_instructions, ["do a", "do b"]);
+        // No solution for the oracle: a warning per step, nothing else.
+        let f = t.findings();
+        assert_eq!(f.len(), 2, "{f:?}");
+        assert!(f.iter().all(|f| f.severity == Severity::Warning));
+    }
+
+    #[test]
+    fn a_step_without_instruction_or_tests_is_an_error_naming_the_file() {
+        let root = tempfile::tempdir().unwrap();
+        let d = make_steps_task(root.path());
+        fs::remove_file(d.join("steps/b/instruction.md")).unwrap();
+        let e = Task::load(&d).unwrap_err();
+        assert!(e.file.ends_with("steps/b/instruction.md"), "{e}");
+        assert!(e.to_string().contains("\"b\""), "{e}");
+
+        let d = make_steps_task(&root.path().join("2"));
+        fs::remove_file(d.join("steps/a/tests/test.sh")).unwrap();
+        let e = Task::load(&d).unwrap_err();
+        assert!(e.file.ends_with("steps/a/tests/test.sh"), "{e}");
+        // A shared tests/test.sh serves every step.
+        fs::write(d.join("tests/test.sh"), "exit 0").unwrap();
+        assert!(Task::load(&d).is_ok());
+
+        fs::remove_dir_all(d.join("steps/b")).unwrap();
+        let e = Task::load(&d).unwrap_err();
+        assert!(e.file.ends_with("steps/b"), "{e}");
     }
 
     #[test]

@@ -76,6 +76,18 @@ pub enum Event {
         /// The error kind the phase ended with, if any.
         error: Option<String>,
     },
+    /// A step of a multi-step trial began (`index` is 1-based, of `total`).
+    StepStarted {
+        trial: String,
+        step: String,
+        index: usize,
+        total: usize,
+    },
+    /// A step of a multi-step trial ended; `result` is what goes into `step_results`.
+    StepFinished {
+        trial: String,
+        result: Arc<rollout_core::result::StepResult>,
+    },
     TrialFinished {
         result: Arc<TrialResult>,
         trial_dir: PathBuf,

@@ -24,25 +24,27 @@ const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Uploading tests or downloading logs is bounded too (the engine could hang).
 const COPY_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Mutable state of a running trial.
-struct State {
-    error: Option<ErrorInfo>,
-    phases: BTreeMap<Phase, PhaseTiming>,
-    env_info: EnvironmentInfo,
-    agent_install: Option<CommandOutcome>,
-    agent_run: Option<CommandOutcome>,
-    verifier: Option<CommandOutcome>,
-    rewards: Option<BTreeMap<String, f64>>,
+/// Mutable state of a running trial (or of one step of a multi-step trial).
+#[derive(Default)]
+pub(crate) struct State {
+    pub error: Option<ErrorInfo>,
+    pub phases: BTreeMap<Phase, PhaseTiming>,
+    pub env_info: EnvironmentInfo,
+    pub agent_install: Option<CommandOutcome>,
+    pub agent_run: Option<CommandOutcome>,
+    pub verifier: Option<CommandOutcome>,
+    pub rewards: Option<BTreeMap<String, f64>>,
+    pub step_results: Vec<rollout_core::result::StepResult>,
 }
 
 impl State {
-    fn fail(&mut self, e: ErrorInfo) {
+    pub fn fail(&mut self, e: ErrorInfo) {
         if self.error.is_none() {
             self.error = Some(e);
         }
     }
 
-    fn cancelled(&self) -> bool {
+    pub fn cancelled(&self) -> bool {
         self.error
             .as_ref()
             .is_some_and(|e| e.kind == ErrorKind::Cancelled)
@@ -55,12 +57,35 @@ pub(crate) struct TrialRun<'a> {
     pub dir: PathBuf,
 }
 
+/// What the verifier of a trial (or of one step) runs with.
+pub(crate) struct VerifySpec {
+    /// Host directories merged into `/tests`, in order: a later one's files win.
+    pub tests: Vec<PathBuf>,
+    pub timeout: Duration,
+    /// `[verifier] env` as written (expanded from the host when the verifier runs).
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+}
+
+impl VerifySpec {
+    /// The task's own verifier: `tests/`, `[verifier]`, the trial's verifier timeout.
+    fn of_task(plan: &TrialPlan) -> Self {
+        let v = &plan.task.config.verifier;
+        Self {
+            tests: vec![plan.task.tests_dir()],
+            timeout: plan.timeouts.verifier,
+            env: v.env.clone(),
+            user: v.user.clone(),
+        }
+    }
+}
+
 impl TrialRun<'_> {
-    fn emit(&self, e: Event) {
+    pub(crate) fn emit(&self, e: Event) {
         self.shared.emit(&e);
     }
 
-    fn note(&self, message: String) {
+    pub(crate) fn note(&self, message: String) {
         self.emit(Event::Note {
             trial: Some(self.plan.name.clone()),
             message,
@@ -68,7 +93,7 @@ impl TrialRun<'_> {
     }
 
     /// Run one phase: events, timing, cancellation, error recording.
-    async fn phase<T>(
+    pub(crate) async fn phase<T>(
         &self,
         st: &mut State,
         phase: Phase,
@@ -163,16 +188,11 @@ impl TrialRun<'_> {
             },
         });
         let mut st = State {
-            error: None,
-            phases: BTreeMap::new(),
             env_info: EnvironmentInfo {
                 kind: self.shared.provider.name().into(),
                 ..Default::default()
             },
-            agent_install: None,
-            agent_run: None,
-            verifier: None,
-            rewards: None,
+            ..Default::default()
         };
         if let Err(e) = std::fs::create_dir_all(self.dir.join("agent"))
             .and_then(|_| std::fs::create_dir_all(self.dir.join("verifier")))
@@ -263,58 +283,30 @@ impl TrialRun<'_> {
                     st.agent_install = Some(outcome);
                 }
             }
-            let mut agent_ran = false;
-            if st.error.is_none() {
-                let ran = self
-                    .phase(&mut st, Phase::AgentRun, true, async {
-                        plan.agent.run(&ctx).await.map_err(agent_error)
-                    })
-                    .await;
-                // A provider failure ends the agent, not the environment: what the agent did
-                // before it is still verified.
-                if ran.is_none()
-                    && st
-                        .error
-                        .as_ref()
-                        .is_some_and(|e| e.kind.class() == rollout_core::ErrorClass::Provider)
-                {
-                    agent_ran = true;
-                }
-                if let Some(outcome) = ran {
-                    agent_ran = true;
-                    if outcome.timed_out {
-                        st.fail(ErrorInfo::new(
-                            ErrorKind::AgentExecutionTimeout,
-                            format!("the agent ran past its {:.0} s timeout and was killed; the verifier still ran", plan.timeouts.agent.as_secs_f64()),
-                        ));
-                    } else if outcome.output_limit_exceeded {
-                        st.fail(ErrorInfo::new(
-                            ErrorKind::AgentExecutionFailed,
-                            format!("the agent wrote more than {} MiB of output and was killed; the verifier still ran", rollout_env::exec::DEFAULT_MAX_OUTPUT >> 20),
-                        ));
-                    } else if outcome.exit_code != Some(0) {
-                        st.fail(ErrorInfo::new(
-                            ErrorKind::AgentExecutionFailed,
-                            format!(
-                                "the agent exited with {}; see agent/command-0/stderr.txt",
-                                code(&outcome)
-                            ),
-                        ));
-                    }
-                    st.agent_run = Some(outcome);
-                }
+            // A multi-step task runs its steps (each an agent run, a verification and a
+            // collection) in this one environment.
+            let multi_step = task.is_multi_step();
+            if multi_step && st.error.is_none() {
+                self.run_steps(env, &ctx, &mut st).await;
             }
+            let agent_ran =
+                !multi_step && st.error.is_none() && self.agent_phase(&mut st, &ctx).await;
             // The agent may have done the work even if it failed or timed out: verify anyway.
             if agent_ran && !st.cancelled() && !job.config.verifier.disable {
                 if let Some((outcome, rewards)) = self
-                    .phase(&mut st, Phase::Verify, true, self.verify(env))
+                    .phase(
+                        &mut st,
+                        Phase::Verify,
+                        true,
+                        self.verify(env, &VerifySpec::of_task(plan)),
+                    )
                     .await
                 {
                     st.verifier = Some(outcome);
                     st.rewards = Some(rewards);
                 }
             }
-            if !st.cancelled() {
+            if !st.cancelled() && !multi_step {
                 self.phase(&mut st, Phase::Collect, true, self.collect(env))
                     .await;
             }
@@ -382,7 +374,53 @@ impl TrialRun<'_> {
             seconds: t0.elapsed().as_secs_f64(),
             phases: st.phases,
             previous_tries: Vec::new(),
+            step_results: st.step_results,
         }
+    }
+
+    /// Run the agent on `ctx` (its instruction, timeout and user); whether it ran far enough
+    /// for its work to be verified.
+    pub(crate) async fn agent_phase(&self, st: &mut State, ctx: &AgentContext<'_>) -> bool {
+        let mut agent_ran = false;
+        let ran = self
+            .phase(st, Phase::AgentRun, true, async {
+                self.plan.agent.run(ctx).await.map_err(agent_error)
+            })
+            .await;
+        // A provider failure ends the agent, not the environment: what the agent did
+        // before it is still verified.
+        if ran.is_none()
+            && st
+                .error
+                .as_ref()
+                .is_some_and(|e| e.kind.class() == rollout_core::ErrorClass::Provider)
+        {
+            agent_ran = true;
+        }
+        if let Some(outcome) = ran {
+            agent_ran = true;
+            if outcome.timed_out {
+                st.fail(ErrorInfo::new(
+                    ErrorKind::AgentExecutionTimeout,
+                    format!("the agent ran past its {:.0} s timeout and was killed; the verifier still ran", ctx.run_timeout.as_secs_f64()),
+                ));
+            } else if outcome.output_limit_exceeded {
+                st.fail(ErrorInfo::new(
+                    ErrorKind::AgentExecutionFailed,
+                    format!("the agent wrote more than {} MiB of output and was killed; the verifier still ran", rollout_env::exec::DEFAULT_MAX_OUTPUT >> 20),
+                ));
+            } else if outcome.exit_code != Some(0) {
+                st.fail(ErrorInfo::new(
+                    ErrorKind::AgentExecutionFailed,
+                    format!(
+                        "the agent exited with {}; see agent/command-0/stderr.txt",
+                        code(&outcome)
+                    ),
+                ));
+            }
+            st.agent_run = Some(outcome);
+        }
+        agent_ran
     }
 
     /// The task's `[environment] env`, expanded from the host.
@@ -406,7 +444,7 @@ impl TrialRun<'_> {
     }
 
     /// Whether this trial binds host directories instead of copying archives.
-    fn mounted(&self) -> bool {
+    pub(crate) fn mounted(&self) -> bool {
         self.shared.provider.host_mounts()
     }
 
@@ -581,17 +619,19 @@ impl TrialRun<'_> {
         &self,
         env: &dyn Environment,
         venv: BTreeMap<String, String>,
+        spec: &VerifySpec,
     ) -> Result<rollout_env::ExecOutput, ErrorInfo> {
-        let task = &self.plan.task;
-        let user = task.config.verifier.user.clone();
+        let user = spec.user.clone();
         let as_root = user.as_deref().is_none_or(|u| u == "root" || u == "0");
-        let tests = task.tests_dir();
+        let tests: Vec<PathBuf> = spec.tests.iter().filter(|d| d.is_dir()).cloned().collect();
         let archive = |root: &'static str| {
             let tests = tests.clone();
             async move {
                 tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
                     let mut b = TarBuilder::new();
-                    b.host_dir(root, &tests)?;
+                    for dir in &tests {
+                        b.host_dir(root, dir)?;
+                    }
                     b.finish()
                 })
                 .await
@@ -602,7 +642,7 @@ impl TrialRun<'_> {
             }
         };
         let request = |script: &str| {
-            let mut req = ExecRequest::bash(script, self.plan.timeouts.verifier)
+            let mut req = ExecRequest::bash(script, spec.timeout)
                 .user(user.clone())
                 .env(venv.clone());
             req.output_cap = self.shared.options.output_cap;
@@ -632,19 +672,19 @@ impl TrialRun<'_> {
             .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))
     }
 
-    async fn verify(
+    pub(crate) async fn verify(
         &self,
         env: &dyn Environment,
+        spec: &VerifySpec,
     ) -> Result<(CommandOutcome, BTreeMap<String, f64>), ErrorInfo> {
-        let task = &self.plan.task;
-        let (venv, missing) = rollout_core::envvars::expand_map(&task.config.verifier.env);
+        let (venv, missing) = rollout_core::envvars::expand_map(&spec.env);
         if !missing.is_empty() {
             self.note(format!(
                 "[verifier] env refers to unset host variable(s) {}: they are empty",
                 missing.join(", ")
             ));
         }
-        let out = self.run_tests(env, venv).await?;
+        let out = self.run_tests(env, venv, spec).await?;
         self.write_text(Path::new("verifier/test-stdout.txt"), &out.stdout.to_text());
         self.write_text(Path::new("verifier/test-stderr.txt"), &out.stderr.to_text());
         let outcome = rollout_agents::outcome_of(&out);
@@ -662,7 +702,7 @@ impl TrialRun<'_> {
                 ErrorKind::VerifierTimeout,
                 format!(
                     "tests/test.sh ran past its {:.0} s timeout",
-                    self.plan.timeouts.verifier.as_secs_f64()
+                    spec.timeout.as_secs_f64()
                 ),
             ));
         }
@@ -702,7 +742,7 @@ impl TrialRun<'_> {
         Ok((outcome, rewards))
     }
 
-    async fn collect(&self, env: &dyn Environment) -> Result<(), ErrorInfo> {
+    pub(crate) async fn collect(&self, env: &dyn Environment) -> Result<(), ErrorInfo> {
         let cap = self.shared.options.download_cap;
         if self.mounted() {
             return self.collect_mounted(env, cap).await;
@@ -767,7 +807,7 @@ impl TrialRun<'_> {
         Ok(())
     }
 
-    fn write_text(&self, rel: &Path, text: &str) {
+    pub(crate) fn write_text(&self, rel: &Path, text: &str) {
         let path = self.dir.join(rel);
         let res = path
             .parent()
@@ -780,7 +820,7 @@ impl TrialRun<'_> {
 }
 
 /// Directory in the trial holding private copies of what gets bound into the environment.
-const STAGING: &str = ".staging";
+pub(crate) const STAGING: &str = ".staging";
 /// Marker printed when the image has no `tar` (the tests then go in through the archive API).
 const NO_TAR: &str = "rollout: no tar in this image";
 
@@ -806,7 +846,7 @@ fn scrub(dir: &Path, bytes: &mut u64, removed: &mut u64) {
     }
 }
 
-async fn bounded<T>(
+pub(crate) async fn bounded<T>(
     fut: impl Future<Output = Result<T, rollout_env::EnvError>>,
     what: &str,
 ) -> Result<T, ErrorInfo> {
@@ -819,7 +859,7 @@ async fn bounded<T>(
     }
 }
 
-fn agent_error(e: rollout_agents::AgentError) -> ErrorInfo {
+pub(crate) fn agent_error(e: rollout_agents::AgentError) -> ErrorInfo {
     match e {
         rollout_agents::AgentError::Env(e) => ErrorInfo::new(e.kind(), e.to_string()),
         rollout_agents::AgentError::Config(m) => ErrorInfo::new(ErrorKind::AgentConfigInvalid, m),
@@ -828,7 +868,7 @@ fn agent_error(e: rollout_agents::AgentError) -> ErrorInfo {
     }
 }
 
-fn code(o: &CommandOutcome) -> String {
+pub(crate) fn code(o: &CommandOutcome) -> String {
     o.exit_code
         .map_or_else(|| "no exit code".into(), |c| c.to_string())
 }

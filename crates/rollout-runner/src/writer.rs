@@ -164,6 +164,24 @@ impl EventSink for ResultsWriter {
                 }
                 Ok(())
             }
+            Event::StepStarted { trial, step, index, total } => {
+                if let Some(dir) = &st.job_dir {
+                    append_line(&dir.join(trial).join("trial.log"), &format!("{} step {index}/{total} {step} started", stamp()))?;
+                }
+                Ok(())
+            }
+            Event::StepFinished { trial, result } => {
+                if let Some(dir) = &st.job_dir {
+                    let outcome = match (&result.error, result.reward) {
+                        (Some(e), r) => format!("error {}: {}{}", e.kind, e.message, r.map_or(String::new(), |r| format!(" (reward {r})"))),
+                        (None, Some(r)) => format!("reward {r}"),
+                        (None, None) => "no reward".into(),
+                    };
+                    let stopped = result.stopped.as_ref().map_or(String::new(), |s| format!("; {s}"));
+                    append_line(&dir.join(trial).join("trial.log"), &format!("{} step {} finished in {:.3} s: {outcome}{stopped}", stamp(), result.step_name, result.seconds))?;
+                }
+                Ok(())
+            }
             Event::TrialFinished { result, trial_dir } => {
                 write_json(&trial_dir.join("result.json"), &**result)?;
                 if let Some(c) = st.control.as_mut() {

@@ -379,7 +379,7 @@ impl Sink {
 fn phase_status(phase: Phase) -> Option<TaskStatus> {
     match phase {
         Phase::EnvironmentSetup => Some(TaskStatus::InstallingDeps),
-        Phase::AgentInstall | Phase::AgentRun => Some(TaskStatus::RunningAgent),
+        Phase::AgentInstall | Phase::StepSetup | Phase::AgentRun => Some(TaskStatus::RunningAgent),
         Phase::Verify => Some(TaskStatus::RunningTests),
         Phase::Collect | Phase::Teardown => None,
     }
@@ -477,7 +477,11 @@ impl EventSink for Sink {
                 None,
                 serde_json::json!({"message": message}),
             ),
-            Event::Paused | Event::Resumed | Event::JobFinished { .. } => {}
+            Event::Paused
+            | Event::Resumed
+            | Event::JobFinished { .. }
+            | Event::StepStarted { .. }
+            | Event::StepFinished { .. } => {}
         }
     }
 }

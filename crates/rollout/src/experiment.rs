@@ -379,7 +379,11 @@ impl EventSink for ExperimentSink {
             | Event::Resumed
             | Event::Cancelling
             | Event::JobFinished { .. } => self.mirror_control(),
-            Event::PhaseStarted { .. } | Event::PhaseFinished { .. } | Event::Note { .. } => Ok(()),
+            Event::PhaseStarted { .. }
+            | Event::PhaseFinished { .. }
+            | Event::StepStarted { .. }
+            | Event::StepFinished { .. }
+            | Event::Note { .. } => Ok(()),
         };
         if let Err(e) = res {
             let mut first = self.error.lock().expect("sink poisoned");

@@ -608,6 +608,7 @@ impl Candidate {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
             instruction: std::fs::read_to_string(dir.join("instruction.md")).unwrap_or_default(),
+            step_instructions: Vec::new(),
             checksum: rollout_core::digest::dir_digest(&dir)
                 .map(|h| h.to_hex().to_string())
                 .unwrap_or_default(),
@@ -896,7 +897,24 @@ fn check_trial_input(tasks: &[Candidate], agents: &[ResolvedAgent]) -> Check {
             p.error(format!("{name}: {e}"));
         }
         let instruction = t.dir.join("instruction.md");
-        if !instruction.is_file() {
+        if t.is_multi_step() {
+            for f in rollout_core::task::step_findings(&t.dir, &t.config) {
+                let rel = f
+                    .path
+                    .strip_prefix(&t.dir)
+                    .unwrap_or(&f.path)
+                    .display()
+                    .to_string();
+                match f.severity {
+                    rollout_core::task::Severity::Error => {
+                        p.error(format!("{name}: {rel}: {}", f.message))
+                    }
+                    rollout_core::task::Severity::Warning => {
+                        p.warn(format!("{name}: {rel}: {}", f.message))
+                    }
+                }
+            }
+        } else if !instruction.is_file() {
             p.error(format!("{name}: no instruction: instruction.md is missing"));
         } else if std::fs::read_to_string(&instruction).is_err() {
             p.error(format!("{name}: instruction.md is not readable UTF-8 text"));
@@ -918,7 +936,26 @@ fn check_trial_input(tasks: &[Candidate], agents: &[ResolvedAgent]) -> Check {
             )),
         }
         let test_sh = t.tests_dir().join("test.sh");
-        if !test_sh.is_file() {
+        if t.is_multi_step() {
+            let dirs = std::iter::once(t.tests_dir()).chain(
+                t.config
+                    .steps
+                    .iter()
+                    .map(|s| t.step_dir(&s.name).join("tests")),
+            );
+            for dir in dirs {
+                {
+                    if dir.is_dir() {
+                        if let Err(e) = readable(&dir) {
+                            p.error(format!(
+                                "{name}: {} cannot be copied in: {e}",
+                                dir.strip_prefix(&t.dir).unwrap_or(&dir).display()
+                            ));
+                        }
+                    }
+                }
+            }
+        } else if !test_sh.is_file() {
             p.error(format!("{name}: tests/test.sh is missing"));
         } else if let Err(e) = readable(&t.tests_dir()) {
             p.error(format!("{name}: tests/ cannot be copied in: {e}"));
@@ -983,11 +1020,15 @@ fn check_dependency_files(tasks: &[Candidate], agents: &[ResolvedAgent]) -> Chec
         let t = &c.task;
         let name = c.name();
         let mut missing = Vec::new();
-        if !t.dir.join("instruction.md").is_file() {
-            missing.push("instruction.md");
-        }
-        if !t.tests_dir().join("test.sh").is_file() {
-            missing.push("tests/test.sh");
+        // A multi-step task's files (each step's instruction.md and test.sh) are checked by
+        // check_trial_input (rollout_core::task::step_findings).
+        if !t.is_multi_step() {
+            if !t.dir.join("instruction.md").is_file() {
+                missing.push("instruction.md");
+            }
+            if !t.tests_dir().join("test.sh").is_file() {
+                missing.push("tests/test.sh");
+            }
         }
         if t.config.environment.docker_image.is_none() && !c.dockerfile().is_file() {
             let env = t.environment_dir();
@@ -1013,7 +1054,11 @@ fn check_dependency_files(tasks: &[Candidate], agents: &[ResolvedAgent]) -> Chec
             }
         }
         // JSONL rows carry no solution by design: only the oracle would need one.
-        if !oracle && !c.is_jsonl_row() && !t.solution_dir().join("solve.sh").is_file() {
+        if !oracle
+            && !c.is_jsonl_row()
+            && !t.is_multi_step()
+            && !t.solution_dir().join("solve.sh").is_file()
+        {
             no_solution.push(name.to_string());
         }
     }
@@ -1060,6 +1105,31 @@ fn check_grader(tasks: &[Candidate], config: &JobConfig) -> Check {
     for c in tasks {
         let t = &c.task;
         let name = c.name();
+        if t.is_multi_step() {
+            for step in &t.config.steps {
+                let Some(test_sh) = t.step_test_sh(&step.name) else {
+                    p.error(format!(
+                        "{name}: step {:?} has no verifier: neither steps/{}/tests/test.sh nor tests/test.sh exists",
+                        step.name, step.name
+                    ));
+                    continue;
+                };
+                if std::fs::read_to_string(&test_sh).is_ok_and(|t| t.trim().is_empty()) {
+                    p.error(format!(
+                        "{name}: {} is empty: it writes no reward",
+                        test_sh.display()
+                    ));
+                } else if !mentions_reward(&t.tests_dir())
+                    && !mentions_reward(&t.step_dir(&step.name).join("tests"))
+                {
+                    p.warn(format!(
+                        "{name}: nothing in the tests of step {:?} mentions a reward file: test.sh must write /logs/verifier/reward.txt or reward.json",
+                        step.name
+                    ));
+                }
+            }
+            continue;
+        }
         let test_sh = t.tests_dir().join("test.sh");
         if !test_sh.is_file() {
             p.error(format!("{name}: no verifier: tests/test.sh is missing"));

@@ -112,6 +112,7 @@ mod tests {
             seconds: 1.0,
             phases: BTreeMap::new(),
             previous_tries: Vec::new(),
+            step_results: Vec::new(),
         }
     }
 

@@ -537,3 +537,50 @@ fn an_unreachable_cluster_is_named_with_what_to_do() {
     );
     assert!(stderr.contains("127.0.0.1:1"), "{stderr}");
 }
+
+/// A multi-step task on the cluster: one pod for the three steps (files travel through exec
+/// there, not bind mounts): the oracle solves every step, nop stops after step one, and no pod
+/// is left.
+#[test]
+fn a_three_step_task_runs_its_steps_in_one_pod() {
+    let tmp = tempfile::tempdir().unwrap();
+    let task = common::steps_task::three_step_task(tmp.path(), "three-step", "");
+    let r = run_k8s(
+        &[
+            "-p",
+            task.to_str().unwrap(),
+            "-a",
+            "oracle",
+            "-a",
+            "nop",
+            "-n",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(r.code(), 0, "stderr:\n{}", r.stderr());
+    for t in r.trials() {
+        assert_eq!(t["environment"]["type"], "kubernetes", "{t}");
+        let steps: Vec<&str> = t["step_results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["step_name"].as_str().unwrap())
+            .collect();
+        if t["agent"]["name"] == "oracle" {
+            assert_eq!(t["reward"], 1.0, "{t:#}");
+            assert!(t["error"].is_null(), "{t:#}");
+            assert_eq!(steps, ["one", "two", "three"]);
+            let dir = r.trial_dir(t["trial_name"].as_str().unwrap());
+            assert_eq!(
+                std::fs::read_to_string(dir.join("steps/one/artifacts/app/one.txt")).unwrap(),
+                "one\n"
+            );
+            assert!(dir.join("steps/three/artifacts/three-log.txt").is_file());
+        } else {
+            assert_eq!(t["reward"], 0.0, "{t:#}");
+            assert_eq!(steps, ["one"], "nop stops after step one");
+        }
+    }
+    assert_no_pods(r.job_result()["id"].as_str().unwrap());
+}
