@@ -994,7 +994,7 @@ fn check_dependency_files(tasks: &[Candidate], agents: &[ResolvedAgent]) -> Chec
             if env.join("docker-compose.yaml").is_file() || env.join("docker-compose.yml").is_file()
             {
                 p.error(format!(
-                    "{name}: environment/docker-compose.yaml is not supported: add environment/Dockerfile or set [environment] docker_image"
+                    "{name}: environment/docker-compose.yaml has no image for its main service: add environment/Dockerfile or set [environment] docker_image"
                 ));
             } else {
                 missing.push("environment/Dockerfile (or [environment] docker_image)");
