@@ -93,11 +93,15 @@ fn http_task(root: &Path, name: &str, solve_prefix: &str) -> std::path::PathBuf 
       - "8080"
     environment:
       - TOKEN=${ROLLOUT_TEST_UNSET_TOKEN:-tok-4711}
+    volumes:
+      - cache:/cache
     healthcheck:
       test: ["CMD", "perl", "-MIO::Socket::INET", "-e", "IO::Socket::INET->new(PeerAddr => 'localhost:8080') or exit 1"]
       interval: 1s
       timeout: 5s
       retries: 30
+volumes:
+  cache:
 "#;
     let solve = FETCH_SH.replacen(
         "set -euo pipefail\n",
@@ -315,6 +319,7 @@ fn sigint_removes_every_service_network_and_volume() {
     let id = job_id(&job);
     assert_eq!(labelled("container", &id).len(), 2, "main and api run");
     assert_eq!(labelled("network", &id).len(), 1, "one trial network");
+    assert_eq!(labelled("volume", &id).len(), 1, "one named volume");
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
