@@ -52,6 +52,8 @@ pub(crate) struct Attach {
     pub aliases: Vec<String>,
     /// Named volume mounts.
     pub volumes: Vec<Mount>,
+    /// Create the container without starting it.
+    pub defer_start: bool,
 }
 
 impl Attach {
@@ -77,39 +79,42 @@ struct Created {
 }
 
 impl Created {
-    /// Remove everything (containers first: a network or volume in use cannot go).
+    /// Remove everything (containers first, all at once; a network or volume in use cannot go).
     async fn remove(&self, docker: &Docker) -> Result<(), EnvError> {
-        let mut first_error = None;
-        for id in &self.containers {
-            match retried(|| docker.remove_container(id, Some(force_remove()))).await {
-                Ok(()) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => {
-                    first_error.get_or_insert(EnvError::api(format!("removing container {id}"), e));
+        let containers =
+            futures_util::future::join_all(self.containers.iter().map(|id| async move {
+                match retried(|| docker.remove_container(id, Some(force_remove()))).await {
+                    Ok(()) => Ok(()),
+                    Err(e) if is_not_found(&e) => Ok(()),
+                    Err(e) => Err(EnvError::api(format!("removing container {id}"), e)),
                 }
-            }
-        }
-        if let Some(net) = &self.network {
+            }))
+            .await;
+        let network = async {
+            let Some(net) = &self.network else {
+                return Ok(());
+            };
             match retried(|| docker.remove_network(net)).await {
-                Ok(()) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => {
-                    first_error.get_or_insert(EnvError::api(format!("removing network {net}"), e));
-                }
+                Ok(()) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(EnvError::api(format!("removing network {net}"), e)),
             }
-        }
-        for v in &self.volumes {
-            match retried(|| docker.remove_volume(v, Some(RemoveVolumeOptions { force: true })))
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => {
-                    first_error.get_or_insert(EnvError::api(format!("removing volume {v}"), e));
-                }
+        };
+        let volumes = futures_util::future::join_all(self.volumes.iter().map(|v| async move {
+            let force = Some(RemoveVolumeOptions { force: true });
+            match retried(|| docker.remove_volume(v, force.clone())).await {
+                Ok(()) => Ok(()),
+                Err(e) if is_not_found(&e) => Ok(()),
+                Err(e) => Err(EnvError::api(format!("removing volume {v}"), e)),
             }
-        }
-        first_error.map_or(Ok(()), Err)
+        }));
+        let (network, volumes) = tokio::join!(network, volumes);
+        containers
+            .into_iter()
+            .chain(std::iter::once(network))
+            .chain(volumes)
+            .collect::<Result<Vec<()>, EnvError>>()
+            .map(|_| ())
     }
 }
 
@@ -148,12 +153,12 @@ impl Environment for ComposeEnvironment {
         if self.destroyed.swap(true, Ordering::SeqCst) {
             return Ok(());
         }
-        let main = self.main.destroy().await;
-        let rest = self.created.remove(&self.docker).await;
-        if main.is_err() || rest.is_err() {
+        // `created` holds main's container too: every container goes at once.
+        let removed = self.created.remove(&self.docker).await;
+        if removed.is_err() {
             self.destroyed.store(false, Ordering::SeqCst);
         }
-        main.and(rest)
+        removed
     }
 }
 
@@ -266,75 +271,93 @@ async fn start_in(
             .collect()
     };
 
-    let mut ids: BTreeMap<String, String> = BTreeMap::new();
-    let mut main_env = None;
-    for name in &project.order {
-        for (dep, condition) in project.depends_on(name) {
-            let svc = &project.services[dep];
-            wait_for(
-                docker,
-                &ids[dep],
-                svc,
-                *condition,
-                options.start_timeout,
-                name,
-            )
-            .await?;
-        }
-        if name == MAIN {
-            let mut main_spec = spec.clone();
-            // The task's own settings win over the compose file's, as Harbor's env override.
-            for (k, v) in &project.main.environment {
-                main_spec.env.entry(k.clone()).or_insert_with(|| v.clone());
+    // main's container is created (not started) while the sidecars start: no sidecar may
+    // depend on main, and main starts only once its own dependencies are ready.
+    let mut main_spec = spec.clone();
+    // The task's own settings win over the compose file's, as Harbor's env override.
+    for (k, v) in &project.main.environment {
+        main_spec.env.entry(k.clone()).or_insert_with(|| v.clone());
+    }
+    main_spec.labels.insert(labels::SERVICE.into(), MAIN.into());
+    let main_attach = Attach {
+        network: network.id.clone(),
+        aliases: vec![MAIN.to_string()],
+        volumes: mounts(&project.main.volumes),
+        defer_start: true,
+    };
+    let make_main = provider.create_attached(image, &main_spec, Some(&main_attach));
+    let mut sidecar_ids: Vec<String> = Vec::new();
+    let start_sidecars = async {
+        let mut ids: BTreeMap<String, String> = BTreeMap::new();
+        for name in project.order.iter().filter(|n| n.as_str() != MAIN) {
+            for (dep, condition) in project.depends_on(name) {
+                let svc = &project.services[dep];
+                wait_for(
+                    docker,
+                    &ids[dep],
+                    svc,
+                    *condition,
+                    options.start_timeout,
+                    name,
+                )
+                .await?;
             }
-            main_spec.labels.insert(labels::SERVICE.into(), MAIN.into());
+            let svc = &project.services[name];
             let attach = Attach {
                 network: network.id.clone(),
-                aliases: vec![MAIN.to_string()],
-                volumes: mounts(&project.main.volumes),
+                aliases: vec![name.clone()],
+                volumes: mounts(&svc.volumes),
+                defer_start: false,
             };
-            let env = provider
-                .create_attached(image, &main_spec, Some(&attach))
-                .await?;
-            created.containers.push(env.id().to_string());
-            ids.insert(MAIN.to_string(), env.id().to_string());
-            main_env = Some(env);
-            continue;
+            let id = create_sidecar(
+                docker,
+                &images[name.as_str()],
+                spec,
+                svc,
+                &attach,
+                &base,
+                &mut sidecar_ids,
+            )
+            .await?;
+            ids.insert(name.clone(), id);
         }
-        let svc = &project.services[name];
-        let attach = Attach {
-            network: network.id.clone(),
-            aliases: vec![name.clone()],
-            volumes: mounts(&svc.volumes),
-        };
-        let id = create_sidecar(
+        Ok::<_, EnvError>(ids)
+    };
+    let (main, ids) = tokio::join!(make_main, start_sidecars);
+    created.containers.extend(sidecar_ids);
+    if let Ok(m) = &main {
+        created.containers.push(m.id().to_string());
+    }
+    let (main, ids) = (main?, ids?);
+    for (dep, condition) in &project.main.depends_on {
+        let svc = &project.services[dep];
+        wait_for(
             docker,
-            provider,
-            &images[name.as_str()],
-            spec,
+            &ids[dep],
             svc,
-            &attach,
-            &base,
-            created,
+            *condition,
+            options.start_timeout,
+            MAIN,
         )
         .await?;
-        ids.insert(name.clone(), id);
     }
-    main_env.ok_or_else(|| EnvError::StartFailed("the compose project has no main service".into()))
+    docker
+        .start_container(main.id(), None)
+        .await
+        .map_err(|e| classify_start_error("starting the main container", e))?;
+    Ok(main)
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn create_sidecar(
     docker: &Docker,
-    provider: &DockerProvider,
     image: &PreparedImage,
     spec: &EnvSpec,
     svc: &Service,
     attach: &Attach,
     base: &str,
-    created: &mut Created,
+    created: &mut Vec<String>,
 ) -> Result<String, EnvError> {
-    let _ = provider;
     let mut labels_of: HashMap<String, String> = spec
         .labels
         .iter()
@@ -400,7 +423,7 @@ async fn create_sidecar(
         )
         .await
         .map_err(|e| classify_start_error(&format!("creating service {}", svc.name), e))?;
-    created.containers.push(c.id.clone());
+    created.push(c.id.clone());
     docker
         .start_container(&c.id, None)
         .await

@@ -411,7 +411,8 @@ impl Provider for DockerProvider {
 
 impl DockerProvider {
     /// Create and start one container; `attach` joins it to a compose trial's network (under
-    /// its aliases) with its named volumes, instead of the default network.
+    /// its aliases) with its named volumes, instead of the default network (and may leave it
+    /// created but not started).
     pub(crate) async fn create_attached(
         &self,
         image: &PreparedImage,
@@ -488,6 +489,11 @@ impl DockerProvider {
             destroyed: AtomicBool::new(false),
             exec_seq: AtomicU64::new(0),
         };
+        // A compose trial's main container is started by the compose code, once its
+        // dependencies are ready.
+        if attach.is_some_and(|a| a.defer_start) {
+            return Ok(env);
+        }
         if let Err(e) = self.docker.start_container(&env.id, None).await {
             let _ = env.destroy().await;
             return Err(classify_start_error("starting container", e));
