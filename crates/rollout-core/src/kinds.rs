@@ -22,6 +22,9 @@ pub enum ErrorKind {
     EnvironmentApiError,
     /// Removing the container failed.
     EnvironmentTeardownFailed,
+    /// The task needs something this provider cannot run faithfully (a compose key, a
+    /// multi-container task on a provider without compose support …): refused before it starts.
+    EnvironmentUnsupported,
     /// The agent's install step exited non-zero.
     AgentInstallFailed,
     /// The agent's install step ran past its timeout.
@@ -76,7 +79,7 @@ pub enum ErrorClass {
 
 impl ErrorKind {
     /// Every kind, in declaration order (for docs and exhaustive tests).
-    pub const ALL: [ErrorKind; 23] = [
+    pub const ALL: [ErrorKind; 24] = [
         Self::EnvironmentBuildFailed,
         Self::EnvironmentBuildTimeout,
         Self::EnvironmentImagePullFailed,
@@ -84,6 +87,7 @@ impl ErrorKind {
         Self::EnvironmentHealthcheckFailed,
         Self::EnvironmentApiError,
         Self::EnvironmentTeardownFailed,
+        Self::EnvironmentUnsupported,
         Self::AgentInstallFailed,
         Self::AgentInstallTimeout,
         Self::AgentExecutionFailed,
@@ -112,7 +116,8 @@ impl ErrorKind {
             | EnvironmentStartFailed
             | EnvironmentHealthcheckFailed
             | EnvironmentApiError
-            | EnvironmentTeardownFailed => ErrorClass::Infrastructure,
+            | EnvironmentTeardownFailed
+            | EnvironmentUnsupported => ErrorClass::Infrastructure,
             AgentInstallFailed
             | AgentInstallTimeout
             | AgentExecutionFailed
@@ -133,7 +138,7 @@ impl ErrorKind {
     /// failures and transient provider failures (rate limits, outages). Agent and verifier
     /// outcomes, and deterministic provider refusals (auth, unknown model, context), are not.
     pub fn retryable(self) -> bool {
-        self.class() == ErrorClass::Infrastructure
+        (self.class() == ErrorClass::Infrastructure && self != ErrorKind::EnvironmentUnsupported)
             || matches!(self, ErrorKind::ApiRateLimit | ErrorKind::ApiError)
     }
 
@@ -148,6 +153,7 @@ impl ErrorKind {
             EnvironmentHealthcheckFailed => "environment_healthcheck_failed",
             EnvironmentApiError => "environment_api_error",
             EnvironmentTeardownFailed => "environment_teardown_failed",
+            EnvironmentUnsupported => "environment_unsupported",
             AgentInstallFailed => "agent_install_failed",
             AgentInstallTimeout => "agent_install_timeout",
             AgentExecutionFailed => "agent_execution_failed",
@@ -193,6 +199,7 @@ mod tests {
         assert!(ErrorKind::EnvironmentBuildFailed.retryable());
         assert!(ErrorKind::ApiRateLimit.retryable());
         assert!(!ErrorKind::ApiAuth.retryable());
+        assert!(!ErrorKind::EnvironmentUnsupported.retryable());
         assert!(!ErrorKind::AgentExecutionTimeout.retryable());
         assert!(!ErrorKind::VerifierRewardMissing.retryable());
     }

@@ -5,6 +5,7 @@
 //! (FORMATS.md §1–2) with errors that name the file, line and field, and how timeouts combine.
 //! It does no I/O beyond reading the files it is asked to parse: no Docker, no network, no writes.
 
+pub mod compose;
 pub mod digest;
 pub mod envvars;
 pub mod error;
@@ -67,4 +68,7 @@ pub mod labels {
     pub const HOST: &str = "io.rollout.host";
     /// Content hash of the environment directory an image was built from.
     pub const ENV_HASH: &str = "io.rollout.env-hash";
+    /// The compose service a container of a multi-container trial runs (`main` for the
+    /// task's own container).
+    pub const SERVICE: &str = "io.rollout.service";
 }

@@ -203,8 +203,8 @@ impl Task {
             {
                 error(
                     env_dir.join("docker-compose.yaml"),
-                    "multi-container tasks (docker-compose) are not supported by rollout's Docker provider; \
-                     use a Dockerfile or set [environment] docker_image"
+                    "the compose file's main service needs the task's image: \
+                     add environment/Dockerfile or set [environment] docker_image"
                         .into(),
                 );
             } else {

@@ -362,77 +362,21 @@ impl Provider for DockerProvider {
         image: &PreparedImage,
         spec: &EnvSpec,
     ) -> Result<Box<dyn Environment>, EnvError> {
-        let _slot = self
-            .create_slots
-            .acquire()
-            .await
-            .expect("semaphore never closed");
-        let name = format!("rollout-{}-{}", sanitize_name(&spec.name), short_random());
-        let memory = (spec.memory_mb as i64) * 1024 * 1024;
-        let host_config = HostConfig {
-            nano_cpus: Some((spec.cpus * 1e9) as i64),
-            memory: Some(memory),
-            memory_swap: Some(memory),
-            pids_limit: Some(spec.pids_limit),
-            network_mode: Some(match spec.network {
-                NetworkMode::NoNetwork => "none".into(),
-                NetworkMode::Public | NetworkMode::Allowlist => "bridge".into(),
-            }),
-            // A real PID 1 that reaps zombies and forwards signals.
-            init: Some(true),
-            // Untrusted code gains no privilege through setuid binaries, and loses capabilities
-            // ordinary tasks (apt, pip, servers on low ports) do not need.
-            security_opt: Some(vec!["no-new-privileges:true".into()]),
-            cap_drop: Some(DROPPED_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
-            mounts: (!spec.mounts.is_empty()).then(|| {
-                spec.mounts
-                    .iter()
-                    .map(|m| Mount {
-                        target: Some(m.target.clone()),
-                        source: Some(m.source.display().to_string()),
-                        typ: Some(MountType::BIND),
-                        read_only: Some(m.read_only),
-                        ..Default::default()
-                    })
-                    .collect()
-            }),
-            ..Default::default()
-        };
-        let body = ContainerCreateBody {
-            image: Some(image.reference.clone()),
-            // The image's ENTRYPOINT is kept; the keep-alive goes in as its command.
-            cmd: Some(vec!["sleep".into(), "infinity".into()]),
-            labels: Some(
-                spec.labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            working_dir: spec.workdir.clone(),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
-        let options = CreateContainerOptions {
-            name: Some(name.clone()),
-            ..Default::default()
-        };
-        let created = self
-            .docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|e| classify_start_error("creating container", e))?;
-        let env = DockerEnvironment {
-            docker: self.docker.clone(),
-            id: created.id,
-            destroyed: AtomicBool::new(false),
-            exec_seq: AtomicU64::new(0),
-        };
-        if let Err(e) = self.docker.start_container(&env.id, None).await {
-            let _ = env.destroy().await;
-            return Err(classify_start_error("starting container", e));
-        }
-        Ok(Box::new(env))
+        Ok(Box::new(self.create_attached(image, spec, None).await?))
+    }
+
+    fn supports_compose(&self) -> bool {
+        true
+    }
+
+    async fn create_compose(
+        &self,
+        image: &PreparedImage,
+        spec: &EnvSpec,
+        project: &rollout_core::compose::ComposeProject,
+        options: &crate::compose::ComposeOptions,
+    ) -> Result<Box<dyn Environment>, EnvError> {
+        crate::compose::start(self, image, spec, project, options).await
     }
 
     async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, EnvError> {
@@ -459,7 +403,102 @@ impl Provider for DockerProvider {
                 Err(e) => return Err(EnvError::api(format!("removing container {id}"), e)),
             }
         }
+        // The networks and volumes of multi-container trials, once their containers are gone.
+        crate::compose::remove_labelled_resources(&self.docker, key, value).await?;
         Ok(removed)
+    }
+}
+
+impl DockerProvider {
+    /// Create and start one container; `attach` joins it to a compose trial's network (under
+    /// its aliases) with its named volumes, instead of the default network (and may leave it
+    /// created but not started).
+    pub(crate) async fn create_attached(
+        &self,
+        image: &PreparedImage,
+        spec: &EnvSpec,
+        attach: Option<&crate::compose::Attach>,
+    ) -> Result<DockerEnvironment, EnvError> {
+        let _slot = self
+            .create_slots
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let name = format!("rollout-{}-{}", sanitize_name(&spec.name), short_random());
+        let memory = (spec.memory_mb as i64) * 1024 * 1024;
+        let host_config = HostConfig {
+            nano_cpus: Some((spec.cpus * 1e9) as i64),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            pids_limit: Some(spec.pids_limit),
+            network_mode: Some(match (attach, spec.network) {
+                (Some(a), _) => a.network.clone(),
+                (None, NetworkMode::NoNetwork) => "none".into(),
+                (None, NetworkMode::Public | NetworkMode::Allowlist) => "bridge".into(),
+            }),
+            // A real PID 1 that reaps zombies and forwards signals.
+            init: Some(true),
+            // Untrusted code gains no privilege through setuid binaries, and loses capabilities
+            // ordinary tasks (apt, pip, servers on low ports) do not need.
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            cap_drop: Some(DROPPED_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+            mounts: (!spec.mounts.is_empty() || attach.is_some_and(|a| !a.volumes.is_empty()))
+                .then(|| {
+                    spec.mounts
+                        .iter()
+                        .map(|m| Mount {
+                            target: Some(m.target.clone()),
+                            source: Some(m.source.display().to_string()),
+                            typ: Some(MountType::BIND),
+                            read_only: Some(m.read_only),
+                            ..Default::default()
+                        })
+                        .chain(attach.into_iter().flat_map(|a| a.volumes.iter().cloned()))
+                        .collect()
+                }),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.reference.clone()),
+            // The image's ENTRYPOINT is kept; the keep-alive goes in as its command.
+            cmd: Some(vec!["sleep".into(), "infinity".into()]),
+            labels: Some(
+                spec.labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            ),
+            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            working_dir: spec.workdir.clone(),
+            host_config: Some(host_config),
+            networking_config: attach.map(crate::compose::Attach::networking),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(name.clone()),
+            ..Default::default()
+        };
+        let created = self
+            .docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|e| classify_start_error("creating container", e))?;
+        let env = DockerEnvironment {
+            docker: self.docker.clone(),
+            id: created.id,
+            destroyed: AtomicBool::new(false),
+            exec_seq: AtomicU64::new(0),
+        };
+        // A compose trial's main container is started by the compose code, once its
+        // dependencies are ready.
+        if attach.is_some_and(|a| a.defer_start) {
+            return Ok(env);
+        }
+        if let Err(e) = self.docker.start_container(&env.id, None).await {
+            let _ = env.destroy().await;
+            return Err(classify_start_error("starting container", e));
+        }
+        Ok(env)
     }
 }
 
@@ -820,14 +859,14 @@ pub(crate) fn is_not_found(e: &BollardError) -> bool {
     )
 }
 
-fn docker_message(e: &BollardError) -> String {
+pub(crate) fn docker_message(e: &BollardError) -> String {
     match e {
         BollardError::DockerResponseServerError { message, .. } => message.clone(),
         other => other.to_string(),
     }
 }
 
-fn classify_start_error(context: &str, e: BollardError) -> EnvError {
+pub(crate) fn classify_start_error(context: &str, e: BollardError) -> EnvError {
     match &e {
         BollardError::DockerResponseServerError {
             status_code,
@@ -859,7 +898,7 @@ fn split_reference(reference: &str) -> (&str, &str) {
 }
 
 /// Docker container names allow `[a-zA-Z0-9][a-zA-Z0-9_.-]*`.
-fn sanitize_name(s: &str) -> String {
+pub(crate) fn sanitize_name(s: &str) -> String {
     let cleaned: String = s
         .chars()
         .map(|c| {
@@ -874,7 +913,7 @@ fn sanitize_name(s: &str) -> String {
     cleaned.trim_start_matches(['_', '.', '-']).to_string()
 }
 
-fn short_random() -> String {
+pub(crate) fn short_random() -> String {
     let mut buf = [0u8; 4];
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -23,6 +23,8 @@ pub enum EnvError {
     StartFailed(String),
     #[error("the environment never became healthy: {0}")]
     Unhealthy(String),
+    #[error("{0}")]
+    Unsupported(String),
     #[error("Docker engine not reachable ({0}); start it (scripts/setup does) or set DOCKER_HOST")]
     EngineUnreachable(String),
     #[error("Kubernetes cluster not reachable ({0}); check KUBECONFIG and the context, or start the test cluster with scripts/k8s-test-cluster up")]
@@ -60,6 +62,7 @@ impl EnvError {
                 ErrorKind::EnvironmentApiError
             }
             EnvError::Unhealthy(_) => ErrorKind::EnvironmentHealthcheckFailed,
+            EnvError::Unsupported(_) => ErrorKind::EnvironmentUnsupported,
             EnvError::EngineUnreachable(_) | EnvError::Api { .. } => ErrorKind::EnvironmentApiError,
             EnvError::Host { .. } => ErrorKind::InternalError,
         }

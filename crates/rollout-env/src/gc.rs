@@ -5,7 +5,8 @@
 use crate::docker::{force_remove, is_not_found, retried, DockerProvider};
 use crate::EnvError;
 use bollard::query_parameters::{
-    ListContainersOptions, ListImagesOptions, PruneImagesOptions, RemoveImageOptions,
+    ListContainersOptions, ListImagesOptions, ListNetworksOptions, ListVolumesOptions,
+    PruneImagesOptions, RemoveImageOptions, RemoveVolumeOptions,
 };
 use rollout_core::labels;
 use std::collections::HashMap;
@@ -13,11 +14,11 @@ use std::collections::HashMap;
 /// One thing `gc` found.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GcItem {
-    /// `container` or `image`.
+    /// `container`, `network`, `volume` or `image`.
     pub kind: &'static str,
     pub id: String,
     pub name: String,
-    /// Job id, for containers.
+    /// Job id, for containers, networks and volumes.
     pub job: Option<String>,
     /// Why it is garbage.
     pub reason: String,
@@ -88,6 +89,78 @@ impl DockerProvider {
                     Ok(()) => item.removed = true,
                     // Gone between the listing and now: its owner removed it as it finished
                     // (the listing is a snapshot, the owner check comes later). Not garbage.
+                    Err(e) if is_not_found(&e) => continue,
+                    Err(e) => item.error = Some(e.to_string()),
+                }
+            }
+            items.push(item);
+        }
+        // Networks and volumes of multi-container trials whose rollout process is gone (their
+        // containers went just above).
+        let orphan_of = |l: &HashMap<String, String>| -> Option<String> {
+            let pid: Option<u32> = l.get(labels::PID).and_then(|p| p.parse().ok());
+            let host = l.get(labels::HOST).cloned().unwrap_or_default();
+            let alive = pid.is_some_and(|pid| rollout_core::owner_alive(pid, &host, this_host));
+            (!alive).then(|| {
+                format!(
+                    "rollout process {} on {host} is gone",
+                    pid.map_or("?".into(), |p| p.to_string())
+                )
+            })
+        };
+        let networks = docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters.clone()),
+            }))
+            .await
+            .map_err(|e| EnvError::api("listing networks", e))?;
+        for n in networks {
+            let l = n.labels.unwrap_or_default();
+            let Some(reason) = orphan_of(&l) else {
+                continue;
+            };
+            let id = n.id.unwrap_or_default();
+            let mut item = GcItem {
+                kind: "network",
+                id: id.clone(),
+                name: n.name.unwrap_or_default(),
+                job: l.get(labels::JOB).cloned(),
+                reason,
+                removed: false,
+                error: None,
+            };
+            if !opts.dry_run {
+                match retried(|| docker.remove_network(&id)).await {
+                    Ok(()) => item.removed = true,
+                    Err(e) if is_not_found(&e) => continue,
+                    Err(e) => item.error = Some(e.to_string()),
+                }
+            }
+            items.push(item);
+        }
+        let volumes = docker
+            .list_volumes(Some(ListVolumesOptions {
+                filters: Some(filters.clone()),
+            }))
+            .await
+            .map_err(|e| EnvError::api("listing volumes", e))?;
+        for v in volumes.volumes.unwrap_or_default() {
+            let Some(reason) = orphan_of(&v.labels) else {
+                continue;
+            };
+            let mut item = GcItem {
+                kind: "volume",
+                id: v.name.clone(),
+                name: v.name.clone(),
+                job: v.labels.get(labels::JOB).cloned(),
+                reason,
+                removed: false,
+                error: None,
+            };
+            if !opts.dry_run {
+                let force = Some(RemoveVolumeOptions { force: true });
+                match retried(|| docker.remove_volume(&v.name, force.clone())).await {
+                    Ok(()) => item.removed = true,
                     Err(e) if is_not_found(&e) => continue,
                     Err(e) => item.error = Some(e.to_string()),
                 }

@@ -8,6 +8,7 @@
 //! Not here: what runs inside (agents), when (the runner), or where results go.
 
 pub mod archive;
+pub mod compose;
 pub mod docker;
 pub mod error;
 pub mod exec;
@@ -152,6 +153,31 @@ pub trait Provider: Send + Sync {
         image: &PreparedImage,
         spec: &EnvSpec,
     ) -> Result<Box<dyn Environment>, EnvError>;
+
+    /// Whether [`Provider::create_compose`] runs compose services (checked before any image is
+    /// made, so that a task this provider would refuse costs nothing).
+    fn supports_compose(&self) -> bool {
+        false
+    }
+
+    /// Create and start a multi-container environment: the task's compose services around
+    /// the main container made from `image` and `spec` (see [`compose`]). Providers that cannot
+    /// run compose services refuse with [`EnvError::Unsupported`], never start main alone.
+    async fn create_compose(
+        &self,
+        image: &PreparedImage,
+        spec: &EnvSpec,
+        project: &rollout_core::compose::ComposeProject,
+        options: &compose::ComposeOptions,
+    ) -> Result<Box<dyn Environment>, EnvError> {
+        let _ = (image, spec, options);
+        Err(EnvError::Unsupported(format!(
+            "the {} provider does not run multi-container tasks: {} defines services ({}); run the task with --env docker",
+            self.name(),
+            project.file.display(),
+            project.services.keys().cloned().collect::<Vec<_>>().join(", ")
+        )))
+    }
 
     /// Forget cached image failures, so that the next `prepare_image` builds or pulls again
     /// (called before an infrastructure retry).

@@ -7,6 +7,7 @@
 //! The runner does write a trial's evidence (agent and verifier output, artifacts) into the
 //! trial directory, since that is where the sandbox's files land.
 
+mod compose;
 pub mod events;
 pub mod fsutil;
 pub mod plan;

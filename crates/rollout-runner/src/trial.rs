@@ -548,6 +548,8 @@ impl TrialRun<'_> {
         info: &mut EnvironmentInfo,
     ) -> Result<(), ErrorInfo> {
         let task = &self.plan.task;
+        // A compose file is read (and refused if need be) before anything is built.
+        let compose = crate::compose::load(task, &spec, self.shared.provider.as_ref())?;
         let source = match &task.config.environment.docker_image {
             Some(reference) => ImageSource::Prebuilt {
                 reference: reference.clone(),
@@ -587,12 +589,21 @@ impl TrialRun<'_> {
                 )
             })?;
         }
-        let env = self
-            .shared
-            .provider
-            .create(&image, &spec)
-            .await
-            .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))?;
+        let provider = &self.shared.provider;
+        let env = match &compose {
+            Some(project) => {
+                let options = rollout_env::compose::ComposeOptions {
+                    build_timeout: self.plan.timeouts.build,
+                    force_build: self.shared.job.config.environment.force_build,
+                    start_timeout: self.plan.timeouts.build,
+                };
+                provider
+                    .create_compose(&image, &spec, project, &options)
+                    .await
+            }
+            None => provider.create(&image, &spec).await,
+        }
+        .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))?;
         let env = slot.insert(env);
         info.container_id = Some(env.id().to_string());
         if !self.mounted() {

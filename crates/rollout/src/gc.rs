@@ -45,7 +45,6 @@ pub fn main(args: GcArgs) -> u8 {
                 ""
             }
         );
-        println!("networks: rollout creates none");
         if failed > 0 {
             exit::TRIAL_ERRORS
         } else {

@@ -1035,7 +1035,7 @@ fn check_dependency_files(tasks: &[Candidate], agents: &[ResolvedAgent]) -> Chec
             if env.join("docker-compose.yaml").is_file() || env.join("docker-compose.yml").is_file()
             {
                 p.error(format!(
-                    "{name}: environment/docker-compose.yaml is not supported: add environment/Dockerfile or set [environment] docker_image"
+                    "{name}: environment/docker-compose.yaml has no image for its main service: add environment/Dockerfile or set [environment] docker_image"
                 ));
             } else {
                 missing.push("environment/Dockerfile (or [environment] docker_image)");
@@ -1043,6 +1043,18 @@ fn check_dependency_files(tasks: &[Candidate], agents: &[ResolvedAgent]) -> Chec
         }
         if !missing.is_empty() {
             p.error(format!("{name}: missing {}", missing.join(", ")));
+        }
+        // A compose file rollout cannot run fails that task's trials (environment_unsupported);
+        // the rest of the job runs, so this is a warning here.
+        let (mut env_vars, _) = rollout_core::envvars::expand_map(&t.config.environment.env);
+        env_vars.insert(
+            "MAIN_IMAGE_NAME".into(),
+            rollout_core::compose::MAIN_IMAGE_PLACEHOLDER.into(),
+        );
+        if let Err(e) = rollout_core::compose::load(&t.environment_dir(), &env_vars) {
+            p.warn(format!(
+                "{name}: its trials will fail with environment_unsupported: {e}"
+            ));
         }
         #[cfg(unix)]
         if let Ok(meta) = std::fs::metadata(t.tests_dir().join("test.sh")) {

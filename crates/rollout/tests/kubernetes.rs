@@ -584,3 +584,63 @@ fn a_three_step_task_runs_its_steps_in_one_pod() {
     }
     assert_no_pods(r.job_result()["id"].as_str().unwrap());
 }
+
+#[test]
+fn a_compose_task_is_refused_on_the_cluster_and_never_runs_without_its_services() {
+    // Compose services do not map to the trial's pod yet: the task's trials fail with a typed
+    // environment_unsupported error, before any image is pushed or pod created; the other
+    // tasks of the job still run.
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("with-sidecar");
+    for (rel, text) in [
+        ("instruction.md", "Ask the api service.\n"),
+        (
+            "task.toml",
+            "version = \"1.0\"\n[environment]\ndocker_image = \"debian:bookworm-slim\"\n",
+        ),
+        (
+            "environment/docker-compose.yaml",
+            "services:\n  main:\n    depends_on: [api]\n  api:\n    image: debian:bookworm-slim\n    command: [\"sleep\", \"infinity\"]\n",
+        ),
+        ("solution/solve.sh", "#!/bin/bash\ntrue\n"),
+        ("tests/test.sh", "#!/bin/bash\necho 1 > /logs/verifier/reward.txt\n"),
+    ] {
+        let p = t.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+    let run = run_k8s(
+        &[
+            "-p",
+            t.to_str().unwrap(),
+            "-p",
+            fixture("hello-prebuilt").to_str().unwrap(),
+            "-a",
+            "oracle",
+        ],
+        &[],
+    );
+    let trials = run.trials();
+    assert_eq!(trials.len(), 2, "stderr:\n{}", run.stderr());
+    let refused = trials
+        .iter()
+        .find(|t| t["task_name"] == "with-sidecar")
+        .unwrap();
+    assert_eq!(
+        error_type(refused),
+        Some("environment_unsupported"),
+        "{refused}"
+    );
+    let msg = refused["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("kubernetes") && msg.contains("docker-compose.yaml"),
+        "{msg}"
+    );
+    assert!(refused["reward"].is_null());
+    let other = trials
+        .iter()
+        .find(|t| t["task_name"] == "hello-prebuilt")
+        .unwrap();
+    assert_eq!(other["reward"], 1.0, "{other}");
+    assert_no_pods(&job_id(&run.job_dir));
+}
