@@ -191,7 +191,7 @@ impl Auth {
                 // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
                 let token = value
                     .trim_start()
-                    .split_once(|c: char| c == ' ' || c == '\t')
+                    .split_once([' ', '\t'])
                     .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
                     .map(|(_, token)| token.trim())
                     .filter(|t| !t.is_empty())
