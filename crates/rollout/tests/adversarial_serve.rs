@@ -672,3 +672,51 @@ async fn public_reads_open_reads_but_keep_secrets_redacted() {
     let got = send(client().get(server.url("/api/v1/jobs/nope"))).await;
     assert_eq!(got.0, 404, "{}", got.2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_registry_cannot_lead_outside_the_allowed_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let allowed = tmp.path().join("allowed");
+    std::fs::create_dir_all(&allowed).unwrap();
+    let server = Server::start(
+        tmp.path(),
+        &["--allow-local-paths", allowed.to_str().unwrap()],
+        &[],
+    );
+    // A repository outside the allowed directory, named by a registry inside it.
+    let outside = tmp.path().join("outside-repo");
+    std::fs::create_dir_all(&outside).unwrap();
+    let registry = allowed.join("registry.json");
+    std::fs::write(
+        &registry,
+        json!([{"name": "d", "version": "1", "tasks": [
+            {"name": "t", "git_url": outside.display().to_string()}
+        ]}])
+        .to_string(),
+    )
+    .unwrap();
+    let got = post_job(
+        &server,
+        &json!({"datasets": [{"registry": {"path": registry}, "name": "d"}]}),
+        None,
+        None,
+    )
+    .await;
+    let cache = tmp.path().join("cache");
+    assert_refused(
+        &got,
+        400,
+        "source_refused",
+        "not under a directory the server allows",
+        &[server.data.as_path(), cache.as_path()],
+    );
+    // A registry outside it is refused before it is read.
+    let got = post_job(
+        &server,
+        &json!({"datasets": [{"registry": {"path": "/etc/hostname"}, "name": "d"}]}),
+        None,
+        None,
+    )
+    .await;
+    assert_refused(&got, 400, "source_refused", "--allow-local-paths", &[]);
+}
