@@ -218,6 +218,11 @@ fn sanitize(
             let full = confined(root, std::path::Path::new(p), "agent code:")?;
             a.name = format!("code:{}", full.display());
         }
+        // Keys an agent would otherwise take from the server's environment (API keys,
+        // endpoints) are set empty: an empty value is "unset" to the agent, never the server's.
+        for k in rollout_agents::host_env_keys(a) {
+            a.env.entry(k.to_string()).or_default();
+        }
         if let Some((k, var)) = a.env.iter().find_map(|(k, v)| {
             rollout_core::envvars::references(v)
                 .into_iter()

@@ -564,6 +564,45 @@ async fn job_details_need_credentials_and_never_show_submitted_secrets() {
         "kwargs": {"api_key": kw_secret}}]});
     let got = post_job(&server, &config, Some(&bytes), Some(&auth)).await;
     assert_eq!(got.0, 202, "{}", got.2);
+    // An installed agent submitted without keys gets them blank, never the server's.
+    let got_cc = post_job(
+        &server,
+        &json!({"agents": [{"name": "claude-code"}], "n_attempts": 1}),
+        Some(&bytes),
+        Some(&auth),
+    )
+    .await;
+    assert_eq!(got_cc.0, 202, "{}", got_cc.2);
+    let cc_id = got_cc.1["id"].as_str().unwrap().to_string();
+    let cancel = send(
+        client()
+            .post(server.url(&format!("/api/v1/jobs/{cc_id}/cancel")))
+            .header("authorization", &auth),
+    )
+    .await;
+    assert!(matches!(cancel.0, 202 | 409), "{}", cancel.2);
+    assert_eq!(
+        got_cc.1["config"]["agents"][0]["env"]["ANTHROPIC_API_KEY"],
+        ""
+    );
+    // Wait (bounded) until the cancelled job has removed its containers.
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    loop {
+        let j = send(
+            client()
+                .get(server.url(&format!("/api/v1/jobs/{cc_id}")))
+                .header("authorization", &auth),
+        )
+        .await;
+        if matches!(
+            j.1["status"].as_str(),
+            Some("cancelled" | "completed" | "failed")
+        ) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", j.2);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(
         !got.2.contains(api_key) && !got.2.contains(kw_secret),
         "{}",
