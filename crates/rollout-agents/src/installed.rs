@@ -279,7 +279,10 @@ impl InstalledAgent {
         );
         let (extra, _) = rollout_core::envvars::expand_map(&self.spec.env);
         for (k, v) in extra {
-            if !env.iter().any(|(ek, _)| ek == &k) {
+            // An empty value of one of the agent's keys means "unset" (rollout serve blanks
+            // them so that the server's own credentials are never used).
+            let blank_key = v.is_empty() && self.recipe.env_keys.contains(&k.as_str());
+            if !blank_key && !env.iter().any(|(ek, _)| ek == &k) {
                 env.push((k, v));
             }
         }

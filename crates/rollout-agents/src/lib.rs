@@ -315,6 +315,24 @@ impl Agent for CommandAgent {
     }
 }
 
+/// The variables an agent reads from the host's environment when its entry's `env` does not
+/// set them (API keys, endpoints). `rollout serve` sets them empty in submitted jobs: a
+/// submitter's agent may not use, or see, the server's credentials.
+pub fn host_env_keys(spec: &AgentSpec) -> Vec<&'static str> {
+    if let Some(r) = installed::recipe(&spec.name) {
+        return r.env_keys.to_vec();
+    }
+    if llm::NAMES.contains(&spec.name.as_str()) {
+        return vec![
+            "OPENAI_BASE_URL",
+            "OPENAI_API_KEY",
+            "ANTHROPIC_BASE_URL",
+            "ANTHROPIC_API_KEY",
+        ];
+    }
+    Vec::new()
+}
+
 /// The agent a job-file entry (or `-a NAME`) names.
 pub fn from_spec(spec: &AgentSpec) -> Result<Arc<dyn Agent>, String> {
     if spec.execute.is_some() || spec.install.is_some() {

@@ -49,6 +49,20 @@ pub fn expand(
     out
 }
 
+/// The names of the host variables `value` would read when expanded (`${VAR}`, `${VAR:-d}`),
+/// in order; `$$` escapes are not references. A value without references expands to itself
+/// (but for `$$` → `$`) whatever the host's environment holds.
+pub fn references(value: &str) -> Vec<String> {
+    let seen = std::cell::RefCell::new(Vec::new());
+    let lookup = |k: &str| {
+        seen.borrow_mut().push(k.to_string());
+        None
+    };
+    let mut missing = Vec::new();
+    expand(value, &lookup, &mut missing);
+    seen.into_inner()
+}
+
 /// Expand every value of a map from the process environment; returns the map and the names of
 /// variables that were referenced but unset.
 pub fn expand_map(map: &BTreeMap<String, String>) -> (BTreeMap<String, String>, Vec<String>) {
@@ -83,5 +97,11 @@ mod tests {
         assert_eq!(expand("${UNSET}", &lookup, &mut missing), "");
         assert_eq!(expand("${open", &lookup, &mut missing), "${open");
         assert_eq!(missing, ["UNSET"]);
+    }
+
+    #[test]
+    fn references_name_every_variable_read() {
+        assert_eq!(references("a${X}b${Y:-d}"), ["X", "Y"]);
+        assert!(references("$${HOME} $HOME plain ${open").is_empty());
     }
 }

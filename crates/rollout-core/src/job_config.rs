@@ -333,6 +333,28 @@ impl JobConfig {
         )?;
         positive("verifier.max_timeout_sec", self.verifier.max_timeout_sec)?;
         positive("environment.override_cpus", self.environment.override_cpus)?;
+        if let Some(p) = self.environment.pids_limit {
+            if p < 1 {
+                return Err((
+                    "environment.pids_limit".into(),
+                    format!("expected at least 1 process, found {p} (Docker would read it as unlimited)"),
+                ));
+            }
+        }
+        for (field, v) in [
+            (
+                "environment.override_memory_mb",
+                self.environment.override_memory_mb,
+            ),
+            (
+                "environment.override_storage_mb",
+                self.environment.override_storage_mb,
+            ),
+        ] {
+            if v == Some(0) {
+                return Err((field.into(), "expected at least 1 MiB, found 0".into()));
+            }
+        }
         if self.n_attempts == Some(0) {
             return Err(("n_attempts".into(), "expected at least 1 attempt".into()));
         }
@@ -376,6 +398,14 @@ impl JobConfig {
             }
         }
         Ok(())
+    }
+
+    /// Check the values of a configuration that did not come through [`JobConfig::parse`] (one
+    /// built from flags, or submitted to `rollout serve`): the same rules, with `origin` naming
+    /// where it came from in the error.
+    pub fn validate(&self, origin: &Path) -> Result<(), ConfigError> {
+        self.validate_values()
+            .map_err(|(field, msg)| ConfigError::field(origin, field, msg))
     }
 
     /// Fail unless the job names at least one task source.

@@ -5,7 +5,7 @@ use rollout_core::job_config::AgentSpec;
 use rollout_core::timeouts::{Multipliers, Timeouts};
 use rollout_core::{JobConfig, Task};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// One trial to run: a task, an agent, an attempt number.
@@ -177,7 +177,7 @@ impl JobPlan {
             .map(rollout_agents::from_spec)
             .collect::<Result<_, _>>()
             .map_err(PlanError::Agent)?;
-        let agent_labels = unique_labels(agents.iter().map(|a| sanitize(&a.name)));
+        let agent_labels = unique_labels(agents.iter().map(|a| agent_label(&a.name)));
         // A task named twice (`-p X -p X`, a dataset and one of its tasks, two identical copies)
         // runs once: same name and content would write the same trial directories.
         let mut seen = std::collections::HashSet::new();
@@ -224,6 +224,22 @@ fn sanitize(s: &str) -> String {
             }
         })
         .collect()
+}
+
+/// An agent's label in trial names: its name, but `code-<directory name>` for a `code:PATH`
+/// agent, so that no host path (a server's cache, a user's home) ends up in a trial name.
+fn agent_label(name: &str) -> String {
+    match name.strip_prefix("code:") {
+        Some(path) => {
+            let p = Path::new(path.trim_end_matches('/'));
+            let last = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "agent".into());
+            format!("code-{}", sanitize(&last))
+        }
+        None => sanitize(name),
+    }
 }
 
 /// Labels made unique by suffixing `-2`, `-3` … to repeats.
@@ -297,6 +313,16 @@ mod tests {
     fn repeated_labels_get_suffixes() {
         let l = unique_labels(["a", "b", "a", "a"].into_iter().map(String::from));
         assert_eq!(l, ["a", "b", "a-2", "a-3"]);
+    }
+
+    #[test]
+    fn code_agents_are_labelled_by_their_directory_name() {
+        assert_eq!(
+            agent_label("code:/root/.cache/rollout/archives/ab12/extracted/agent_code"),
+            "code-agent_code"
+        );
+        assert_eq!(agent_label("code:./my agent/"), "code-my-agent");
+        assert_eq!(agent_label("oracle"), "oracle");
     }
 
     #[test]

@@ -4,14 +4,17 @@
 //! A submitted configuration may only reach what it uploaded: dataset and task paths are
 //! relative to the archive root, host paths, `archives`, local registries and `code:` agents
 //! outside the archive are refused, agent environment values may not expand host variables
-//! (`${…}`), and environments are Docker.
+//! (`${…}`), and environments are Docker. Settings are validated as `rollout run` validates a
+//! job file and capped by the operator's limits ([`crate::Caps`]); tasks are checked once
+//! loaded ([`crate::runs::plan`]).
 
 use crate::db::{RunKind, RunRow, TrialRow};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::runs::{self, Summary};
 use crate::seed::{
-    accepting, authorize, cancel_run, load_run, multipart_error, save_field, NewRun,
+    accepting, authorize, authorize_read, cancel_run, load_run, multipart_error, redact_run,
+    save_field, NewRun,
 };
 use crate::AppState;
 use axum::body::Body;
@@ -24,6 +27,9 @@ use rollout_core::JobConfig;
 use serde_json::{json, Value};
 use std::path::{Component, PathBuf};
 use std::sync::Arc;
+
+/// Downloads up to this size are redacted (larger ones are streamed as they are).
+const REDACTED_DOWNLOAD_MAX: u64 = 64 << 20;
 
 /// The native job object.
 pub(crate) fn job_json(run: &RunRow, trials: &[TrialRow]) -> Value {
@@ -85,6 +91,89 @@ fn confined(
     Ok(root.join(p))
 }
 
+/// A setting over an operator limit.
+fn over(
+    field: &str,
+    value: impl std::fmt::Display,
+    limit: impl std::fmt::Display,
+    flag: &str,
+) -> ApiError {
+    ApiError::bad_request(
+        "over_limit",
+        format!("{field} = {value} exceeds this server's limit of {limit} ({flag}): ask for less, or ask the operator to raise it"),
+    )
+}
+
+/// Refuse job settings over the operator's limits; a process limit left unset gets the cap
+/// when the runner's default (4096) is above it.
+pub(crate) fn enforce_caps(caps: &crate::Caps, c: &mut JobConfig) -> Result<(), ApiError> {
+    let env = &mut c.environment;
+    if let Some(m) = env.override_memory_mb.filter(|m| *m > caps.max_memory_mb) {
+        return Err(over(
+            "environment.override_memory_mb",
+            m,
+            caps.max_memory_mb,
+            "--max-memory-mb",
+        ));
+    }
+    if let Some(n) = env.override_cpus.filter(|n| *n > caps.max_cpus) {
+        return Err(over(
+            "environment.override_cpus",
+            n,
+            caps.max_cpus,
+            "--max-cpus",
+        ));
+    }
+    match env.pids_limit {
+        Some(p) if p > caps.max_pids => {
+            return Err(over(
+                "environment.pids_limit",
+                p,
+                caps.max_pids,
+                "--max-pids",
+            ))
+        }
+        None if caps.max_pids < 4096 => env.pids_limit = Some(caps.max_pids),
+        _ => {}
+    }
+    if let Some(n) = c.n_attempts.filter(|n| *n > caps.max_attempts) {
+        return Err(over("n_attempts", n, caps.max_attempts, "--max-attempts"));
+    }
+    if let Some(n) = c
+        .retry
+        .as_ref()
+        .map(|r| r.max_retries)
+        .filter(|n| *n > caps.max_attempts)
+    {
+        return Err(over(
+            "retry.max_retries",
+            n,
+            caps.max_attempts,
+            "--max-attempts",
+        ));
+    }
+    for (field, v) in [
+        ("timeout_multiplier", c.timeout_multiplier),
+        ("agent_timeout_multiplier", c.agent_timeout_multiplier),
+        (
+            "agent_install_timeout_multiplier",
+            c.agent_install_timeout_multiplier,
+        ),
+        ("verifier_timeout_multiplier", c.verifier_timeout_multiplier),
+        ("build_timeout_multiplier", c.build_timeout_multiplier),
+    ] {
+        if let Some(m) = v.filter(|m| *m > caps.max_timeout_multiplier) {
+            return Err(over(
+                field,
+                m,
+                caps.max_timeout_multiplier,
+                "--max-timeout-multiplier",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Make a submitted configuration safe to run here; `root` is the extracted archive.
 fn sanitize(
     state: &AppState,
@@ -104,12 +193,16 @@ fn sanitize(
             "`archives` name host files: upload the tasks as the multipart `archive` instead",
         ));
     }
+    // The same value checks as `rollout run` applies to a job file and its flags.
+    c.validate(std::path::Path::new("submitted job"))
+        .map_err(|e| ApiError::bad_request("invalid_job", e.to_string()))?;
+    enforce_caps(&state.config.caps, &mut c)?;
     for d in &mut c.datasets {
         if let Some(reg) = &d.registry {
-            if reg.path.is_some() {
+            if reg.path.is_some() && state.config.sources.local_roots.is_empty() {
                 return Err(ApiError::bad_request(
-                    "invalid_job",
-                    "a registry given by `path` is a host file: use `url`",
+                    "source_refused",
+                    "a registry given by `path` is a file on the server, and this server reads none: use `url` (the operator can allow directories with --allow-local-paths)",
                 ));
             }
         }
@@ -125,11 +218,21 @@ fn sanitize(
             let full = confined(root, std::path::Path::new(p), "agent code:")?;
             a.name = format!("code:{}", full.display());
         }
-        if a.env.values().any(|v| v.contains("${")) {
+        // Keys an agent would otherwise take from the server's environment (API keys,
+        // endpoints) are set empty: an empty value is "unset" to the agent, never the server's.
+        for k in rollout_agents::host_env_keys(a) {
+            a.env.entry(k.to_string()).or_default();
+        }
+        if let Some((k, var)) = a.env.iter().find_map(|(k, v)| {
+            rollout_core::envvars::references(v)
+                .into_iter()
+                .next()
+                .map(|var| (k, var))
+        }) {
             return Err(ApiError::bad_request(
-                "invalid_job",
+                "host_variable",
                 format!(
-                    "agent {}: env values may not expand server variables (`${{…}}`)",
+                    "agent {}: env.{k} reads the server's variable ${{{var}}}: a submitted job may not read the server's environment; send the value itself (it is redacted in every response)",
                     a.name
                 ),
             ));
@@ -178,7 +281,9 @@ pub async fn submit_job(
     let run = result?;
     tracing::info!(job = %run.id, trials = run.total_tasks, "job submitted");
     let trials = state.db.list_trials(&run.id)?;
-    Ok((StatusCode::ACCEPTED, Json(job_json(&run, &trials))))
+    let mut v = job_json(&run, &trials);
+    redact_run(&state, &run, &mut v);
+    Ok((StatusCode::ACCEPTED, Json(v)))
 }
 
 async fn submit_inner(
@@ -261,7 +366,11 @@ fn load_job(state: &AppState, id: &str) -> Result<RunRow, ApiError> {
     })
 }
 
-pub async fn list_jobs(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+pub async fn list_jobs(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize_read(&state, &headers)?;
     let runs = state.db.list_runs(None)?;
     let mut jobs = Vec::with_capacity(runs.len());
     for r in &runs {
@@ -272,6 +381,7 @@ pub async fn list_jobs(State(state): State<Arc<AppState>>) -> Result<Json<Value>
             o.remove("config");
             o.remove("result");
         }
+        redact_run(&state, r, &mut j);
         jobs.push(j);
     }
     Ok(Json(json!({"jobs": jobs})))
@@ -280,10 +390,14 @@ pub async fn list_jobs(State(state): State<Arc<AppState>>) -> Result<Json<Value>
 pub async fn get_job(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    authorize_read(&state, &headers)?;
     let run = load_job(&state, &id)?;
     let trials = state.db.list_trials(&id)?;
-    Ok(Json(job_json(&run, &trials)))
+    let mut v = job_json(&run, &trials);
+    redact_run(&state, &run, &mut v);
+    Ok(Json(v))
 }
 
 pub async fn cancel_job(
@@ -300,25 +414,33 @@ pub async fn cancel_job(
 pub async fn list_trials(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    load_job(&state, &id)?;
+    authorize_read(&state, &headers)?;
+    let run = load_job(&state, &id)?;
     let trials = state.db.list_trials(&id)?;
-    Ok(Json(json!({
+    let mut v = json!({
         "job_id": id,
         "trials": trials.iter().map(trial_json).collect::<Vec<_>>(),
-    })))
+    });
+    redact_run(&state, &run, &mut v);
+    Ok(Json(v))
 }
 
 pub async fn get_trial(
     State(state): State<Arc<AppState>>,
     Path((id, trial)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    load_job(&state, &id)?;
+    authorize_read(&state, &headers)?;
+    let run = load_job(&state, &id)?;
     let t = state
         .db
         .get_trial(&id, &trial)?
         .ok_or_else(|| ApiError::not_found("trial", &trial))?;
-    Ok(Json(trial_json(&t)))
+    let mut v = trial_json(&t);
+    redact_run(&state, &run, &mut v);
+    Ok(Json(v))
 }
 
 /// `GET /api/v1/jobs/{id}/trials/{trial}/files/{*path}`: a file of the trial directory
@@ -362,6 +484,30 @@ pub async fn download_file(
             "not_a_file",
             format!("{path} is not a file"),
         ));
+    }
+    // Files small enough to hold lose the run's secrets (a trial's config.json holds the
+    // agent's environment; a log may echo it) and the server's paths.
+    if meta.len() <= REDACTED_DOWNLOAD_MAX {
+        let bytes = tokio::fs::read(&full).await.map_err(|_| not_found())?;
+        let r = crate::redact::Redactor {
+            paths: &state.paths,
+            secrets: crate::redact::secrets_of(&run.config),
+        };
+        let body = match std::str::from_utf8(&bytes) {
+            Ok(text) => match serde_json::from_str::<Value>(text) {
+                Ok(mut v) if path.ends_with(".json") => {
+                    r.value(&mut v);
+                    serde_json::to_vec_pretty(&v).unwrap_or_default()
+                }
+                _ => r.text(text).into_bytes(),
+            },
+            Err(_) => bytes,
+        };
+        return Response::builder()
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, body.len())
+            .body(Body::from(body))
+            .map_err(|e| ApiError::internal(e.to_string()));
     }
     let file = tokio::fs::File::open(&full)
         .await

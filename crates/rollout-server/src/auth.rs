@@ -188,16 +188,19 @@ impl Auth {
                         "this server needs `Authorization: Bearer <token>`",
                     ));
                 };
+                // The scheme is case-insensitive (RFC 9110 §11.1): `Bearer`, `bearer`, `BEARER`.
                 let token = value
-                    .strip_prefix("Bearer ")
-                    .or_else(|| value.strip_prefix("bearer "))
+                    .trim_start()
+                    .split_once([' ', '\t'])
+                    .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+                    .map(|(_, token)| token.trim())
+                    .filter(|t| !t.is_empty())
                     .ok_or_else(|| {
                         unauthorized(
                             "invalid_token",
                             "the Authorization header must be `Bearer <token>`",
                         )
-                    })?
-                    .trim();
+                    })?;
                 let presented = blake3::hash(token.as_bytes());
                 // blake3::Hash's equality is constant-time; every hash is compared.
                 let mut found = None;
@@ -352,6 +355,21 @@ mod tests {
                 .unwrap(),
         );
         h
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let auth = Auth::Token(vec![blake3::hash(b"tok-1")]);
+        for scheme in ["Bearer", "bearer", "BEARER", "BeArEr"] {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", format!("{scheme} tok-1").parse().unwrap());
+            assert!(auth.check(&h).is_ok(), "{scheme}");
+        }
+        for bad in ["Basic tok-1", "Bearer", "Bearertok-1", "Bearer wrong"] {
+            let mut h = HeaderMap::new();
+            h.insert("authorization", bad.parse().unwrap());
+            assert_eq!(auth.check(&h).unwrap_err().code, "invalid_token", "{bad}");
+        }
     }
 
     #[test]

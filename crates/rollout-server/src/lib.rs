@@ -22,6 +22,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod prov;
+pub mod redact;
 pub mod runs;
 pub mod seed;
 pub mod stream;
@@ -71,6 +72,56 @@ pub struct ServerConfig {
     pub ca_bundle: Option<Vec<u8>>,
     /// The provenance store (crate rollout-store), when one is configured.
     pub store_path: Option<PathBuf>,
+    /// Reads of runs (jobs, trials, batches, streams) without credentials (`--public-reads`);
+    /// secrets are redacted either way.
+    pub public_reads: bool,
+    /// Operator limits on submitted job settings and tasks.
+    pub caps: Caps,
+    /// What submitters may make the server fetch (repositories, registries, local paths).
+    pub sources: rollout_sources::policy::RemotePolicy,
+}
+
+/// Operator limits on what one submission may ask for (`--max-memory-mb` …). A submission over
+/// a limit is refused with a 400 naming the setting and the limit; none is silently lowered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Caps {
+    /// Memory of one trial's container, MiB (the job's override or the task's `memory_mb`).
+    pub max_memory_mb: u64,
+    /// CPUs of one trial's container.
+    pub max_cpus: f64,
+    /// Processes of one trial's container (`pids_limit`; the default 4096 is lowered to it).
+    pub max_pids: i64,
+    /// `n_attempts`, and `retry.max_retries`.
+    pub max_attempts: u32,
+    /// Every timeout multiplier.
+    pub max_timeout_multiplier: f64,
+    /// Trials of one job (tasks × agents × attempts).
+    pub max_trials_per_job: usize,
+}
+
+impl Caps {
+    /// Defaults from this host: its memory and CPUs, 8192 processes, 100 attempts, a timeout
+    /// multiplier of 10, 1000 trials per job.
+    pub fn from_host() -> Self {
+        let memory_mb = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .map(|kb| kb / 1024)
+            .unwrap_or(8192);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            max_memory_mb: memory_mb.max(64),
+            max_cpus: cpus as f64,
+            max_pids: 8192,
+            max_attempts: 100,
+            max_timeout_multiplier: 10.0,
+            max_trials_per_job: 1000,
+        }
+    }
 }
 
 impl ServerConfig {
@@ -89,6 +140,9 @@ impl ServerConfig {
             executor_image: None,
             ca_bundle: None,
             store_path: None,
+            public_reads: false,
+            caps: Caps::from_host(),
+            sources: Default::default(),
         }
     }
     pub fn db_path(&self) -> PathBuf {
@@ -120,6 +174,8 @@ pub struct AppState {
     /// Cancelled when streams must end (after runs have stopped).
     pub streams_end: CancellationToken,
     pub started_at: Instant,
+    /// The server's paths, as they are shown in responses.
+    pub paths: redact::PathScrubber,
 }
 
 /// Why the server could not start.
@@ -172,6 +228,7 @@ impl AppState {
             shutdown: CancellationToken::new(),
             streams_end: CancellationToken::new(),
             started_at: Instant::now(),
+            paths: redact::PathScrubber::new(&config.data_dir),
             config,
         }))
     }
@@ -259,6 +316,10 @@ pub fn router(state: Arc<AppState>) -> Router {
     .layer(DefaultBodyLimit::max(limit))
     .layer(axum::middleware::from_fn_with_state(
         state.clone(),
+        scrub_errors,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        state.clone(),
         count_requests,
     ))
     .layer(
@@ -274,6 +335,33 @@ pub fn router(state: Arc<AppState>) -> Router {
             ),
     )
     .with_state(state)
+}
+
+/// Error bodies (small JSON documents) lose every host path: whatever produced the message,
+/// no response tells a client where the server keeps its files.
+async fn scrub_errors(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match axum::body::to_bytes(body, 1 << 20).await {
+        Ok(b) => b,
+        Err(_) => {
+            return axum::response::IntoResponse::into_response(ApiError::internal(
+                "the error response could not be read",
+            ))
+        }
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    let scrubbed = state.paths.scrub(&text);
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(scrubbed))
 }
 
 async fn count_requests(

@@ -313,10 +313,35 @@ pub fn document() -> Value {
         ),
     );
 
+    // Reads of runs need the same credentials as writes, unless the server runs with
+    // --public-reads.
+    for path in [
+        "/batches",
+        "/batch/{id}",
+        "/batch/{id}/tasks",
+        "/batch/{id}/task/{task_id}",
+        "/ws",
+        "/api/v1/jobs",
+        "/api/v1/jobs/{id}",
+        "/api/v1/jobs/{id}/trials",
+        "/api/v1/jobs/{id}/trials/{trial}",
+        "/api/v1/jobs/{id}/events",
+        "/api/v1/jobs/{id}/ws",
+    ] {
+        if let Some(get) = paths.get_mut(path).and_then(|p| p.get_mut("get")) {
+            get["security"] = json!([{"bearer": []}, {"hotkey": []}, {}]);
+            get["description"] = json!("Needs credentials unless the server runs with --public-reads; submitted secrets (agent env values, key-like options) are redacted and server paths removed.");
+            if let Some(resp) = get["responses"].as_object_mut() {
+                for code in ["401", "403"] {
+                    resp.insert(code.into(), json!({"description": "error", "content": {"application/json": {"schema": r("Error")}}}));
+                }
+            }
+        }
+    }
     let run_status = json!({"type": "string", "enum": ["pending", "extracting", "running", "completed", "failed", "cancelled", "interrupted"]});
     let task_status = json!({"type": "string", "enum": ["queued", "cloning_repo", "installing_deps", "running_agent", "running_tests", "completed", "failed", "cancelled", "interrupted"]});
     let schemas = json!({
-        "Error": {"type": "object", "required": ["error", "message"], "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
+        "Error": {"type": "object", "required": ["error", "message"], "description": "Submission refusals (400) include: invalid_job (a setting `rollout run` refuses too), over_limit (over an operator limit: --max-memory-mb, --max-cpus, --max-pids, --max-attempts, --max-timeout-multiplier, --max-trials-per-job), host_variable (a `${VAR}` that would read the server's environment), source_refused (a local path, scheme, host or registry the server's source policy refuses), unsupported_task (e.g. network_mode = \"allowlist\"), invalid_source, invalid_archive. Messages never hold server paths.", "properties": {"error": {"type": "string"}, "message": {"type": "string"}}},
         "Health": {"type": "object", "required": ["status"], "properties": {"status": {"type": "string"}}},
         "Status": {"type": "object", "required": ["version", "uptime_secs", "active_batches", "queued_batches", "total_batches", "completed_batches", "tasks_passed", "tasks_failed", "max_concurrent_tasks", "max_batches", "has_active_batch", "auth", "limits"], "properties": {
             "version": {"type": "string"}, "uptime_secs": {"type": "integer"}, "active_batches": {"type": "integer"},
@@ -326,7 +351,10 @@ pub fn document() -> Value {
             "shutting_down": {"type": "boolean"},
             "limits": {"type": "object", "required": ["max_body_bytes", "max_archive_bytes", "max_extracted_bytes", "max_files", "max_compression_ratio"], "properties": {
                 "max_body_bytes": {"type": "integer"}, "max_archive_bytes": {"type": "integer"}, "max_extracted_bytes": {"type": "integer"},
-                "max_files": {"type": "integer"}, "max_compression_ratio": {"type": "number"}, "max_path_len": {"type": "integer"}}}}},
+                "max_files": {"type": "integer"}, "max_compression_ratio": {"type": "number"}, "max_path_len": {"type": "integer"},
+                "max_memory_mb": {"type": "integer"}, "max_cpus": {"type": "number"}, "max_pids": {"type": "integer"}, "max_attempts": {"type": "integer"},
+                "max_timeout_multiplier": {"type": "number"}, "max_trials_per_job": {"type": "integer"}}},
+            "public_reads": {"type": "boolean"}}},
         "SubmitResponse": {"type": "object", "required": ["batch_id", "total_tasks", "concurrent_tasks", "ws_url"], "properties": {
             "batch_id": {"type": "string"}, "total_tasks": {"type": "integer"}, "concurrent_tasks": {"type": "integer"}, "ws_url": {"type": "string"}}},
         "Batch": {"type": "object", "required": ["batch_id", "status", "total_tasks", "completed_tasks", "passed_tasks", "failed_tasks", "aggregate_reward", "error", "duration_ms", "created_at"], "properties": {

@@ -106,8 +106,22 @@ impl LiveRun {
 /// Load the tasks of `config` and plan its trials, with job id `id` (resuming the job
 /// directory when it already holds this job). Blocking: clones and archive extraction.
 pub fn plan(state: &AppState, id: &str, mut config: JobConfig) -> Result<JobPlan, ApiError> {
+    let policy = Arc::new(state.config.sources.clone());
+    // Registries are checked before anything is fetched (and again, pinned, when fetched).
+    for d in &config.datasets {
+        if let Some(reg) = &d.registry {
+            let location = match (&reg.path, &reg.url) {
+                (Some(p), _) => p.display().to_string(),
+                (None, Some(u)) => u.clone(),
+                (None, None) => continue,
+            };
+            policy.check_registry(&location).map_err(|m| {
+                ApiError::bad_request("source_refused", format!("registry {location}: {m}"))
+            })?;
+        }
+    }
     let opts = SourceOptions {
-        git: GitCache::new(GitCache::default_root()),
+        git: GitCache::new(GitCache::default_root()).with_policy(policy.clone()),
         parallel_clones: 4,
         archives: config.archives.clone(),
         executor: ExecutorOptions {
@@ -115,10 +129,25 @@ pub fn plan(state: &AppState, id: &str, mut config: JobConfig) -> Result<JobPlan
             ca_bundle: state.config.ca_bundle.clone(),
             limits: state.config.limits.clone(),
             parallel_clones: 4,
+            // Unpacked into the run's directory: removed with the run (--ttl).
+            unpack_dir: Some(state.config.runs_dir().join(id).join("archives")),
         },
+        policy: Some(policy),
     };
-    let loaded = load_job_tasks(&config, &opts)
-        .map_err(|errors| ApiError::bad_request("invalid_archive", errors.join("; ")))?;
+    let loaded = load_job_tasks(&config, &opts).map_err(|errors| {
+        let refused = errors
+            .iter()
+            .any(|e| e.contains(rollout_sources::policy::REFUSED));
+        let code = if refused {
+            "source_refused"
+        } else if config.archives.is_empty() {
+            "invalid_source"
+        } else {
+            "invalid_archive"
+        };
+        ApiError::bad_request(code, errors.join("; "))
+    })?;
+    check_tasks(state, &config, &loaded.tasks)?;
     if config.agents.is_empty() && !loaded.archive_agents.is_empty() {
         config.agents = loaded
             .archive_agents
@@ -145,7 +174,62 @@ pub fn plan(state: &AppState, id: &str, mut config: JobConfig) -> Result<JobPlan
             p
         })
     };
-    plan.map_err(|e| ApiError::bad_request("invalid_job", e.to_string()))
+    let plan = plan.map_err(|e| ApiError::bad_request("invalid_job", e.to_string()))?;
+    let n = plan.trials.len() + plan.kept.len();
+    let max = state.config.caps.max_trials_per_job;
+    if n > max {
+        return Err(ApiError::bad_request(
+            "over_limit",
+            format!("the job has {n} trials (tasks × agents × attempts), over this server's limit of {max} (--max-trials-per-job): split it, or ask the operator to raise it"),
+        ));
+    }
+    Ok(plan)
+}
+
+/// What `rollout run` refuses of the loaded tasks, and what a server refuses on top: tasks
+/// that read the server's environment (`${VAR}`), and resources over the operator's limits.
+fn check_tasks(
+    state: &AppState,
+    config: &JobConfig,
+    tasks: &[rollout_core::Task],
+) -> Result<(), ApiError> {
+    rollout_core::task::refuse_unenforceable(tasks)
+        .map_err(|e| ApiError::bad_request("unsupported_task", e))?;
+    let caps = &state.config.caps;
+    let env = &config.environment;
+    for t in tasks {
+        if let Some((field, var)) = rollout_core::task::host_env_references(t)
+            .into_iter()
+            .next()
+        {
+            return Err(ApiError::bad_request(
+                "host_variable",
+                format!(
+                    "task {}: {field} reads the server's variable ${{{var}}}: a submitted task may not read the server's environment; put the value in the task (or `$${{…}}` for a literal)",
+                    t.name
+                ),
+            ));
+        }
+        let e = &t.config.environment;
+        let memory = env.override_memory_mb.unwrap_or(e.memory_mb);
+        if memory > caps.max_memory_mb {
+            return Err(ApiError::bad_request(
+                "over_limit",
+                format!("task {}: memory_mb = {memory} exceeds this server's limit of {} MiB (--max-memory-mb)", t.name, caps.max_memory_mb),
+            ));
+        }
+        let cpus = env.override_cpus.unwrap_or(e.cpus);
+        if cpus > caps.max_cpus {
+            return Err(ApiError::bad_request(
+                "over_limit",
+                format!(
+                    "task {}: cpus = {cpus} exceeds this server's limit of {} (--max-cpus)",
+                    t.name, caps.max_cpus
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Record a new run and start it (it waits for a slot).

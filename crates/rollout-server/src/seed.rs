@@ -47,7 +47,14 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             "max_files": l.max_files,
             "max_compression_ratio": l.max_ratio,
             "max_path_len": l.max_path_len,
+            "max_memory_mb": state.config.caps.max_memory_mb,
+            "max_cpus": state.config.caps.max_cpus,
+            "max_pids": state.config.caps.max_pids,
+            "max_attempts": state.config.caps.max_attempts,
+            "max_timeout_multiplier": state.config.caps.max_timeout_multiplier,
+            "max_trials_per_job": state.config.caps.max_trials_per_job,
         },
+        "public_reads": state.config.public_reads,
     }))
 }
 
@@ -66,6 +73,24 @@ pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Api
     state.auth.check(headers).map(|_| ()).inspect_err(|_| {
         Metrics::inc(&state.metrics.auth_failures);
     })
+}
+
+/// Check credentials for a read of runs, trials and streams: the same as for writes, unless the
+/// operator opened reads (`--public-reads`).
+pub(crate) fn authorize_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    if state.config.public_reads {
+        return Ok(());
+    }
+    authorize(state, headers)
+}
+
+/// Redact `value`, a response about `run`: its submitted secrets and the server's paths.
+pub(crate) fn redact_run(state: &AppState, run: &RunRow, value: &mut Value) {
+    crate::redact::Redactor {
+        paths: &state.paths,
+        secrets: crate::redact::secrets_of(&run.config),
+    }
+    .value(value);
 }
 
 /// Refuse submissions once shutdown began.
@@ -303,37 +328,53 @@ pub(crate) fn load_run(state: &AppState, id: &str) -> Result<RunRow, ApiError> {
 pub async fn get_batch(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
+    authorize_read(&state, &headers)?;
     let run = load_run(&state, &id)?;
     let trials = state.db.list_trials(&id)?;
-    Ok(Json(batch_json(&run, &trials)))
+    let mut v = batch_json(&run, &trials);
+    redact_run(&state, &run, &mut v);
+    Ok(Json(v))
 }
 
 pub async fn get_batch_tasks(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    load_run(&state, &id)?;
+    authorize_read(&state, &headers)?;
+    let run = load_run(&state, &id)?;
     let trials = state.db.list_trials(&id)?;
-    Ok(Json(json!({
+    let mut v = json!({
         "batch_id": id,
         "tasks": trials.iter().map(|t| task_json(t, false)).collect::<Vec<_>>(),
-    })))
+    });
+    redact_run(&state, &run, &mut v);
+    Ok(Json(v))
 }
 
 pub async fn get_task(
     State(state): State<Arc<AppState>>,
     Path((id, task_id)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    load_run(&state, &id)?;
+    authorize_read(&state, &headers)?;
+    let run = load_run(&state, &id)?;
     let t = state
         .db
         .get_trial(&id, &task_id)?
         .ok_or_else(|| ApiError::not_found("task", &task_id))?;
-    Ok(Json(task_json(&t, true)))
+    let mut v = task_json(&t, true);
+    redact_run(&state, &run, &mut v);
+    Ok(Json(v))
 }
 
-pub async fn list_batches(State(state): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+pub async fn list_batches(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize_read(&state, &headers)?;
     let runs = state.db.list_runs(Some(RunKind::Batch))?;
     Ok(Json(Value::Array(
         runs.iter()

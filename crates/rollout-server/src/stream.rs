@@ -4,10 +4,11 @@
 
 use crate::error::ApiError;
 use crate::runs::StreamEvent;
-use crate::seed::{batch_json, load_run, task_json};
+use crate::seed::{authorize_read, batch_json, load_run, task_json};
 use crate::AppState;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -52,8 +53,10 @@ pub struct WsQuery {
 pub async fn seed_ws(
     State(state): State<Arc<AppState>>,
     Query(q): Query<WsQuery>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    authorize_read(&state, &headers)?;
     let id = q.batch_id.ok_or_else(|| {
         ApiError::bad_request("missing_batch_id", "give the batch as /ws?batch_id=ID")
     })?;
@@ -66,11 +69,35 @@ fn snapshot(state: &AppState, id: &str) -> Option<Value> {
     let trials = state.db.list_trials(id).ok()?;
     let mut batch = batch_json(&run, &trials);
     batch["tasks"] = Value::Array(trials.iter().map(|t| task_json(t, false)).collect());
+    crate::seed::redact_run(state, &run, &mut batch);
     Some(batch)
+}
+
+/// The secrets of a run, to redact its events with.
+fn secrets(state: &AppState, id: &str) -> Vec<String> {
+    state
+        .db
+        .get_run(id)
+        .ok()
+        .flatten()
+        .map(|r| crate::redact::secrets_of(&r.config))
+        .unwrap_or_default()
+}
+
+/// An event as sent: the run's secrets and the server's paths redacted.
+fn redacted(state: &AppState, secrets: &[String], e: &StreamEvent) -> Value {
+    let mut v = serde_json::to_value(e).unwrap_or_default();
+    crate::redact::Redactor {
+        paths: &state.paths,
+        secrets: secrets.to_vec(),
+    }
+    .value(&mut v);
+    v
 }
 
 async fn seed_ws_loop(state: Arc<AppState>, id: String, mut socket: WebSocket) {
     let mut rx = subscribe(&state, &id);
+    let secrets = secrets(&state, &id);
     let Some(snap) = snapshot(&state, &id) else {
         return;
     };
@@ -89,7 +116,8 @@ async fn seed_ws_loop(state: Arc<AppState>, id: String, mut socket: WebSocket) {
         match next(&mut rx, &state).await {
             Next::Event(e) => {
                 let Some(name) = e.seed_name() else { continue };
-                let mut msg = json!({"event": name, "batch_id": id, "data": e.data});
+                let data = redacted(&state, &secrets, &e)["data"].take();
+                let mut msg = json!({"event": name, "batch_id": id, "data": data});
                 if let Some(t) = &e.task_id {
                     msg["task_id"] = json!(t);
                 }
@@ -125,6 +153,7 @@ fn job_snapshot(state: &AppState, id: &str) -> Option<Value> {
     let trials = state.db.list_trials(id).ok()?;
     let mut job = crate::api::job_json(&run, &trials);
     job["trials"] = Value::Array(trials.iter().map(crate::api::trial_json).collect());
+    crate::seed::redact_run(state, &run, &mut job);
     Some(job)
 }
 
@@ -144,17 +173,20 @@ fn load_job(state: &AppState, id: &str) -> Result<(), ApiError> {
 pub async fn job_sse(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
+    authorize_read(&state, &headers)?;
     load_job(&state, &id)?;
     let rx = subscribe(&state, &id);
+    let secrets = Arc::new(secrets(&state, &id));
     let snap = job_snapshot(&state, &id).ok_or_else(|| ApiError::not_found("job", &id))?;
     let first = SseEvent::default().event("snapshot").data(snap.to_string());
     let done = rx.is_none();
     let stream = futures_util::stream::unfold(
-        (Some(first), rx, state, done),
-        |(first, mut rx, state, done)| async move {
+        (Some(first), rx, state, done, secrets),
+        |(first, mut rx, state, done, secrets)| async move {
             if let Some(f) = first {
-                return Some((Ok::<_, Infallible>(f), (None, rx, state, done)));
+                return Some((Ok::<_, Infallible>(f), (None, rx, state, done, secrets)));
             }
             if done {
                 return None;
@@ -165,14 +197,14 @@ pub async fn job_sse(
                     let ev = SseEvent::default()
                         .event(e.event)
                         .id(e.seq.to_string())
-                        .data(serde_json::to_string(&*e).unwrap_or_default());
-                    Some((Ok(ev), (None, rx, state, finished)))
+                        .data(redacted(&state, &secrets, &e).to_string());
+                    Some((Ok(ev), (None, rx, state, finished, secrets)))
                 }
                 Next::Lagged(n) => {
                     let ev = SseEvent::default()
                         .event("lagged")
                         .data(json!({"missed": n}).to_string());
-                    Some((Ok(ev), (None, rx, state, false)))
+                    Some((Ok(ev), (None, rx, state, false, secrets)))
                 }
                 Next::End => None,
             }
@@ -186,14 +218,17 @@ pub async fn job_sse(
 pub async fn job_ws(
     State(state): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
+    authorize_read(&state, &headers)?;
     load_job(&state, &id)?;
     Ok(ws.on_upgrade(move |socket| job_ws_loop(state, id, socket)))
 }
 
 async fn job_ws_loop(state: Arc<AppState>, id: String, mut socket: WebSocket) {
     let mut rx = subscribe(&state, &id);
+    let secrets = secrets(&state, &id);
     let Some(snap) = job_snapshot(&state, &id) else {
         return;
     };
@@ -211,7 +246,7 @@ async fn job_ws_loop(state: Arc<AppState>, id: String, mut socket: WebSocket) {
     loop {
         let text = match next(&mut rx, &state).await {
             Next::Event(e) => {
-                let t = serde_json::to_string(&*e).unwrap_or_default();
+                let t = redacted(&state, &secrets, &e).to_string();
                 let finished = e.event == "job_finished";
                 if socket.send(Message::Text(t.into())).await.is_err() {
                     return;

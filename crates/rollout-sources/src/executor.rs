@@ -38,6 +38,9 @@ pub struct ExecutorOptions {
     pub limits: Limits,
     /// Parallel clones.
     pub parallel_clones: usize,
+    /// Where archives are unpacked; None: `<cache>/archives`, shared and reused. `rollout serve`
+    /// unpacks into the run's own directory, so that the run's expiry removes it.
+    pub unpack_dir: Option<PathBuf>,
 }
 
 /// An archive's tasks and agent.
@@ -108,8 +111,10 @@ pub fn load(
     key.update(&bytes);
     key.update(opts.base_image.as_deref().unwrap_or("").as_bytes());
     key.update(opts.ca_bundle.as_deref().unwrap_or(b""));
-    let root = rollout_core::cache_root()
-        .join("archives")
+    let root = opts
+        .unpack_dir
+        .clone()
+        .unwrap_or_else(|| rollout_core::cache_root().join("archives"))
         .join(&key.finalize().to_hex()[..24]);
     let name = archive
         .file_name()

@@ -256,6 +256,8 @@ pub struct GitCache {
     timeout: Duration,
     /// Extra `-c key=value` for every git command (tests use it to force protocol v0).
     extra_config: Vec<String>,
+    /// What an untrusted submitter may clone (`rollout serve`); None: anything (the CLI).
+    policy: Option<std::sync::Arc<crate::policy::RemotePolicy>>,
 }
 
 impl GitCache {
@@ -265,7 +267,15 @@ impl GitCache {
             root,
             timeout: DEFAULT_GIT_TIMEOUT,
             extra_config: Vec::new(),
+            policy: None,
         }
+    }
+
+    /// Clone only what `policy` allows: every url is checked before the cache is consulted,
+    /// and every git command is limited to the checked protocol and addresses.
+    pub fn with_policy(mut self, policy: std::sync::Arc<crate::policy::RemotePolicy>) -> Self {
+        self.policy = Some(policy);
+        self
     }
 
     /// Limit each git process to `timeout` (default 600 s).
@@ -297,6 +307,15 @@ impl GitCache {
     pub fn checkout(&self, url: &str, commit: Option<&str>) -> Result<Checkout, SourceError> {
         let requested = normalize_commit(commit);
         validate_source(url, requested.as_deref())?;
+        if let Some(policy) = &self.policy {
+            policy
+                .check_repo(url)
+                .map_err(|message| SourceError::InvalidSource {
+                    url: url.into(),
+                    commit: requested.clone(),
+                    message,
+                })?;
+        }
         let url_dir = self.url_dir(url);
 
         // What commit id the tree will have, when it can be known before fetching.
@@ -674,7 +693,20 @@ impl GitCache {
         step: &str,
         args: &[&str],
     ) -> Result<Captured, SourceError> {
-        let mut cmd = git_command(&self.extra_config);
+        let mut config = self.extra_config.clone();
+        if let Some(policy) = &self.policy {
+            // Checked (and resolved) again for every command: what it connects to is what was
+            // checked.
+            let extra = policy
+                .git_config(url)
+                .map_err(|message| SourceError::InvalidSource {
+                    url: url.into(),
+                    commit: commit.map(str::to_string),
+                    message,
+                })?;
+            config.extend(extra);
+        }
+        let mut cmd = git_command(&config);
         if let Some(d) = dir {
             cmd.current_dir(d);
         }

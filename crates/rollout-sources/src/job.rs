@@ -18,6 +18,9 @@ pub struct SourceOptions {
     pub archives: Vec<PathBuf>,
     /// How archives become tasks.
     pub executor: ExecutorOptions,
+    /// What an untrusted submitter may make rollout fetch (`rollout serve`: registries here,
+    /// repositories through `git`, which must carry the same policy); None: anything.
+    pub policy: Option<std::sync::Arc<crate::policy::RemotePolicy>>,
 }
 
 /// What a job's sources produced.
@@ -87,7 +90,8 @@ fn load_dataset(d: &DatasetSpec, opts: &SourceOptions) -> Result<Vec<Task>, Vec<
             (None, None) => return Err(vec!["a registry needs `path` or `url`".into()]),
         };
         let name = d.name.as_deref().unwrap_or_default();
-        let registry = Registry::load(&location).map_err(|e| vec![e.to_string()])?;
+        let registry = Registry::load_with(&location, opts.policy.as_deref())
+            .map_err(|e| vec![e.to_string()])?;
         let ds = registry
             .find(name, d.version.as_deref())
             .map_err(|e| vec![e.to_string()])?;

@@ -5,6 +5,7 @@
 //! - [`archive`]: hardened extraction of uploaded zip / tar.gz archives.
 //! - [`jsonl`]: per-task-image rows (`task_boundary_v2`, FORMATS.md §5).
 //! - [`executor`]: term-executor archives (FORMATS.md §4) turned into task directories.
+//! - [`policy`]: what an untrusted submitter (`rollout serve`) may make rollout fetch.
 //!
 //! Not here: running anything. Sources only produce [`rollout_core::Task`]s.
 
@@ -14,4 +15,5 @@ pub mod experiment;
 pub mod git;
 pub mod job;
 pub mod jsonl;
+pub mod policy;
 pub mod registry;

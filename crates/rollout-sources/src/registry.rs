@@ -67,9 +67,34 @@ pub struct RegistryTask {
 impl Registry {
     /// Load a registry from a local path (or `file://` URL) or an http(s) URL.
     pub fn load(location: &str) -> Result<Self, SourceError> {
+        Self::load_with(location, None)
+    }
+
+    /// [`Registry::load`], fetching only what `policy` allows (`rollout serve`): a URL is
+    /// downloaded from the checked addresses only, without following redirects.
+    pub fn load_with(
+        location: &str,
+        policy: Option<&crate::policy::RemotePolicy>,
+    ) -> Result<Self, SourceError> {
+        let mut pin = None;
+        if let Some(policy) = policy {
+            let refused = |message: String| SourceError::Registry {
+                origin: location.to_string(),
+                line: None,
+                column: None,
+                field: None,
+                message,
+            };
+            match policy.check_registry(location).map_err(refused)? {
+                crate::policy::Access::Remote {
+                    host, port, pin: p, ..
+                } => pin = Some((host, crate::policy::pinned_addrs(&p, port))),
+                crate::policy::Access::Local(_) => {}
+            }
+        }
         let lower = location.to_ascii_lowercase();
         if lower.starts_with("http://") || lower.starts_with("https://") {
-            let text = fetch_text(location)?;
+            let text = fetch_text(location, pin)?;
             return Self::parse(&text, location);
         }
         let path = location.strip_prefix("file://").unwrap_or(location);
@@ -329,14 +354,23 @@ fn safe_rel_path(path: &str) -> Result<PathBuf, &'static str> {
 
 /// GET `url` as text, on a thread of its own (the blocking client must not run inside an async
 /// runtime), with a timeout and a size limit.
-fn fetch_text(url: &str) -> Result<String, SourceError> {
+/// `pin` (under a policy): connect to these addresses only, and follow no redirect.
+fn fetch_text(
+    url: &str,
+    pin: Option<(String, Vec<std::net::SocketAddr>)>,
+) -> Result<String, SourceError> {
     let owned = url.to_string();
     let result = std::thread::spawn(move || -> Result<String, String> {
-        let client = reqwest::blocking::Client::builder()
+        let mut builder = reqwest::blocking::Client::builder()
             .timeout(FETCH_TIMEOUT)
-            .user_agent(concat!("rollout/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| error_chain(&e))?;
+            .user_agent(concat!("rollout/", env!("CARGO_PKG_VERSION")));
+        if let Some((host, addrs)) = &pin {
+            builder = builder.redirect(reqwest::redirect::Policy::none());
+            if !addrs.is_empty() {
+                builder = builder.resolve_to_addrs(host, addrs);
+            }
+        }
+        let client = builder.build().map_err(|e| error_chain(&e))?;
         let resp = client.get(&owned).send().map_err(|e| error_chain(&e))?;
         let status = resp.status();
         if !status.is_success() {

@@ -656,6 +656,7 @@ fn load_sources(config: &JobConfig) -> Sources {
             ca_bundle: ca.clone(),
             ..Default::default()
         },
+        policy: None,
     };
     let mut out = Sources::default();
     for d in &config.datasets {

@@ -4,7 +4,6 @@ use crate::cli::{EnvKind, RunArgs};
 use crate::exit;
 use rollout_core::job_config::{AgentSpec, DatasetSpec, EnvironmentType, RegistrySpec};
 use rollout_core::result::any_errored;
-use rollout_core::task_config::NetworkMode;
 use rollout_core::JobConfig;
 use rollout_env::docker::{DockerProvider, EngineLimits};
 use rollout_env::Provider;
@@ -34,6 +33,7 @@ pub(crate) fn load_tasks(
             ca_bundle,
             ..Default::default()
         },
+        policy: None,
     };
     match load_job_tasks(config, &opts) {
         Ok(loaded) => {
@@ -213,6 +213,8 @@ pub fn job_config(args: &RunArgs) -> Result<JobConfig, String> {
         };
     }
     let origin = args.config.as_deref().unwrap_or(Path::new("command line"));
+    // The same checks as a job file's and a submitted job's (rollout serve).
+    config.validate(origin).map_err(|e| e.to_string())?;
     config.validate_sources(origin).map_err(|e| {
         if args.config.is_none() {
             "no tasks to run: give -p TASK_OR_DATASET_DIR (or a job file)".to_string()
@@ -249,15 +251,8 @@ pub fn main(args: RunArgs) -> u8 {
         Ok(t) => t,
         Err(code) => return code,
     };
-    if let Some(t) = tasks
-        .iter()
-        .find(|t| t.config.environment.network_mode == NetworkMode::Allowlist)
-    {
-        eprintln!(
-            "error: task {} asks for network_mode = \"allowlist\", which the Docker provider cannot enforce; \
-             use \"public\" or \"no-network\"",
-            t.name
-        );
+    if let Err(e) = rollout_core::task::refuse_unenforceable(&tasks) {
+        eprintln!("error: {e}");
         return exit::USAGE;
     }
     if config.environment.kind == EnvironmentType::Kubernetes {

@@ -79,6 +79,100 @@ pub struct ServeArgs {
     /// Extra CAs environments trust (as for `rollout run`).
     #[arg(long = "ca-certs", default_value = "auto")]
     pub ca_certs: crate::ca::CaCerts,
+    /// Let anyone read runs, trials and their event streams without credentials (secrets stay
+    /// redacted; downloads still need credentials).
+    #[arg(long = "public-reads")]
+    pub public_reads: bool,
+    /// A host submitted repositories may be cloned from (repeatable; `*.example.com` for its
+    /// sub-domains). Once one is given, only listed hosts are cloned from, over https, http,
+    /// ssh or git, at any address. Default: any https host on a public address.
+    #[arg(long = "allow-repo-host", value_name = "HOST")]
+    pub allow_repo_host: Vec<String>,
+    /// A URL prefix submitted registries may be fetched from (repeatable). Once one is given,
+    /// only URLs under listed prefixes are fetched. Default: any https URL on a public address.
+    #[arg(long = "allow-registry", value_name = "URL_PREFIX")]
+    pub allow_registry: Vec<String>,
+    /// A directory under which submitted repositories (`repo:`, `git_url`) and registries may
+    /// name local paths (repeatable). Default: none.
+    #[arg(long = "allow-local-paths", value_name = "DIR")]
+    pub allow_local_paths: Vec<PathBuf>,
+    /// Most memory of one trial's container, MiB (default: this host's memory).
+    #[arg(long = "max-memory-mb")]
+    pub max_memory_mb: Option<u64>,
+    /// Most CPUs of one trial's container (default: this host's CPUs).
+    #[arg(long = "max-cpus")]
+    pub max_cpus: Option<f64>,
+    /// Most processes of one trial's container (default 8192).
+    #[arg(long = "max-pids")]
+    pub max_pids: Option<i64>,
+    /// Most attempts per task and agent, and retries (default 100).
+    #[arg(long = "max-attempts")]
+    pub max_attempts: Option<u32>,
+    /// Largest timeout multiplier (default 10).
+    #[arg(long = "max-timeout-multiplier")]
+    pub max_timeout_multiplier: Option<f64>,
+    /// Most trials in one job (default 1000).
+    #[arg(long = "max-trials-per-job")]
+    pub max_trials_per_job: Option<usize>,
+}
+
+/// The operator's limits and allow-lists onto the server configuration.
+fn apply_limits(args: &ServeArgs, config: &mut ServerConfig) -> Result<(), String> {
+    let caps = &mut config.caps;
+    if let Some(v) = args.max_memory_mb {
+        if v == 0 {
+            return Err("--max-memory-mb must be at least 1".into());
+        }
+        caps.max_memory_mb = v;
+    }
+    if let Some(v) = args.max_cpus {
+        if !(v.is_finite() && v > 0.0) {
+            return Err("--max-cpus must be a positive number".into());
+        }
+        caps.max_cpus = v;
+    }
+    if let Some(v) = args.max_pids {
+        if v < 1 {
+            return Err("--max-pids must be at least 1".into());
+        }
+        caps.max_pids = v;
+    }
+    if let Some(v) = args.max_attempts {
+        if v == 0 {
+            return Err("--max-attempts must be at least 1".into());
+        }
+        caps.max_attempts = v;
+    }
+    if let Some(v) = args.max_timeout_multiplier {
+        if !(v.is_finite() && v > 0.0) {
+            return Err("--max-timeout-multiplier must be a positive number".into());
+        }
+        caps.max_timeout_multiplier = v;
+    }
+    if let Some(v) = args.max_trials_per_job {
+        if v == 0 {
+            return Err("--max-trials-per-job must be at least 1".into());
+        }
+        caps.max_trials_per_job = v;
+    }
+    let sources = &mut config.sources;
+    sources.repo_hosts = args.allow_repo_host.clone();
+    sources.registry_prefixes = args.allow_registry.clone();
+    for p in &args.allow_local_paths {
+        let abs = p
+            .canonicalize()
+            .map_err(|e| format!("--allow-local-paths {}: {e}", p.display()))?;
+        sources.local_roots.push(abs);
+    }
+    for u in &sources.registry_prefixes {
+        let lower = u.to_ascii_lowercase();
+        if !(lower.starts_with("https://") || lower.starts_with("http://")) {
+            return Err(format!(
+                "--allow-registry {u:?}: expected an http(s) URL prefix"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -168,6 +262,11 @@ async fn serve(args: ServeArgs) -> u8 {
     config.ttl = args.ttl;
     config.resume_interrupted = args.resume_interrupted;
     config.executor_image = args.executor_image.clone();
+    config.public_reads = args.public_reads;
+    if let Err(e) = apply_limits(&args, &mut config) {
+        eprintln!("error: {e}");
+        return exit::USAGE;
+    }
     // The provenance store: the global --store (ROLLOUT_STORE), else one in the data directory;
     // `--store off` keeps none (the provenance endpoints then answer 404).
     config.store_path = if crate::prov_cmd::store_disabled() {

@@ -17,6 +17,8 @@ struct Server {
     child: Child,
     base: String,
     log: PathBuf,
+    /// The Authorization header `get` and `poll` send, for a server whose reads need one.
+    auth: Option<String>,
 }
 
 impl Server {
@@ -43,6 +45,9 @@ impl Server {
                 "none",
             ])
             .args(extra)
+            // The executor archives of these tests name repositories in the test's directory.
+            .arg("--allow-local-paths")
+            .arg(data.parent().unwrap())
             .env("ROLLOUT_CACHE_DIR", cache)
             .env("ROLLOUT_LOG", "info")
             .stdout(Stdio::piped())
@@ -78,7 +83,12 @@ impl Server {
                 )
             })
             .to_string();
-        Server { child, base, log }
+        Server {
+            child,
+            base,
+            log,
+            auth: None,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -286,7 +296,11 @@ fn assert_metric(metrics: &str, line: &str) {
 }
 
 async fn get(server: &Server, path: &str) -> Value {
-    let resp = client().get(server.url(path)).send().await.unwrap();
+    let mut req = client().get(server.url(path));
+    if let Some(a) = &server.auth {
+        req = req.header("authorization", a);
+    }
+    let resp = req.send().await.unwrap();
     assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
     resp.json().await.unwrap()
 }
@@ -346,6 +360,7 @@ async fn seed_client_flow_streams_events_and_reports_results() {
     let tmp = tempfile::tempdir().unwrap();
     let kp = keypair(1);
     std::fs::write(tmp.path().join("hotkeys"), format!("{}\n", hotkey_of(&kp))).unwrap();
+    // The seed's clients sign submissions only: their server opens reads.
     let server = Server::start(
         &tmp.path().join("data"),
         &tmp.path().join("cache"),
@@ -354,6 +369,7 @@ async fn seed_client_flow_streams_events_and_reports_results() {
             "hotkey",
             "--hotkeys-file",
             tmp.path().join("hotkeys").to_str().unwrap(),
+            "--public-reads",
         ],
     );
     let archive = executor_archive(tmp.path(), "batch", 0);
@@ -950,13 +966,15 @@ async fn native_job_api_streams_events_lists_trials_and_serves_files() {
     let tmp = tempfile::tempdir().unwrap();
     let token = "native-token-51c2";
     let hashes = blake3::hash(token.as_bytes()).to_hex().to_string();
-    let server = Server::start_env(
+    let mut server = Server::start_env(
         &tmp.path().join("data"),
         &tmp.path().join("cache"),
         &["--auth", "token"],
         &[("ROLLOUT_SERVE_TOKEN_HASHES", &hashes)],
     );
     let auth = format!("Bearer {token}");
+    // Reads need the token as writes do.
+    server.auth = Some(auth.clone());
     let doc = get(&server, "/api/v1/openapi.json").await;
     let archive = std::fs::read(harbor_archive(tmp.path())).unwrap();
     let config =
@@ -995,6 +1013,7 @@ async fn native_job_api_streams_events_lists_trials_and_serves_files() {
     // SSE: snapshot first, then the runner's events, ending with job_finished.
     let mut resp = client()
         .get(server.url(&format!("/api/v1/jobs/{id}/events")))
+        .header("authorization", &auth)
         .send()
         .await
         .unwrap();
@@ -1208,6 +1227,15 @@ async fn sigterm_cancels_after_the_grace_and_old_runs_expire() {
     }
     assert!(!data.join("jobs").join(&id).exists());
     assert!(!data.join("runs").join(&id).exists());
+    // The archive was unpacked in the run's directory, not in the shared cache: nothing of it
+    // outlives the run.
+    let leftovers: Vec<PathBuf> = std::fs::read_dir(cache.join("archives"))
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "archive cache not reaped: {leftovers:?}"
+    );
     drop(server);
 
     // SIGTERM: running trials get the grace period, then are cancelled; nothing is left.
