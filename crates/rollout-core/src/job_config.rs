@@ -120,6 +120,40 @@ pub enum PreserveEnv {
     OnFailure,
 }
 
+/// When to refresh the base images a Dockerfile names from their registry before building.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Pull every base first, as `docker build --pull` does.
+    Always,
+    /// Pull a base only when the engine does not have it (Docker's default).
+    #[default]
+    Missing,
+    /// Never pull: a base missing from the engine fails the build.
+    Never,
+}
+
+impl PullPolicy {
+    /// Whether this is the default (`missing`), which configuration files leave out.
+    pub fn is_default(&self) -> bool {
+        *self == Self::Missing
+    }
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(Self::Always),
+            "missing" => Ok(Self::Missing),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "unknown pull policy {other:?} (expected always, missing or never)"
+            )),
+        }
+    }
+}
+
 /// `environment:` block of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -127,6 +161,9 @@ pub struct EnvironmentSpec {
     #[serde(rename = "type")]
     pub kind: EnvironmentType,
     pub force_build: bool,
+    /// When to refresh the base images of a built environment from their registry (`--pull`).
+    #[serde(skip_serializing_if = "PullPolicy::is_default")]
+    pub pull: PullPolicy,
     pub preserve_env: Option<PreserveEnv>,
     /// Harbor's `delete: false` means "keep every container" (preserve_env: always).
     pub delete: Option<bool>,

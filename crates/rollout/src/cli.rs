@@ -272,6 +272,12 @@ pub struct RunArgs {
     #[arg(long = "force-build")]
     pub force_build: bool,
 
+    /// Refresh the base images every Dockerfile names from their registry before building
+    /// (as `docker build --pull`; job option `environment.pull: always`). An environment whose
+    /// base changed is rebuilt.
+    #[arg(long)]
+    pub pull: bool,
+
     /// Retries of trials that fail for infrastructure reasons (build, start, engine errors).
     #[arg(long = "max-retries")]
     pub max_retries: Option<u32>,
