@@ -116,6 +116,17 @@ fn make_task(root: &Path, name: &str, base: &str) -> PathBuf {
     d
 }
 
+fn rollout_json(args: &[&str]) -> Value {
+    let out = rollout_cmd().args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "rollout {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 struct Outcome {
     run: Run,
     result: Value,
@@ -185,8 +196,46 @@ fn a_changed_base_rebuilds_and_says_why_and_an_unchanged_base_reuses() {
     assert_eq!(same.image_id(), first.image_id());
     assert!(!same.dir.join("environment/build.log").exists());
 
-    // Re-tag the (test-only) base name to another image: the next run rebuilds on it.
+    // The provenance record names the base as an input, and reproduce sees it unchanged.
+    let show = rollout_json(&["show", first.dir.to_str().unwrap(), "--json"]);
+    let input = show["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["path"] == format!("base-image:{base}"))
+        .unwrap_or_else(|| panic!("no base-image input: {show:#}"))
+        .clone();
+    assert_eq!(
+        input["hash"].as_str().unwrap(),
+        blake3::hash(id_a.as_bytes()).to_hex().as_str()
+    );
+    let result_json = first.dir.join("result.json");
+    let plan = rollout_json(&["reproduce", result_json.to_str().unwrap(), "--json"]);
+    assert_eq!(
+        plan["base_images_changed"],
+        serde_json::json!([]),
+        "{plan:#}"
+    );
+
+    // Re-tag the (test-only) base name to another image: reproduce says a re-run would use
+    // another base, and the next run rebuilds on it.
     docker(&["tag", &other, &base]);
+    let plan = rollout_json(&["reproduce", result_json.to_str().unwrap(), "--json"]);
+    assert_eq!(
+        plan["base_images_changed"],
+        serde_json::json!([base]),
+        "{plan:#}"
+    );
+    assert_eq!(plan["base_images_now"][&base], id_b.as_str());
+    let text = rollout_cmd()
+        .args(["reproduce", result_json.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("a re-run would build on a different base"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
     let rebased = run_it(&task, &[], &mut cleanup);
     assert!(
         rebased.built(),
