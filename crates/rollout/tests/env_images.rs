@@ -261,6 +261,44 @@ fn a_changed_base_rebuilds_and_says_why_and_an_unchanged_base_reuses() {
     let back = run_it(&task, &[], &mut cleanup);
     assert!(!back.built());
     assert_eq!(back.image_id(), first.image_id());
+
+    // gc --images keeps the newest image of this environment (the one built on B) and would
+    // remove the older; --keep-images 2 keeps both. Dry runs: the engine is shared, and a real
+    // collection would take other runs' images too.
+    let short = |id: &str| id.trim_start_matches("sha256:")[..12].to_string();
+    let gc = |extra: &[&str]| {
+        let out = rollout_cmd()
+            .args(["gc", "--images", "--dry-run"])
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = gc(&[]);
+    let line = listed
+        .lines()
+        .find(|l| l.contains(&short(&first.image_id())))
+        .unwrap_or_else(|| panic!("the older image is not collected:\n{listed}"));
+    assert!(
+        line.contains("would remove") && line.contains("newest 1"),
+        "{line}"
+    );
+    assert!(
+        !listed.contains(&short(&rebased.image_id())),
+        "the newest image of the environment must be kept:\n{listed}"
+    );
+    let listed = gc(&["--keep-images", "2"]);
+    assert!(!listed.contains(&short(&first.image_id())), "{listed}");
+    let listed = gc(&["--keep-images", "2", "--images-budget", "1"]);
+    assert!(
+        listed.contains(&short(&first.image_id())) && listed.contains(&short(&rebased.image_id())),
+        "over budget both go:\n{listed}"
+    );
 }
 
 #[test]
