@@ -541,6 +541,25 @@ tasks:
     }
 
     #[test]
+    fn pull_policy_parses_defaults_to_missing_and_refuses_unknown_values() {
+        let base = "agents: [{name: nop}]\ntasks: [{path: t}]\n";
+        assert_eq!(parse(base).unwrap().environment.pull, PullPolicy::Missing);
+        for (text, want) in [
+            ("always", PullPolicy::Always),
+            ("missing", PullPolicy::Missing),
+            ("never", PullPolicy::Never),
+        ] {
+            let c = parse(&format!("{base}environment: {{pull: {text}}}\n")).unwrap();
+            assert_eq!(c.environment.pull, want);
+            assert_eq!(text.parse::<PullPolicy>().unwrap(), want);
+        }
+        assert!(parse(&format!("{base}environment: {{pull: sometimes}}\n")).is_err());
+        // The default is left out of written configurations (config.json stays as before).
+        let json = serde_json::to_value(&parse(base).unwrap().environment).unwrap();
+        assert!(json.get("pull").is_none(), "{json}");
+    }
+
+    #[test]
     fn json_job_files_parse_too() {
         let c =
             parse(r#"{"n_attempts": 3, "agents": [{"name": "nop"}], "tasks": [{"path": "t"}]}"#)

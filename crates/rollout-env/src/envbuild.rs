@@ -164,6 +164,38 @@ impl DockerProvider {
             .map(|i| i.labels)
     }
 
+    /// After a build: every base still has the id the identity was computed with. A base
+    /// re-tagged while the build ran may have been used instead, so the image would carry the
+    /// wrong identity: it is removed and the build fails (an infrastructure error, retried).
+    async fn check_bases_unchanged(&self, identity: &Identity, tag: &str) -> Result<(), EnvError> {
+        for (reference, id) in &identity.bases {
+            let now = self.image_id(reference).await?;
+            if now.as_deref() != Some(id.as_str()) {
+                let _ = self
+                    .client()
+                    .remove_image(
+                        tag,
+                        Some(bollard::query_parameters::RemoveImageOptions {
+                            force: true,
+                            ..Default::default()
+                        }),
+                        None,
+                    )
+                    .await;
+                return Err(EnvError::BuildFailed {
+                    image: tag.to_string(),
+                    message: format!(
+                        "base image {reference} changed while the environment was being built ({} → {}); run again",
+                        crate::buildctx::short_id(id),
+                        now.as_deref().map_or("absent", crate::buildctx::short_id)
+                    ),
+                    log: String::new(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// `prepare_image` for [`ImageSource::Build`](crate::ImageSource::Build).
     pub(crate) async fn prepare_build(
         &self,
@@ -234,9 +266,17 @@ impl DockerProvider {
                 log: String::new(),
             })?;
         let header = format!("rollout: building {tag}: {reason}\n");
-        let result = self
+        let built = self
             .build(packed, context, &tag, timeout, force, &labels)
-            .await
+            .await;
+        let built = match built {
+            Ok(img) => self
+                .check_bases_unchanged(&identity, &tag)
+                .await
+                .map(|()| img),
+            Err(e) => Err(e),
+        };
+        let result = built
             .map(|mut img| {
                 img.build_log = Some(format!("{header}{}", img.build_log.unwrap_or_default()));
                 img.bases = identity.bases.clone();
