@@ -812,6 +812,8 @@ mod tests {
 
     #[test]
     fn globs_follow_go_filepath_match() {
+        // An escape takes effect in a pattern that has a wildcard; a pattern with none is
+        // compared as written (moby's exact-match shortcut), so `\*lit` matches only `\*lit`.
         let d = ig("a?c\n[xy]z\n[^q]w\n\\*li?\n");
         assert!(d.excludes("abc"));
         assert!(!d.excludes("a/c"));
