@@ -120,6 +120,40 @@ pub enum PreserveEnv {
     OnFailure,
 }
 
+/// When to refresh the base images a Dockerfile names from their registry before building.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PullPolicy {
+    /// Pull every base first, as `docker build --pull` does.
+    Always,
+    /// Pull a base only when the engine does not have it (Docker's default).
+    #[default]
+    Missing,
+    /// Never pull: a base missing from the engine fails the build.
+    Never,
+}
+
+impl PullPolicy {
+    /// Whether this is the default (`missing`), which configuration files leave out.
+    pub fn is_default(&self) -> bool {
+        *self == Self::Missing
+    }
+}
+
+impl std::str::FromStr for PullPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "always" => Ok(Self::Always),
+            "missing" => Ok(Self::Missing),
+            "never" => Ok(Self::Never),
+            other => Err(format!(
+                "unknown pull policy {other:?} (expected always, missing or never)"
+            )),
+        }
+    }
+}
+
 /// `environment:` block of a job.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default)]
@@ -127,6 +161,9 @@ pub struct EnvironmentSpec {
     #[serde(rename = "type")]
     pub kind: EnvironmentType,
     pub force_build: bool,
+    /// When to refresh the base images of a built environment from their registry (`--pull`).
+    #[serde(skip_serializing_if = "PullPolicy::is_default")]
+    pub pull: PullPolicy,
     pub preserve_env: Option<PreserveEnv>,
     /// Harbor's `delete: false` means "keep every container" (preserve_env: always).
     pub delete: Option<bool>,
@@ -531,6 +568,25 @@ tasks:
         assert_eq!(c.datasets[0].task_names, ["hello-*"]);
         assert_eq!(c.datasets[1].version.as_deref(), Some("2.0"));
         assert_eq!(c.tasks[0].path, PathBuf::from("examples/hello-world"));
+    }
+
+    #[test]
+    fn pull_policy_parses_defaults_to_missing_and_refuses_unknown_values() {
+        let base = "agents: [{name: nop}]\ntasks: [{path: t}]\n";
+        assert_eq!(parse(base).unwrap().environment.pull, PullPolicy::Missing);
+        for (text, want) in [
+            ("always", PullPolicy::Always),
+            ("missing", PullPolicy::Missing),
+            ("never", PullPolicy::Never),
+        ] {
+            let c = parse(&format!("{base}environment: {{pull: {text}}}\n")).unwrap();
+            assert_eq!(c.environment.pull, want);
+            assert_eq!(text.parse::<PullPolicy>().unwrap(), want);
+        }
+        assert!(parse(&format!("{base}environment: {{pull: sometimes}}\n")).is_err());
+        // The default is left out of written configurations (config.json stays as before).
+        let json = serde_json::to_value(&parse(base).unwrap().environment).unwrap();
+        assert!(json.get("pull").is_none(), "{json}");
     }
 
     #[test]

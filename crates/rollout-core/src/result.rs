@@ -113,6 +113,10 @@ pub struct EnvironmentInfo {
     pub image_id: Option<String>,
     /// Whether this trial's image was built (false: reused or pulled).
     pub built: bool,
+    /// For a built environment, the engine id of each base image its Dockerfile names
+    /// (reference → `sha256:…`): inputs of the trial, like the image itself.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub base_images: std::collections::BTreeMap<String, String>,
     /// Container id (kept for preserved environments).
     pub container_id: Option<String>,
     /// Whether the container was left running (preserve_env).

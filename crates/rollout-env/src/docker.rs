@@ -5,7 +5,7 @@
 //! image's ENTRYPOINT and get a keep-alive command; commands run through exec with a timeout
 //! that kills the whole process tree; teardown is an immediate forced remove (no stop grace).
 
-use crate::archive::{extract_stripped, TarBuilder};
+use crate::archive::extract_stripped;
 use crate::exec::{Captured, ExecOutput, ExecRequest};
 use crate::{DownloadInfo, EnvError, EnvSpec, Environment, ImageSource, PreparedImage, Provider};
 use async_trait::async_trait;
@@ -19,7 +19,6 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use futures_util::StreamExt;
-use rollout_core::labels;
 use rollout_core::task_config::NetworkMode;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
@@ -101,12 +100,12 @@ impl DockerProvider {
         &self.docker
     }
 
-    fn cell(&self, key: &str) -> ImageCell {
+    pub(crate) fn cell(&self, key: &str) -> ImageCell {
         let mut map = self.images.lock().expect("image map poisoned");
         map.entry(key.to_string()).or_default().clone()
     }
 
-    async fn image_id(&self, reference: &str) -> Result<Option<String>, EnvError> {
+    pub(crate) async fn image_id(&self, reference: &str) -> Result<Option<String>, EnvError> {
         match retried(|| self.docker.inspect_image(reference)).await {
             Ok(info) => Ok(Some(info.id.unwrap_or_default())),
             Err(e) if is_not_found(&e) => Ok(None),
@@ -114,8 +113,10 @@ impl DockerProvider {
         }
     }
 
-    async fn build(
+    /// Build the context `tar` (already packed, `.dockerignore` applied) as `tag`.
+    pub(crate) async fn build(
         &self,
+        tar: Vec<u8>,
         context: &Path,
         tag: &str,
         timeout: Duration,
@@ -127,24 +128,11 @@ impl DockerProvider {
             .acquire()
             .await
             .expect("semaphore never closed");
-        let ctx = context.to_path_buf();
-        let tar = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<u8>> {
-            let mut b = TarBuilder::new();
-            b.host_dir(".", &ctx)?;
-            b.finish()
-        })
-        .await
-        .map_err(|e| EnvError::host("packing the build context", e))?
-        .map_err(|e| EnvError::BuildFailed {
-            image: tag.to_string(),
-            message: format!("cannot read {}: {e}", context.display()),
-            log: String::new(),
-        })?;
         if tar.len() > MAX_BUILD_CONTEXT {
             return Err(EnvError::BuildFailed {
                 image: tag.to_string(),
                 message: format!(
-                    "{} is {} MiB; build contexts are capped at {} MiB (move large data out of environment/)",
+                    "{} is {} MiB; build contexts are capped at {} MiB (move large data out of environment/, or list it in environment/.dockerignore)",
                     context.display(),
                     tar.len() >> 20,
                     MAX_BUILD_CONTEXT >> 20
@@ -218,10 +206,11 @@ impl DockerProvider {
             id,
             fresh: true,
             build_log: Some(log_text),
+            ..Default::default()
         })
     }
 
-    async fn pull(&self, reference: &str) -> Result<PreparedImage, EnvError> {
+    pub(crate) async fn pull(&self, reference: &str) -> Result<PreparedImage, EnvError> {
         let (image, tag) = split_reference(reference);
         let options = CreateImageOptions {
             from_image: Some(image.to_string()),
@@ -259,6 +248,7 @@ impl DockerProvider {
             id,
             fresh: true,
             build_log: None,
+            ..Default::default()
         })
     }
 }
@@ -293,45 +283,10 @@ impl Provider for DockerProvider {
                 context,
                 timeout,
                 force,
+                pull,
             } => {
-                let ctx = context.clone();
-                let digest =
-                    tokio::task::spawn_blocking(move || rollout_core::digest::dir_digest(&ctx))
-                        .await
-                        .map_err(|e| EnvError::host("hashing the environment", e))?
-                        .map_err(|e| EnvError::BuildFailed {
-                            image: context.display().to_string(),
-                            message: format!("cannot read {}: {e}", context.display()),
-                            log: String::new(),
-                        })?;
-                let tag = image_tag(&digest);
-                let cell = self.cell(&tag);
-                let mut slot = cell.lock().await;
-                if let Some(done) = &*slot {
-                    return done.clone().map(|mut img| {
-                        img.fresh = false;
-                        img.build_log = None;
-                        img
-                    });
-                }
-                if !force {
-                    if let Some(id) = self.image_id(&tag).await? {
-                        let img = PreparedImage {
-                            reference: tag,
-                            id,
-                            fresh: false,
-                            build_log: None,
-                        };
-                        *slot = Some(Ok(img.clone()));
-                        return Ok(img);
-                    }
-                }
-                let mut labels = labels.clone();
-                labels.insert(labels::MANAGED.into(), "true".into());
-                labels.insert(labels::ENV_HASH.into(), digest.to_hex().to_string());
-                let result = self.build(context, &tag, *timeout, *force, &labels).await;
-                *slot = Some(result.clone());
-                result
+                self.prepare_build(context, *timeout, *force, *pull, labels)
+                    .await
             }
             ImageSource::Prebuilt { reference } => {
                 let cell = self.cell(reference);
@@ -348,6 +303,7 @@ impl Provider for DockerProvider {
                         id,
                         fresh: false,
                         build_log: None,
+                        ..Default::default()
                     }),
                     None => self.pull(reference).await,
                 };

@@ -32,8 +32,75 @@ pub struct GcItem {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct GcOptions {
     pub dry_run: bool,
-    /// Also remove environment images (`rollout-env:*`) not used by any container.
+    /// Also collect environment images (`rollout-env:*`) beyond the kept set.
     pub images: bool,
+    /// With `images`: how many images to keep per environment (per build context, newest
+    /// first); 0 removes every one not in use.
+    pub keep_per_env: usize,
+    /// With `images`: a bound on the total size of the kept images, in bytes; past it the
+    /// oldest kept images go too.
+    pub budget: Option<u64>,
+}
+
+/// An environment image as gc sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvImage {
+    pub id: String,
+    pub name: String,
+    /// The build context it came from (`io.rollout.env-hash`), else its id.
+    pub group: String,
+    pub created: i64,
+    pub size: u64,
+    /// Whether a container (of any state) uses it.
+    pub in_use: bool,
+}
+
+/// Which environment images to remove, with why: beyond the newest `keep` of each build
+/// context, then the oldest of the rest while their total size exceeds `budget`. Images in use
+/// by a container are kept (and count towards the budget).
+pub fn images_to_remove(
+    images: &[EnvImage],
+    keep: usize,
+    budget: Option<u64>,
+) -> Vec<(EnvImage, String)> {
+    let mut sorted: Vec<&EnvImage> = images.iter().collect();
+    sorted.sort_by(|a, b| b.created.cmp(&a.created).then(a.id.cmp(&b.id)));
+    let mut per_group: HashMap<&str, usize> = HashMap::new();
+    let mut kept: Vec<&EnvImage> = Vec::new();
+    let mut out = Vec::new();
+    for img in sorted {
+        let n = per_group.entry(img.group.as_str()).or_default();
+        if img.in_use || *n < keep {
+            *n += 1;
+            kept.push(img);
+        } else {
+            out.push((
+                img.clone(),
+                format!("environment image beyond the newest {keep} of its environment (--images)"),
+            ));
+        }
+    }
+    if let Some(budget) = budget {
+        let mut total: u64 = kept.iter().map(|i| i.size).sum();
+        // Oldest first; images in use cannot go.
+        for img in kept.iter().rev() {
+            if total <= budget {
+                break;
+            }
+            if img.in_use {
+                continue;
+            }
+            total -= img.size;
+            out.push((
+                (*img).clone(),
+                format!(
+                    "environment image over the {} MiB images budget (--images-budget)",
+                    budget >> 20
+                ),
+            ));
+        }
+    }
+    out
 }
 
 impl DockerProvider {
@@ -215,32 +282,62 @@ impl DockerProvider {
             let env_images = docker
                 .list_images(Some(ListImagesOptions {
                     all: false,
-                    filters: Some(filters),
+                    filters: Some(filters.clone()),
                     ..Default::default()
                 }))
                 .await
                 .map_err(|e| EnvError::api("listing images", e))?;
-            for img in env_images {
-                let name = img
-                    .repo_tags
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| img.id.clone());
-                if name == "<none>:<none>" {
-                    continue;
-                }
+            let used: std::collections::HashSet<String> = docker
+                .list_containers(Some(ListContainersOptions {
+                    all: true,
+                    ..Default::default()
+                }))
+                .await
+                .map_err(|e| EnvError::api("listing containers", e))?
+                .into_iter()
+                .filter_map(|c| c.image_id)
+                .collect();
+            let candidates: Vec<EnvImage> = env_images
+                .into_iter()
+                .filter_map(|img| {
+                    let name = img.repo_tags.first().cloned()?;
+                    if name == "<none>:<none>" {
+                        return None;
+                    }
+                    Some(EnvImage {
+                        group: img
+                            .labels
+                            .get(labels::ENV_HASH)
+                            .cloned()
+                            .unwrap_or_else(|| img.id.clone()),
+                        in_use: used.contains(&img.id),
+                        created: img.created,
+                        size: img.size.max(0) as u64,
+                        id: img.id,
+                        name,
+                    })
+                })
+                .collect();
+            for (img, reason) in images_to_remove(&candidates, opts.keep_per_env, opts.budget) {
                 let mut item = GcItem {
                     kind: "image",
                     id: img.id.clone(),
-                    name: name.clone(),
+                    name: img.name.clone(),
                     job: None,
-                    reason: "environment image (--images)".into(),
+                    reason,
                     removed: false,
                     error: None,
                 };
                 if !opts.dry_run {
                     match docker
-                        .remove_image(&name, None::<RemoveImageOptions>, None)
+                        .remove_image(
+                            &img.id,
+                            Some(RemoveImageOptions {
+                                force: true,
+                                ..Default::default()
+                            }),
+                            None,
+                        )
                         .await
                     {
                         Ok(_) => item.removed = true,
@@ -253,5 +350,59 @@ impl DockerProvider {
             }
         }
         Ok(items)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn img(id: &str, group: &str, created: i64, size_mib: u64, in_use: bool) -> EnvImage {
+        EnvImage {
+            id: id.into(),
+            name: format!("rollout-env:{id}"),
+            group: group.into(),
+            created,
+            size: size_mib << 20,
+            in_use,
+        }
+    }
+
+    fn ids(v: &[(EnvImage, String)]) -> Vec<&str> {
+        let mut out: Vec<&str> = v.iter().map(|(i, _)| i.id.as_str()).collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn keeps_the_newest_per_environment_and_whatever_is_in_use() {
+        let images = [
+            img("a1", "a", 1, 10, false),
+            img("a2", "a", 2, 10, false),
+            img("a3", "a", 3, 10, false),
+            img("b1", "b", 1, 10, true),
+            img("b2", "b", 2, 10, false),
+        ];
+        assert_eq!(ids(&images_to_remove(&images, 1, None)), ["a1", "a2"]);
+        assert_eq!(ids(&images_to_remove(&images, 2, None)), ["a1"]);
+        assert_eq!(
+            ids(&images_to_remove(&images, 0, None)),
+            ["a1", "a2", "a3", "b2"]
+        );
+    }
+
+    #[test]
+    fn a_budget_removes_the_oldest_kept_images_first() {
+        let images = [
+            img("a3", "a", 30, 100, false),
+            img("b2", "b", 20, 100, false),
+            img("c1", "c", 10, 100, true),
+            img("d0", "d", 5, 100, false),
+        ];
+        // 400 MiB kept, budget 250: d0 goes (oldest), c1 is in use, then b2.
+        let out = images_to_remove(&images, 1, Some(250 << 20));
+        assert_eq!(ids(&out), ["b2", "d0"]);
+        assert!(out[0].1.contains("budget"));
+        assert!(images_to_remove(&images, 1, Some(1 << 40)).is_empty());
     }
 }

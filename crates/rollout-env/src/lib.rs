@@ -8,8 +8,10 @@
 //! Not here: what runs inside (agents), when (the runner), or where results go.
 
 pub mod archive;
+pub mod buildctx;
 pub mod compose;
 pub mod docker;
+pub mod envbuild;
 pub mod error;
 pub mod exec;
 pub mod gc;
@@ -35,6 +37,8 @@ pub enum ImageSource {
         timeout: Duration,
         /// Rebuild even if an image with this content hash exists.
         force: bool,
+        /// When to refresh the Dockerfile's base images from their registry first.
+        pull: rollout_core::job_config::PullPolicy,
     },
     /// Use this image: local if present, else pulled.
     Prebuilt {
@@ -44,7 +48,7 @@ pub enum ImageSource {
 }
 
 /// An image ready to start containers from.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct PreparedImage {
     /// Reference to create containers with.
     pub reference: String,
@@ -54,6 +58,11 @@ pub struct PreparedImage {
     pub fresh: bool,
     /// Tail of the build output, when this call built it.
     pub build_log: Option<String>,
+    /// For a built environment: the engine id of each base image it was built from
+    /// (reference → `sha256:…`).
+    pub bases: BTreeMap<String, String>,
+    /// For a build: why it was built rather than reused (e.g. a base image changed).
+    pub build_reason: Option<String>,
 }
 
 /// Everything needed to create one environment.

@@ -213,6 +213,7 @@ impl KubeProvider {
             return done.clone().map(|mut img| {
                 img.fresh = false;
                 img.build_log = None;
+                img.build_reason = None;
                 img
             });
         }
@@ -224,6 +225,8 @@ impl KubeProvider {
                 id: local.id.clone(),
                 fresh: local.fresh,
                 build_log: local.build_log.clone(),
+                bases: local.bases.clone(),
+                build_reason: local.build_reason.clone(),
             });
         *slot = Some(result.clone());
         result
@@ -566,11 +569,13 @@ impl Provider for KubeProvider {
                 id: reference.clone(),
                 fresh: false,
                 build_log: None,
+                ..Default::default()
             }),
             ImageSource::Build {
                 context,
                 timeout,
                 force,
+                ..
             } => {
                 let Some(registry) = self.settings.image_registry.clone() else {
                     return Err(EnvError::BuildFailed {

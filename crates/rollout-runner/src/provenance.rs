@@ -271,6 +271,15 @@ impl TrialRecord<'_> {
                 id.as_bytes(),
             ));
         }
+        // The base images the environment was built from: a re-run on other bases is another
+        // experiment, and `rollout reproduce` says so.
+        for (reference, id) in &r.environment.base_images {
+            inputs.push(value_ref(
+                format!("base-image:{reference}"),
+                ArtifactKind::Image,
+                id.as_bytes(),
+            ));
+        }
         let agent = self
             .config
             .map(|c| serde_json::to_value(&c.agent).unwrap_or_default())
@@ -320,6 +329,7 @@ impl TrialRecord<'_> {
             "agent_info": r.agent,
             "image": r.environment.image,
             "image_id": r.environment.image_id,
+            "base_images": r.environment.base_images,
             "environment": r.environment.kind,
             "reward": r.reward,
             "rewards": r.rewards,

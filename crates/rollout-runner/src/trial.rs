@@ -558,6 +558,7 @@ impl TrialRun<'_> {
                 context: task.environment_dir(),
                 timeout: self.plan.timeouts.build,
                 force: self.shared.job.config.environment.force_build,
+                pull: self.shared.job.config.environment.pull,
             },
         };
         let image_labels = BTreeMap::from([(labels::MANAGED.to_string(), "true".to_string())]);
@@ -578,9 +579,16 @@ impl TrialRun<'_> {
         if let Some(log) = &image.build_log {
             self.write_text(Path::new("environment/build.log"), log);
         }
+        if let Some(reason) = &image.build_reason {
+            self.note(format!(
+                "built environment image {}: {reason}",
+                image.reference
+            ));
+        }
         info.image = Some(image.reference.clone());
         info.image_id = Some(image.id.clone());
         info.built = image.fresh;
+        info.base_images = image.bases.clone();
         if self.mounted() {
             spec.mounts = self.host_mounts().map_err(|e| {
                 ErrorInfo::new(

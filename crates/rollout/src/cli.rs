@@ -145,9 +145,19 @@ pub struct GcArgs {
     /// Only list what would be removed.
     #[arg(long)]
     pub dry_run: bool,
-    /// Also remove environment images (they are the build cache).
+    /// Also collect environment images (they are the build cache): keep the newest
+    /// --keep-images of each environment and, with --images-budget, at most that much in all;
+    /// images a container uses are always kept.
     #[arg(long)]
     pub images: bool,
+    /// With --images: environment images kept per environment (build context), newest first;
+    /// 0 removes every one not in use.
+    #[arg(long = "keep-images", default_value_t = 1, value_name = "N")]
+    pub keep_images: usize,
+    /// With --images: total size the kept environment images may take (e.g. 20G, 500M); past
+    /// it the oldest go first.
+    #[arg(long = "images-budget", value_name = "SIZE", value_parser = parse_size)]
+    pub images_budget: Option<u64>,
     /// Where to collect: the Docker engine (default) or the Kubernetes namespace
     /// (ROLLOUT_K8S_NAMESPACE / ROLLOUT_K8S_CONTEXT, else the kubeconfig's).
     #[arg(long = "env", value_enum)]
@@ -272,6 +282,12 @@ pub struct RunArgs {
     #[arg(long = "force-build")]
     pub force_build: bool,
 
+    /// Refresh the base images every Dockerfile names from their registry before building
+    /// (as `docker build --pull`; job option `environment.pull: always`). An environment whose
+    /// base changed is rebuilt.
+    #[arg(long)]
+    pub pull: bool,
+
     /// Retries of trials that fail for infrastructure reasons (build, start, engine errors).
     #[arg(long = "max-retries")]
     pub max_retries: Option<u32>,
@@ -297,4 +313,46 @@ pub struct RunArgs {
     /// disk; see `rollout preflight`).
     #[arg(long = "no-preflight")]
     pub no_preflight: bool,
+}
+
+/// A size such as `20G`, `500M`, `1.5GiB` or `1024` (bytes); K, M, G, T are powers of 1024.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 20G, 500M)"))?;
+    let shift = match unit
+        .trim()
+        .to_ascii_uppercase()
+        .trim_end_matches("IB")
+        .trim_end_matches('B')
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{s:?}: unknown unit (use K, M, G or T)")),
+    };
+    Ok((n * (1u64 << shift) as f64) as u64)
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_parse_in_powers_of_1024() {
+        assert_eq!(parse_size("1024").unwrap(), 1024);
+        assert_eq!(parse_size("500M").unwrap(), 500 << 20);
+        assert_eq!(parse_size("20G").unwrap(), 20 << 30);
+        assert_eq!(parse_size("1.5GiB").unwrap(), 3 << 29);
+        assert_eq!(parse_size("2kb").unwrap(), 2048);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3X").is_err());
+    }
 }

@@ -27,6 +27,8 @@ pub fn main(args: GcArgs) -> u8 {
         let opts = GcOptions {
             dry_run: args.dry_run,
             images: args.images,
+            keep_per_env: args.keep_images,
+            budget: args.images_budget,
         };
         let items = match provider.gc(&rollout_runner::host_name(), opts).await {
             Ok(i) => i,

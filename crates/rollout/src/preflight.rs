@@ -15,11 +15,12 @@ use crate::exit;
 use clap::Parser;
 use rollout_agents::Agent;
 use rollout_core::experiment;
-use rollout_core::job_config::{AgentSpec, EnvironmentType};
+use rollout_core::job_config::{AgentSpec, EnvironmentType, PullPolicy};
 use rollout_core::task_config::{NetworkMode, TaskConfig};
 use rollout_core::timeouts::{Multipliers, Timeouts};
 use rollout_core::{labels, JobConfig, Task, TaskFilter};
-use rollout_env::docker::{image_tag, DockerProvider, EngineLimits};
+use rollout_env::buildctx::context_digest;
+use rollout_env::docker::{DockerProvider, EngineLimits};
 use rollout_env::{EnvSpec, ExecRequest, ImageSource, PreparedImage, Provider};
 use rollout_sources::executor::ExecutorOptions;
 use rollout_sources::git::GitCache;
@@ -1289,8 +1290,8 @@ fn count_builds(tasks: &[Candidate]) -> usize {
     tasks
         .iter()
         .filter(|c| c.task.config.environment.docker_image.is_none() && c.dockerfile().is_file())
-        .filter_map(|c| rollout_core::digest::dir_digest(&c.task.environment_dir()).ok())
-        .map(|d| image_tag(&d))
+        .filter_map(|c| context_digest(&c.task.environment_dir()).ok())
+        .map(|d| d.to_hex().to_string())
         .collect::<BTreeSet<_>>()
         .len()
 }
@@ -1308,30 +1309,10 @@ async fn bounded<T, E: std::fmt::Display>(
     }
 }
 
-/// The base images a Dockerfile starts from (not stages, not `scratch`, not `$ARG`s).
+/// The base images a Dockerfile builds from (not stages, not `scratch`; global `ARG`s
+/// substituted with their defaults); none when the Dockerfile cannot be read that way.
 fn base_images(dockerfile: &str) -> Vec<String> {
-    let mut stages = BTreeSet::new();
-    let mut out = Vec::new();
-    for line in dockerfile.replace("\\\n", " ").lines() {
-        let mut words = line.split_whitespace();
-        if !words.next().is_some_and(|w| w.eq_ignore_ascii_case("FROM")) {
-            continue;
-        }
-        let rest: Vec<&str> = words.filter(|w| !w.starts_with("--")).collect();
-        let Some(image) = rest.first() else { continue };
-        let lower = image.to_ascii_lowercase();
-        if !(image.contains('$')
-            || lower == "scratch"
-            || stages.contains(&lower)
-            || out.contains(&image.to_string()))
-        {
-            out.push(image.to_string());
-        }
-        if rest.len() >= 3 && rest[1].eq_ignore_ascii_case("AS") {
-            stages.insert(rest[2].to_ascii_lowercase());
-        }
-    }
-    out
+    rollout_env::buildctx::base_images(dockerfile, &BTreeMap::new()).unwrap_or_default()
 }
 
 /// Local image id of `reference`, `None` when the engine does not have it.
@@ -1424,12 +1405,12 @@ async fn check_container(
         if !c.dockerfile().is_file() {
             continue; // reported by dependency_files_exist
         }
-        match rollout_core::digest::dir_digest(&t.environment_dir()) {
+        match context_digest(&t.environment_dir()) {
             Ok(digest) => {
                 let timeout =
                     Timeouts::resolve(&t.config, &AgentSpec::default(), config, multipliers).build;
                 builds
-                    .entry(image_tag(&digest))
+                    .entry(format!("environment {}", &digest.to_hex()[..12]))
                     .or_insert_with(|| BuildPlan {
                         context: t.environment_dir(),
                         dockerfile: c.dockerfile(),
@@ -1488,6 +1469,7 @@ async fn check_container(
                 context: b.context.clone(),
                 timeout: b.timeout,
                 force: config.environment.force_build,
+                pull: config.environment.pull,
             };
             match bounded(
                 b.timeout + BUILD_GRACE,
@@ -1514,14 +1496,28 @@ async fn check_container(
             }
             continue;
         }
-        match local_image(&provider, tag).await {
-            Ok(Some(id)) => {
+        // The image that would be used: its identity needs every base locally (no pulls here).
+        let built = match provider
+            .resolve_environment(&b.context, &BTreeMap::new(), PullPolicy::Never)
+            .await
+        {
+            Ok(r) => {
+                let tag = r.identity.tag();
+                local_image(&provider, &tag)
+                    .await
+                    .map(|found| found.map(|id| (tag, id, r.identity.bases)))
+            }
+            // A base is missing or the context unreadable: the checks below say which.
+            Err(_) => Ok(None),
+        };
+        match built {
+            Ok(Some((reference, id, bases))) => {
                 present += 1;
                 available.push(PreparedImage {
-                    reference: tag.clone(),
+                    reference,
                     id,
-                    fresh: false,
-                    build_log: None,
+                    bases,
+                    ..Default::default()
                 });
             }
             Ok(None) => {
@@ -1537,6 +1533,7 @@ async fn check_container(
                             id,
                             fresh: false,
                             build_log: None,
+                            ..Default::default()
                         }),
                         // Not local: try the pull the build would do (AgentLab's PF-04).
                         Ok(None) => {
@@ -1803,9 +1800,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn base_images_skip_stages_scratch_and_args() {
+    fn base_images_skip_stages_and_scratch_and_substitute_args() {
         let df = "ARG BASE=x\nFROM --platform=linux/amd64 debian:bookworm-slim AS build\nRUN make \\\n  all\nFROM build\nFROM ${BASE}\nfrom python:3.12 as py\nFROM scratch\nFROM debian:bookworm-slim\n";
-        assert_eq!(base_images(df), ["debian:bookworm-slim", "python:3.12"]);
+        assert_eq!(
+            base_images(df),
+            ["debian:bookworm-slim", "x", "python:3.12"]
+        );
     }
 
     #[test]

@@ -144,6 +144,9 @@ pub fn job_config(args: &RunArgs) -> Result<JobConfig, String> {
     if args.force_build {
         config.environment.force_build = true;
     }
+    if args.pull {
+        config.environment.pull = rollout_core::job_config::PullPolicy::Always;
+    }
     for spec in &args.datasets {
         let Some(registry) = &args.registry else {
             return Err(format!(
@@ -355,6 +358,7 @@ fn differing_fields(stored: &serde_json::Value, new: &serde_json::Value) -> Vec<
         let mut v = v.clone();
         if let Some(env) = v.get_mut("environment").and_then(|e| e.as_object_mut()) {
             env.remove("force_build");
+            env.remove("pull");
         }
         v
     };

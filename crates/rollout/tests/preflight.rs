@@ -391,17 +391,28 @@ fn build_builds_a_fresh_environment_image() {
         true,
         true,
     );
-    let digest = rollout_core::digest::dir_digest(&task.join("environment")).unwrap();
-    let tag = rollout_env::docker::image_tag(&digest);
-    let exists = |tag: &str| {
-        Command::new("docker")
-            .args(["image", "inspect", tag])
+    // Images built from this environment carry its context digest as a label.
+    let digest = rollout_env::buildctx::context_digest(&task.join("environment"))
+        .unwrap()
+        .to_hex()
+        .to_string();
+    let built_tags = || {
+        let out = Command::new("docker")
+            .args([
+                "images",
+                "--filter",
+                &format!("label=io.rollout.env-hash={digest}"),
+                "--format",
+                "{{.Repository}}:{{.Tag}}",
+            ])
             .output()
-            .unwrap()
-            .status
-            .success()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
     };
-    assert!(!exists(&tag), "{tag} should not exist yet");
+    assert!(built_tags().is_empty(), "{digest} should not be built yet");
 
     // Without --build: noted, not built.
     let r = preflight(&["-p", s(&task), "-a", "oracle"]);
@@ -409,7 +420,7 @@ fn build_builds_a_fresh_environment_image() {
     assert!(r
         .message("container_ready")
         .contains("1 to build at run time"));
-    assert!(!exists(&tag));
+    assert!(built_tags().is_empty());
     assert!(
         r.message("disk_headroom").contains("1 image build(s)"),
         "{}",
@@ -417,12 +428,14 @@ fn build_builds_a_fresh_environment_image() {
     );
 
     let r = preflight(&["-p", s(&task), "-a", "oracle", "--build"]);
-    let built = exists(&tag);
-    let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
+    let built = built_tags();
+    for tag in &built {
+        let _ = Command::new("docker").args(["rmi", "-f", tag]).output();
+    }
     assert_eq!(r.code, 0, "{}", r.json);
-    assert!(built, "--build did not build {tag}: {}", r.json);
+    assert_eq!(built.len(), 1, "--build did not build {digest}: {}", r.json);
     let m = r.message("container_ready");
-    assert!(m.contains("1 built now") && m.contains(&tag), "{m}");
+    assert!(m.contains("1 built now") && m.contains(&built[0]), "{m}");
 }
 
 #[test]

@@ -538,7 +538,26 @@ fn trial_provenance_is_recorded_for_a_run_and_reproduced() {
     );
     let task = inputs.iter().find(|i| i["kind"] == "tree").unwrap();
     assert_eq!(task["path"], result["task_path"]);
-    let image = inputs.iter().find(|i| i["kind"] == "image").unwrap();
+    let image = inputs
+        .iter()
+        .find(|i| i["kind"] == "image" && i["path"].as_str().unwrap().starts_with("image:"))
+        .unwrap();
+    // The base image the environment was built from is an input too.
+    let base = inputs
+        .iter()
+        .find(|i| i["path"] == "base-image:debian:bookworm-slim")
+        .unwrap_or_else(|| panic!("{inputs:#?}"));
+    assert_eq!(
+        base["hash"].as_str().unwrap(),
+        blake3::hash(
+            result["environment"]["base_images"]["debian:bookworm-slim"]
+                .as_str()
+                .unwrap()
+                .as_bytes()
+        )
+        .to_hex()
+        .as_str()
+    );
     assert_eq!(
         image["hash"].as_str().unwrap(),
         blake3::hash(

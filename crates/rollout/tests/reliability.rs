@@ -290,28 +290,63 @@ fn no_network_really_has_none_and_public_has_it() {
     );
 }
 
+/// A CA of the test's own and a server certificate it signed for `localhost`: (CA PEM, server
+/// certificate PEM, server key PEM).
+fn own_ca() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "rollout test CA (reliability.rs)");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca, ca_key);
+    let server_key = KeyPair::generate().unwrap();
+    let server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&server_key, &issuer)
+        .unwrap();
+    (ca_cert.pem(), server.pem(), server_key.serialize_pem())
+}
+
+/// pip inside the environment installs a package over HTTPS from a local server whose
+/// certificate comes from a CA of the test's own: with `--ca-certs <that CA>` it verifies, with
+/// `--ca-certs none` it fails verification. The server runs inside the container on its
+/// loopback, so the outcome does not depend on this machine's network, on an intercepting
+/// proxy, or on which CAs the base image trusts.
 #[test]
-fn pip_over_https_works_with_ca_certs_auto() {
-    let extra = std::fs::read_dir("/usr/local/share/ca-certificates")
-        .map(|d| d.count())
-        .unwrap_or(0);
-    assert!(
-        extra > 0,
-        "this test needs the proxy's CA under /usr/local/share/ca-certificates"
-    );
-    let with = run_task(&fixture("https-pip"), "oracle", &["--ca-certs", "auto"]);
-    let dir = with.trial_dir("https-pip__oracle__1");
+fn pip_over_https_verifies_with_the_given_ca_certs_and_not_without() {
+    let tmp = tempfile::tempdir().unwrap();
+    let task = tmp.path().join("https-pip");
+    rollout_env::archive::copy_tree(&fixture("https-pip"), &task).unwrap();
+    let (ca, cert, key) = own_ca();
+    std::fs::write(task.join("tests/server.pem"), cert).unwrap();
+    std::fs::write(task.join("tests/server.key"), key).unwrap();
+    let ca_file = tmp.path().join("test-ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+
+    let with = run_task(&task, "oracle", &["--ca-certs", ca_file.to_str().unwrap()]);
+    let pip_log = |r: &Run| {
+        std::fs::read_to_string(r.trial_dir("https-pip__oracle__1").join("verifier/pip.log"))
+            .unwrap_or_default()
+    };
     assert_eq!(
         with.trial()["reward"],
         1.0,
-        "pip log:\n{}",
-        std::fs::read_to_string(dir.join("verifier/pip.log")).unwrap_or_default()
+        "with the test CA, pip must verify the local server; pip log:\n{}\nstderr:\n{}",
+        pip_log(&with),
+        with.stderr()
     );
-    let without = run_task(&fixture("https-pip"), "oracle", &["--ca-certs", "none"]);
+    let without = run_task(&task, "oracle", &["--ca-certs", "none"]);
     assert_eq!(
         without.trial()["reward"],
         0.0,
-        "without the CA, HTTPS should not verify behind this proxy"
+        "without the CA, HTTPS verified"
+    );
+    let log = pip_log(&without);
+    assert!(
+        log.contains("CERTIFICATE_VERIFY_FAILED"),
+        "pip must fail on certificate verification, not on something else:\n{log}"
     );
 }
 

@@ -8,7 +8,7 @@ use crate::exit;
 use clap::Args;
 use rollout_store::{FileRef, Job, JobKind, Store};
 use serde::Serialize;
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -489,6 +489,16 @@ fn trial(args: &ReproduceArgs, job: &Job) -> u8 {
         .map(|d| d.0);
     let recorded_reward = m.get("reward").and_then(|r| r.as_f64());
     let agent = m.get("agent").cloned().unwrap_or_default();
+    let recorded_bases: BTreeMap<String, String> = m
+        .get("base_images")
+        .and_then(|v| serde_json::from_value(v.clone()).ok())
+        .unwrap_or_default();
+    let bases_now = current_base_ids(recorded_bases.keys());
+    let bases_changed: Vec<&String> = recorded_bases
+        .iter()
+        .filter(|(r, id)| bases_now.get(*r) != Some(*id))
+        .map(|(r, _)| r)
+        .collect();
     let plan = serde_json::json!({
         "trial": get("trial_name"),
         "job": job.uid,
@@ -497,6 +507,9 @@ fn trial(args: &ReproduceArgs, job: &Job) -> u8 {
         "task_digest_now": current_digest,
         "image": get("image"),
         "image_id": get("image_id"),
+        "base_images": recorded_bases,
+        "base_images_now": bases_now,
+        "base_images_changed": bases_changed,
         "agent": agent,
         "reward": recorded_reward,
     });
@@ -523,6 +536,15 @@ fn trial(args: &ReproduceArgs, job: &Job) -> u8 {
                 get("image").unwrap_or_default(),
                 get("image_id").unwrap_or_default()
             );
+            for (reference, id) in &recorded_bases {
+                let now = bases_now.get(reference).map_or("absent", String::as_str);
+                let note = if now == id {
+                    String::new()
+                } else {
+                    format!(" (now {now}: a re-run would build on a different base)")
+                };
+                println!("  base      {reference} {id}{note}");
+            }
             println!("  agent     {agent}");
             println!(
                 "  reward    {}",
@@ -624,6 +646,8 @@ fn trial(args: &ReproduceArgs, job: &Job) -> u8 {
         "recorded_reward": recorded_reward,
         "image_id": image_id,
         "recorded_image_id": get("image_id"),
+        "base_images": result.pointer("/environment/base_images"),
+        "recorded_base_images": recorded_bases,
         "trial_id": result.get("id"),
     });
     if args.json {
@@ -639,6 +663,18 @@ fn trial(args: &ReproduceArgs, job: &Job) -> u8 {
                 image_id.as_deref().unwrap_or("?"),
                 get("image_id").unwrap_or_default()
             );
+        }
+        let rerun_bases: BTreeMap<String, String> = result
+            .pointer("/environment/base_images")
+            .and_then(|v| serde_json::from_value(v.clone()).ok())
+            .unwrap_or_default();
+        for (reference, id) in &recorded_bases {
+            if rerun_bases.get(reference) != Some(id) {
+                println!(
+                    "note: base image {reference} differs: {} now, {id} then",
+                    rerun_bases.get(reference).map_or("?", String::as_str)
+                );
+            }
         }
         if matches {
             println!(
@@ -658,4 +694,39 @@ fn trial(args: &ReproduceArgs, job: &Job) -> u8 {
     } else {
         exit::TRIAL_ERRORS
     }
+}
+
+/// The engine ids the local Docker engine has now for `references` (absent ones left out; an
+/// unreachable engine gives none).
+fn current_base_ids<'a>(references: impl Iterator<Item = &'a String>) -> BTreeMap<String, String> {
+    let references: Vec<String> = references.cloned().collect();
+    if references.is_empty() {
+        return BTreeMap::new();
+    }
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return BTreeMap::new();
+    };
+    rt.block_on(async {
+        let mut out = BTreeMap::new();
+        let Ok(Ok(provider)) = tokio::time::timeout(
+            Duration::from_secs(30),
+            rollout_env::docker::DockerProvider::connect(Default::default()),
+        )
+        .await
+        else {
+            return out;
+        };
+        for r in references {
+            if let Ok(Ok(info)) =
+                tokio::time::timeout(Duration::from_secs(20), provider.client().inspect_image(&r))
+                    .await
+            {
+                out.insert(r, info.id.unwrap_or_default());
+            }
+        }
+        out
+    })
 }
