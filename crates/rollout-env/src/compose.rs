@@ -39,6 +39,8 @@ pub struct ComposeOptions {
     pub build_timeout: Duration,
     /// Rebuild sidecar images even when cached.
     pub force_build: bool,
+    /// When to refresh the base images of sidecar builds from their registry.
+    pub pull: rollout_core::job_config::PullPolicy,
     /// Bound on waiting for a one-shot service to finish (`service_completed_successfully`).
     pub start_timeout: Duration,
 }
@@ -207,6 +209,7 @@ async fn start_in(
                 context: context.clone(),
                 timeout: options.build_timeout,
                 force: options.force_build,
+                pull: options.pull,
             }),
             ServiceImage::Image(r) if r == rollout_core::compose::MAIN_IMAGE_PLACEHOLDER => None,
             ServiceImage::Image(r) => Some(ImageSource::Prebuilt {

@@ -603,6 +603,7 @@ impl TrialRun<'_> {
                 let options = rollout_env::compose::ComposeOptions {
                     build_timeout: self.plan.timeouts.build,
                     force_build: self.shared.job.config.environment.force_build,
+                    pull: self.shared.job.config.environment.pull,
                     start_timeout: self.plan.timeouts.build,
                 };
                 provider
