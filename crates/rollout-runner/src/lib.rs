@@ -12,6 +12,7 @@ pub mod fsutil;
 pub mod plan;
 pub mod provenance;
 mod runner;
+mod sandbox;
 mod trial;
 pub mod writer;
 
