@@ -392,6 +392,19 @@ impl JobConfig {
                 return Err((field.into(), "expected at least 1 MiB, found 0".into()));
             }
         }
+        let env = &self.environment;
+        if let Some(c) = env.override_cpus {
+            crate::task_config::check_cpus(c)
+                .map_err(|m| ("environment.override_cpus".to_string(), m))?;
+        }
+        if let Some(mb) = env.override_memory_mb {
+            crate::task_config::check_memory_mb(mb)
+                .map_err(|m| ("environment.override_memory_mb".to_string(), m))?;
+        }
+        if let Some(mb) = env.override_storage_mb {
+            crate::task_config::check_storage_mb(mb)
+                .map_err(|m| ("environment.override_storage_mb".to_string(), m))?;
+        }
         if self.n_attempts == Some(0) {
             return Err(("n_attempts".into(), "expected at least 1 attempt".into()));
         }

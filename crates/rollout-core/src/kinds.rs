@@ -33,6 +33,9 @@ pub enum ErrorKind {
     AgentExecutionFailed,
     /// The agent ran past its timeout (the verifier still runs).
     AgentExecutionTimeout,
+    /// The memory limit was hit while the agent ran: the kernel's OOM killer ended one of its
+    /// processes (the verifier still runs).
+    AgentOutOfMemory,
     /// The agent is misconfigured for this task (e.g. oracle without `solution/solve.sh`).
     AgentConfigInvalid,
     /// The model provider kept answering 429 (rate limited) after the agent's retries.
@@ -53,6 +56,9 @@ pub enum ErrorKind {
     VerifierRewardMissing,
     /// The reward file is empty or not a number / object of numbers.
     VerifierRewardInvalid,
+    /// The memory limit was hit while `tests/test.sh` ran (the OOM killer ended one of its
+    /// processes) and it wrote no reward.
+    VerifierOutOfMemory,
     /// The trial was cancelled (Ctrl-C, SIGTERM, `rollout jobs kill`).
     Cancelled,
     /// A bug or an unexpected host-side failure (disk full writing results …).
@@ -79,7 +85,7 @@ pub enum ErrorClass {
 
 impl ErrorKind {
     /// Every kind, in declaration order (for docs and exhaustive tests).
-    pub const ALL: [ErrorKind; 24] = [
+    pub const ALL: [ErrorKind; 26] = [
         Self::EnvironmentBuildFailed,
         Self::EnvironmentBuildTimeout,
         Self::EnvironmentImagePullFailed,
@@ -92,6 +98,7 @@ impl ErrorKind {
         Self::AgentInstallTimeout,
         Self::AgentExecutionFailed,
         Self::AgentExecutionTimeout,
+        Self::AgentOutOfMemory,
         Self::AgentConfigInvalid,
         Self::ApiRateLimit,
         Self::ApiAuth,
@@ -102,6 +109,7 @@ impl ErrorKind {
         Self::VerifierFailed,
         Self::VerifierRewardMissing,
         Self::VerifierRewardInvalid,
+        Self::VerifierOutOfMemory,
         Self::Cancelled,
         Self::InternalError,
     ];
@@ -122,13 +130,16 @@ impl ErrorKind {
             | AgentInstallTimeout
             | AgentExecutionFailed
             | AgentExecutionTimeout
+            | AgentOutOfMemory
             | AgentConfigInvalid => ErrorClass::Agent,
             ApiRateLimit | ApiAuth | ContextWindowExceeded | ModelNotFound | ApiError => {
                 ErrorClass::Provider
             }
-            VerifierTimeout | VerifierFailed | VerifierRewardMissing | VerifierRewardInvalid => {
-                ErrorClass::Verifier
-            }
+            VerifierTimeout
+            | VerifierFailed
+            | VerifierRewardMissing
+            | VerifierRewardInvalid
+            | VerifierOutOfMemory => ErrorClass::Verifier,
             Cancelled => ErrorClass::Cancelled,
             InternalError => ErrorClass::Internal,
         }
@@ -158,6 +169,7 @@ impl ErrorKind {
             AgentInstallTimeout => "agent_install_timeout",
             AgentExecutionFailed => "agent_execution_failed",
             AgentExecutionTimeout => "agent_execution_timeout",
+            AgentOutOfMemory => "agent_out_of_memory",
             AgentConfigInvalid => "agent_config_invalid",
             ApiRateLimit => "api_rate_limit",
             ApiAuth => "api_auth",
@@ -168,6 +180,7 @@ impl ErrorKind {
             VerifierFailed => "verifier_failed",
             VerifierRewardMissing => "verifier_reward_missing",
             VerifierRewardInvalid => "verifier_reward_invalid",
+            VerifierOutOfMemory => "verifier_out_of_memory",
             Cancelled => "cancelled",
             InternalError => "internal_error",
         }

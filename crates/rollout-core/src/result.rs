@@ -121,6 +121,18 @@ pub struct EnvironmentInfo {
     pub container_id: Option<String>,
     /// Whether the container was left running (preserve_env).
     pub preserved: bool,
+    /// Directories of the environment (`/logs/agent` …) that were larger than the copy cap:
+    /// only their first part was copied out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub truncated: Vec<String>,
+    /// Entries the environment left in its log directories that were not copied out because
+    /// they are neither regular files nor directories (links, FIFOs, devices).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skipped_entries: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// The result of one trial (`<trial>/result.json`).

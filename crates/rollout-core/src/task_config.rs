@@ -524,6 +524,51 @@ pub fn shell_quote(word: &str) -> String {
     }
 }
 
+/// Largest `cpus` accepted (a whole large machine; beyond it the number is a typo).
+pub const MAX_CPUS: f64 = 1024.0;
+/// Smallest memory limit the engines accept (Docker refuses less than 6 MiB).
+pub const MIN_MEMORY_MB: u64 = 6;
+/// Largest memory limit accepted: 4 TiB. Far below where MiB → bytes overflows.
+pub const MAX_MEMORY_MB: u64 = 4 << 20;
+/// Largest storage limit accepted: 1 PiB.
+pub const MAX_STORAGE_MB: u64 = 1 << 30;
+
+/// A CPU count: positive, finite, at most [`MAX_CPUS`].
+pub fn check_cpus(cpus: f64) -> Result<(), String> {
+    if !(cpus.is_finite() && cpus > 0.0) {
+        return Err(format!("expected a positive number of CPUs, found {cpus}"));
+    }
+    if cpus > MAX_CPUS {
+        return Err(format!("expected at most {MAX_CPUS} CPUs, found {cpus}"));
+    }
+    Ok(())
+}
+
+/// A memory limit in MiB: between [`MIN_MEMORY_MB`] and [`MAX_MEMORY_MB`].
+pub fn check_memory_mb(mb: u64) -> Result<(), String> {
+    if mb < MIN_MEMORY_MB {
+        return Err(format!(
+            "expected at least {MIN_MEMORY_MB} MiB (Docker's minimum), found {mb}"
+        ));
+    }
+    if mb > MAX_MEMORY_MB {
+        return Err(format!(
+            "expected at most {MAX_MEMORY_MB} MiB (4 TiB), found {mb} MiB"
+        ));
+    }
+    Ok(())
+}
+
+/// A storage limit in MiB: at most [`MAX_STORAGE_MB`].
+pub fn check_storage_mb(mb: u64) -> Result<(), String> {
+    if mb > MAX_STORAGE_MB {
+        return Err(format!(
+            "expected at most {MAX_STORAGE_MB} MiB (1 PiB), found {mb} MiB"
+        ));
+    }
+    Ok(())
+}
+
 type FieldError = (String, String);
 
 fn parse_raw(raw: RawTaskConfig) -> Result<TaskConfig, FieldError> {
@@ -539,20 +584,21 @@ fn parse_raw(raw: RawTaskConfig) -> Result<TaskConfig, FieldError> {
     };
     let env = raw.environment;
     let cpus = env.cpus.unwrap_or(1.0);
-    if !(cpus.is_finite() && cpus > 0.0) {
-        return Err((
-            "environment.cpus".into(),
-            format!("expected a positive number of CPUs, found {cpus}"),
-        ));
-    }
+    check_cpus(cpus).map_err(|m| ("environment.cpus".to_string(), m))?;
+    let memory_key = if env.memory_mb.is_none() && env.memory.is_some() {
+        "environment.memory"
+    } else {
+        "environment.memory_mb"
+    };
     let memory_mb = env.memory_mb.or(env.memory.map(|m| m.0)).unwrap_or(2048);
-    if memory_mb < 6 {
-        return Err((
-            "environment.memory_mb".into(),
-            format!("expected at least 6 MiB (Docker's minimum), found {memory_mb}"),
-        ));
-    }
+    check_memory_mb(memory_mb).map_err(|m| (memory_key.to_string(), m))?;
+    let storage_key = if env.storage_mb.is_none() && env.storage.is_some() {
+        "environment.storage"
+    } else {
+        "environment.storage_mb"
+    };
     let storage_mb = env.storage_mb.or(env.storage.map(|m| m.0)).unwrap_or(10240);
+    check_storage_mb(storage_mb).map_err(|m| (storage_key.to_string(), m))?;
     let network_mode = match (env.network_mode, env.allow_internet) {
         (Some(mode), _) => mode,
         (None, Some(false)) => NetworkMode::NoNetwork,
@@ -992,6 +1038,26 @@ env = { A = "b" }
         let keys: Vec<_> = c.unknown_keys().collect();
         assert_eq!(keys, ["custom", "environment.gpu", "verifier.timeout"]);
         assert_eq!(c.extra["verifier.timeout"], 5);
+    }
+
+    #[test]
+    fn resource_numbers_are_bounded() {
+        let e = parse("[environment]\nmemory_mb = 17592186044928\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("environment.memory_mb"), "{e}");
+        assert_eq!(e.line, Some(2), "{e}");
+        assert!(e.to_string().contains("at most 4194304 MiB"), "{e}");
+        let e = parse("[environment]\nmemory_mb = 9999999999999\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("environment.memory_mb"), "{e}");
+        let e = parse("[environment]\nmemory = \"99999999T\"\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("environment.memory"), "{e}");
+        let e = parse("[environment]\nstorage = \"9999999999999999999999G\"\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("environment.storage"), "{e}");
+        let e = parse("[environment]\ncpus = 1e12\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("environment.cpus"), "{e}");
+        let e = parse("[environment]\nmemory_mb = -1\n").unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("environment.memory_mb"), "{e}");
+        let c = parse("[environment]\nmemory_mb = 4194304\ncpus = 64\n").unwrap();
+        assert_eq!(c.environment.memory_mb, 4 << 20);
     }
 
     #[test]

@@ -96,12 +96,61 @@ pub fn copy_tree(src: &Path, dst: &Path) -> io::Result<()> {
 }
 
 /// What [`extract_stripped`] did.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ExtractStats {
     pub files: u64,
     pub skipped: u64,
     /// True when the archive ended early (e.g. it was cut at a size cap).
     pub incomplete: bool,
+    /// The first [`MAX_SKIPPED_LISTED`] entries not materialised: (path below the destination,
+    /// what it was, e.g. "a symbolic link").
+    pub skipped_entries: Vec<(String, String)>,
+}
+
+/// How many skipped entries [`ExtractStats::skipped_entries`] names at most.
+pub const MAX_SKIPPED_LISTED: usize = 64;
+
+/// Mode of every directory materialised from an environment.
+pub const DIR_MODE: u32 = 0o755;
+
+/// A file's mode as materialised on the host: no setuid/setgid/sticky bit, no group or world
+/// write, always readable and writable by the owner.
+pub fn masked_file_mode(mode: u32) -> u32 {
+    mode & 0o755 | 0o600
+}
+
+/// What a tar entry type is, in words.
+fn describe(kind: tar::EntryType) -> &'static str {
+    match kind {
+        tar::EntryType::Symlink => "a symbolic link",
+        tar::EntryType::Link => "a hard link",
+        tar::EntryType::Fifo => "a FIFO (named pipe)",
+        tar::EntryType::Char => "a character device",
+        tar::EntryType::Block => "a block device",
+        tar::EntryType::Directory => "a directory",
+        _ => "a special file",
+    }
+}
+
+impl ExtractStats {
+    fn skip(&mut self, path: &Path, what: &str) {
+        self.skipped += 1;
+        if self.skipped_entries.len() < MAX_SKIPPED_LISTED {
+            self.skipped_entries
+                .push((path.to_string_lossy().into_owned(), what.to_string()));
+        }
+    }
+}
+
+/// Create `dir` and its missing parents with mode [`DIR_MODE`].
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)?;
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
 }
 
 /// Unpack `archive` into `dest`, dropping the first path component of every entry (the Engine
@@ -109,7 +158,7 @@ pub struct ExtractStats {
 /// a path that would leave `dest`, or pass through something that is not a real directory, is
 /// skipped.
 pub fn extract_stripped(archive: impl Read, dest: &Path) -> io::Result<ExtractStats> {
-    fs::create_dir_all(dest)?;
+    create_dirs(dest)?;
     let mut stats = ExtractStats::default();
     let mut ar = tar::Archive::new(archive);
     let entries = match ar.entries() {
@@ -128,46 +177,56 @@ pub fn extract_stripped(archive: impl Read, dest: &Path) -> io::Result<ExtractSt
             }
         };
         let Ok(path) = entry.path().map(|p| p.into_owned()) else {
-            stats.skipped += 1;
+            stats.skip(Path::new("?"), "an entry with an unreadable name");
             continue;
         };
         let Some(relative) = safe_stripped(&path) else {
             if path.components().count() > 1 {
-                stats.skipped += 1;
+                stats.skip(&path, "a path leaving the directory");
             }
             continue;
         };
         let target = dest.join(&relative);
         if !parents_are_real_dirs(dest, &relative) {
-            stats.skipped += 1;
+            stats.skip(&relative, "below something that is not a directory");
             continue;
         }
-        match entry.header().entry_type() {
+        let kind = entry.header().entry_type();
+        match kind {
             tar::EntryType::Directory => {
-                fs::create_dir_all(&target)?;
+                if fs::symlink_metadata(&target).is_ok_and(|m| !m.is_dir()) {
+                    stats.skip(&relative, "a directory where a file already is");
+                    continue;
+                }
+                create_dirs(&target)?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
                 if let Some(parent) = target.parent() {
-                    fs::create_dir_all(parent)?;
+                    create_dirs(parent)?;
                 }
                 if fs::symlink_metadata(&target).is_ok_and(|m| !m.is_file()) {
-                    stats.skipped += 1;
+                    stats.skip(&relative, "a file where a directory already is");
                     continue;
                 }
-                let mut out = fs::File::create(&target)?;
+                // O_NOFOLLOW: never write through a link, whoever made it.
+                use std::os::unix::fs::OpenOptionsExt;
+                let mut out = fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&target)?;
                 if io::copy(&mut entry, &mut out).is_err() {
                     stats.incomplete = true;
                     break;
                 }
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::PermissionsExt;
-                    let mode = entry.header().mode().unwrap_or(0o644) & 0o755 | 0o600;
-                    let _ = fs::set_permissions(&target, fs::Permissions::from_mode(mode));
-                }
+                use std::os::unix::fs::PermissionsExt;
+                let mode = masked_file_mode(entry.header().mode().unwrap_or(0o644));
+                out.set_permissions(fs::Permissions::from_mode(mode))?;
                 stats.files += 1;
             }
-            _ => stats.skipped += 1,
+            other => stats.skip(&relative, describe(other)),
         }
     }
     Ok(stats)
@@ -271,6 +330,45 @@ mod tests {
         assert!(fs::symlink_metadata(d.path().join("out/link"))
             .unwrap()
             .is_dir());
+    }
+
+    #[test]
+    fn modes_are_masked_and_special_files_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let data = archive(|b| {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o1777);
+            h.set_size(0);
+            b.append_data(&mut h, "logs/open/", io::empty()).unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o6777);
+            h.set_size(2);
+            b.append_data(&mut h, "logs/open/suid", &b"#!"[..]).unwrap();
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Fifo);
+            h.set_size(0);
+            b.append_data(&mut h, "logs/reward.txt", io::empty())
+                .unwrap();
+        });
+        let d = tempfile::tempdir().unwrap();
+        let s = extract_stripped(&data[..], &d.path().join("out")).unwrap();
+        let mode = |p: &str| {
+            fs::symlink_metadata(d.path().join(p))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("out"), 0o755);
+        assert_eq!(mode("out/open"), 0o755);
+        assert_eq!(mode("out/open/suid"), 0o755);
+        assert!(!d.path().join("out/reward.txt").exists());
+        assert_eq!(
+            s.skipped_entries,
+            [("reward.txt".to_string(), "a FIFO (named pipe)".to_string())]
+        );
     }
 
     #[test]

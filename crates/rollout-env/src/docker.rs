@@ -12,7 +12,6 @@ use async_trait::async_trait;
 use bollard::errors::Error as BollardError;
 use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
-use bollard::query_parameters::RestartContainerOptions;
 use bollard::query_parameters::{
     BuildImageOptions, CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
     ListContainersOptions, RemoveContainerOptions, UploadToContainerOptions,
@@ -42,8 +41,11 @@ pub const DROPPED_CAPABILITIES: [&str; 6] = [
     "SETPCAP",
     "SYS_CHROOT",
 ];
-/// Bound on the helper execs rollout runs itself (killing a timed-out command).
-const KILL_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bound on the helper execs rollout runs itself (killing a timed-out command). Past it,
+/// every process of the container is stopped instead.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bound on each engine call of a hard stop (pause, kill, start).
+const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 
 type ImageCell = Arc<tokio::sync::Mutex<Option<Result<PreparedImage, EnvError>>>>;
 
@@ -381,7 +383,15 @@ impl DockerProvider {
             .await
             .expect("semaphore never closed");
         let name = format!("rollout-{}-{}", sanitize_name(&spec.name), short_random());
-        let memory = (spec.memory_mb as i64) * 1024 * 1024;
+        let memory = i64::try_from(spec.memory_mb)
+            .ok()
+            .and_then(|mb| mb.checked_mul(1 << 20))
+            .ok_or_else(|| {
+                EnvError::StartFailed(format!(
+                    "a memory limit of {} MiB does not fit the engine's byte count",
+                    spec.memory_mb
+                ))
+            })?;
         let host_config = HostConfig {
             nano_cpus: Some((spec.cpus * 1e9) as i64),
             memory: Some(memory),
@@ -444,6 +454,7 @@ impl DockerProvider {
             id: created.id,
             destroyed: AtomicBool::new(false),
             exec_seq: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
         };
         // A compose trial's main container is started by the compose code, once its
         // dependencies are ready.
@@ -464,6 +475,7 @@ pub struct DockerEnvironment {
     id: String,
     destroyed: AtomicBool,
     exec_seq: AtomicU64,
+    restarts: AtomicU64,
 }
 
 impl DockerEnvironment {
@@ -587,23 +599,78 @@ impl DockerEnvironment {
     }
 
     /// Stop a runaway command: kill its process tree; if that cannot even run (a fork bomb has
-    /// used up the pids limit), restart the container with no grace period, which ends every
-    /// process in it but keeps its filesystem for the verifier.
+    /// used up the pids limit), stop every process of the container ([`Environment::stop_all`]),
+    /// which keeps its filesystem for the verifier.
     async fn stop_command(&self, pid_file: &str) -> Result<(), EnvError> {
         if self.kill_tree(pid_file).await {
             return Ok(());
         }
-        tracing::warn!(container = %self.id, "could not kill a runaway command's processes; restarting the container");
-        self.docker
-            .restart_container(
+        tracing::warn!(container = %self.id, "could not kill a runaway command's processes; stopping every process of the container");
+        self.hard_stop().await
+    }
+
+    /// Freeze every process at once (the cgroup freezer: `pause`), kill the container (its
+    /// init dies, the kernel kills the rest of its pid namespace, frozen or not), start it
+    /// again. The writable layer, and so everything the agent did, is kept; the image's
+    /// ENTRYPOINT runs again, so services it starts are back for the verifier.
+    async fn hard_stop(&self) -> Result<(), EnvError> {
+        let step = |what: &'static str| {
+            move |e: BollardError| EnvError::api(format!("{what} (stopping every process)"), e)
+        };
+        let bounded = |what: &'static str| {
+            move |_| EnvError::Api {
+                context: format!("{what} (stopping every process)"),
+                message: format!("no answer within {} s", HARD_STOP_TIMEOUT.as_secs()),
+            }
+        };
+        // Pausing fails when the container is not running any more; killing still applies.
+        let _ =
+            tokio::time::timeout(HARD_STOP_TIMEOUT, self.docker.pause_container(&self.id)).await;
+        match tokio::time::timeout(
+            HARD_STOP_TIMEOUT,
+            self.docker.kill_container(
                 &self.id,
-                Some(RestartContainerOptions {
-                    t: Some(0),
-                    ..Default::default()
+                Some(bollard::query_parameters::KillContainerOptions {
+                    signal: "SIGKILL".into(),
                 }),
-            )
-            .await
-            .map_err(|e| EnvError::api("restarting the container to end a runaway command", e))
+            ),
+        )
+        .await
+        .map_err(bounded("killing the container"))?
+        {
+            Ok(()) => {}
+            // 409: not running (already dead); the start below brings it back.
+            Err(BollardError::DockerResponseServerError {
+                status_code: 409, ..
+            }) => {}
+            Err(e) => return Err(step("killing the container")(e)),
+        }
+        self.wait_stopped().await;
+        self.restarts.fetch_add(1, Ordering::SeqCst);
+        tokio::time::timeout(
+            HARD_STOP_TIMEOUT,
+            self.docker.start_container(&self.id, None),
+        )
+        .await
+        .map_err(bounded("starting the container again"))?
+        .map_err(step("starting the container again"))
+    }
+
+    /// Wait (bounded) until the engine reports the container as no longer running.
+    async fn wait_stopped(&self) {
+        let deadline = Instant::now() + HARD_STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            match self.docker.inspect_container(&self.id, None).await {
+                Ok(info) => {
+                    let state = info.state.unwrap_or_default();
+                    if state.running != Some(true) {
+                        return;
+                    }
+                }
+                Err(_) => return,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Stop and kill the process recorded in `pid_file` and all its descendants; true when the
@@ -742,8 +809,17 @@ impl Environment for DockerEnvironment {
         .map_err(|e| EnvError::host("extracting a downloaded archive", e))?;
         info.files = stats.files;
         info.skipped = stats.skipped;
+        info.skipped_entries = stats.skipped_entries;
         info.truncated |= stats.incomplete;
         Ok(info)
+    }
+
+    fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::SeqCst)
+    }
+
+    async fn stop_all(&self) -> Result<(), EnvError> {
+        self.hard_stop().await
     }
 
     async fn destroy(&self) -> Result<(), EnvError> {

@@ -110,6 +110,8 @@ pub struct DownloadInfo {
     pub truncated: bool,
     /// Entries not materialised on the host (links, devices), for safety.
     pub skipped: u64,
+    /// The first few of them: (path below the copied directory, what it was).
+    pub skipped_entries: Vec<(String, String)>,
 }
 
 /// One running sandbox.
@@ -136,6 +138,23 @@ pub trait Environment: Send + Sync {
 
     /// Remove the sandbox at once (no stop grace). Idempotent.
     async fn destroy(&self) -> Result<(), EnvError>;
+
+    /// End every process in the sandbox at once, whatever they do (a fork bomb included), and
+    /// keep its filesystem so that the verifier can still run: the hard stop used when killing
+    /// the agent's processes from inside cannot work. Providers that cannot do this return an
+    /// error (the trial then ends without verification).
+    /// How many times [`Environment::stop_all`] (or a runaway command's stop) has restarted the
+    /// sandbox's processes.
+    fn restarts(&self) -> u64 {
+        0
+    }
+
+    async fn stop_all(&self) -> Result<(), EnvError> {
+        Err(EnvError::Api {
+            context: "stopping every process of the environment".into(),
+            message: "this provider cannot stop processes while keeping the filesystem".into(),
+        })
+    }
 }
 
 /// Makes images and environments.

@@ -489,6 +489,7 @@ impl Environment for KubeEnvironment {
         .map_err(|e| host("extracting a downloaded archive".into(), e))?;
         info.files = stats.files;
         info.skipped = stats.skipped;
+        info.skipped_entries = stats.skipped_entries;
         info.truncated |= stats.incomplete;
         Ok(info)
     }

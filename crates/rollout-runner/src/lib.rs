@@ -13,6 +13,7 @@ pub mod fsutil;
 pub mod plan;
 pub mod provenance;
 mod runner;
+mod sandbox;
 mod steps;
 mod trial;
 pub mod writer;

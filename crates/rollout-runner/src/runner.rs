@@ -49,10 +49,23 @@ impl Default for RunOptions {
     fn default() -> Self {
         Self {
             output_cap: rollout_env::exec::DEFAULT_OUTPUT_CAP,
-            download_cap: 256 << 20,
+            download_cap: download_cap_from_env(),
             ca_bundle: None,
         }
     }
+}
+
+/// Variable setting the cap on what is copied out of each of `/logs/agent`, `/logs/verifier`,
+/// `/logs/artifacts`, in MiB (default 256).
+pub const LOGS_CAP_VAR: &str = "ROLLOUT_LOGS_CAP_MB";
+
+/// The copy-out cap: [`LOGS_CAP_VAR`] when it holds a positive number of MiB, else 256 MiB.
+fn download_cap_from_env() -> u64 {
+    std::env::var(LOGS_CAP_VAR)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|mb| (1..=1 << 20).contains(mb))
+        .map_or(256 << 20, |mb| mb << 20)
 }
 
 /// What every trial of a job shares.

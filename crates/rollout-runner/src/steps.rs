@@ -9,7 +9,8 @@
 //! Every phase is the trial's own (agent run, verify, collect), run with a step context.
 
 use crate::events::Event;
-use crate::trial::{bounded, code, State, TrialRun, VerifySpec, STAGING};
+use crate::sandbox::Mark;
+use crate::trial::{bounded, code, Copied, State, TrialRun, VerifySpec};
 use chrono::Utc;
 use rollout_agents::{AgentContext, AgentFiles, INSTRUCTION_PATH};
 use rollout_core::result::{main_reward, ErrorInfo, Phase, StepResult};
@@ -23,6 +24,7 @@ use rollout_env::{Environment, ExecRequest};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Housekeeping commands (clearing directories, copying artifacts) are bounded too.
@@ -38,6 +40,8 @@ impl TrialRun<'_> {
         env: &dyn Environment,
         base: &AgentContext<'_>,
         st: &mut State,
+        mark: &Mark,
+        copied: &Mutex<Copied>,
     ) {
         let task = &self.plan.task;
         let steps = &task.config.steps;
@@ -56,7 +60,9 @@ impl TrialRun<'_> {
                 index: i + 1,
                 total: steps.len(),
             });
-            let result = self.run_step(env, base, i, step, &keep_in_agent).await;
+            let result = self
+                .run_step(env, base, i, step, &keep_in_agent, mark, copied)
+                .await;
             if let Some(e) = &result.error {
                 st.fail(e.clone());
             }
@@ -84,6 +90,8 @@ impl TrialRun<'_> {
         index: usize,
         step: &StepConfig,
         keep_in_agent: &[String],
+        mark: &Mark,
+        copied: &Mutex<Copied>,
     ) -> StepResult {
         let task = &self.plan.task;
         let job = &self.shared.job;
@@ -141,6 +149,7 @@ impl TrialRun<'_> {
         if agent_ran && !st.cancelled() && !job.config.verifier.disable {
             let mut venv = task.config.verifier.env.clone();
             venv.extend(step.verifier_env.clone());
+            let ended = Mutex::new(None);
             let spec = VerifySpec {
                 tests: vec![task.tests_dir(), task.step_dir(&step.name).join("tests")],
                 timeout: timeouts.verifier,
@@ -156,12 +165,16 @@ impl TrialRun<'_> {
                     // files in /tests or /logs/verifier must not count.
                     self.housekeeping(env, &clear_dirs(&["/tests", "/logs/verifier"]))
                         .await?;
-                    self.verify(env, &spec).await
+                    self.verify(env, &spec, mark, &ended, copied).await
                 })
                 .await;
             if let Some((outcome, rewards)) = verified {
                 st.verifier = Some(outcome);
                 st.rewards = Some(rewards);
+            }
+            let ended = *ended.lock().expect("not poisoned");
+            if let Some(ended) = ended {
+                self.agent_ended(&mut st, &ended, self.memory_mb());
             }
         }
         if !st.cancelled() {
@@ -173,7 +186,7 @@ impl TrialRun<'_> {
                     .chain(&step.artifacts)
                     .collect();
                 self.stage_artifacts(env, &artifacts).await;
-                self.collect(env).await
+                self.collect(env, copied).await
             })
             .await;
         }
@@ -277,12 +290,7 @@ impl TrialRun<'_> {
         user: Option<String>,
     ) -> Result<Option<rollout_core::result::CommandOutcome>, ErrorInfo> {
         let task = &self.plan.task;
-        // Mounted logs were moved out on the host (and agent/setup/ must stay).
-        let clear = if self.mounted() {
-            clear_dirs(&["/tests"])
-        } else {
-            clear_dirs(&["/tests", "/logs/agent", "/logs/verifier", "/logs/artifacts"])
-        };
+        let clear = clear_dirs(&["/tests", "/logs/agent", "/logs/verifier", "/logs/artifacts"]);
         if index > 0 {
             self.housekeeping(env, &clear).await?;
         }
@@ -400,16 +408,6 @@ impl TrialRun<'_> {
             .get(index)
             .cloned()
             .unwrap_or_default();
-        if self.mounted() {
-            // The bind-mounted file: rewritten in place (same inode), the mount shows it.
-            let path = self.dir.join(STAGING).join("instruction.md");
-            return std::fs::write(&path, text.as_bytes()).map_err(|e| {
-                ErrorInfo::new(
-                    ErrorKind::InternalError,
-                    format!("writing {}: {e}", path.display()),
-                )
-            });
-        }
         let mut tar = TarBuilder::new();
         let packed = tar
             .dir("/rollout", 0o755)

@@ -12,7 +12,7 @@ use rollout_core::result::{
 };
 use rollout_core::{labels, ErrorKind, RESULT_SCHEMA_VERSION};
 use rollout_env::archive::TarBuilder;
-use rollout_env::{EnvSpec, Environment, ExecRequest, HostMount, ImageSource};
+use rollout_env::{EnvSpec, Environment, ExecRequest, ImageSource};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -194,9 +194,9 @@ impl TrialRun<'_> {
             },
             ..Default::default()
         };
-        if let Err(e) = std::fs::create_dir_all(self.dir.join("agent"))
-            .and_then(|_| std::fs::create_dir_all(self.dir.join("verifier")))
-            .and_then(|_| std::fs::create_dir_all(self.dir.join("artifacts")))
+        if let Err(e) = ["agent", "verifier", "artifacts"]
+            .iter()
+            .try_for_each(|d| create_private_dir(&self.dir.join(d)))
         {
             st.fail(ErrorInfo::new(
                 ErrorKind::InternalError,
@@ -254,6 +254,13 @@ impl TrialRun<'_> {
                 env_vars: vec![("ROLLOUT_TASK_INSTRUCTION".into(), INSTRUCTION_PATH.into())],
                 output_cap: self.shared.options.output_cap,
             };
+            let mark = if st.error.is_none() {
+                crate::sandbox::mark(env).await
+            } else {
+                crate::sandbox::Mark::default()
+            };
+            let copied = std::sync::Mutex::new(Copied::default());
+            let ended = std::sync::Mutex::new(None);
             if st.error.is_none() {
                 let installed = self
                     .phase(&mut st, Phase::AgentInstall, true, async {
@@ -274,6 +281,13 @@ impl TrialRun<'_> {
                             ErrorKind::AgentInstallFailed,
                             format!("the agent's install step wrote more than {} MiB of output and was killed", rollout_env::exec::DEFAULT_MAX_OUTPUT >> 20),
                         ));
+                    } else if outcome.exit_code != Some(0) && self.oom_since(env, &mark).await {
+                        st.fail(out_of_memory(
+                            ErrorKind::AgentOutOfMemory,
+                            "the agent's install step",
+                            memory_mb,
+                            "",
+                        ));
                     } else if outcome.exit_code != Some(0) {
                         st.fail(ErrorInfo::new(
                             ErrorKind::AgentInstallFailed,
@@ -287,7 +301,7 @@ impl TrialRun<'_> {
             // collection) in this one environment.
             let multi_step = task.is_multi_step();
             if multi_step && st.error.is_none() {
-                self.run_steps(env, &ctx, &mut st).await;
+                self.run_steps(env, &ctx, &mut st, &mark, &copied).await;
             }
             let agent_ran =
                 !multi_step && st.error.is_none() && self.agent_phase(&mut st, &ctx).await;
@@ -298,18 +312,25 @@ impl TrialRun<'_> {
                         &mut st,
                         Phase::Verify,
                         true,
-                        self.verify(env, &VerifySpec::of_task(plan)),
+                        self.verify(env, &VerifySpec::of_task(plan), &mark, &ended, &copied),
                     )
                     .await
                 {
                     st.verifier = Some(outcome);
                     st.rewards = Some(rewards);
                 }
+                let ended = *ended.lock().expect("not poisoned");
+                if let Some(ended) = ended {
+                    self.agent_ended(&mut st, &ended, memory_mb);
+                }
             }
             if !st.cancelled() && !multi_step {
-                self.phase(&mut st, Phase::Collect, true, self.collect(env))
+                self.phase(&mut st, Phase::Collect, true, self.collect(env, &copied))
                     .await;
             }
+            let copied = std::mem::take(&mut *copied.lock().expect("not poisoned"));
+            st.env_info.truncated = copied.truncated;
+            st.env_info.skipped_entries = copied.skipped;
             let keep = match job.config.environment.preserve() {
                 PreserveEnv::Always => true,
                 PreserveEnv::OnFailure => {
@@ -344,8 +365,6 @@ impl TrialRun<'_> {
                     }
                 })
                 .await;
-                // The container is gone: its private copies are no longer needed.
-                let _ = std::fs::remove_dir_all(self.dir.join(STAGING));
             }
         }
 
@@ -443,70 +462,6 @@ impl TrialRun<'_> {
         env
     }
 
-    /// Whether this trial binds host directories instead of copying archives.
-    pub(crate) fn mounted(&self) -> bool {
-        self.shared.provider.host_mounts()
-    }
-
-    /// Bind mounts for the fast path: the trial's `agent/`, `verifier/`, `artifacts/` at
-    /// `/logs/*`, a copy of the instruction, and private copies of the agent's files.
-    fn host_mounts(&self) -> std::io::Result<Vec<HostMount>> {
-        let task = &self.plan.task;
-        let mut mounts = Vec::new();
-        for (dir, target) in [
-            ("agent", "/logs/agent"),
-            ("verifier", "/logs/verifier"),
-            ("artifacts", "/logs/artifacts"),
-        ] {
-            let host = self.dir.join(dir);
-            std::fs::create_dir_all(&host)?;
-            // Any user the task names must be able to write its logs.
-            set_mode(&host, 0o777)?;
-            mounts.push(HostMount {
-                source: host,
-                target: target.into(),
-                read_only: false,
-            });
-        }
-        let staging = self.dir.join(STAGING);
-        std::fs::create_dir_all(&staging)?;
-        let instruction = staging.join("instruction.md");
-        std::fs::write(&instruction, task.instruction.as_bytes())?;
-        mounts.push(HostMount {
-            source: instruction,
-            target: INSTRUCTION_PATH.into(),
-            read_only: true,
-        });
-        if let Some(bundle) = &self.shared.options.ca_bundle {
-            let path = staging.join("ca-certificates.crt");
-            std::fs::write(&path, bundle.as_slice())?;
-            mounts.push(HostMount {
-                source: path,
-                target: CA_BUNDLE_PATH.into(),
-                read_only: true,
-            });
-        }
-        for (i, files) in self.plan.agent.files(task).into_iter().enumerate() {
-            let copy = staging.join(format!("files-{i}"));
-            if files.source.is_file() {
-                std::fs::create_dir_all(&copy)?;
-                if let Some(name) = files.source.file_name() {
-                    std::fs::copy(&files.source, copy.join(name))?;
-                }
-            } else {
-                rollout_env::archive::copy_tree(&files.source, &copy)?;
-            }
-            for target in std::iter::once(files.target).chain(files.aliases) {
-                mounts.push(HostMount {
-                    source: copy.clone(),
-                    target,
-                    read_only: false,
-                });
-            }
-        }
-        Ok(mounts)
-    }
-
     /// The archive for the copy path: log directories, the instruction, the agent's files.
     fn setup_archive(&self) -> std::io::Result<Vec<u8>> {
         let task = &self.plan.task;
@@ -543,7 +498,7 @@ impl TrialRun<'_> {
 
     async fn setup(
         &self,
-        mut spec: EnvSpec,
+        spec: EnvSpec,
         slot: &mut Option<Box<dyn Environment>>,
         info: &mut EnvironmentInfo,
     ) -> Result<(), ErrorInfo> {
@@ -589,14 +544,6 @@ impl TrialRun<'_> {
         info.image_id = Some(image.id.clone());
         info.built = image.fresh;
         info.base_images = image.bases.clone();
-        if self.mounted() {
-            spec.mounts = self.host_mounts().map_err(|e| {
-                ErrorInfo::new(
-                    ErrorKind::InternalError,
-                    format!("preparing {}: {e}", self.dir.display()),
-                )
-            })?;
-        }
         let provider = &self.shared.provider;
         let env = match &compose {
             Some(project) => {
@@ -615,15 +562,15 @@ impl TrialRun<'_> {
         .map_err(|e| ErrorInfo::new(e.kind(), e.to_string()))?;
         let env = slot.insert(env);
         info.container_id = Some(env.id().to_string());
-        if !self.mounted() {
-            let packed = self.setup_archive().map_err(|e| {
-                ErrorInfo::new(
-                    ErrorKind::InternalError,
-                    format!("packing the environment's files: {e}"),
-                )
-            })?;
-            bounded(env.upload_tar(packed), "copying files in").await?;
-        }
+        // Files go in as one archive and logs come out through the archive API (capped, no
+        // link followed): no host path is ever bound into the environment.
+        let packed = self.setup_archive().map_err(|e| {
+            ErrorInfo::new(
+                ErrorKind::InternalError,
+                format!("packing the environment's files: {e}"),
+            )
+        })?;
+        bounded(env.upload_tar(packed), "copying files in").await?;
         if let Some(check) = &task.config.environment.healthcheck {
             rollout_env::health::wait_healthy(env.as_ref(), check)
                 .await
@@ -696,7 +643,13 @@ impl TrialRun<'_> {
         &self,
         env: &dyn Environment,
         spec: &VerifySpec,
+        mark: &crate::sandbox::Mark,
+        ended_out: &std::sync::Mutex<Option<crate::sandbox::Ended>>,
+        copied: &std::sync::Mutex<Copied>,
     ) -> Result<(CommandOutcome, BTreeMap<String, f64>), ErrorInfo> {
+        // Nothing the agent started may run, or have written, when the verifier scores.
+        let ended = crate::sandbox::end_agent(env, mark, spec.user.as_deref()).await?;
+        *ended_out.lock().expect("not poisoned") = Some(ended);
         let (venv, missing) = rollout_core::envvars::expand_map(&spec.env);
         if !missing.is_empty() {
             self.note(format!(
@@ -727,19 +680,32 @@ impl TrialRun<'_> {
             ));
         }
         let dest = self.dir.join("verifier");
-        if !self.mounted() {
-            bounded(
-                env.download_dir("/logs/verifier", &dest, self.shared.options.download_cap),
-                "copying /logs/verifier out",
-            )
-            .await?;
-        }
-        let read = |name: &str| std::fs::read_to_string(dest.join(name)).ok();
-        let rewards = rollout_core::reward::parse_rewards(
-            read("reward.json").as_deref(),
-            read("reward.txt").as_deref(),
+        let download = bounded(
+            env.download_dir("/logs/verifier", &dest, self.shared.options.download_cap),
+            "copying /logs/verifier out",
         )
-        .map_err(|mut e| {
+        .await?;
+        copied
+            .lock()
+            .expect("not poisoned")
+            .add("/logs/verifier", &download);
+        let parsed = match crate::sandbox::read_reward_files(dest, &download).await {
+            Ok((json, txt)) => rollout_core::reward::parse_rewards(json.as_deref(), txt.as_deref()),
+            Err(e) => Err(e),
+        };
+        if parsed.is_err()
+            && outcome.exit_code != Some(0)
+            && ended.oom_total.is_some()
+            && crate::sandbox::oom_kills(env).await > ended.oom_total
+        {
+            return Err(out_of_memory(
+                ErrorKind::VerifierOutOfMemory,
+                "tests/test.sh",
+                self.memory_mb(),
+                " and it wrote no usable reward",
+            ));
+        }
+        let rewards = parsed.map_err(|mut e| {
             if e.kind == ErrorKind::VerifierRewardMissing {
                 let stderr = out.stderr.to_text();
                 let tail: Vec<&str> = stderr.trim().lines().rev().take(3).collect();
@@ -762,17 +728,19 @@ impl TrialRun<'_> {
         Ok((outcome, rewards))
     }
 
-    pub(crate) async fn collect(&self, env: &dyn Environment) -> Result<(), ErrorInfo> {
+    pub(crate) async fn collect(
+        &self,
+        env: &dyn Environment,
+        copied: &std::sync::Mutex<Copied>,
+    ) -> Result<(), ErrorInfo> {
         let cap = self.shared.options.download_cap;
-        if self.mounted() {
-            return self.collect_mounted(env, cap).await;
-        }
         for (from, to) in [("/logs/agent", "agent"), ("/logs/artifacts", "artifacts")] {
             let info = bounded(
                 env.download_dir(from, &self.dir.join(to), cap),
                 "copying logs out",
             )
             .await?;
+            copied.lock().expect("not poisoned").add(from, &info);
             if info.truncated {
                 self.note(format!(
                     "{from} was larger than the {} MiB cap: only part of it was copied",
@@ -789,42 +757,57 @@ impl TrialRun<'_> {
         Ok(())
     }
 
-    /// The logs are already on the host: drop what the container left that is not a plain file
-    /// or directory (links could point anywhere on the host), report sizes over the cap, and
-    /// hand ownership back to a non-root user of rollout.
-    async fn collect_mounted(&self, env: &dyn Environment, cap: u64) -> Result<(), ErrorInfo> {
-        // SAFETY: getuid/getgid have no preconditions and cannot fail.
-        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-        if uid != 0 {
-            let script = format!("chown -R {uid}:{gid} /logs/agent /logs/verifier /logs/artifacts");
-            let req = ExecRequest::sh(script, Duration::from_secs(60)).user(Some("0".into()));
-            if !env.exec(req).await.is_ok_and(|out| out.success()) {
-                self.note("could not hand /logs back to your user (chown failed); some files may be owned by root".into());
-            }
+    /// The memory limit of this trial's environment, in MiB.
+    pub(crate) fn memory_mb(&self) -> u64 {
+        self.shared
+            .job
+            .config
+            .environment
+            .override_memory_mb
+            .unwrap_or(self.plan.task.config.environment.memory_mb)
+    }
+
+    /// Whether the kernel's OOM killer ended a process of the environment since `mark`.
+    async fn oom_since(&self, env: &dyn Environment, mark: &crate::sandbox::Mark) -> bool {
+        match (mark.oom_kills, crate::sandbox::oom_kills(env).await) {
+            (Some(before), Some(now)) => now > before,
+            _ => false,
         }
-        let dir = self.dir.clone();
-        let (bytes, removed) = tokio::task::spawn_blocking(move || {
-            let (mut bytes, mut removed) = (0u64, 0u64);
-            for sub in ["agent", "verifier", "artifacts"] {
-                scrub(&dir.join(sub), &mut bytes, &mut removed);
-            }
-            (bytes, removed)
-        })
-        .await
-        .map_err(|e| ErrorInfo::new(ErrorKind::InternalError, e.to_string()))?;
-        if removed > 0 {
+    }
+
+    /// Record what ending the agent found: an out-of-memory kill turns the agent's failure
+    /// into `agent_out_of_memory`.
+    pub(crate) fn agent_ended(
+        &self,
+        st: &mut State,
+        ended: &crate::sandbox::Ended,
+        memory_mb: u64,
+    ) {
+        if ended.hard_stopped {
+            self.note("the agent's processes could not be killed from inside the environment: every process was stopped (its filesystem is kept)".into());
+        } else if ended.killed > 0 {
             self.note(format!(
-                "removed {removed} links or special files the environment left in /logs"
+                "killed {} process(es) the agent left running before the verifier ran",
+                ended.killed
             ));
         }
-        if bytes > cap {
-            self.note(format!(
-                "/logs holds {} MiB, over the {} MiB cap",
-                bytes >> 20,
-                cap >> 20
-            ));
+        if ended.oom_kills.unwrap_or(0) == 0 {
+            return;
         }
-        Ok(())
+        match &mut st.error {
+            Some(e) if e.kind == ErrorKind::AgentExecutionFailed => {
+                *e = out_of_memory(
+                    ErrorKind::AgentOutOfMemory,
+                    "the agent",
+                    memory_mb,
+                    "; the verifier still ran",
+                );
+            }
+            _ => self.note(format!(
+                "the memory limit ({memory_mb} MiB) was hit while the agent ran: the kernel killed {} process(es)",
+                ended.oom_kills.unwrap_or(0)
+            )),
+        }
     }
 
     pub(crate) fn write_text(&self, rel: &Path, text: &str) {
@@ -839,31 +822,42 @@ impl TrialRun<'_> {
     }
 }
 
-/// Directory in the trial holding private copies of what gets bound into the environment.
-pub(crate) const STAGING: &str = ".staging";
 /// Marker printed when the image has no `tar` (the tests then go in through the archive API).
 const NO_TAR: &str = "rollout: no tar in this image";
 
-fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+/// What the copies out of the environment left behind, for the trial's result.
+#[derive(Debug, Default)]
+pub(crate) struct Copied {
+    /// Directories cut at the cap.
+    truncated: Vec<String>,
+    /// Links and special files not copied.
+    skipped: u64,
 }
 
-/// Remove everything under `dir` that is neither a regular file nor a directory; sum file sizes.
-fn scrub(dir: &Path, bytes: &mut u64, removed: &mut u64) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let Ok(ft) = entry.file_type() else { continue };
-        if ft.is_dir() {
-            scrub(&entry.path(), bytes, removed);
-        } else if ft.is_file() {
-            *bytes += entry.metadata().map_or(0, |m| m.len());
-        } else if std::fs::remove_file(entry.path()).is_ok() {
-            *removed += 1;
+impl Copied {
+    fn add(&mut self, from: &str, info: &rollout_env::DownloadInfo) {
+        if info.truncated {
+            self.truncated.push(from.to_string());
         }
+        self.skipped += info.skipped;
     }
+}
+
+/// A directory of the trial that the environment's files are copied into: mode 0755 whatever
+/// the umask, never group- or world-writable.
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+}
+
+fn out_of_memory(kind: ErrorKind, who: &str, memory_mb: u64, tail: &str) -> ErrorInfo {
+    ErrorInfo::new(
+        kind,
+        format!(
+            "{who} ran out of memory: the kernel killed a process at the {memory_mb} MiB limit (raise [environment] memory_mb, or override_memory_mb for the job){tail}"
+        ),
+    )
 }
 
 pub(crate) async fn bounded<T>(

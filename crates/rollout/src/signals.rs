@@ -48,6 +48,7 @@ pub fn watch(cancel: CancellationToken, provider: Arc<dyn Provider>, job_id: Str
         next(&mut term).await;
         eprintln!("\nrollout: cancelling: no new trials start; running trials stop and their containers are removed. Press Ctrl-C again to stop waiting.");
         cancel.cancel();
+        watchdog(job_id.clone());
         next(&mut term).await;
         eprintln!("rollout: removing this job's containers and exiting");
         let sweep = provider.remove_labelled(rollout_core::labels::JOB, &job_id);
@@ -56,6 +57,24 @@ pub fn watch(cancel: CancellationToken, provider: Arc<dyn Provider>, job_id: Str
             Ok(Err(e)) => eprintln!("rollout: could not remove containers: {e}; run `docker ps -a --filter label=io.rollout.job={job_id}`"),
             Err(_) => eprintln!("rollout: removing containers timed out; run `docker ps -a --filter label=io.rollout.job={job_id}`"),
         }
+        std::process::exit(crate::exit::CANCELLED as i32);
+    });
+}
+
+/// How long a cancelled run may take to stop its trials, remove its containers and write its
+/// results before the process exits anyway.
+pub const CANCEL_GRACE: std::time::Duration = std::time::Duration::from_secs(90);
+
+/// Cancellation always wins: a plain thread (independent of the async runtime, so that nothing
+/// blocking it can stop this) ends the process [`CANCEL_GRACE`] after the first signal.
+/// Containers left behind carry this process's labels; `rollout gc` removes them.
+fn watchdog(job_id: String) {
+    std::thread::spawn(move || {
+        std::thread::sleep(CANCEL_GRACE);
+        eprintln!(
+            "rollout: still not stopped {} s after the signal: exiting; `rollout gc` removes what is left (job {job_id})",
+            CANCEL_GRACE.as_secs()
+        );
         std::process::exit(crate::exit::CANCELLED as i32);
     });
 }
