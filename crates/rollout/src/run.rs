@@ -47,6 +47,21 @@ pub(crate) fn load_tasks(
                     })
                     .collect();
             }
+            for t in &loaded.tasks {
+                for w in &t.config.warnings {
+                    eprintln!(
+                        "warning: task {}: {}: {w}",
+                        t.name,
+                        t.dir.join("task.toml").display()
+                    );
+                }
+                if let Some(why) = &t.invalid {
+                    eprintln!(
+                        "warning: task {} is invalid, its trials end task_invalid: {why}",
+                        t.name
+                    );
+                }
+            }
             Ok(loaded.tasks)
         }
         Err(errors) => {
