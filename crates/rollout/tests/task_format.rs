@@ -304,3 +304,54 @@ fn unsupported_harbor_keys_refuse_the_trials() {
         "{msg}"
     );
 }
+
+#[test]
+fn a_script_metric_of_the_job_file_lands_in_the_job_result() {
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let task = tmp.path().join("keyed");
+    write_task(
+        &task,
+        "",
+        r#"if [ -f /app/out.txt ]; then echo '{"correctness": 1, "performance": 0.5}' > /logs/verifier/reward.json; else echo '{"correctness": 0, "performance": 0}' > /logs/verifier/reward.json; fi"#,
+    );
+    // The job file of Harbor's multi-reward recipe, with a script path relative to where the
+    // job runs.
+    std::fs::create_dir_all(tmp.path().join("metrics")).unwrap();
+    std::fs::write(
+        tmp.path().join("metrics/per_key.py"),
+        "import argparse, json\np = argparse.ArgumentParser()\np.add_argument('-i')\np.add_argument('-o')\na = p.parse_args()\nrows = [json.loads(l) for l in open(a.i)]\nkeys = sorted({k for r in rows if r for k in r})\njson.dump({'mean_' + k: sum((r or {}).get(k, 0) for r in rows) / len(rows) for k in keys}, open(a.o, 'w'))\n",
+    )
+    .unwrap();
+    std::fs::write(
+        tmp.path().join("config.yaml"),
+        "metrics:\n  - type: uv-script\n    kwargs:\n      script_path: metrics/per_key.py\n",
+    )
+    .unwrap();
+    let out = rollout_cmd()
+        .current_dir(tmp.path())
+        .args(["run", "config.yaml", "-p", "keyed", "-a", "oracle"])
+        .args(["-o", "jobs", "--job-name", "job"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("metrics: mean_correctness 1.000  mean_performance 0.500"),
+        "{stdout}"
+    );
+    let result = read_json(&tmp.path().join("jobs/job/result.json"));
+    assert_eq!(
+        result["stats"]["metrics"]["mean_correctness"], 1.0,
+        "{result}"
+    );
+    assert_eq!(
+        result["stats"]["metrics"]["mean_performance"], 0.5,
+        "{result}"
+    );
+}
