@@ -309,12 +309,14 @@ pub fn checks_for(config_check: Check, loaded: &Loaded, depth: Depth) -> Vec<Che
         })
         .collect();
     checks.push(check_dataset(&sources, &loaded.dataset_errors, depth));
-    // A task that cannot run (invalid files, keys rollout refuses) is reported above; the other
-    // checks look at the tasks that will run.
+    // A task that cannot run (invalid files, keys rollout refuses) is reported above. Before a
+    // run the other checks look only at the tasks that will run (the others fail their own
+    // trials); `rollout preflight` checks every task in full.
+    let cheap = depth == Depth::Cheap;
     let runnable: Vec<Candidate> = sources
         .tasks
         .iter()
-        .filter(|c| c.task.invalid.is_none() && c.task.config.unsupported.is_empty())
+        .filter(|c| !cheap || (c.task.invalid.is_none() && c.task.config.unsupported.is_empty()))
         .map(|c| Candidate {
             task: c.task.clone(),
             toml_error: c.toml_error.clone(),
@@ -595,6 +597,13 @@ struct Candidate {
 
 impl Candidate {
     fn loaded(task: Task) -> Self {
+        if let Some(why) = &task.invalid {
+            // Loaded leniently (its trials would end task_invalid): read what can be read, so
+            // the file checks name what is wrong.
+            let mut c = Self::unloaded(&task.dir, task.dataset.clone());
+            c.task.invalid = Some(why.clone());
+            return c;
+        }
         Self {
             task,
             toml_error: None,
