@@ -221,9 +221,17 @@ impl Agent for Oracle {
             "bash /solution/solve.sh".into(),
             ctx.run_timeout,
             ctx.user.clone(),
-        );
+        )
+        .env(solution_env(ctx.task));
         run_logged(ctx, "command-0", req).await
     }
+}
+
+/// The task's `[solution] env`, `${VAR}` references expanded from the host (as Harbor does):
+/// the environment of `solve.sh` only.
+fn solution_env(task: &Task) -> Vec<(String, String)> {
+    let (env, _missing) = rollout_core::envvars::expand_map(&task.config.solution_env);
+    env.into_iter().collect()
 }
 
 /// Does nothing; every task should score 0 with it.

@@ -203,6 +203,9 @@ pub struct VerifierSpec {
 pub struct MetricSpec {
     #[serde(rename = "type")]
     pub kind: MetricKind,
+    /// Arguments of the metric (`script_path` of `uv-script`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kwargs: BTreeMap<String, serde_json::Value>,
 }
 
 /// Aggregate over trial rewards.
@@ -213,6 +216,10 @@ pub enum MetricKind {
     Sum,
     Min,
     Max,
+    /// Harbor's script metric: a program (`kwargs.script_path`) that reads the trials' rewards
+    /// as JSONL (`-i FILE`) and writes a JSON object of metrics (`-o FILE`).
+    #[serde(rename = "uv-script", alias = "uv_script")]
+    UvScript,
 }
 
 /// One agent of a job: a built-in (`oracle`, `nop`), or a command agent (`install`/`execute`).

@@ -22,9 +22,13 @@ pub enum ErrorKind {
     EnvironmentApiError,
     /// Removing the container failed.
     EnvironmentTeardownFailed,
-    /// The task needs something this provider cannot run faithfully (a compose key, a
-    /// multi-container task on a provider without compose support …): refused before it starts.
+    /// The task needs something this host or provider cannot give (GPUs on a host without
+    /// them, Windows containers, a TPU, a separate verifier environment …): refused before
+    /// the environment starts, never run without it.
     EnvironmentUnsupported,
+    /// The task's own files are invalid (task.toml, instruction.md, tests/): its trials end
+    /// with this, naming file, line and field; the rest of the job runs.
+    TaskInvalid,
     /// The agent's install step exited non-zero.
     AgentInstallFailed,
     /// The agent's install step ran past its timeout.
@@ -81,11 +85,14 @@ pub enum ErrorClass {
     Cancelled,
     /// Host-side bug.
     Internal,
+    /// The task itself cannot run here (invalid files, unsupported requirements): not
+    /// retried, says nothing about the agent.
+    Task,
 }
 
 impl ErrorKind {
     /// Every kind, in declaration order (for docs and exhaustive tests).
-    pub const ALL: [ErrorKind; 26] = [
+    pub const ALL: [ErrorKind; 27] = [
         Self::EnvironmentBuildFailed,
         Self::EnvironmentBuildTimeout,
         Self::EnvironmentImagePullFailed,
@@ -94,6 +101,7 @@ impl ErrorKind {
         Self::EnvironmentApiError,
         Self::EnvironmentTeardownFailed,
         Self::EnvironmentUnsupported,
+        Self::TaskInvalid,
         Self::AgentInstallFailed,
         Self::AgentInstallTimeout,
         Self::AgentExecutionFailed,
@@ -124,8 +132,8 @@ impl ErrorKind {
             | EnvironmentStartFailed
             | EnvironmentHealthcheckFailed
             | EnvironmentApiError
-            | EnvironmentTeardownFailed
-            | EnvironmentUnsupported => ErrorClass::Infrastructure,
+            | EnvironmentTeardownFailed => ErrorClass::Infrastructure,
+            EnvironmentUnsupported | TaskInvalid => ErrorClass::Task,
             AgentInstallFailed
             | AgentInstallTimeout
             | AgentExecutionFailed
@@ -165,6 +173,7 @@ impl ErrorKind {
             EnvironmentApiError => "environment_api_error",
             EnvironmentTeardownFailed => "environment_teardown_failed",
             EnvironmentUnsupported => "environment_unsupported",
+            TaskInvalid => "task_invalid",
             AgentInstallFailed => "agent_install_failed",
             AgentInstallTimeout => "agent_install_timeout",
             AgentExecutionFailed => "agent_execution_failed",
@@ -215,6 +224,8 @@ mod tests {
         assert!(!ErrorKind::EnvironmentUnsupported.retryable());
         assert!(!ErrorKind::AgentExecutionTimeout.retryable());
         assert!(!ErrorKind::VerifierRewardMissing.retryable());
+        assert!(!ErrorKind::TaskInvalid.retryable());
+        assert!(!ErrorKind::EnvironmentUnsupported.retryable());
     }
 
     #[test]
@@ -222,7 +233,8 @@ mod tests {
         for kind in ErrorKind::ALL {
             assert_eq!(
                 kind.class() == ErrorClass::Infrastructure,
-                kind.as_str().starts_with("environment_"),
+                kind.as_str().starts_with("environment_")
+                    && kind != ErrorKind::EnvironmentUnsupported,
                 "{kind}"
             );
         }

@@ -270,6 +270,27 @@ pub struct Stats {
     pub pass_at_k: Option<BTreeMap<u32, f64>>,
     /// How many trials ended with each error kind.
     pub error_counts: BTreeMap<ErrorKind, usize>,
+    /// Per reward key, when some trial's reward has keys (`{"correctness": 1, "performance":
+    /// 0.5}`): mean, min, max and pass rate over the counted trials, a key a trial lacks
+    /// counting 0. Empty when every reward is a plain `reward`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub reward_keys: BTreeMap<String, KeyStats>,
+    /// Job-level metrics (`metrics:` of the job file), by name; only in the job's overall stats.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metrics: BTreeMap<String, serde_json::Value>,
+}
+
+/// Aggregates of one reward key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct KeyStats {
+    /// Counted trials whose rewards hold this key.
+    pub n_present: usize,
+    /// Mean over the counted trials, a missing key as 0.
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    /// Fraction of counted trials where this key is ≥ 1.
+    pub pass_rate: f64,
 }
 
 /// The result of a job (`<job>/result.json`).
@@ -305,11 +326,15 @@ pub fn compute_stats<'a>(trials: impl IntoIterator<Item = &'a TrialResult>) -> S
     let mut rewards = Vec::new();
     let mut groups: BTreeMap<(&str, &str, &str), (u32, u32)> = BTreeMap::new();
     let mut binary = true;
+    let mut keyed: Vec<Option<&BTreeMap<String, f64>>> = Vec::new();
+    let mut any_main = false;
     for t in trials {
         if t.is_cancelled() {
             s.n_cancelled += 1;
             continue;
         }
+        keyed.push(t.rewards.as_ref());
+        any_main |= t.reward.is_some();
         s.n_trials += 1;
         if let Some(e) = &t.error {
             s.n_errored += 1;
@@ -335,6 +360,12 @@ pub fn compute_stats<'a>(trials: impl IntoIterator<Item = &'a TrialResult>) -> S
         }
     }
     if rewards.is_empty() {
+        return s;
+    }
+    s.reward_keys = key_stats(&keyed);
+    if !any_main && !s.reward_keys.is_empty() {
+        // Keyed rewards without a `reward` key have no main reward: report them per key only,
+        // never as a mean of zeros.
         return s;
     }
     let n = rewards.len() as f64;
@@ -363,6 +394,35 @@ pub fn compute_stats<'a>(trials: impl IntoIterator<Item = &'a TrialResult>) -> S
         s.pass_at_k = Some(map);
     }
     s
+}
+
+/// Per-key aggregates, when some reward has a key other than a lone `reward`.
+fn key_stats(rewards: &[Option<&BTreeMap<String, f64>>]) -> BTreeMap<String, KeyStats> {
+    let keys: std::collections::BTreeSet<&String> =
+        rewards.iter().flatten().flat_map(|r| r.keys()).collect();
+    if keys.is_empty() || (keys.len() == 1 && keys.iter().next().is_some_and(|k| *k == "reward")) {
+        return BTreeMap::new();
+    }
+    let n = rewards.len() as f64;
+    keys.into_iter()
+        .map(|key| {
+            let values: Vec<f64> = rewards
+                .iter()
+                .map(|r| r.and_then(|r| r.get(key)).copied().unwrap_or(0.0))
+                .collect();
+            let stats = KeyStats {
+                n_present: rewards
+                    .iter()
+                    .filter(|r| r.is_some_and(|r| r.contains_key(key)))
+                    .count(),
+                mean: values.iter().sum::<f64>() / n,
+                min: values.iter().copied().fold(f64::INFINITY, f64::min),
+                max: values.iter().copied().fold(f64::NEG_INFINITY, f64::max),
+                pass_rate: values.iter().filter(|v| **v >= 1.0).count() as f64 / n,
+            };
+            (key.clone(), stats)
+        })
+        .collect()
 }
 
 /// Unbiased pass@k estimator (Chen et al. 2021): 1 − C(n−c, k) / C(n, k).

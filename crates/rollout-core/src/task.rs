@@ -26,6 +26,11 @@ pub struct Task {
     pub checksum: String,
     /// Name of the dataset the task came from, if any.
     pub dataset: Option<String>,
+    /// Why the task cannot run (`task.toml:4: environment.cpus: …`): set by
+    /// [`Task::load_or_invalid`] for a task whose files are invalid. Its trials end
+    /// `task_invalid` without starting an environment; the other tasks of the job run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invalid: Option<String>,
 }
 
 /// Refuse tasks asking for what rollout's providers cannot enforce, before anything runs: a
@@ -145,6 +150,7 @@ impl Task {
             instruction,
             step_instructions,
             dataset: None,
+            invalid: None,
         };
         if let Some(f) = task
             .findings()
@@ -154,6 +160,52 @@ impl Task {
             return Err(ConfigError::file(f.path, f.message));
         }
         Ok(task)
+    }
+
+    /// Load the task in `dir`; a task whose own files are invalid is still returned, marked
+    /// [`Task::invalid`] with the error, so that a job can fail its trials alone. Errors only
+    /// when `dir` cannot be opened at all.
+    pub fn load_or_invalid(dir: &Path) -> Result<Self, ConfigError> {
+        let canonical = dir
+            .canonicalize()
+            .map_err(|e| ConfigError::file(dir, format!("cannot open task directory: {e}")))?;
+        match Self::load(&canonical) {
+            Ok(task) => Ok(task),
+            Err(e) => {
+                let name = canonical
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .ok_or_else(|| {
+                        ConfigError::file(&canonical, "a task directory needs a name")
+                    })?;
+                Ok(Self {
+                    name,
+                    checksum: digest::dir_digest(&canonical)
+                        .map(|h| h.to_hex().to_string())
+                        .unwrap_or_default(),
+                    config: TaskConfig::default(),
+                    instruction: std::fs::read_to_string(canonical.join("instruction.md"))
+                        .unwrap_or_default(),
+                    step_instructions: Vec::new(),
+                    dir: canonical,
+                    dataset: None,
+                    invalid: Some(e.to_string()),
+                })
+            }
+        }
+    }
+
+    /// Keys of `task.toml` rollout refuses to run, as `task.toml:LINE: field: reason`.
+    pub fn unsupported(&self) -> Vec<String> {
+        let file = self.dir.join("task.toml");
+        self.config
+            .unsupported
+            .iter()
+            .map(|u| match u.line {
+                Some(line) => format!("{}:{line}: {}: {}", file.display(), u.field, u.reason),
+                None => format!("{}: {}: {}", file.display(), u.field, u.reason),
+            })
+            .collect()
     }
 
     /// `environment/`.
@@ -273,6 +325,20 @@ impl Task {
                 message: "missing: the oracle agent cannot run this task".into(),
             });
         }
+        for message in self.config.warnings.iter().cloned().chain(
+            self.config.unsupported.iter().map(|u| {
+                format!(
+                    "`{}` cannot be honoured, so this task's trials are refused (environment_unsupported): {}",
+                    u.field, u.reason
+                )
+            }),
+        ) {
+            out.push(Finding {
+                severity: Severity::Warning,
+                path: self.dir.join("task.toml"),
+                message,
+            });
+        }
         for key in self.config.unknown_keys() {
             out.push(Finding {
                 severity: Severity::Warning,
@@ -378,6 +444,20 @@ pub fn step_findings(dir: &Path, config: &TaskConfig) -> Vec<Finding> {
 /// The tasks at `path`: the task itself if `path` is a task directory, otherwise every task
 /// directory directly inside it (a dataset), sorted by name. Errors list every bad task.
 pub fn discover(path: &Path) -> Result<Vec<Task>, Vec<ConfigError>> {
+    discover_with(path, Task::load)
+}
+
+/// As [`discover`], but a task whose own files are invalid is returned marked
+/// [`Task::invalid`] instead of failing the whole source (what `rollout run` uses: one bad
+/// task fails its own trials only).
+pub fn discover_lenient(path: &Path) -> Result<Vec<Task>, Vec<ConfigError>> {
+    discover_with(path, Task::load_or_invalid)
+}
+
+fn discover_with(
+    path: &Path,
+    load: fn(&Path) -> Result<Task, ConfigError>,
+) -> Result<Vec<Task>, Vec<ConfigError>> {
     if !path.is_dir() {
         return Err(vec![ConfigError::file(
             path,
@@ -385,7 +465,7 @@ pub fn discover(path: &Path) -> Result<Vec<Task>, Vec<ConfigError>> {
         )]);
     }
     if Task::is_task_dir(path) {
-        return Task::load(path).map(|t| vec![t]).map_err(|e| vec![e]);
+        return load(path).map(|t| vec![t]).map_err(|e| vec![e]);
     }
     let dataset = path
         .canonicalize()
@@ -411,7 +491,7 @@ pub fn discover(path: &Path) -> Result<Vec<Task>, Vec<ConfigError>> {
     let mut tasks = Vec::new();
     let mut errors = Vec::new();
     for d in dirs {
-        match Task::load(&d) {
+        match load(&d) {
             Ok(mut t) => {
                 t.dataset = dataset.clone();
                 tasks.push(t);

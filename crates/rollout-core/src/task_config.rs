@@ -32,6 +32,62 @@ pub struct TaskConfig {
     pub multi_step_reward_strategy: Option<MultiStepRewardStrategy>,
     /// Keys rollout does not interpret, by dotted path, kept verbatim (e.g. Harbor's `solution`).
     pub extra: BTreeMap<String, serde_json::Value>,
+    /// Harbor keys this task sets that rollout cannot honour without changing the outcome
+    /// (`environment.os = "windows"`, `environment.tpu`, a separate verifier environment …):
+    /// the task's trials are refused with `environment_unsupported`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unsupported: Vec<Unsupported>,
+    /// Things worth telling the user that do not stop the task (`version` and `schema_version`
+    /// that disagree …).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+/// A key of the task that rollout refuses to run (see [`TaskConfig::unsupported`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Unsupported {
+    /// Dotted path of the key (`environment.os`).
+    pub field: String,
+    /// 1-based line in task.toml, where found.
+    pub line: Option<usize>,
+    /// Why rollout cannot run it, and what to do.
+    pub reason: String,
+}
+
+/// One entry of `[task] authors` (Harbor's `Author`); a bare string is taken as the name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Author {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Author {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            name: String,
+            email: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            Name(String),
+            Full(Full),
+        }
+        match V::deserialize(d).map_err(|_| {
+            de::Error::custom(
+                "expected an author such as { name = \"Ada\", email = \"ada@example.com\" }",
+            )
+        })? {
+            V::Name(name) => Ok(Author { name, email: None }),
+            V::Full(f) => Ok(Author {
+                name: f.name,
+                email: f.email,
+            }),
+        }
+    }
 }
 
 /// `[task]`: the newer Harbor package identity.
@@ -41,7 +97,7 @@ pub struct TaskIdentity {
     pub version: Option<String>,
     pub description: Option<String>,
     #[serde(default)]
-    pub authors: Vec<serde_json::Value>,
+    pub authors: Vec<Author>,
     #[serde(default)]
     pub keywords: Vec<String>,
 }
@@ -217,6 +273,8 @@ pub struct Healthcheck {
     pub start_period_sec: f64,
     /// Consecutive failures after the grace period that mean "never healthy"; default 10.
     pub retries: u32,
+    /// Seconds between checks during the start period; default `interval_sec`.
+    pub start_interval_sec: Option<f64>,
 }
 
 impl Default for TaskConfig {
@@ -235,6 +293,9 @@ impl TaskConfig {
             err.line = find_key_line(text, &field);
             err
         })?;
+        for u in &mut config.unsupported {
+            u.line = find_key_line(text, &u.field);
+        }
         if let Ok(table) = text.parse::<toml::Table>() {
             collect_unknown("", &table, &mut config.extra);
         }
@@ -439,7 +500,13 @@ struct RawVerifier {
     timeout_sec: Option<Seconds>,
     #[serde(default)]
     env: BTreeMap<String, String>,
-    user: Option<String>,
+    user: Option<User>,
+    network_mode: Option<NetworkMode>,
+    allowed_hosts: Option<Vec<String>>,
+    environment_mode: Option<VerifierEnvironmentMode>,
+    environment: Option<toml::Table>,
+    #[serde(default)]
+    collect: Vec<toml::Table>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -447,7 +514,38 @@ struct RawAgent {
     timeout_sec: Option<Seconds>,
     #[serde(alias = "setup_timeout_sec")]
     install_timeout_sec: Option<Seconds>,
-    user: Option<String>,
+    user: Option<User>,
+    network_mode: Option<NetworkMode>,
+    allowed_hosts: Option<Vec<String>>,
+}
+
+/// `[verifier] environment_mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum VerifierEnvironmentMode {
+    Shared,
+    Separate,
+}
+
+/// A user name or a numeric UID (Harbor accepts both).
+#[derive(Debug, Clone)]
+struct User(String);
+
+impl<'de> Deserialize<'de> for User {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            S(String),
+            I(u32),
+        }
+        match V::deserialize(d)
+            .map_err(|_| de::Error::custom("expected a user name or a numeric UID"))?
+        {
+            V::S(s) => Ok(User(s)),
+            V::I(i) => Ok(User(i.to_string())),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -473,6 +571,8 @@ struct RawEnvironment {
     #[serde(default)]
     mcp_servers: Vec<McpServerConfig>,
     skills_dir: Option<String>,
+    os: Option<String>,
+    tpu: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -482,6 +582,7 @@ struct RawHealthcheck {
     interval_sec: Option<Seconds>,
     timeout_sec: Option<Seconds>,
     start_period_sec: Option<Seconds>,
+    start_interval_sec: Option<Seconds>,
     retries: Option<u32>,
 }
 
@@ -572,12 +673,18 @@ pub fn check_storage_mb(mb: u64) -> Result<(), String> {
 type FieldError = (String, String);
 
 fn parse_raw(raw: RawTaskConfig) -> Result<TaskConfig, FieldError> {
+    let mut warnings = Vec::new();
+    // Harbor renames a legacy `version` to `schema_version` unless that is set too: then
+    // `schema_version` wins.
     let version = match (raw.version, raw.schema_version) {
-        (Some(_), Some(_)) => {
-            return Err((
-                "schema_version".into(),
-                "give either `version` or `schema_version`, not both".into(),
-            ))
+        (Some(legacy), Some(v)) => {
+            if legacy.0 != v.0 {
+                warnings.push(format!(
+                    "`version = {:?}` and `schema_version = {:?}` disagree: using schema_version {:?} (as Harbor does); remove `version`",
+                    legacy.0, v.0, v.0
+                ));
+            }
+            v.0
         }
         (Some(v), None) | (None, Some(v)) => v.0,
         (None, None) => "1.0".into(),
@@ -626,10 +733,104 @@ fn parse_raw(raw: RawTaskConfig) -> Result<TaskConfig, FieldError> {
         check_mcp_server(server).map_err(|msg| (format!("environment.mcp_servers[{i}]"), msg))?;
     }
     let mut steps = Vec::with_capacity(raw.steps.len());
+    let mut raw_steps_unsupported = Vec::with_capacity(raw.steps.len());
     for (i, step) in raw.steps.into_iter().enumerate() {
+        raw_steps_unsupported.push(step_unsupported(&step, network_mode, &env.allowed_hosts));
         steps.push(step_of(step, i, &steps)?);
     }
     check_artifacts(&raw.artifacts, "artifacts")?;
+    let mut unsupported = Vec::new();
+    let mut refuse = |field: &str, reason: String| {
+        unsupported.push(Unsupported {
+            field: field.to_string(),
+            line: None,
+            reason,
+        })
+    };
+    match env.os.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("linux") => {}
+        Some("windows") => refuse(
+            "environment.os",
+            "Windows containers are not supported: rollout runs Linux containers only".into(),
+        ),
+        Some(other) => {
+            return Err((
+                "environment.os".into(),
+                format!("expected \"linux\" or \"windows\", found {other:?}"),
+            ))
+        }
+    }
+    if env.tpu.is_some() {
+        refuse(
+            "environment.tpu",
+            "TPU slices are not supported by rollout's Docker or Kubernetes providers".into(),
+        );
+    }
+    for (phase, net, hosts) in [
+        ("agent", raw.agent.network_mode, &raw.agent.allowed_hosts),
+        (
+            "verifier",
+            raw.verifier.network_mode,
+            &raw.verifier.allowed_hosts,
+        ),
+    ] {
+        match net {
+            None if hosts.is_some() => {
+                return Err((
+                    format!("{phase}.allowed_hosts"),
+                    "allowed_hosts is only valid with network_mode = \"allowlist\"".into(),
+                ))
+            }
+            None => {}
+            Some(mode) => {
+                let same = mode == network_mode
+                    && (mode != NetworkMode::Allowlist
+                        || hosts.as_deref().unwrap_or_default() == env.allowed_hosts.as_slice());
+                if !same {
+                    refuse(
+                        &format!("{phase}.network_mode"),
+                        format!(
+                            "a {phase}-phase network policy ({}) that differs from [environment]'s ({}) is not supported: rollout applies one network policy to the whole trial",
+                            network_name(mode),
+                            network_name(network_mode)
+                        ),
+                    );
+                }
+            }
+        }
+    }
+    if raw.verifier.environment_mode == Some(VerifierEnvironmentMode::Shared)
+        && raw.verifier.environment.is_some()
+    {
+        return Err((
+            "verifier.environment_mode".into(),
+            "environment_mode = \"shared\" conflicts with [verifier.environment]: omit one".into(),
+        ));
+    }
+    if raw.verifier.environment_mode == Some(VerifierEnvironmentMode::Separate)
+        || raw.verifier.environment.is_some()
+    {
+        let field = if raw.verifier.environment.is_some() {
+            "verifier.environment"
+        } else {
+            "verifier.environment_mode"
+        };
+        refuse(
+            field,
+            "a separate verifier environment is not supported: rollout verifies in the agent's environment".into(),
+        );
+    }
+    if !raw.verifier.collect.is_empty() {
+        refuse(
+            "verifier.collect",
+            "[[verifier.collect]] hooks are not supported: rollout does not run commands between the agent phase and artifact collection".into(),
+        );
+    }
+    for (i, step) in raw_steps_unsupported.iter().enumerate() {
+        for (key, reason) in step {
+            refuse(&format!("steps[{i}].{key}"), reason.clone());
+        }
+    }
     Ok(TaskConfig {
         version,
         source: raw.source,
@@ -638,12 +839,12 @@ fn parse_raw(raw: RawTaskConfig) -> Result<TaskConfig, FieldError> {
         verifier: VerifierConfig {
             timeout_sec: raw.verifier.timeout_sec.map_or(600.0, |s| s.0),
             env: raw.verifier.env,
-            user: raw.verifier.user,
+            user: raw.verifier.user.map(|u| u.0),
         },
         agent: AgentConfig {
             timeout_sec: raw.agent.timeout_sec.map_or(600.0, |s| s.0),
             install_timeout_sec: raw.agent.install_timeout_sec.map_or(300.0, |s| s.0),
-            user: raw.agent.user,
+            user: raw.agent.user.map(|u| u.0),
         },
         environment: EnvironmentConfig {
             build_timeout_sec: env.build_timeout_sec.map_or(600.0, |s| s.0),
@@ -666,6 +867,8 @@ fn parse_raw(raw: RawTaskConfig) -> Result<TaskConfig, FieldError> {
         steps,
         multi_step_reward_strategy: raw.multi_step_reward_strategy,
         extra: BTreeMap::new(),
+        unsupported,
+        warnings,
     })
 }
 
@@ -682,6 +885,7 @@ fn healthcheck_of(h: RawHealthcheck, field: &str) -> Result<Healthcheck, FieldEr
         timeout_sec: h.timeout_sec.map_or(30.0, |s| s.0),
         start_period_sec: h.start_period_sec.map_or(0.0, |s| s.0),
         retries: h.retries.unwrap_or(10),
+        start_interval_sec: h.start_interval_sec.map(|s| s.0),
     })
 }
 
@@ -742,6 +946,63 @@ fn check_artifacts(list: &[RawArtifact], field: &str) -> Result<(), FieldError> 
     Ok(())
 }
 
+/// The name Harbor writes for a network mode.
+pub fn network_name(mode: NetworkMode) -> &'static str {
+    match mode {
+        NetworkMode::Public => "public",
+        NetworkMode::NoNetwork => "no-network",
+        NetworkMode::Allowlist => "allowlist",
+    }
+}
+
+/// Keys of one step that rollout cannot honour (relative to the step), with the reason.
+fn step_unsupported(
+    step: &RawStep,
+    network: NetworkMode,
+    hosts: &[String],
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (phase, net, allowed) in [
+        ("agent", step.agent.network_mode, &step.agent.allowed_hosts),
+        (
+            "verifier",
+            step.verifier.network_mode,
+            &step.verifier.allowed_hosts,
+        ),
+    ] {
+        if let Some(mode) = net {
+            let same = mode == network
+                && (mode != NetworkMode::Allowlist
+                    || allowed.as_deref().unwrap_or_default() == hosts);
+            if !same {
+                out.push((
+                    format!("{phase}.network_mode"),
+                    format!(
+                        "a {phase}-phase network policy ({}) that differs from [environment]'s ({}) is not supported",
+                        network_name(mode),
+                        network_name(network)
+                    ),
+                ));
+            }
+        }
+    }
+    if step.verifier.environment.is_some()
+        || step.verifier.environment_mode == Some(VerifierEnvironmentMode::Separate)
+    {
+        out.push((
+            "verifier.environment".into(),
+            "a separate verifier environment is not supported: rollout verifies in the agent's environment".into(),
+        ));
+    }
+    if !step.verifier.collect.is_empty() {
+        out.push((
+            "verifier.collect".into(),
+            "[[verifier.collect]] hooks are not supported".into(),
+        ));
+    }
+    out
+}
+
 fn step_of(raw: RawStep, i: usize, earlier: &[StepConfig]) -> Result<StepConfig, FieldError> {
     let field = format!("steps[{i}]");
     let name = raw.name;
@@ -767,10 +1028,10 @@ fn step_of(raw: RawStep, i: usize, earlier: &[StepConfig]) -> Result<StepConfig,
     Ok(StepConfig {
         name,
         agent_timeout_sec: raw.agent.timeout_sec.map(|s| s.0),
-        agent_user: raw.agent.user,
+        agent_user: raw.agent.user.map(|u| u.0),
         verifier_timeout_sec: raw.verifier.timeout_sec.map(|s| s.0),
         verifier_env: raw.verifier.env,
-        verifier_user: raw.verifier.user,
+        verifier_user: raw.verifier.user.map(|u| u.0),
         min_reward: raw.min_reward.map(|m| match m {
             RawMinReward::Reward(r) => MinReward::Reward(r),
             RawMinReward::PerKey(k) => MinReward::PerKey(k),
@@ -807,7 +1068,19 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
         "task",
         &["name", "version", "description", "authors", "keywords"],
     ),
-    ("verifier", &["timeout_sec", "env", "user"]),
+    (
+        "verifier",
+        &[
+            "timeout_sec",
+            "env",
+            "user",
+            "network_mode",
+            "allowed_hosts",
+            "environment_mode",
+            "environment",
+            "collect",
+        ],
+    ),
     (
         "agent",
         &[
@@ -815,6 +1088,8 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "install_timeout_sec",
             "setup_timeout_sec",
             "user",
+            "network_mode",
+            "allowed_hosts",
         ],
     ),
     (
@@ -837,6 +1112,8 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "gpu_types",
             "mcp_servers",
             "skills_dir",
+            "os",
+            "tpu",
         ],
     ),
     (
@@ -848,6 +1125,7 @@ const KNOWN_KEYS: &[(&str, &[&str])] = &[
             "interval_sec",
             "timeout_sec",
             "start_period_sec",
+            "start_interval_sec",
             "retries",
         ],
     ),
@@ -890,6 +1168,10 @@ fn find_key_line(text: &str, dotted: &str) -> Option<usize> {
         let t = line.trim();
         if t.starts_with('[') {
             current = t.trim_matches(|c| c == '[' || c == ']').trim().to_string();
+            // A key written as its own table (`[verifier.environment]`).
+            if current == dotted {
+                return Some(i + 1);
+            }
             continue;
         }
         let k = t.split('=').next().unwrap_or("").trim();
@@ -1138,6 +1420,156 @@ min_reward = { correctness = 0.5 }
             c.steps[1].min_reward,
             Some(MinReward::PerKey([("correctness".to_string(), 0.5)].into()))
         );
+    }
+
+    /// Every key of Harbor 0.26's task schema (models/task/config.py, schema 1.4).
+    pub(crate) const EVERY_HARBOR_KEY: &str = r#"
+schema_version = "1.4"
+source = "https://example.com/tasks"
+multi_step_reward_strategy = "mean"
+artifacts = ["/app/out.txt", { source = "/app/logs", destination = "logs", exclude = ["*.tmp"], service = "main" }]
+
+[task]
+name = "acme/every-key"
+version = "0.1.0"
+description = "uses every key"
+authors = [{ name = "Ada", email = "ada@example.com" }, { name = "Bob" }]
+keywords = ["demo"]
+
+[metadata]
+difficulty = "easy"
+
+[verifier]
+timeout_sec = 120.0
+env = { MODE = "x" }
+user = "root"
+network_mode = "public"
+environment_mode = "shared"
+
+[agent]
+timeout_sec = 300.0
+user = 0
+network_mode = "public"
+
+[environment]
+build_timeout_sec = 600.0
+docker_image = "debian:bookworm-slim"
+os = "linux"
+cpus = 1
+memory_mb = 1024
+storage_mb = 2048
+gpus = 0
+gpu_types = ["H100"]
+network_mode = "public"
+env = { A = "b" }
+skills_dir = "/skills"
+workdir = "/app"
+allow_internet = true
+
+[environment.healthcheck]
+command = "true"
+interval_sec = 5.0
+timeout_sec = 30.0
+start_period_sec = 0.0
+start_interval_sec = 1.0
+retries = 3
+
+[[environment.mcp_servers]]
+name = "calc"
+transport = "streamable-http"
+url = "http://mcp:8000/mcp"
+headers = { Authorization = "Bearer ${TOKEN}" }
+
+[solution]
+env = { HINT = "1" }
+
+[[steps]]
+name = "one"
+min_reward = 0.5
+artifacts = ["/app/step.txt"]
+[steps.agent]
+timeout_sec = 10
+user = "agent"
+network_mode = "public"
+[steps.verifier]
+timeout_sec = 10
+env = { S = "1" }
+user = "root"
+[steps.healthcheck]
+command = "true"
+"#;
+
+    #[test]
+    fn every_harbor_key_is_known_and_runnable() {
+        let c = parse(EVERY_HARBOR_KEY).unwrap();
+        assert_eq!(c.unknown_keys().collect::<Vec<_>>(), Vec::<&str>::new());
+        assert!(c.unsupported.is_empty(), "{:?}", c.unsupported);
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert_eq!(c.version, "1.4");
+        assert_eq!(c.agent.user.as_deref(), Some("0"));
+        let authors = &c.task.as_ref().unwrap().authors;
+        assert_eq!(authors[0].email.as_deref(), Some("ada@example.com"));
+        assert_eq!(authors[1].name, "Bob");
+        let h = c.environment.healthcheck.unwrap();
+        assert_eq!(h.start_interval_sec, Some(1.0));
+    }
+
+    #[test]
+    fn version_and_schema_version_take_schema_version() {
+        let c = parse("version = \"1.0\"\nschema_version = \"1.4\"\n").unwrap();
+        assert_eq!(c.version, "1.4");
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("schema_version"), "{:?}", c.warnings);
+        let c = parse("version = \"1.1\"\nschema_version = \"1.1\"\n").unwrap();
+        assert_eq!(c.version, "1.1");
+        assert!(c.warnings.is_empty());
+    }
+
+    #[test]
+    fn keys_rollout_cannot_honour_are_refused_with_their_line() {
+        for (text, field, line) in [
+            ("[environment]\nos = \"Windows\"\n", "environment.os", 2),
+            (
+                "[environment.tpu]\ntype = \"v6e\"\ntopology = \"2x4\"\n",
+                "environment.tpu",
+                1,
+            ),
+            (
+                "[agent]\nnetwork_mode = \"no-network\"\n",
+                "agent.network_mode",
+                2,
+            ),
+            (
+                "[verifier]\nenvironment_mode = \"separate\"\n",
+                "verifier.environment_mode",
+                2,
+            ),
+            (
+                "[verifier.environment]\ncpus = 2\n",
+                "verifier.environment",
+                1,
+            ),
+            (
+                "[[verifier.collect]]\ncommand = \"true\"\n",
+                "verifier.collect",
+                1,
+            ),
+        ] {
+            let c = parse(text).unwrap();
+            assert_eq!(c.unsupported.len(), 1, "{text}: {:?}", c.unsupported);
+            assert_eq!(c.unsupported[0].field, field, "{text}");
+            assert_eq!(c.unsupported[0].line, Some(line), "{text}");
+        }
+        // The same policy as the environment's is honoured, not refused.
+        let c = parse("[environment]\nnetwork_mode = \"no-network\"\n[verifier]\nnetwork_mode = \"no-network\"\n").unwrap();
+        assert!(c.unsupported.is_empty());
+        // Values Harbor rejects are errors.
+        assert!(parse("[environment]\nos = \"plan9\"\n").is_err());
+        assert!(parse("[agent]\nallowed_hosts = [\"a.com\"]\n").is_err());
+        assert!(parse(
+            "[verifier]\nenvironment_mode = \"shared\"\n[verifier.environment]\ncpus = 1\n"
+        )
+        .is_err());
     }
 
     #[test]

@@ -260,6 +260,51 @@ pub fn image_tag(digest: &blake3::Hash) -> String {
     format!("rollout-env:{}", &digest.to_hex()[..24])
 }
 
+/// The Engine API request for `count` GPUs (what `docker run --gpus N` sends).
+fn gpu_request(count: u32) -> bollard::models::DeviceRequest {
+    bollard::models::DeviceRequest {
+        count: Some(i64::from(count)),
+        capabilities: Some(vec![vec!["gpu".to_string()]]),
+        ..Default::default()
+    }
+}
+
+/// Why this engine cannot give containers GPUs, from its `Runtimes` and the host's devices.
+async fn gpu_problem(
+    docker: &Docker,
+    local: bool,
+    gpus: u32,
+    gpu_types: &[String],
+) -> Option<String> {
+    let info = match tokio::time::timeout(Duration::from_secs(20), docker.info()).await {
+        Ok(Ok(info)) => info,
+        Ok(Err(e)) => return Some(format!("cannot ask the Docker engine about GPUs: {e}")),
+        Err(_) => {
+            return Some("the Docker engine did not say within 20 s whether it has GPUs".into())
+        }
+    };
+    let nvidia_runtime = info
+        .runtimes
+        .as_ref()
+        .is_some_and(|r| r.keys().any(|k| k.contains("nvidia")));
+    let devices = !local
+        || std::path::Path::new("/dev/nvidiactl").exists()
+        || std::path::Path::new("/dev/nvidia0").exists();
+    if !(nvidia_runtime && devices) {
+        return Some(format!(
+            "the task needs {gpus} GPU(s) (environment.gpus) and this Docker host has none (no nvidia runtime{}); run it on a GPU host or drop the task",
+            if local && !devices { ", no /dev/nvidia*" } else { "" }
+        ));
+    }
+    if !gpu_types.is_empty() {
+        return Some(format!(
+            "the task accepts only GPU types {} (environment.gpu_types) and the Docker provider cannot choose a GPU model",
+            gpu_types.join(", ")
+        ));
+    }
+    None
+}
+
 #[async_trait]
 impl Provider for DockerProvider {
     fn name(&self) -> &'static str {
@@ -337,6 +382,13 @@ impl Provider for DockerProvider {
         crate::compose::start(self, image, spec, project, options).await
     }
 
+    async fn gpu_support(&self, gpus: u32, gpu_types: &[String]) -> Result<(), String> {
+        match gpu_problem(&self.docker, self.local, gpus, gpu_types).await {
+            Some(why) => Err(why),
+            None => Ok(()),
+        }
+    }
+
     async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, EnvError> {
         let filters = HashMap::from([("label".to_string(), vec![format!("{key}={value}")])]);
         let list = self
@@ -408,6 +460,7 @@ impl DockerProvider {
             // ordinary tasks (apt, pip, servers on low ports) do not need.
             security_opt: Some(vec!["no-new-privileges:true".into()]),
             cap_drop: Some(DROPPED_CAPABILITIES.iter().map(|c| c.to_string()).collect()),
+            device_requests: (spec.gpus > 0).then(|| vec![gpu_request(spec.gpus)]),
             mounts: (!spec.mounts.is_empty() || attach.is_some_and(|a| !a.volumes.is_empty()))
                 .then(|| {
                     spec.mounts

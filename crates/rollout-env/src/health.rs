@@ -46,7 +46,12 @@ pub async fn wait_healthy(env: &dyn Environment, check: &Healthcheck) -> Result<
                 }
             )));
         }
-        // Polling interval of the healthcheck protocol itself.
-        tokio::time::sleep(interval).await;
+        // Polling interval of the healthcheck protocol itself (`start_interval_sec` during the
+        // start period).
+        let pause = match check.start_interval_sec {
+            Some(s) if started.elapsed() < start_period => seconds(s),
+            _ => interval,
+        };
+        tokio::time::sleep(pause).await;
     }
 }

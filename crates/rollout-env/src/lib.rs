@@ -85,6 +85,9 @@ pub struct EnvSpec {
     pub workdir: Option<String>,
     /// Host paths bound into the environment (only when [`Provider::host_mounts`] is true).
     pub mounts: Vec<HostMount>,
+    /// GPUs to give the environment (0 = none). Callers check [`Provider::gpu_support`] first;
+    /// a provider that cannot honour it fails `create`, never runs without them.
+    pub gpus: u32,
 }
 
 /// A host path bound into an environment.
@@ -213,4 +216,14 @@ pub trait Provider: Send + Sync {
 
     /// Remove every environment carrying label `key=value`; returns how many were removed.
     async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, EnvError>;
+
+    /// Whether environments can get `gpus` GPUs of one of `gpu_types` (empty = any); `Err`
+    /// says why not. The default: no GPUs.
+    async fn gpu_support(&self, gpus: u32, gpu_types: &[String]) -> Result<(), String> {
+        let _ = gpu_types;
+        Err(format!(
+            "the task needs {gpus} GPU(s) and the {} provider cannot give environments GPUs",
+            self.name()
+        ))
+    }
 }

@@ -649,6 +649,20 @@ impl Provider for KubeProvider {
         )))
     }
 
+    /// GPUs become `nvidia.com/gpu` limits (the scheduler places the pod on a node that has
+    /// them, or it stays pending until the start timeout); a GPU model cannot be expressed
+    /// portably (node labels differ per cluster), so `gpu_types` is refused.
+    async fn gpu_support(&self, _gpus: u32, gpu_types: &[String]) -> Result<(), String> {
+        if gpu_types.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "the task accepts only GPU types {} (environment.gpu_types) and the Kubernetes provider cannot choose a GPU model (node labels differ per cluster)",
+                gpu_types.join(", ")
+            ))
+        }
+    }
+
     async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, EnvError> {
         let selector = format!("{key}={}", pod::label_value(value));
         let params = ListParams::default().labels(&selector);

@@ -95,6 +95,13 @@ pub fn trial_pod(name: &str, image: &str, spec: &EnvSpec, settings: &KubeSetting
     if spec.storage_mb > 0 {
         resources.insert("ephemeral-storage".into(), mebibytes(spec.storage_mb));
     }
+    if spec.gpus > 0 {
+        // NVIDIA's device plugin resource; requests = limits, as for the other resources.
+        resources.insert(
+            "nvidia.com/gpu".into(),
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity(spec.gpus.to_string()),
+        );
+    }
     let container = Container {
         name: CONTAINER.into(),
         image: Some(image.into()),
@@ -196,6 +203,7 @@ mod tests {
             env: BTreeMap::from([("A".to_string(), "b".to_string())]),
             workdir: Some("/app".into()),
             mounts: Vec::new(),
+            gpus: 0,
         }
     }
 

@@ -207,7 +207,9 @@ impl TrialRun<'_> {
             config: config.clone(),
             trial_dir: self.dir.clone(),
         });
-        if let Err(why) = plan.agent.check(task) {
+        if let Some(refusal) = self.task_refusal().await {
+            st.fail(refusal);
+        } else if let Err(why) = plan.agent.check(task) {
             st.fail(ErrorInfo::new(ErrorKind::AgentConfigInvalid, why));
         }
 
@@ -230,6 +232,7 @@ impl TrialRun<'_> {
                 env: self.task_env(),
                 workdir: env_cfg.workdir.clone(),
                 mounts: Vec::new(),
+                gpus: env_cfg.gpus,
             };
             let mut env_info = std::mem::take(&mut st.env_info);
             self.phase(
@@ -327,6 +330,9 @@ impl TrialRun<'_> {
             if !st.cancelled() && !multi_step {
                 self.phase(&mut st, Phase::Collect, true, self.collect(env, &copied))
                     .await;
+            }
+            if !st.cancelled() && !multi_step && !task.config.artifacts.is_empty() {
+                self.collect_artifacts(env).await;
             }
             let copied = std::mem::take(&mut *copied.lock().expect("not poisoned"));
             st.env_info.truncated = copied.truncated;
@@ -440,6 +446,37 @@ impl TrialRun<'_> {
             st.agent_run = Some(outcome);
         }
         agent_ran
+    }
+
+    /// Why this trial's task cannot run at all, before any environment starts: its files are
+    /// invalid, it sets keys rollout cannot honour, or it needs GPUs the provider lacks.
+    async fn task_refusal(&self) -> Option<ErrorInfo> {
+        let task = &self.plan.task;
+        if let Some(why) = &task.invalid {
+            return Some(ErrorInfo::new(ErrorKind::TaskInvalid, why.clone()));
+        }
+        let unsupported = task.unsupported();
+        if !unsupported.is_empty() {
+            return Some(ErrorInfo::new(
+                ErrorKind::EnvironmentUnsupported,
+                format!("refused before starting: {}", unsupported.join("; ")),
+            ));
+        }
+        let env = &task.config.environment;
+        if env.gpus > 0 {
+            if let Err(why) = self
+                .shared
+                .provider
+                .gpu_support(env.gpus, &env.gpu_types)
+                .await
+            {
+                return Some(ErrorInfo::new(
+                    ErrorKind::EnvironmentUnsupported,
+                    format!("refused before starting: {why}"),
+                ));
+            }
+        }
+        None
     }
 
     /// The task's `[environment] env`, expanded from the host.
@@ -765,6 +802,127 @@ impl TrialRun<'_> {
             .environment
             .override_memory_mb
             .unwrap_or(self.plan.task.config.environment.memory_mb)
+    }
+
+    /// The task's `artifacts` (Harbor's layout): each source lands under the trial's
+    /// `artifacts/` at its `destination`, else at its container path without the leading `/`
+    /// (`/app/out.txt` → `artifacts/app/out.txt`), within the trial's download cap overall. A
+    /// missing artifact is a note, as in Harbor; `artifacts/manifest.json` lists what happened.
+    async fn collect_artifacts(&self, env: &dyn Environment) {
+        let base = self.dir.join("artifacts");
+        let mut remaining = self.shared.options.download_cap;
+        let mut manifest = Vec::new();
+        for (i, a) in self.plan.task.config.artifacts.iter().enumerate() {
+            let relative = a
+                .destination
+                .clone()
+                .unwrap_or_else(|| a.source.trim_start_matches('/').to_string());
+            let relative = relative.trim_end_matches('/');
+            let target = base.join(relative);
+            let status = if a.service.as_deref().is_some_and(|s| s != "main") {
+                format!(
+                    "not collected: service {:?} is not the agent's container",
+                    a.service
+                )
+            } else if relative.is_empty() || relative == "manifest.json" {
+                "not collected: it would overwrite the artifacts directory or its manifest".into()
+            } else {
+                match self.collect_artifact(env, i, a, &target, remaining).await {
+                    Ok((status, bytes)) => {
+                        remaining = remaining.saturating_sub(bytes);
+                        status
+                    }
+                    Err(why) => format!("failed: {why}"),
+                }
+            };
+            if status != "ok" {
+                self.note(format!("artifact {}: {status}", a.source));
+            }
+            manifest.push(serde_json::json!({
+                "source": a.source,
+                "destination": relative,
+                "status": status,
+            }));
+        }
+        let text = serde_json::to_string_pretty(&manifest).unwrap_or_default();
+        if let Err(e) = std::fs::create_dir_all(&base)
+            .and_then(|_| std::fs::write(base.join("manifest.json"), text))
+        {
+            self.note(format!("writing artifacts/manifest.json: {e}"));
+        }
+    }
+
+    /// Copy one artifact: a directory straight out (through an in-container staging copy when
+    /// it has `exclude` patterns), a file through a staging directory holding only it.
+    async fn collect_artifact(
+        &self,
+        env: &dyn Environment,
+        index: usize,
+        a: &rollout_core::task_config::ArtifactSpec,
+        target: &Path,
+        cap: u64,
+    ) -> Result<(String, u64), String> {
+        use rollout_core::task_config::shell_quote;
+        let src = shell_quote(&a.source);
+        let stage = format!("/tmp/.rollout-artifact-{index}");
+        let qstage = shell_quote(&stage);
+        let name = target
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "artifact".into());
+        let excludes: String = a
+            .exclude
+            .iter()
+            .map(|p| format!(" --exclude={}", shell_quote(p)))
+            .collect();
+        let script = format!(
+            "if [ -d {src} ]; then \
+               if [ -n {ex} ]; then rm -rf {qstage} && mkdir -p {qstage} && tar -C {src}{excludes} -cf - . | tar -C {qstage} -xf - && echo staged-dir; else echo dir; fi; \
+             elif [ -e {src} ]; then rm -rf {qstage} && mkdir -p {qstage} && cp -p {src} {qstage}/{qname} && echo staged-file; \
+             else echo missing; fi",
+            ex = shell_quote(excludes.trim()),
+            qname = shell_quote(&name),
+        );
+        let req = ExecRequest::sh(script, Duration::from_secs(120)).user(Some("0".into()));
+        let out = env.exec(req).await.map_err(|e| e.to_string())?;
+        let kind = out.stdout.to_text().trim().to_string();
+        let (from, dest) = match kind.as_str() {
+            "missing" => return Ok(("missing: not found in the environment".into(), 0)),
+            "dir" => (a.source.clone(), target.to_path_buf()),
+            "staged-dir" => (stage.clone(), target.to_path_buf()),
+            "staged-file" => (
+                stage.clone(),
+                target.parent().unwrap_or(target).to_path_buf(),
+            ),
+            _ => {
+                return Err(format!(
+                    "could not stage it (exit {}): {}",
+                    out.exit_code
+                        .map_or_else(|| "none".into(), |c| c.to_string()),
+                    out.stderr.to_text().trim()
+                ))
+            }
+        };
+        let info = bounded(
+            env.download_dir(&from, &dest, cap),
+            "copying an artifact out",
+        )
+        .await;
+        if from == stage {
+            let cleanup = ExecRequest::sh(format!("rm -rf {qstage}"), Duration::from_secs(60))
+                .user(Some("0".into()));
+            let _ = env.exec(cleanup).await;
+        }
+        let info = info.map_err(|e| e.message)?;
+        if !info.found {
+            return Ok(("missing: not found in the environment".into(), 0));
+        }
+        let status = if info.truncated {
+            format!("truncated: over the {} MiB download cap", cap >> 20)
+        } else {
+            "ok".into()
+        };
+        Ok((status, info.bytes))
     }
 
     /// Whether the kernel's OOM killer ended a process of the environment since `mark`.

@@ -45,6 +45,7 @@ pub(crate) fn job_json(run: &RunRow, trials: &[TrialRow]) -> Value {
         "n_finished": s.completed,
         "n_passed": s.passed,
         "mean_reward": s.aggregate_reward,
+        "mean_reward_by_key": s.reward_keys,
         "concurrency": run.concurrent_tasks,
         "error": run.error,
         "config": run.config,

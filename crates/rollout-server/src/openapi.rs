@@ -378,7 +378,7 @@ pub fn document() -> Value {
             "id": {"type": "string"}, "kind": {"type": "string", "enum": ["batch", "job"]}, "status": run_status,
             "created_at": {"type": "string"}, "started_at": nullable("string"), "finished_at": nullable("string"),
             "n_trials": {"type": "integer"}, "n_finished": {"type": "integer"}, "n_passed": {"type": "integer"},
-            "mean_reward": {"type": "number"}, "concurrency": {"type": "integer"}, "error": nullable("string"),
+            "mean_reward": {"type": "number"}, "mean_reward_by_key": {"type": "object", "additionalProperties": {"type": "number"}}, "concurrency": {"type": "integer"}, "error": nullable("string"),
             "config": {"type": "object"}, "result": {"type": ["object", "null"], "description": "the job's result.json (docs/results.md) once finished"}}},
         "JobList": {"type": "object", "required": ["jobs"], "properties": {"jobs": {"type": "array", "items": r("Job")}}},
         "Trial": {"type": "object", "required": ["name", "task_name", "status", "reward", "passed", "error"], "properties": {

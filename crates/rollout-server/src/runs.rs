@@ -424,6 +424,9 @@ pub struct Summary {
     pub failed: usize,
     /// Sum of rewards / number of trials (a trial without a reward counts 0).
     pub aggregate_reward: f64,
+    /// Keyed rewards (`{"correctness": 1, "performance": 0.5}`): per key, the mean over the
+    /// trials (a trial without the key counts 0). Empty when every reward is a plain `reward`.
+    pub reward_keys: std::collections::BTreeMap<String, f64>,
 }
 
 impl Summary {
@@ -432,12 +435,30 @@ impl Summary {
         let done: Vec<&TrialRow> = trials.iter().filter(|t| t.status().is_final()).collect();
         let passed = done.iter().filter(|t| t.passed == Some(true)).count();
         let sum: f64 = trials.iter().filter_map(|t| t.reward).sum();
+        let mut reward_keys = std::collections::BTreeMap::<String, f64>::new();
+        for t in trials {
+            let rewards = t
+                .result
+                .as_ref()
+                .and_then(|r| r.get("rewards"))
+                .and_then(|r| r.as_object());
+            for (k, v) in rewards.into_iter().flatten() {
+                *reward_keys.entry(k.clone()).or_default() += v.as_f64().unwrap_or(0.0);
+            }
+        }
+        if reward_keys.len() == 1 && reward_keys.contains_key("reward") {
+            reward_keys.clear();
+        }
+        for v in reward_keys.values_mut() {
+            *v /= total.max(1) as f64;
+        }
         Self {
             total,
             completed: done.len(),
             passed,
             failed: done.len() - passed,
             aggregate_reward: if total == 0 { 0.0 } else { sum / total as f64 },
+            reward_keys,
         }
     }
 }
@@ -804,4 +825,42 @@ pub fn reap(state: &AppState) -> usize {
         }
     }
     n
+}
+
+#[cfg(test)]
+mod keyed_reward_tests {
+    use super::*;
+
+    fn row(rewards: serde_json::Value, reward: Option<f64>) -> TrialRow {
+        TrialRow {
+            run_id: "r".into(),
+            trial_name: "t".into(),
+            task_id: "t".into(),
+            status: Some(TaskStatus::Completed),
+            reward,
+            passed: Some(false),
+            error: None,
+            duration_ms: None,
+            started_at: None,
+            finished_at: None,
+            test_output: None,
+            test_results: None,
+            result: Some(serde_json::json!({ "rewards": rewards })),
+        }
+    }
+
+    #[test]
+    fn keyed_rewards_are_averaged_per_key() {
+        let s = Summary::of(&[
+            row(
+                serde_json::json!({"correctness": 1, "performance": 0.5}),
+                None,
+            ),
+            row(serde_json::json!({"correctness": 1}), None),
+        ]);
+        assert_eq!(s.reward_keys["correctness"], 1.0);
+        assert_eq!(s.reward_keys["performance"], 0.25);
+        let plain = Summary::of(&[row(serde_json::json!({"reward": 1}), Some(1.0))]);
+        assert!(plain.reward_keys.is_empty());
+    }
 }

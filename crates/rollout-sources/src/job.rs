@@ -57,7 +57,7 @@ pub fn load_job_tasks(job: &JobConfig, opts: &SourceOptions) -> Result<LoadedTas
         }
     }
     for t in &job.tasks {
-        match rollout_core::task::discover(&t.path) {
+        match rollout_core::task::discover_lenient(&t.path) {
             Ok(found) => out.tasks.extend(found),
             Err(errs) => errors.extend(errs.into_iter().map(|e| e.to_string())),
         }
@@ -104,7 +104,7 @@ fn load_dataset(d: &DatasetSpec, opts: &SourceOptions) -> Result<Vec<Task>, Vec<
     if path.is_file() && path.extension().is_some_and(|e| e == "jsonl") {
         return load_jsonl(path).map_err(|e| vec![e]);
     }
-    rollout_core::task::discover(path)
+    rollout_core::task::discover_lenient(path)
         .map_err(|errs| errs.into_iter().map(|e| e.to_string()).collect())
 }
 
@@ -120,7 +120,7 @@ fn load_jsonl(path: &Path) -> Result<Vec<Task>, String> {
     for row in &rows {
         let dir = crate::jsonl::materialize(row, &root)
             .map_err(|e| format!("{}: task {}: {e}", path.display(), row.id))?;
-        let mut task = Task::load(&dir).map_err(|e| e.to_string())?;
+        let mut task = Task::load_or_invalid(&dir).map_err(|e| e.to_string())?;
         task.dataset = dataset.clone();
         tasks.push(task);
     }

@@ -332,7 +332,7 @@ fn load_task(rt: &RegistryTask, checkout: &Path, commit: &str) -> Result<Task, S
                 .into(),
         ));
     }
-    Task::load(&dir).map_err(|error| SourceError::TaskLoad { error })
+    Task::load_or_invalid(&dir).map_err(|error| SourceError::TaskLoad { error })
 }
 
 /// A relative path with no `..`, root or prefix components.

@@ -6,6 +6,7 @@ mod experiment;
 mod gc;
 mod jobs_cmd;
 mod kube_cmd;
+mod metrics;
 mod pipeline_cmd;
 mod preflight;
 mod progress;

@@ -309,9 +309,22 @@ pub fn checks_for(config_check: Check, loaded: &Loaded, depth: Depth) -> Vec<Che
             spec,
         })
         .collect();
-    let tasks = &sources.tasks;
+    checks.push(check_dataset(&sources, &loaded.dataset_errors, depth));
+    // A task that cannot run (invalid files, keys rollout refuses) is reported above. Before a
+    // run the other checks look only at the tasks that will run (the others fail their own
+    // trials); `rollout preflight` checks every task in full.
+    let cheap = depth == Depth::Cheap;
+    let runnable: Vec<Candidate> = sources
+        .tasks
+        .iter()
+        .filter(|c| !cheap || (c.task.invalid.is_none() && c.task.config.unsupported.is_empty()))
+        .map(|c| Candidate {
+            task: c.task.clone(),
+            toml_error: c.toml_error.clone(),
+        })
+        .collect();
+    let tasks = &runnable;
 
-    checks.push(check_dataset(&sources, &loaded.dataset_errors));
     let no_tasks = format!("no task could be loaded (see {DATASET_TASK_IDS})");
     if tasks.is_empty() {
         checks.push(Check::skipped(PROBE_TRIAL_INPUT, &no_tasks));
@@ -585,6 +598,13 @@ struct Candidate {
 
 impl Candidate {
     fn loaded(task: Task) -> Self {
+        if let Some(why) = &task.invalid {
+            // Loaded leniently (its trials would end task_invalid): read what can be read, so
+            // the file checks name what is wrong.
+            let mut c = Self::unloaded(&task.dir, task.dataset.clone());
+            c.task.invalid = Some(why.clone());
+            return c;
+        }
         Self {
             task,
             toml_error: None,
@@ -616,6 +636,7 @@ impl Candidate {
             config,
             dir,
             dataset,
+            invalid: None,
         };
         Self { task, toml_error }
     }
@@ -800,10 +821,30 @@ fn task_labels(tasks: &[Candidate]) -> Vec<String> {
         .collect()
 }
 
-fn check_dataset(sources: &Sources, extra_errors: &[String]) -> Check {
+fn check_dataset(sources: &Sources, extra_errors: &[String], depth: Depth) -> Check {
     let mut p = Problems::default();
     for e in sources.errors.iter().chain(extra_errors) {
         p.error(e.clone());
+    }
+    // `rollout preflight` reports a task that cannot run as an error; before `rollout run` it is
+    // a warning, since the job runs the other tasks and fails that one's trials alone.
+    let mut cannot_run = |m: String| match depth {
+        Depth::Full { .. } => p.error(m),
+        Depth::Cheap => p.warn(m),
+    };
+    for c in &sources.tasks {
+        if let Some(why) = &c.task.invalid {
+            cannot_run(format!(
+                "task {} is invalid ({why}): its trials end task_invalid",
+                c.name()
+            ));
+        }
+        for why in c.task.unsupported() {
+            cannot_run(format!(
+                "task {} cannot run here ({why}): its trials end environment_unsupported",
+                c.name()
+            ));
+        }
     }
     let tasks = &sources.tasks;
     if tasks.is_empty() && sources.errors.is_empty() && extra_errors.is_empty() {
@@ -1382,6 +1423,15 @@ async fn check_container(
             .filter(|d| d.is_dir());
     }
     let mut notes = vec![format!("Docker {version} reachable")];
+    for c in tasks.iter().filter(|c| c.task.config.environment.gpus > 0) {
+        let env = &c.task.config.environment;
+        if let Err(why) = provider.gpu_support(env.gpus, &env.gpu_types).await {
+            p.error(format!(
+                "task {}: {why}: its trials end environment_unsupported",
+                c.name()
+            ));
+        }
+    }
     if tasks.is_empty() {
         p.warn(format!(
             "Docker {version} reachable; images not checked: no task could be loaded (see {DATASET_TASK_IDS})"
@@ -1634,6 +1684,7 @@ async fn probe(provider: &DockerProvider, image: &PreparedImage) -> Result<Strin
         env: BTreeMap::new(),
         workdir: None,
         mounts: Vec::new(),
+        gpus: 0,
     };
     let reference = &image.reference;
     let outcome = async {

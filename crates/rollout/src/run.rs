@@ -47,6 +47,21 @@ pub(crate) fn load_tasks(
                     })
                     .collect();
             }
+            for t in &loaded.tasks {
+                for w in &t.config.warnings {
+                    eprintln!(
+                        "warning: task {}: {}: {w}",
+                        t.name,
+                        t.dir.join("task.toml").display()
+                    );
+                }
+                if let Some(why) = &t.invalid {
+                    eprintln!(
+                        "warning: task {} is invalid, its trials end task_invalid: {why}",
+                        t.name
+                    );
+                }
+            }
             Ok(loaded.tasks)
         }
         Err(errors) => {
@@ -493,8 +508,10 @@ async fn run_plan(
     ));
     runner.subscribe(progress.clone());
     let job_dir = plan.job_dir.clone();
-    let result = runner.run(plan).await;
+    let metric_specs = plan.config.metrics.clone();
+    let mut result = runner.run(plan).await;
     progress.finish();
+    let metrics_ok = add_script_metrics(&metric_specs, &mut result, &job_dir).await;
     crate::prov_cmd::finish_recorder(recorder);
     if json {
         match serde_json::to_string_pretty(&result) {
@@ -510,10 +527,42 @@ async fn run_plan(
     }
     if result.cancelled {
         exit::CANCELLED
-    } else if any_errored(&result.stats) {
+    } else if any_errored(&result.stats) || !metrics_ok {
         exit::TRIAL_ERRORS
     } else {
         exit::OK
+    }
+}
+
+/// Run the job's script metrics over its trials' rewards; their metrics go into the job's
+/// stats and result.json. False (after printing why) when one failed.
+async fn add_script_metrics(
+    specs: &[rollout_core::job_config::MetricSpec],
+    result: &mut rollout_core::result::JobResult,
+    job_dir: &Path,
+) -> bool {
+    use rollout_core::job_config::MetricKind;
+    if !specs.iter().any(|s| s.kind == MetricKind::UvScript) || result.cancelled {
+        return true;
+    }
+    let rewards = crate::metrics::trial_rewards(job_dir);
+    match crate::metrics::run_scripts(specs, &rewards).await {
+        Ok(metrics) => {
+            result.stats.metrics.extend(metrics);
+            let path = job_dir.join("result.json");
+            let written = serde_json::to_vec_pretty(&*result)
+                .map_err(|e| e.to_string())
+                .and_then(|b| std::fs::write(&path, b).map_err(|e| e.to_string()));
+            if let Err(e) = written {
+                eprintln!("error: writing the metrics to {}: {e}", path.display());
+                return false;
+            }
+            true
+        }
+        Err(e) => {
+            eprintln!("error: metrics: {e}");
+            false
+        }
     }
 }
 

@@ -24,6 +24,20 @@ fn row(out: &mut String, name: &str, s: &Stats, width: usize) {
         pct(s.pass_rate),
         num(pass1),
     );
+    // A keyed reward: one line per key under the row, mean and pass rate in their columns.
+    for (key, k) in &s.reward_keys {
+        let label = format!("  {key}");
+        let _ = writeln!(
+            out,
+            "{label:<width$}  {:>6}  {:>6}  {:>9}  {:>11}  {:>9}  {:>6}",
+            "",
+            "",
+            "",
+            num(Some(k.mean)),
+            pct(Some(k.pass_rate)),
+            "",
+        );
+    }
 }
 
 /// Render the summary: one row per agent × dataset, a total row, error kinds, the job directory.
@@ -33,6 +47,12 @@ pub fn render(result: &JobResult, job_dir: &Path) -> String {
         .by_agent_dataset
         .keys()
         .map(|k| k.len())
+        .chain(
+            result
+                .by_agent_dataset
+                .values()
+                .flat_map(|s| s.reward_keys.keys().map(|k| k.len() + 2)),
+        )
         .max()
         .unwrap_or(0)
         .max("agent / dataset".len());
@@ -52,6 +72,18 @@ pub fn render(result: &JobResult, job_dir: &Path) -> String {
             let ks: Vec<String> = p.iter().map(|(k, v)| format!("pass@{k} {v:.3}")).collect();
             let _ = writeln!(out, "{}", ks.join("  "));
         }
+    }
+    if !result.stats.metrics.is_empty() {
+        let metrics: Vec<String> = result
+            .stats
+            .metrics
+            .iter()
+            .map(|(k, v)| match v.as_f64() {
+                Some(x) => format!("{k} {x:.3}"),
+                None => format!("{k} {v}"),
+            })
+            .collect();
+        let _ = writeln!(out, "metrics: {}", metrics.join("  "));
     }
     if !result.stats.error_counts.is_empty() {
         let errs: Vec<String> = result
@@ -149,6 +181,50 @@ mod tests {
                     stats(trials[..2].iter().collect()),
                 ),
             ]),
+            trials: BTreeMap::new(),
+        };
+        insta::assert_snapshot!(render(&result, Path::new("jobs/j")));
+    }
+
+    #[test]
+    fn keyed_rewards_are_shown_per_key() {
+        let keyed = |task: &str, c: f64, p: f64| {
+            let mut t = trial("oracle", task, None, None);
+            t.rewards = Some(BTreeMap::from([
+                ("correctness".to_string(), c),
+                ("performance".to_string(), p),
+            ]));
+            t.reward = t
+                .rewards
+                .as_ref()
+                .and_then(rollout_core::result::main_reward);
+            t
+        };
+        let trials = [keyed("a", 1.0, 0.5), keyed("b", 1.0, 1.0)];
+        let stats = rollout_core::result::compute_stats(trials.iter());
+        assert_eq!(stats.mean_reward, None, "no `reward` key: no main reward");
+        assert_eq!(stats.reward_keys["correctness"].mean, 1.0);
+        assert_eq!(stats.reward_keys["performance"].mean, 0.75);
+        assert_eq!(stats.reward_keys["performance"].pass_rate, 0.5);
+        let t = trials[0].started_at;
+        let mut overall = stats.clone();
+        overall
+            .metrics
+            .insert("mean_correctness".into(), serde_json::json!(1.0));
+        let result = JobResult {
+            schema_version: "1.0".into(),
+            id: "job".into(),
+            name: "j".into(),
+            started_at: t,
+            finished_at: Some(t),
+            seconds: 3.0,
+            n_total_trials: 2,
+            n_not_started: 0,
+            cancelled: false,
+            stats: overall,
+            by_agent: BTreeMap::new(),
+            by_dataset: BTreeMap::new(),
+            by_agent_dataset: BTreeMap::from([("oracle / smoke".to_string(), stats)]),
             trials: BTreeMap::new(),
         };
         insta::assert_snapshot!(render(&result, Path::new("jobs/j")));
