@@ -680,6 +680,181 @@ mod tests {
         assert!(s.contains("cp -r $HOME/.claude/projects /logs/agent/"));
     }
 
+    fn servers() -> Vec<McpServerConfig> {
+        let base = McpServerConfig {
+            name: "files".into(),
+            transport: McpTransport::Stdio,
+            url: None,
+            command: Some("npx".into()),
+            args: vec!["-y".into(), "fs-server".into()],
+            headers: Default::default(),
+        };
+        vec![
+            base.clone(),
+            McpServerConfig {
+                name: "search".into(),
+                transport: McpTransport::StreamableHttp,
+                url: Some("http://mcp-server:8000/mcp".into()),
+                command: None,
+                args: vec![],
+                headers: [(
+                    "Authorization".to_string(),
+                    "Bearer ${SEARCH_TOKEN}".to_string(),
+                )]
+                .into(),
+            },
+            McpServerConfig {
+                name: "legacy".into(),
+                transport: McpTransport::Sse,
+                url: Some("http://old:9000/sse".into()),
+                command: None,
+                args: vec![],
+                headers: Default::default(),
+            },
+        ]
+    }
+
+    /// Run the setup lines in a shell with HOME in a temp dir; returns HOME.
+    fn apply(setup: &NativeSetup) -> tempfile::TempDir {
+        let home = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&setup.script)
+            .env("HOME", home.path())
+            .env_remove("CLAUDE_CONFIG_DIR")
+            .env_remove("CODEX_HOME")
+            .status()
+            .unwrap();
+        assert!(status.success(), "{}", setup.script);
+        home
+    }
+
+    fn json_at(path: std::path::PathBuf) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn claude_code_gets_user_scoped_mcp_servers_and_skills() {
+        let setup =
+            native_setup(recipe("claude-code").unwrap(), &servers(), Some("/skills")).unwrap();
+        assert_eq!(setup.env_refs, ["SEARCH_TOKEN"]);
+        let home = apply(&NativeSetup {
+            script: setup
+                .script
+                .lines()
+                .filter(|l| !l.contains("/skills"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            ..setup.clone()
+        });
+        let c = json_at(home.path().join(".claude.json"));
+        assert_eq!(
+            c["mcpServers"]["files"],
+            serde_json::json!({"type": "stdio", "command": "npx", "args": ["-y", "fs-server"]})
+        );
+        assert_eq!(
+            c["mcpServers"]["search"],
+            serde_json::json!({"type": "http", "url": "http://mcp-server:8000/mcp", "headers": {"Authorization": "Bearer ${SEARCH_TOKEN}"}})
+        );
+        assert_eq!(c["mcpServers"]["legacy"]["type"], "sse");
+        assert!(
+            setup
+                .script
+                .contains("cp -r /skills/. \"${CLAUDE_CONFIG_DIR:-$HOME/.claude}/skills/\""),
+            "{}",
+            setup.script
+        );
+    }
+
+    #[test]
+    fn codex_gets_mcp_servers_tables_and_refuses_sse() {
+        let r = recipe("codex").unwrap();
+        let e = native_setup(r, &servers(), None).unwrap_err();
+        assert!(e.contains("\"legacy\"") && e.contains("sse"), "{e}");
+        let setup = native_setup(r, &servers()[..2], Some("/skills")).unwrap();
+        let home = apply(&NativeSetup {
+            script: setup
+                .script
+                .lines()
+                .filter(|l| !l.contains("/skills"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            ..setup.clone()
+        });
+        let toml = std::fs::read_to_string(home.path().join(".codex/config.toml")).unwrap();
+        assert_eq!(
+            toml.trim(),
+            "[mcp_servers.\"files\"]\ncommand = \"npx\"\nargs = [\"-y\", \"fs-server\"]\n\n\
+             [mcp_servers.\"search\"]\nurl = \"http://mcp-server:8000/mcp\"\nbearer_token_env_var = \"SEARCH_TOKEN\""
+        );
+        assert!(setup.script.contains("$HOME/.agents/skills"));
+    }
+
+    #[test]
+    fn gemini_and_opencode_get_their_settings_files() {
+        let setup = native_setup(recipe("gemini-cli").unwrap(), &servers(), None).unwrap();
+        let home = apply(&setup);
+        let g = json_at(home.path().join(".gemini/settings.json"));
+        assert_eq!(
+            g["mcpServers"]["files"],
+            serde_json::json!({"command": "npx", "args": ["-y", "fs-server"]})
+        );
+        assert_eq!(
+            g["mcpServers"]["search"]["httpUrl"],
+            "http://mcp-server:8000/mcp"
+        );
+        assert_eq!(
+            g["mcpServers"]["legacy"],
+            serde_json::json!({"url": "http://old:9000/sse"})
+        );
+
+        let setup = native_setup(recipe("opencode").unwrap(), &servers(), None).unwrap();
+        let home = apply(&setup);
+        let o = json_at(home.path().join(".config/opencode/opencode.json"));
+        assert_eq!(
+            o["mcp"]["files"],
+            serde_json::json!({"type": "local", "command": ["npx", "-y", "fs-server"], "enabled": true})
+        );
+        assert_eq!(o["mcp"]["search"]["type"], "remote");
+        assert_eq!(o["mcp"]["search"]["oauth"], false);
+        assert_eq!(
+            o["mcp"]["search"]["headers"]["Authorization"],
+            "Bearer {env:SEARCH_TOKEN}"
+        );
+    }
+
+    #[test]
+    fn goose_gets_extension_flags() {
+        let r = recipe("goose").unwrap();
+        let mut list = servers();
+        list[1].headers.clear();
+        let setup = native_setup(r, &list[..2], None).unwrap();
+        assert_eq!(
+            setup.flags,
+            "--with-extension 'npx -y fs-server' --with-streamable-http-extension http://mcp-server:8000/mcp"
+        );
+        let s = run_script_with(r, None, "/i", &setup);
+        assert!(s.contains("goose run --with-extension 'npx -y fs-server' --with-streamable-http-extension http://mcp-server:8000/mcp --no-session"), "{s}");
+        assert!(native_setup(r, &servers(), None)
+            .unwrap_err()
+            .contains("sse"));
+    }
+
+    #[test]
+    fn agents_without_mcp_support_refuse_and_skills_alone_are_fine() {
+        for name in ["aider", "mini-swe-agent", "openhands"] {
+            let e = native_setup(recipe(name).unwrap(), &servers(), None).unwrap_err();
+            assert!(
+                e.contains(name) && e.contains("files, search, legacy"),
+                "{e}"
+            );
+            assert_eq!(
+                native_setup(recipe(name).unwrap(), &[], Some("/skills")).unwrap(),
+                NativeSetup::default()
+            );
+        }
+    }
+
     #[test]
     fn every_recipe_is_known_by_name() {
         for r in RECIPES {
