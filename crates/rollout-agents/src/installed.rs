@@ -835,9 +835,10 @@ mod tests {
         );
         let s = run_script_with(r, None, "/i", &setup);
         assert!(s.contains("goose run --with-extension 'npx -y fs-server' --with-streamable-http-extension http://mcp-server:8000/mcp --no-session"), "{s}");
+        assert!(native_setup(r, &list, None).unwrap_err().contains("sse"));
         assert!(native_setup(r, &servers(), None)
             .unwrap_err()
-            .contains("sse"));
+            .contains("headers"));
     }
 
     #[test]
