@@ -172,6 +172,10 @@ impl CodeAgent {
 
 #[async_trait]
 impl Agent for CodeAgent {
+    fn check(&self, task: &Task) -> Result<(), String> {
+        crate::no_mcp_support(&self.name, "a program agent (code:)", task)
+    }
+
     fn info(&self) -> AgentInfo {
         AgentInfo {
             name: self.name.clone(),

@@ -14,7 +14,7 @@ use crate::{request, run_logged, Agent, AgentContext, AgentError, AgentFiles};
 use async_trait::async_trait;
 use rollout_core::job_config::AgentSpec;
 use rollout_core::result::{AgentInfo, CommandOutcome};
-use rollout_core::task_config::shell_quote;
+use rollout_core::task_config::{shell_quote, McpServerConfig, McpTransport};
 use rollout_core::Task;
 use std::path::PathBuf;
 
@@ -188,6 +188,16 @@ pub fn install_script(
 
 /// The shell script that runs the agent, then copies its own logs into `/logs/agent`.
 pub fn run_script(recipe: &Recipe, model: Option<&str>, instruction_path: &str) -> String {
+    run_script_with(recipe, model, instruction_path, &NativeSetup::default())
+}
+
+/// [`run_script`] with the task's MCP servers and skills configured first.
+pub fn run_script_with(
+    recipe: &Recipe,
+    model: Option<&str>,
+    instruction_path: &str,
+    setup: &NativeSetup,
+) -> String {
     let model_flag = match model {
         Some(m) if !recipe.model_flag.is_empty() => {
             recipe.model_flag.replace("{model}", &shell_quote(m))
@@ -198,7 +208,12 @@ pub fn run_script(recipe: &Recipe, model: Option<&str>, instruction_path: &str) 
         .command
         .replace("{model_flag}", &model_flag)
         .replace("{instruction}", "\"$(cat \"$ROLLOUT_TASK_INSTRUCTION\")\"");
-    let mut script = format!("export PATH=\"/usr/local/bin:/opt/rollout-agent/bin:$PATH\"\nexport ROLLOUT_TASK_INSTRUCTION=\"${{ROLLOUT_TASK_INSTRUCTION:-{instruction_path}}}\"\n{command}\nstatus=$?\n");
+    let command = if setup.flags.is_empty() {
+        command
+    } else {
+        command.replacen(" run ", &format!(" run {} ", setup.flags), 1)
+    };
+    let mut script = format!("export PATH=\"/usr/local/bin:/opt/rollout-agent/bin:$PATH\"\nexport ROLLOUT_TASK_INSTRUCTION=\"${{ROLLOUT_TASK_INSTRUCTION:-{instruction_path}}}\"\n{}{command}\nstatus=$?\n", setup.script);
     for log in recipe.logs {
         script.push_str(&format!(
             "if [ -e {log} ]; then cp -r {log} /logs/agent/ 2>/dev/null || true; fi\n"
@@ -206,6 +221,280 @@ pub fn run_script(recipe: &Recipe, model: Option<&str>, instruction_path: &str) 
     }
     script.push_str("exit $status\n");
     script
+}
+
+/// What an installed agent gets for the task's MCP servers and skills: shell lines that write
+/// its native configuration (run as the agent's user, before it starts), flags for its command
+/// and host variables its configuration refers to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NativeSetup {
+    pub script: String,
+    pub flags: String,
+    /// Names of host variables referenced by `${VAR}` in MCP headers.
+    pub env_refs: Vec<String>,
+}
+
+/// `VAR` when `value` is exactly `${VAR}`.
+fn whole_var(value: &str) -> Option<&str> {
+    value
+        .strip_prefix("${")?
+        .strip_suffix('}')
+        .filter(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+}
+
+/// Names of the `${VAR}` references in `value`.
+fn var_refs(value: &str) -> Vec<String> {
+    let mut refs = Vec::new();
+    let mut rest = value;
+    while let Some(i) = rest.find("${") {
+        rest = &rest[i + 2..];
+        let end = rest.find('}').unwrap_or(rest.len());
+        let name = rest[..end].split(":-").next().unwrap_or_default();
+        if !name.is_empty() {
+            refs.push(name.to_string());
+        }
+        rest = &rest[end..];
+    }
+    refs
+}
+
+/// A shell line writing `content` to `path` (a shell word, may use `$HOME`).
+fn write_file(dir: &str, file: &str, content: &str) -> String {
+    format!(
+        "mkdir -p \"{dir}\" && printf '%s\\n' {} > \"{dir}/{file}\"\n",
+        shell_quote(content)
+    )
+}
+
+/// A TOML basic string (JSON string escapes are valid TOML escapes).
+fn toml_str(s: &str) -> String {
+    serde_json::to_string(s).unwrap_or_default()
+}
+
+/// The native MCP configuration and skills location of `recipe` (Harbor's per-agent formats);
+/// an error names what this agent cannot be given.
+pub fn native_setup(
+    recipe: &Recipe,
+    servers: &[McpServerConfig],
+    skills_dir: Option<&str>,
+) -> Result<NativeSetup, String> {
+    use serde_json::{json, Map, Value};
+    let agent = recipe.name;
+    let refuse = |server: &McpServerConfig, what: &str| {
+        Err(format!(
+            "agent {agent} cannot be given MCP server {:?}: {what}",
+            server.name
+        ))
+    };
+    let mut setup = NativeSetup::default();
+    for server in servers {
+        for v in server.headers.values() {
+            setup.env_refs.extend(var_refs(v));
+        }
+    }
+    let skills_target = match agent {
+        "claude-code" => Some("${CLAUDE_CONFIG_DIR:-$HOME/.claude}/skills"),
+        "codex" => Some("$HOME/.agents/skills"),
+        "gemini-cli" => Some("$HOME/.gemini/skills"),
+        "opencode" => Some("$HOME/.config/opencode/skills"),
+        "goose" => Some("$HOME/.config/goose/skills"),
+        _ => None,
+    };
+    if !servers.is_empty() {
+        match agent {
+            "claude-code" => {
+                let mut map = Map::new();
+                for s in servers {
+                    let entry = match s.transport {
+                        McpTransport::Stdio => {
+                            json!({"type": "stdio", "command": s.command, "args": s.args})
+                        }
+                        t => {
+                            let kind = if t == McpTransport::Sse {
+                                "sse"
+                            } else {
+                                "http"
+                            };
+                            let mut e = json!({"type": kind, "url": s.url});
+                            if !s.headers.is_empty() {
+                                e["headers"] = json!(s.headers);
+                            }
+                            e
+                        }
+                    };
+                    map.insert(s.name.clone(), entry);
+                }
+                let config = json!({"mcpServers": map});
+                setup.script.push_str(&write_file(
+                    "${CLAUDE_CONFIG_DIR:-$HOME}",
+                    ".claude.json",
+                    &serde_json::to_string_pretty(&config).unwrap_or_default(),
+                ));
+            }
+            "codex" => {
+                let mut toml = String::new();
+                for s in servers {
+                    toml.push_str(&format!("\n[mcp_servers.{}]\n", toml_str(&s.name)));
+                    match s.transport {
+                        McpTransport::Stdio => {
+                            let args: Vec<String> = s.args.iter().map(|a| toml_str(a)).collect();
+                            toml.push_str(&format!(
+                                "command = {}\nargs = [{}]\n",
+                                toml_str(s.command.as_deref().unwrap_or_default()),
+                                args.join(", ")
+                            ));
+                        }
+                        McpTransport::Sse => {
+                            return refuse(s, "codex speaks MCP over stdio and streamable-http only, not the legacy sse transport");
+                        }
+                        McpTransport::StreamableHttp => {
+                            toml.push_str(&format!(
+                                "url = {}\n",
+                                toml_str(s.url.as_deref().unwrap_or_default())
+                            ));
+                            let mut env_headers = Vec::new();
+                            for (k, v) in &s.headers {
+                                if let Some(var) = v
+                                    .strip_prefix("Bearer ")
+                                    .and_then(whole_var)
+                                    .filter(|_| k.eq_ignore_ascii_case("authorization"))
+                                {
+                                    toml.push_str(&format!(
+                                        "bearer_token_env_var = {}\n",
+                                        toml_str(var)
+                                    ));
+                                } else if let Some(var) = whole_var(v) {
+                                    env_headers.push(format!(
+                                        "{} = {}",
+                                        toml_str(k),
+                                        toml_str(var)
+                                    ));
+                                } else {
+                                    return refuse(s, &format!("codex takes header values from variables only: write header {k:?} as \"${{VAR}}\" (or Authorization as \"Bearer ${{VAR}}\")"));
+                                }
+                            }
+                            if !env_headers.is_empty() {
+                                toml.push_str(&format!(
+                                    "env_http_headers = {{ {} }}\n",
+                                    env_headers.join(", ")
+                                ));
+                            }
+                        }
+                    }
+                }
+                setup.script.push_str(&format!(
+                    "mkdir -p \"${{CODEX_HOME:-$HOME/.codex}}\" && printf '%s\\n' {} >> \"${{CODEX_HOME:-$HOME/.codex}}/config.toml\"\n",
+                    shell_quote(&toml)
+                ));
+            }
+            "gemini-cli" => {
+                let mut map = Map::new();
+                for s in servers {
+                    let mut entry = match s.transport {
+                        McpTransport::Stdio => json!({"command": s.command, "args": s.args}),
+                        McpTransport::StreamableHttp => json!({"httpUrl": s.url}),
+                        McpTransport::Sse => json!({"url": s.url}),
+                    };
+                    if !s.headers.is_empty() {
+                        entry["headers"] = json!(s.headers);
+                    }
+                    map.insert(s.name.clone(), entry);
+                }
+                setup.script.push_str(&write_file(
+                    "$HOME/.gemini",
+                    "settings.json",
+                    &serde_json::to_string_pretty(&json!({"mcpServers": map})).unwrap_or_default(),
+                ));
+            }
+            "opencode" => {
+                let mut map = Map::new();
+                for s in servers {
+                    let entry = match s.transport {
+                        McpTransport::Stdio => {
+                            let mut cmd = vec![s.command.clone().unwrap_or_default()];
+                            cmd.extend(s.args.iter().cloned());
+                            json!({"type": "local", "command": cmd, "enabled": true})
+                        }
+                        _ => {
+                            let mut e = json!({"type": "remote", "url": s.url, "enabled": true, "oauth": false});
+                            if !s.headers.is_empty() {
+                                // opencode substitutes `{env:VAR}` in its configuration.
+                                let headers: Map<String, Value> = s
+                                    .headers
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        let mut out = v.clone();
+                                        for var in var_refs(v) {
+                                            out = out.replace(
+                                                &format!("${{{var}}}"),
+                                                &format!("{{env:{var}}}"),
+                                            );
+                                        }
+                                        (k.clone(), Value::String(out))
+                                    })
+                                    .collect();
+                                e["headers"] = Value::Object(headers);
+                            }
+                            e
+                        }
+                    };
+                    map.insert(s.name.clone(), entry);
+                }
+                let config = json!({"$schema": "https://opencode.ai/config.json", "mcp": map});
+                setup.script.push_str(&write_file(
+                    "$HOME/.config/opencode",
+                    "opencode.json",
+                    &serde_json::to_string_pretty(&config).unwrap_or_default(),
+                ));
+            }
+            "goose" => {
+                let mut flags = Vec::new();
+                for s in servers {
+                    if !s.headers.is_empty() {
+                        return refuse(s, "goose's command-line extensions take no HTTP headers");
+                    }
+                    match s.transport {
+                        McpTransport::Stdio => {
+                            let mut words =
+                                vec![shell_quote(s.command.as_deref().unwrap_or_default())];
+                            words.extend(s.args.iter().map(|a| shell_quote(a)));
+                            flags.push(format!(
+                                "--with-extension {}",
+                                shell_quote(&words.join(" "))
+                            ));
+                        }
+                        McpTransport::StreamableHttp => flags.push(format!(
+                            "--with-streamable-http-extension {}",
+                            shell_quote(s.url.as_deref().unwrap_or_default())
+                        )),
+                        McpTransport::Sse => {
+                            return refuse(s, "goose 1.19 and later dropped the legacy sse transport; use transport = \"streamable-http\" or \"stdio\"");
+                        }
+                    }
+                }
+                setup.flags = flags.join(" ");
+            }
+            other => {
+                return Err(format!(
+                    "agent {other} cannot be given the task's MCP servers ({}): rollout has no \
+                     way to configure MCP for it; use rollout-agent, claude-code, codex, \
+                     gemini-cli, opencode or goose",
+                    servers
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            }
+        }
+    }
+    if let (Some(dir), Some(target)) = (skills_dir, skills_target) {
+        setup.script.push_str(&format!(
+            "mkdir -p \"{target}\" && (cp -r {}/. \"{target}/\" 2>/dev/null || true)\n",
+            shell_quote(dir)
+        ));
+    }
+    Ok(setup)
 }
 
 /// A known CLI agent.
@@ -300,6 +589,11 @@ impl Agent for InstalledAgent {
         }
     }
 
+    fn check(&self, task: &Task) -> Result<(), String> {
+        let env = &task.config.environment;
+        native_setup(self.recipe, &env.mcp_servers, env.skills_dir.as_deref()).map(|_| ())
+    }
+
     fn files(&self, _task: &Task) -> Vec<AgentFiles> {
         let Some(p) = &self.package else {
             return Vec::new();
@@ -323,13 +617,28 @@ impl Agent for InstalledAgent {
     }
 
     async fn run(&self, ctx: &AgentContext<'_>) -> Result<CommandOutcome, AgentError> {
-        let script = run_script(
+        let env = &ctx.task.config.environment;
+        let setup = native_setup(self.recipe, &env.mcp_servers, env.skills_dir.as_deref())
+            .map_err(AgentError::Config)?;
+        let script = run_script_with(
             self.recipe,
             self.spec.model_name.as_deref(),
             crate::INSTRUCTION_PATH,
+            &setup,
         );
         let mut req = request(ctx, script, ctx.run_timeout, ctx.user.clone());
         req.env.extend(self.env());
+        for var in &setup.env_refs {
+            if let Some(v) = self
+                .spec
+                .env
+                .get(var)
+                .cloned()
+                .or_else(|| std::env::var(var).ok())
+            {
+                req.env.push((var.clone(), v));
+            }
+        }
         run_logged(ctx, "command-0", req).await
     }
 }
@@ -372,6 +681,182 @@ mod tests {
         let s = run_script(recipe("claude-code").unwrap(), None, "/i");
         assert!(!s.contains("--model"));
         assert!(s.contains("cp -r $HOME/.claude/projects /logs/agent/"));
+    }
+
+    fn servers() -> Vec<McpServerConfig> {
+        let base = McpServerConfig {
+            name: "files".into(),
+            transport: McpTransport::Stdio,
+            url: None,
+            command: Some("npx".into()),
+            args: vec!["-y".into(), "fs-server".into()],
+            headers: Default::default(),
+        };
+        vec![
+            base.clone(),
+            McpServerConfig {
+                name: "search".into(),
+                transport: McpTransport::StreamableHttp,
+                url: Some("http://mcp-server:8000/mcp".into()),
+                command: None,
+                args: vec![],
+                headers: [(
+                    "Authorization".to_string(),
+                    "Bearer ${SEARCH_TOKEN}".to_string(),
+                )]
+                .into(),
+            },
+            McpServerConfig {
+                name: "legacy".into(),
+                transport: McpTransport::Sse,
+                url: Some("http://old:9000/sse".into()),
+                command: None,
+                args: vec![],
+                headers: Default::default(),
+            },
+        ]
+    }
+
+    /// Run the setup lines in a shell with HOME in a temp dir; returns HOME.
+    fn apply(setup: &NativeSetup) -> tempfile::TempDir {
+        let home = tempfile::tempdir().unwrap();
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&setup.script)
+            .env("HOME", home.path())
+            .env_remove("CLAUDE_CONFIG_DIR")
+            .env_remove("CODEX_HOME")
+            .status()
+            .unwrap();
+        assert!(status.success(), "{}", setup.script);
+        home
+    }
+
+    fn json_at(path: std::path::PathBuf) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn claude_code_gets_user_scoped_mcp_servers_and_skills() {
+        let setup =
+            native_setup(recipe("claude-code").unwrap(), &servers(), Some("/skills")).unwrap();
+        assert_eq!(setup.env_refs, ["SEARCH_TOKEN"]);
+        let home = apply(&NativeSetup {
+            script: setup
+                .script
+                .lines()
+                .filter(|l| !l.contains("/skills"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            ..setup.clone()
+        });
+        let c = json_at(home.path().join(".claude.json"));
+        assert_eq!(
+            c["mcpServers"]["files"],
+            serde_json::json!({"type": "stdio", "command": "npx", "args": ["-y", "fs-server"]})
+        );
+        assert_eq!(
+            c["mcpServers"]["search"],
+            serde_json::json!({"type": "http", "url": "http://mcp-server:8000/mcp", "headers": {"Authorization": "Bearer ${SEARCH_TOKEN}"}})
+        );
+        assert_eq!(c["mcpServers"]["legacy"]["type"], "sse");
+        assert!(
+            setup
+                .script
+                .contains("cp -r /skills/. \"${CLAUDE_CONFIG_DIR:-$HOME/.claude}/skills/\""),
+            "{}",
+            setup.script
+        );
+    }
+
+    #[test]
+    fn codex_gets_mcp_servers_tables_and_refuses_sse() {
+        let r = recipe("codex").unwrap();
+        let e = native_setup(r, &servers(), None).unwrap_err();
+        assert!(e.contains("\"legacy\"") && e.contains("sse"), "{e}");
+        let setup = native_setup(r, &servers()[..2], Some("/skills")).unwrap();
+        let home = apply(&NativeSetup {
+            script: setup
+                .script
+                .lines()
+                .filter(|l| !l.contains("/skills"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            ..setup.clone()
+        });
+        let toml = std::fs::read_to_string(home.path().join(".codex/config.toml")).unwrap();
+        assert_eq!(
+            toml.trim(),
+            "[mcp_servers.\"files\"]\ncommand = \"npx\"\nargs = [\"-y\", \"fs-server\"]\n\n\
+             [mcp_servers.\"search\"]\nurl = \"http://mcp-server:8000/mcp\"\nbearer_token_env_var = \"SEARCH_TOKEN\""
+        );
+        assert!(setup.script.contains("$HOME/.agents/skills"));
+    }
+
+    #[test]
+    fn gemini_and_opencode_get_their_settings_files() {
+        let setup = native_setup(recipe("gemini-cli").unwrap(), &servers(), None).unwrap();
+        let home = apply(&setup);
+        let g = json_at(home.path().join(".gemini/settings.json"));
+        assert_eq!(
+            g["mcpServers"]["files"],
+            serde_json::json!({"command": "npx", "args": ["-y", "fs-server"]})
+        );
+        assert_eq!(
+            g["mcpServers"]["search"]["httpUrl"],
+            "http://mcp-server:8000/mcp"
+        );
+        assert_eq!(
+            g["mcpServers"]["legacy"],
+            serde_json::json!({"url": "http://old:9000/sse"})
+        );
+
+        let setup = native_setup(recipe("opencode").unwrap(), &servers(), None).unwrap();
+        let home = apply(&setup);
+        let o = json_at(home.path().join(".config/opencode/opencode.json"));
+        assert_eq!(
+            o["mcp"]["files"],
+            serde_json::json!({"type": "local", "command": ["npx", "-y", "fs-server"], "enabled": true})
+        );
+        assert_eq!(o["mcp"]["search"]["type"], "remote");
+        assert_eq!(o["mcp"]["search"]["oauth"], false);
+        assert_eq!(
+            o["mcp"]["search"]["headers"]["Authorization"],
+            "Bearer {env:SEARCH_TOKEN}"
+        );
+    }
+
+    #[test]
+    fn goose_gets_extension_flags() {
+        let r = recipe("goose").unwrap();
+        let mut list = servers();
+        list[1].headers.clear();
+        let setup = native_setup(r, &list[..2], None).unwrap();
+        assert_eq!(
+            setup.flags,
+            "--with-extension 'npx -y fs-server' --with-streamable-http-extension http://mcp-server:8000/mcp"
+        );
+        let s = run_script_with(r, None, "/i", &setup);
+        assert!(s.contains("goose run --with-extension 'npx -y fs-server' --with-streamable-http-extension http://mcp-server:8000/mcp --no-session"), "{s}");
+        assert!(native_setup(r, &list, None).unwrap_err().contains("sse"));
+        assert!(native_setup(r, &servers(), None)
+            .unwrap_err()
+            .contains("headers"));
+    }
+
+    #[test]
+    fn agents_without_mcp_support_refuse_and_skills_alone_are_fine() {
+        for name in ["aider", "mini-swe-agent", "openhands"] {
+            let e = native_setup(recipe(name).unwrap(), &servers(), None).unwrap_err();
+            assert!(
+                e.contains(name) && e.contains("files, search, legacy"),
+                "{e}"
+            );
+            assert_eq!(
+                native_setup(recipe(name).unwrap(), &[], Some("/skills")).unwrap(),
+                NativeSetup::default()
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 pub mod code;
 pub mod installed;
 pub mod llm;
+pub mod mcp;
 
 use async_trait::async_trait;
 use rollout_core::job_config::AgentSpec;
@@ -146,6 +147,25 @@ fn request(
         .env(ctx.env_vars.iter().cloned());
     req.output_cap = ctx.output_cap;
     req
+}
+
+/// Refuse a task with MCP servers for an agent that has no way to receive them (a run without
+/// the task's tools would be scored as if the agent had failed on its own).
+pub(crate) fn no_mcp_support(name: &str, what: &str, task: &Task) -> Result<(), String> {
+    let servers = &task.config.environment.mcp_servers;
+    if servers.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "agent {name} is {what}, which rollout cannot give the task's MCP servers ({}): use \
+         rollout-agent or an installed agent that speaks MCP (claude-code, codex, gemini-cli, \
+         opencode, goose)",
+        servers
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ))
 }
 
 /// Runs the task's reference solution: a copy of `solution/` is placed at `/solution` (and at
@@ -301,6 +321,10 @@ impl Agent for CommandAgent {
             version: self.spec.version.clone(),
             model_name: self.spec.model_name.clone(),
         }
+    }
+
+    fn check(&self, task: &Task) -> Result<(), String> {
+        no_mcp_support(&self.spec.name, "a command agent", task)
     }
 
     async fn install(&self, ctx: &AgentContext<'_>) -> Result<Option<CommandOutcome>, AgentError> {

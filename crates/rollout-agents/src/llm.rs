@@ -11,11 +11,12 @@
 //! `Retry-After`; what remains is classified (`api_rate_limit`, `api_auth`,
 //! `context_window_exceeded`, `model_not_found`, `api_error`).
 
+use crate::mcp::McpSession;
 use crate::{Agent, AgentContext, AgentError};
 use async_trait::async_trait;
 use rollout_core::job_config::AgentSpec;
 use rollout_core::result::{AgentInfo, CommandOutcome, ModelUsage};
-use rollout_core::ErrorKind;
+use rollout_core::{ErrorKind, Task};
 use serde_json::{json, Value};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -271,14 +272,24 @@ fn cap_text(s: &str, cap: usize) -> String {
 }
 
 impl LlmAgent {
-    fn request_body(&self, system: &str, messages: &[Value]) -> Value {
+    fn request_body(
+        &self,
+        system: &str,
+        messages: &[Value],
+        extra: &[(String, String, Value)],
+    ) -> Value {
         let s = &self.settings;
+        let all_tools = || {
+            tools_schema()
+                .into_iter()
+                .map(|(n, d, p)| (n.to_string(), d.to_string(), p))
+                .chain(extra.iter().cloned())
+        };
         match &self.api {
             Api::OpenAi { .. } => {
                 let mut all = vec![json!({"role": "system", "content": system})];
                 all.extend(messages.iter().cloned());
-                let tools: Vec<Value> = tools_schema()
-                    .into_iter()
+                let tools: Vec<Value> = all_tools()
                     .map(|(n, d, p)| json!({"type": "function", "function": {"name": n, "description": d, "parameters": p}}))
                     .collect();
                 let mut body = json!({"model": self.model, "messages": all, "tools": tools, "max_tokens": s.max_output_tokens});
@@ -288,8 +299,7 @@ impl LlmAgent {
                 body
             }
             Api::Anthropic { .. } => {
-                let tools: Vec<Value> = tools_schema()
-                    .into_iter()
+                let tools: Vec<Value> = all_tools()
                     .map(|(n, d, p)| json!({"name": n, "description": d, "input_schema": p}))
                     .collect();
                 let mut body = json!({"model": self.model, "system": system, "messages": messages, "tools": tools, "max_tokens": s.max_output_tokens});
@@ -503,16 +513,30 @@ pub trait ToolHost: Send + Sync {
     /// Run one tool call within `timeout`; returns the text shown to the model (a refusal or
     /// failure is text starting with `error:`, never a panic).
     async fn call(&self, name: &str, input: &Value, timeout: Duration) -> String;
+
+    /// Tools offered next to `bash`, `read_file` and `write_file` (the task's MCP tools):
+    /// `(name, description, JSON schema of the input)`.
+    fn extra_tools(&self) -> Vec<(String, String, Value)> {
+        Vec::new()
+    }
 }
 
 /// The tools of a trial: commands run in the task environment.
 struct EnvTools<'a, 'b> {
     ctx: &'a AgentContext<'b>,
+    mcp: &'a McpSession,
 }
 
 #[async_trait]
 impl ToolHost for EnvTools<'_, '_> {
+    fn extra_tools(&self) -> Vec<(String, String, Value)> {
+        self.mcp.schemas()
+    }
+
     async fn call(&self, name: &str, input: &Value, timeout: Duration) -> String {
+        if let Some(out) = self.mcp.call(name, input, timeout).await {
+            return out;
+        }
         let ctx = self.ctx;
         let arg = |k: &str| input.get(k).and_then(Value::as_str).map(str::to_string);
         let (argv_script, stdin) = match name {
@@ -595,6 +619,7 @@ impl LlmAgent {
         trajectory_path: &Path,
     ) -> Result<Conversation, AgentError> {
         let mut usage = ModelUsage::default();
+        let extra_tools = host.extra_tools();
         let mut messages: Vec<Value> = vec![json!({"role": "user", "content": instruction})];
         let mut steps: Vec<Value> = Vec::new();
         let mut trajectory = json!({
@@ -618,7 +643,7 @@ impl LlmAgent {
                 "{system_prompt}\nTime left for the whole task: {left} s. Turn {} of at most {}.",
                 usage.turns, self.settings.max_turns
             );
-            let body = self.request_body(&system, &messages);
+            let body = self.request_body(&system, &messages, &extra_tools);
             let mut attempts = Vec::new();
             let t0 = Instant::now();
             let reply = tokio::select! {
@@ -713,6 +738,81 @@ impl LlmAgent {
     }
 }
 
+/// Longest the agent waits for each MCP server to answer the handshake.
+const MCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The skills in `dir` (subdirectories holding a `SKILL.md`, Agent Skills layout), listed for
+/// the system prompt with their name, description and location; empty when there are none.
+async fn skills_section(ctx: &AgentContext<'_>, dir: &str) -> String {
+    let script = "for f in $(find \"$1\" -mindepth 2 -maxdepth 2 -name SKILL.md -type f 2>/dev/null | sort | head -n 100); do \
+                  printf '\\n@@SKILL %s\\n' \"$f\"; head -c 2048 \"$f\"; done";
+    let req = rollout_env::ExecRequest::argv(
+        vec![
+            "sh".into(),
+            "-c".into(),
+            script.into(),
+            "rollout-skills".into(),
+            dir.into(),
+        ],
+        Duration::from_secs(30),
+    )
+    .user(ctx.user.clone());
+    let Ok(out) = ctx.env.exec(req).await else {
+        return String::new();
+    };
+    let listing = parse_skills(&String::from_utf8_lossy(&out.stdout.bytes));
+    if listing.is_empty() {
+        return String::new();
+    }
+    let mut text = format!(
+        "\nSkills (instructions for specialised work) are available in {dir}; read a skill's \
+         SKILL.md before doing what it describes:\n<available_skills>\n"
+    );
+    for (name, description, location) in listing {
+        text.push_str(&format!(
+            "  <skill><name>{name}</name><description>{description}</description><location>{location}</location></skill>\n"
+        ));
+    }
+    text.push_str("</available_skills>");
+    text
+}
+
+/// `(name, description, path)` of each skill in the `@@SKILL <path>` listing; the name and
+/// description come from the SKILL.md front matter (the directory name when absent).
+fn parse_skills(listing: &str) -> Vec<(String, String, String)> {
+    let mut skills = Vec::new();
+    for chunk in listing.split("\n@@SKILL ").skip(1) {
+        let (path, body) = chunk.split_once('\n').unwrap_or((chunk, ""));
+        let mut name = None;
+        let mut description = String::new();
+        if let Some(front) = body
+            .strip_prefix("---")
+            .and_then(|rest| rest.split("\n---").next())
+        {
+            for line in front.lines() {
+                if let Some(v) = line.strip_prefix("name:") {
+                    name = Some(v.trim().trim_matches(['"', '\'']).to_string());
+                } else if let Some(v) = line.strip_prefix("description:") {
+                    description = v.trim().trim_matches(['"', '\'']).to_string();
+                }
+            }
+        }
+        let dir_name = path
+            .trim()
+            .trim_end_matches("/SKILL.md")
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        skills.push((
+            name.unwrap_or(dir_name),
+            description,
+            path.trim().to_string(),
+        ));
+    }
+    skills
+}
+
 fn write_trajectory(path: &Path, trajectory: &Value) {
     if let Ok(bytes) = serde_json::to_vec_pretty(trajectory) {
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
@@ -737,17 +837,51 @@ impl Agent for LlmAgent {
         Ok(None)
     }
 
+    fn check(&self, task: &Task) -> Result<(), String> {
+        match task
+            .config
+            .environment
+            .mcp_servers
+            .iter()
+            .find_map(crate::mcp::unsupported)
+        {
+            Some(why) => Err(format!("agent {}: {why}", self.name)),
+            None => Ok(()),
+        }
+    }
+
     async fn run(&self, ctx: &AgentContext<'_>) -> Result<CommandOutcome, AgentError> {
         let started = Instant::now();
-        let c = self
+        let environment = &ctx.task.config.environment;
+        let mcp = McpSession::connect(
+            &environment.mcp_servers,
+            ctx.env,
+            ctx.user.clone(),
+            &ctx.env_vars,
+            MCP_CONNECT_TIMEOUT.min(ctx.run_timeout),
+        )
+        .await?;
+        let mut system = SYSTEM_PROMPT.to_string();
+        if !mcp.tools.is_empty() {
+            system.push_str(
+                "\nThe task's MCP servers offer more tools, named `mcp__<server>__<tool>`; \
+                 use them where they help.",
+            );
+        }
+        if let Some(dir) = &environment.skills_dir {
+            system.push_str(&skills_section(ctx, dir).await);
+        }
+        let result = self
             .converse(
-                SYSTEM_PROMPT,
+                &system,
                 &ctx.task.instruction,
-                &EnvTools { ctx },
+                &EnvTools { ctx, mcp: &mcp },
                 started + ctx.run_timeout,
                 &ctx.logs_dir.join("trajectory.json"),
             )
-            .await?;
+            .await;
+        mcp.close().await;
+        let c = result?;
         Ok(CommandOutcome {
             exit_code: (!c.timed_out).then_some(0),
             timed_out: c.timed_out,
@@ -781,6 +915,27 @@ mod tests {
         );
         assert_eq!(classify(500, ""), ErrorKind::ApiError);
         assert!(transient(429) && transient(503) && !transient(400));
+    }
+
+    #[test]
+    fn skills_are_listed_from_their_front_matter() {
+        let listing = "\n@@SKILL /skills/greet/SKILL.md\n---\nname: generate-greeting\ndescription: \"Write a greeting\"\n---\nbody\n\n@@SKILL /skills/bare/SKILL.md\nno front matter";
+        assert_eq!(
+            parse_skills(listing),
+            vec![
+                (
+                    "generate-greeting".to_string(),
+                    "Write a greeting".to_string(),
+                    "/skills/greet/SKILL.md".to_string()
+                ),
+                (
+                    "bare".to_string(),
+                    String::new(),
+                    "/skills/bare/SKILL.md".to_string()
+                )
+            ]
+        );
+        assert!(parse_skills("").is_empty());
     }
 
     #[test]

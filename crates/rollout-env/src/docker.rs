@@ -636,6 +636,55 @@ impl DockerEnvironment {
         })
     }
 
+    /// Start `req.argv` with stdin and stdout attached; stdout is relayed through a pipe by a
+    /// task that ends with the command (or when the reader is dropped).
+    async fn attach_exec(&self, req: &ExecRequest) -> Result<crate::ExecStream, EnvError> {
+        let exec = self
+            .docker
+            .create_exec(
+                &self.id,
+                CreateExecOptions {
+                    cmd: Some(req.argv.clone()),
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    user: req.user.clone(),
+                    working_dir: req.workdir.clone(),
+                    env: (!req.env.is_empty())
+                        .then(|| req.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| EnvError::api("creating an attached exec", e))?;
+        let started = self
+            .docker
+            .start_exec(&exec.id, None)
+            .await
+            .map_err(|e| EnvError::api("starting an attached exec", e))?;
+        let StartExecResults::Attached { mut output, input } = started else {
+            return Err(EnvError::api(
+                "starting an attached exec",
+                "engine did not attach",
+            ));
+        };
+        let (reader, mut writer) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            while let Some(Ok(item)) = output.next().await {
+                if let bollard::container::LogOutput::StdOut { message } = item {
+                    if writer.write_all(&message).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(crate::ExecStream {
+            stdin: input,
+            stdout: Box::pin(reader),
+        })
+    }
+
     /// The exit code of a finished exec. The engine can report it a moment after the output
     /// stream closes, so poll briefly while it still says "running".
     async fn exit_code(&self, exec_id: &str) -> Result<Option<i64>, EnvError> {
@@ -783,6 +832,16 @@ impl Environment for DockerEnvironment {
         let n = self.exec_seq.fetch_add(1, Ordering::Relaxed);
         let pid_file = format!("/tmp/.rollout-exec-{n}.pid");
         self.run_exec(&req, &pid_file).await
+    }
+
+    async fn exec_stream(&self, req: ExecRequest) -> Result<Option<crate::ExecStream>, EnvError> {
+        self.attach_exec(&req).await.map(Some)
+    }
+
+    fn host_reaches_network(&self) -> bool {
+        // Bridge-network addresses are routable from the host where the engine runs on this
+        // machine's kernel (Linux); Docker Desktop keeps them inside its VM.
+        cfg!(target_os = "linux")
     }
 
     async fn upload_tar(&self, tar: Vec<u8>) -> Result<(), EnvError> {

@@ -117,6 +117,13 @@ pub struct DownloadInfo {
     pub skipped_entries: Vec<(String, String)>,
 }
 
+/// A command running with its stdin and stdout attached (an MCP stdio server). Dropping it
+/// closes the command's stdin; the command ends then, or at the latest with the environment.
+pub struct ExecStream {
+    pub stdin: std::pin::Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    pub stdout: std::pin::Pin<Box<dyn tokio::io::AsyncRead + Send>>,
+}
+
 /// One running sandbox.
 #[async_trait]
 pub trait Environment: Send + Sync {
@@ -138,6 +145,19 @@ pub trait Environment: Send + Sync {
         dest: &Path,
         cap: u64,
     ) -> Result<DownloadInfo, EnvError>;
+
+    /// Start a command with its stdin and stdout attached, for a conversation with it (its
+    /// stderr is discarded); `req.timeout`, `stdin` and the caps do not apply. `None` when the
+    /// provider cannot attach to a command.
+    async fn exec_stream(&self, _req: ExecRequest) -> Result<Option<ExecStream>, EnvError> {
+        Ok(None)
+    }
+
+    /// Whether this machine can open connections to addresses of the environment's network
+    /// (Docker on Linux: the container's and its services' IPs on the bridge network).
+    fn host_reaches_network(&self) -> bool {
+        false
+    }
 
     /// Remove the sandbox at once (no stop grace). Idempotent.
     async fn destroy(&self) -> Result<(), EnvError>;
