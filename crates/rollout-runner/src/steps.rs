@@ -25,6 +25,13 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
+
+/// What verifying a step needs from the trial: when the agent's processes began (all of them
+/// are killed before a verifier scores) and the tally of what was copied out.
+pub(crate) struct Guard<'a> {
+    pub mark: &'a Mark,
+    pub copied: &'a Mutex<Copied>,
+}
 use std::time::{Duration, Instant};
 
 /// Housekeeping commands (clearing directories, copying artifacts) are bounded too.
@@ -40,8 +47,7 @@ impl TrialRun<'_> {
         env: &dyn Environment,
         base: &AgentContext<'_>,
         st: &mut State,
-        mark: &Mark,
-        copied: &Mutex<Copied>,
+        guard: &Guard<'_>,
     ) {
         let task = &self.plan.task;
         let steps = &task.config.steps;
@@ -61,7 +67,7 @@ impl TrialRun<'_> {
                 total: steps.len(),
             });
             let result = self
-                .run_step(env, base, i, step, &keep_in_agent, mark, copied)
+                .run_step(env, base, i, step, &keep_in_agent, guard)
                 .await;
             if let Some(e) = &result.error {
                 st.fail(e.clone());
@@ -90,9 +96,9 @@ impl TrialRun<'_> {
         index: usize,
         step: &StepConfig,
         keep_in_agent: &[String],
-        mark: &Mark,
-        copied: &Mutex<Copied>,
+        guard: &Guard<'_>,
     ) -> StepResult {
+        let (mark, copied) = (guard.mark, guard.copied);
         let task = &self.plan.task;
         let job = &self.shared.job;
         let started_at = Utc::now();

@@ -304,7 +304,11 @@ impl TrialRun<'_> {
             // collection) in this one environment.
             let multi_step = task.is_multi_step();
             if multi_step && st.error.is_none() {
-                self.run_steps(env, &ctx, &mut st, &mark, &copied).await;
+                let guard = crate::steps::Guard {
+                    mark: &mark,
+                    copied: &copied,
+                };
+                self.run_steps(env, &ctx, &mut st, &guard).await;
             }
             let agent_ran =
                 !multi_step && st.error.is_none() && self.agent_phase(&mut st, &ctx).await;
