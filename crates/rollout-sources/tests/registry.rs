@@ -433,7 +433,7 @@ fn bad_commit_is_a_clear_error_naming_url_and_commit() {
 }
 
 #[test]
-fn invalid_task_in_checkout_is_reported() {
+fn invalid_task_in_checkout_is_marked_invalid_not_fatal() {
     let tmp = tempfile::tempdir().unwrap();
     let repo = tmp.path().join("broken");
     init_repo(&repo);
@@ -452,11 +452,15 @@ fn invalid_task_in_checkout_is_reported() {
         "inline",
     )
     .unwrap();
-    let errs =
-        resolve_dataset(&reg.datasets[0], &GitCache::new(tmp.path().join("c")), 1).unwrap_err();
-    assert_eq!(errs.len(), 1);
-    let msg = errs[0].to_string();
-    assert!(msg.contains("tests/test.sh"), "{msg}");
+    // One broken task fails its own trials (task_invalid), not the whole job: it is loaded,
+    // marked with the reason.
+    let tasks = resolve_dataset(&reg.datasets[0], &GitCache::new(tmp.path().join("c")), 1).unwrap();
+    assert_eq!(tasks.len(), 1);
+    let why = tasks[0]
+        .invalid
+        .as_deref()
+        .expect("the task is marked invalid");
+    assert!(why.contains("tests/test.sh"), "{why}");
 }
 
 #[test]

@@ -399,12 +399,15 @@ fn resource_numbers_that_overflow_are_refused_at_parse_time() {
         "[environment]\nmemory_mb = 17592186044928\n",
     );
     let run = run_task(&t, "oracle", &[]);
-    assert_ne!(run.code(), 0, "{}", run.stderr());
-    let err = run.stderr();
-    assert!(err.contains("environment.memory_mb"), "{err}");
-    assert!(err.contains("at most 4194304 MiB"), "{err}");
-    assert!(err.contains("task.toml"), "{err}");
-    assert!(!run.job_dir.join("overflow__oracle__1").exists());
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    // An invalid task fails its own trials, before any container starts, naming the field.
+    let r = run.trial();
+    assert_eq!(r["error"]["type"], "task_invalid", "{r}");
+    let msg = r["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("environment.memory_mb"), "{msg}");
+    assert!(msg.contains("at most 4194304 MiB"), "{msg}");
+    assert!(msg.contains("task.toml"), "{msg}");
+    assert!(r["environment"]["container_id"].is_null(), "{r}");
 }
 
 #[test]
@@ -463,7 +466,10 @@ impl Server {
                 "debian:bookworm-slim",
                 "--ca-certs",
                 "none",
+                // The test's executor archives name a repository in a local directory.
+                "--allow-local-paths",
             ])
+            .arg(data.parent().unwrap())
             .env("ROLLOUT_CACHE_DIR", data.join("cache"))
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -516,18 +516,30 @@ async fn job_settings_are_validated_like_the_cli_and_capped_by_the_operator() {
         let got = post_job(&server, &config, Some(&bytes), None).await;
         assert_refused(&got, 400, code, needle, &forbidden);
     }
-    // A task with a broken task.toml: the error names the file relative to the upload.
+    // A task with a broken task.toml fails its own trial, as under `rollout run`
+    // (task_invalid); the error names the file relative to the upload, never a server path.
     let root = tmp.path().join("broken");
     harbor_task(&root, "broken", "[environment\n");
     let bytes = tar_gz(&root.join("src"), &["tasks"], &root.join("a.tar.gz"));
-    let got = post_job(&server, &json!({}), Some(&bytes), None).await;
-    assert_refused(
-        &got,
-        400,
-        "invalid_source",
-        "tasks/broken/task.toml",
-        &forbidden,
-    );
+    let config = json!({"agents": [{"name": "oracle"}]});
+    let got = post_job(&server, &config, Some(&bytes), None).await;
+    assert_eq!(got.0, 202, "{}", got.2);
+    let id = got.1["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let trials = loop {
+        let j = send(client().get(server.url(&format!("/api/v1/jobs/{id}")))).await;
+        if matches!(j.1["status"].as_str(), Some("completed" | "failed")) {
+            break send(client().get(server.url(&format!("/api/v1/jobs/{id}/trials")))).await;
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", j.2);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(trials.2.contains("task_invalid"), "{}", trials.2);
+    assert!(trials.2.contains("tasks/broken/task.toml"), "{}", trials.2);
+    for p in &forbidden {
+        let p = p.display().to_string();
+        assert!(!trials.2.contains(&p), "server path {p} in {}", trials.2);
+    }
     // The limits are published.
     let status: Value = client()
         .get(server.url("/status"))
