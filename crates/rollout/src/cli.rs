@@ -113,7 +113,7 @@ pub struct ResumeArgs {
     pub retry_errors: bool,
     /// Extra CAs environments trust (as for `rollout run`).
     #[arg(long = "ca-certs", default_value = "auto")]
-    pub ca_certs: crate::ca::CaCerts,
+    pub ca_certs: rollout_launch::ca::CaCerts,
     /// Trials running at once (default: as the job was configured).
     #[arg(short = 'n', long = "n-concurrent")]
     pub n_concurrent: Option<usize>,
@@ -299,7 +299,7 @@ pub struct RunArgs {
     /// Extra CAs environments trust: `auto` (the host's /usr/local/share/ca-certificates),
     /// `none`, or a PEM file or directory. Needed behind a TLS-intercepting proxy.
     #[arg(long = "ca-certs", default_value = "auto")]
-    pub ca_certs: crate::ca::CaCerts,
+    pub ca_certs: rollout_launch::ca::CaCerts,
 
     /// Multiply every timeout by this factor.
     #[arg(long = "timeout-multiplier")]

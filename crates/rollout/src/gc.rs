@@ -2,7 +2,6 @@
 
 use crate::cli::GcArgs;
 use crate::exit;
-use rollout_env::docker::{DockerProvider, EngineLimits};
 use rollout_env::gc::GcOptions;
 
 pub fn main(args: GcArgs) -> u8 {
@@ -17,7 +16,7 @@ pub fn main(args: GcArgs) -> u8 {
         return exit::TRIAL_ERRORS;
     };
     rt.block_on(async {
-        let provider = match DockerProvider::connect(EngineLimits::default()).await {
+        let provider = match rollout_launch::provider::docker().await {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("error: {e}");

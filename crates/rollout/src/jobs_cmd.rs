@@ -5,7 +5,7 @@
 //! not end in time, SIGKILL followed by a sweep of the job's containers.
 
 use crate::cli::ResumeArgs;
-use crate::exit;
+use crate::error::{exit, CliError, CliResult};
 use rollout_core::result::JobResult;
 use rollout_runner::writer::{RunControl, RunStatus, RUN_CONTROL};
 use std::path::Path;
@@ -85,24 +85,19 @@ pub fn pause(dir: &Path) -> u8 {
     }
 }
 
-pub fn resume(args: ResumeArgs) -> u8 {
+pub fn resume(args: ResumeArgs) -> CliResult {
     let dir = &args.job_dir;
     if let Ok((c, true)) = control(dir) {
         if c.status == RunStatus::Paused {
-            if let Err(e) = signal(c.pid, libc::SIGUSR2) {
-                eprintln!("error: {e}");
-                return exit::TRIAL_ERRORS;
-            }
-            return if wait_for(dir, 10, |c| c.status == RunStatus::Running) {
-                println!("resumed {}", dir.display());
-                exit::OK
-            } else {
-                eprintln!(
-                    "error: job {} did not report running within 10 s",
+            signal(c.pid, libc::SIGUSR2).map_err(CliError::Failed)?;
+            if !wait_for(dir, 10, |c| c.status == RunStatus::Running) {
+                return Err(CliError::failed(format!(
+                    "job {} did not report running within 10 s",
                     dir.display()
-                );
-                exit::TRIAL_ERRORS
-            };
+                )));
+            }
+            println!("resumed {}", dir.display());
+            return Ok(exit::OK);
         }
     }
     crate::run::resume(args)
@@ -137,7 +132,7 @@ pub fn kill(dir: &Path) -> u8 {
         }
     }
     // Whatever the process left (or a crash left) goes too.
-    let removed = sweep(&c.run_id);
+    let removed = sweep(dir, &c.run_id);
     let mut c = RunControl::load(dir).unwrap_or(c);
     c.status = RunStatus::Killed;
     c.active_trials.clear();
@@ -154,17 +149,13 @@ pub fn kill(dir: &Path) -> u8 {
     exit::OK
 }
 
-/// Remove the containers of job `job_id`; None when the engine cannot be reached.
-fn sweep(job_id: &str) -> Option<usize> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
+/// Remove the containers of job `job_id` (in `dir`) from its provider; None when it cannot be
+/// reached.
+fn sweep(dir: &Path, job_id: &str) -> Option<usize> {
+    let config = rollout_core::JobConfig::load(&dir.join("config.json")).unwrap_or_default();
+    let rt = crate::error::runtime(Some(1)).ok()?;
     rt.block_on(async {
-        use rollout_env::Provider;
-        let p = rollout_env::docker::DockerProvider::connect(Default::default())
-            .await
-            .ok()?;
+        let p = rollout_launch::provider::connect(&config).await.ok()?;
         p.remove_labelled(rollout_core::labels::JOB, job_id)
             .await
             .ok()

@@ -1,19 +1,16 @@
 //! `rollout`: run agents on tasks in containers, verify the outcome into a reward, record it all.
 
-mod ca;
 mod cli;
-mod experiment;
+mod error;
 mod gc;
 mod jobs_cmd;
 mod kube_cmd;
-mod metrics;
 mod pipeline_cmd;
 mod preflight;
 mod progress;
 mod prov_cmd;
 mod run;
 mod serve;
-mod signals;
 mod sources_cmd;
 mod summary;
 mod tasks_cmd;
@@ -21,13 +18,7 @@ mod tasks_cmd;
 use clap::Parser;
 use std::process::ExitCode;
 
-/// Exit statuses (documented in README).
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const TRIAL_ERRORS: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const CANCELLED: u8 = 130;
-}
+pub use error::exit;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -40,10 +31,10 @@ fn main() -> ExitCode {
         .init();
     prov_cmd::set_store(cli.store.clone());
     let code = match cli.command {
-        cli::Command::Run(args) => run::main(*args),
+        cli::Command::Run(args) => error::report(run::main(*args)),
         cli::Command::Tasks(cli::TasksCommand::Check(args)) => tasks_cmd::check(args),
         cli::Command::Tasks(cli::TasksCommand::Init(args)) => sources_cmd::tasks_init(args),
-        cli::Command::Jobs(cli::JobsCommand::Resume(args)) => jobs_cmd::resume(args),
+        cli::Command::Jobs(cli::JobsCommand::Resume(args)) => error::report(jobs_cmd::resume(args)),
         cli::Command::Jobs(cli::JobsCommand::Pause(a)) => jobs_cmd::pause(&a.job_dir),
         cli::Command::Jobs(cli::JobsCommand::Kill(a)) => jobs_cmd::kill(&a.job_dir),
         cli::Command::Jobs(cli::JobsCommand::List { jobs_dir }) => jobs_cmd::list(&jobs_dir),
@@ -62,7 +53,7 @@ fn main() -> ExitCode {
         cli::Command::Reproduce(args) => prov_cmd::reproduce::main(args),
         cli::Command::Register(args) => prov_cmd::register::main(args),
         cli::Command::Pipeline(cmd) => pipeline_cmd::main(cmd),
-        cli::Command::Serve(args) => serve::main(*args),
+        cli::Command::Serve(args) => error::report(serve::main(*args)),
     };
     ExitCode::from(code)
 }

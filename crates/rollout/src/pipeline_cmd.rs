@@ -107,16 +107,9 @@ pub struct ScaffoldArgs {
 }
 
 pub fn main(cmd: PipelineCommand) -> u8 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::error::runtime(Some(2)) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return crate::exit::TRIAL_ERRORS;
-        }
+        Err(e) => return crate::error::report(Err(e)),
     };
     rt.block_on(async move {
         match cmd {
@@ -135,19 +128,16 @@ fn is_url(s: &str) -> bool {
 
 /// First Ctrl-C/SIGTERM stops the stages (teardown still runs); the second stops teardown too.
 fn watch_signals(cancel: CancellationToken, abort: CancellationToken) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            tracing::warn!("cannot watch SIGTERM");
-            return;
-        };
-        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
-        eprintln!("\nrollout: cancelling: the running command is stopped, later stages are skipped, teardown runs. Press Ctrl-C again to stop teardown too.");
-        cancel.cancel();
-        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
-        eprintln!("rollout: stopping teardown");
-        abort.cancel();
-    });
+    rollout_launch::signals::on_interrupt(
+        move || {
+            eprintln!("\nrollout: cancelling: the running command is stopped, later stages are skipped, teardown runs. Press Ctrl-C again to stop teardown too.");
+            cancel.cancel();
+        },
+        move || async move {
+            eprintln!("rollout: stopping teardown");
+            abort.cancel();
+        },
+    );
 }
 
 fn status_line(r: &StageResult) -> String {

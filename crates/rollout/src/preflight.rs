@@ -10,12 +10,11 @@
 //! that fails to load is still walked task by task, so that the file checks can say what is
 //! missing in each task rather than only that the source failed.
 
-use crate::cli::{Cli, Command, PreflightArgs, RunArgs};
-use crate::exit;
-use clap::Parser;
+use crate::cli::PreflightArgs;
+use crate::error::exit;
 use rollout_agents::Agent;
 use rollout_core::experiment;
-use rollout_core::job_config::{AgentSpec, EnvironmentType, PullPolicy};
+use rollout_core::job_config::{AgentSpec, PullPolicy};
 use rollout_core::task_config::{NetworkMode, TaskConfig};
 use rollout_core::timeouts::{Multipliers, Timeouts};
 use rollout_core::{labels, JobConfig, Task, TaskFilter};
@@ -27,7 +26,6 @@ use rollout_sources::git::GitCache;
 use rollout_sources::job::{load_job_tasks, SourceOptions};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -471,7 +469,7 @@ fn check_experiment(file: &Path) -> (Check, Option<Loaded>) {
         }
     }
     let mut config = rollout_sources::experiment::job_config(&exp, &tasks_dir);
-    config.jobs_dir = Some(crate::experiment::RUNS_DIR.into());
+    config.jobs_dir = Some(rollout_launch::experiment::RUNS_DIR.into());
     if rows.is_empty() {
         config.datasets.clear();
     }
@@ -505,34 +503,13 @@ fn check_experiment(file: &Path) -> (Check, Option<Loaded>) {
 /// config_valid of a job file and flags.
 fn check_job_config(args: &PreflightArgs) -> (Check, Option<JobConfig>) {
     let mut p = Problems::default();
-    // Parse as `rollout run` with the same flags, so that flags mean the same in both commands
-    // (and new `run` flags with defaults need nothing here).
-    let mut argv: Vec<OsString> = vec!["rollout".into(), "run".into()];
-    // `--flag=value`, so that a value starting with `-` stays a value.
-    for path in &args.paths {
-        let mut arg = OsString::from("--path=");
-        arg.push(path);
-        argv.push(arg);
-    }
-    for a in &args.agents {
-        argv.push(format!("--agent={a}").into());
-    }
-    if let Some(c) = &args.config {
-        argv.push("--".into());
-        argv.push(c.into());
-    }
-    let run_args: RunArgs = match Cli::try_parse_from(argv) {
-        Ok(Cli {
-            command: Command::Run(a),
-            ..
-        }) => *a,
-        Ok(_) => unreachable!("the argv names the run command"),
-        Err(e) => {
-            p.error(format!("invalid flags: {}", one_line(&e.to_string())));
-            return (p.into_check(CONFIG_VALID, ""), None);
-        }
+    // The same configuration `rollout run` builds from the same file and flags.
+    let overrides = rollout_launch::Overrides {
+        paths: args.paths.clone(),
+        agents: args.agents.clone(),
+        ..Default::default()
     };
-    let config = match crate::run::job_config(&run_args) {
+    let config = match rollout_launch::job_config(args.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {
             let hint = match &args.config {
@@ -545,11 +522,9 @@ fn check_job_config(args: &PreflightArgs) -> (Check, Option<JobConfig>) {
             return (p.into_check(CONFIG_VALID, ""), None);
         }
     };
-    if config.environment.kind != EnvironmentType::Docker {
-        p.error(format!(
-            "environment type {:?} is not available in this build of rollout; use docker",
-            config.environment.kind
-        ));
+    // The provider the run would pick: one it does not have is refused here as there.
+    if let Err(e) = rollout_launch::provider::check(&config, &[]) {
+        p.error(e.to_string());
     }
     if let Some(name) = &config.name {
         let dir = config
@@ -668,7 +643,9 @@ struct Sources {
 /// Load each source on its own with the loader of `rollout run`, so that one bad source does not
 /// hide the tasks of the others.
 fn load_sources(config: &JobConfig) -> Sources {
-    let ca = crate::ca::bundle(&crate::ca::CaCerts::Auto).ok().flatten();
+    let ca = rollout_launch::ca::bundle(&rollout_launch::ca::CaCerts::Auto)
+        .ok()
+        .flatten();
     let options = |archives: Vec<PathBuf>| SourceOptions {
         git: GitCache::new(GitCache::default_root()),
         parallel_clones: 4,
@@ -1006,10 +983,8 @@ fn check_trial_input(tasks: &[Candidate], agents: &[ResolvedAgent]) -> Check {
         if t.checksum.is_empty() {
             p.error(format!("{name}: the task's files cannot all be read"));
         }
-        if t.config.environment.network_mode == NetworkMode::Allowlist {
-            p.error(format!(
-                "{name}: network_mode = \"allowlist\" cannot be enforced by the Docker provider; use \"public\" or \"no-network\""
-            ));
+        if let Err(e) = rollout_launch::enforceable(t) {
+            p.error(format!("{name}: {e}"));
         }
         for (table, env) in [
             ("[environment] env", &t.config.environment.env),
@@ -1386,7 +1361,12 @@ async fn check_container(
         docker_root: None,
     };
     if config.environment.kind == rollout_core::job_config::EnvironmentType::Kubernetes {
-        match crate::kube_cmd::reachable(config).await {
+        let loaded: Vec<Task> = tasks.iter().map(|c| c.task.clone()).collect();
+        if let Err(e) = rollout_launch::provider::check(config, &loaded) {
+            p.error(e.to_string());
+            return (p.into_check(CONTAINER_READY, ""), facts);
+        }
+        match rollout_launch::provider::kube_reachable(config).await {
             Ok(note) => return (p.into_check(CONTAINER_READY, note), facts),
             Err(e) => p.error(e),
         }
