@@ -18,6 +18,7 @@
 pub mod ca;
 pub mod experiment;
 pub mod metrics;
+pub mod preflight;
 pub mod provider;
 pub mod resume;
 pub mod signals;
@@ -38,6 +39,14 @@ use rollout_sources::policy::RemotePolicy;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
+
+/// Exit statuses of the commands (documented in README).
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const TRIAL_ERRORS: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const CANCELLED: u8 = 130;
+}
 
 /// Why a job cannot be launched. Each entry point maps these to its own surface (an exit
 /// status, an HTTP error code, a failed preflight check), but they are the same refusals.

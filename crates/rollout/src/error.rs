@@ -2,13 +2,7 @@
 
 use rollout_launch::LaunchError;
 
-/// Exit statuses.
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const TRIAL_ERRORS: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const CANCELLED: u8 = 130;
-}
+pub use rollout_launch::exit;
 
 /// Why a command failed. Printed as `error: MESSAGE` (one line per problem) by [`report`].
 #[derive(Debug, thiserror::Error)]

@@ -6,9 +6,7 @@ mod gc;
 mod jobs_cmd;
 mod kube_cmd;
 mod pipeline_cmd;
-mod preflight;
 mod progress;
-mod prov_cmd;
 mod run;
 mod serve;
 mod sources_cmd;
@@ -29,7 +27,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    prov_cmd::set_store(cli.store.clone());
+    rollout_prov::set_store(cli.store.clone());
     let code = match cli.command {
         cli::Command::Run(args) => error::report(run::main(*args)),
         cli::Command::Tasks(cli::TasksCommand::Check(args)) => tasks_cmd::check(args),
@@ -44,14 +42,14 @@ fn main() -> ExitCode {
         }
         cli::Command::Cache(cmd) => sources_cmd::cache(cmd),
         cli::Command::Gc(args) => gc::main(args),
-        cli::Command::Preflight(args) => preflight::main(args),
-        cli::Command::Trace(args) => prov_cmd::trace(args),
-        cli::Command::Lineage(args) => prov_cmd::lineage(args),
-        cli::Command::Log(args) => prov_cmd::log(args),
-        cli::Command::Status(args) => prov_cmd::status(args),
-        cli::Command::Show(args) => prov_cmd::show(args),
-        cli::Command::Reproduce(args) => prov_cmd::reproduce::main(args),
-        cli::Command::Register(args) => prov_cmd::register::main(args),
+        cli::Command::Preflight(args) => error::report(run::preflight(args)),
+        cli::Command::Trace(args) => rollout_prov::trace(args),
+        cli::Command::Lineage(args) => rollout_prov::lineage(args),
+        cli::Command::Log(args) => rollout_prov::log(args),
+        cli::Command::Status(args) => rollout_prov::status(args),
+        cli::Command::Show(args) => rollout_prov::show(args),
+        cli::Command::Reproduce(args) => rollout_prov::reproduce::main(args),
+        cli::Command::Register(args) => rollout_prov::register::main(args),
         cli::Command::Pipeline(cmd) => pipeline_cmd::main(cmd),
         cli::Command::Serve(args) => error::report(serve::main(*args)),
     };

@@ -324,10 +324,10 @@ async fn run(a: RunArgs) -> u8 {
 /// A run with the store switched off records nothing.
 fn record_provenance(r: &PipelineResult) -> Result<(), String> {
     use rollout_store::{Job, JobKind, Session, Store};
-    if crate::prov_cmd::store_disabled() {
+    if rollout_prov::store_disabled() {
         return Ok(());
     }
-    let mut store = Store::open(&crate::prov_cmd::store_path()).map_err(|e| e.to_string())?;
+    let mut store = Store::open(&rollout_prov::store_path()).map_err(|e| e.to_string())?;
     let git = rollout_store::git::info(&r.repo.path).map(|mut g| {
         if let Some(c) = &r.repo.commit {
             g.commit = c.clone();
@@ -342,7 +342,7 @@ fn record_provenance(r: &PipelineResult) -> Result<(), String> {
         git: git.clone(),
     };
     store.ensure_session(&session).map_err(|e| e.to_string())?;
-    let refs = crate::prov_cmd::file_refs;
+    let refs = rollout_prov::file_refs;
     let abs = |p: &Path| {
         if p.is_absolute() {
             p.to_path_buf()
@@ -385,7 +385,7 @@ fn record_provenance(r: &PipelineResult) -> Result<(), String> {
         kind: JobKind::Pipeline,
         command: argv
             .iter()
-            .map(|a| crate::prov_cmd::shell_quote(a))
+            .map(|a| rollout_prov::shell_quote(a))
             .collect::<Vec<_>>()
             .join(" "),
         argv,

@@ -1,6 +1,6 @@
 //! `rollout run` and `rollout jobs resume`: flags → the launcher → summary and exit status.
 
-use crate::cli::{EnvKind, ResumeArgs, RunArgs};
+use crate::cli::{EnvKind, PreflightArgs, ResumeArgs, RunArgs};
 use crate::error::{exit, CliError, CliResult};
 use rollout_core::job_config::EnvironmentType;
 use rollout_core::result::any_errored;
@@ -53,7 +53,7 @@ pub fn overrides(args: &RunArgs) -> Result<Overrides, CliError> {
 pub fn launcher(ca_certs: &rollout_launch::ca::CaCerts) -> Result<Launcher, CliError> {
     Ok(Launcher {
         ca_bundle: rollout_launch::ca::bundle(ca_certs).map_err(CliError::Usage)?,
-        store: (!crate::prov_cmd::store_disabled()).then(crate::prov_cmd::store_path),
+        store: (!rollout_prov::store_disabled()).then(rollout_prov::store_path),
         argv: std::env::args().collect(),
         script_metrics: true,
         ..Default::default()
@@ -78,7 +78,7 @@ pub fn main(args: RunArgs) -> CliResult {
         .filter(|c| rollout_core::experiment::is_experiment_file(c))
     {
         let prepared = experiment::prepare(file, &overrides)?;
-        if !args.no_preflight && !crate::preflight::gate(&prepared.config, Vec::new()) {
+        if !args.no_preflight && !rollout_launch::preflight::gate(&prepared.config, Vec::new()) {
             prepared.discard();
             return Err(CliError::Exit(exit::USAGE));
         }
@@ -96,7 +96,7 @@ pub fn main(args: RunArgs) -> CliResult {
         return execute(&launcher, plan, args.json, Some(sink));
     }
     let mut config = rollout_launch::job_config(args.config.as_deref(), &overrides)?;
-    if !args.no_preflight && !crate::preflight::gate(&config, Vec::new()) {
+    if !args.no_preflight && !rollout_launch::preflight::gate(&config, Vec::new()) {
         return Err(CliError::Exit(exit::USAGE));
     }
     let launcher = launcher(&args.ca_certs)?;
@@ -204,5 +204,29 @@ fn execute(
         code.max(exit::TRIAL_ERRORS)
     } else {
         code
+    })
+}
+
+/// `rollout preflight`: the checks, rendered.
+pub fn preflight(args: PreflightArgs) -> CliResult {
+    use rollout_launch::preflight;
+    let checks = preflight::run_checks(&preflight::Request {
+        config: args.config,
+        paths: args.paths,
+        agents: args.agents,
+        build: args.build,
+    });
+    if args.json {
+        println!(
+            "{}",
+            preflight::json_report(&checks).map_err(CliError::failed)?
+        );
+    } else {
+        print!("{}", preflight::render(&checks));
+    }
+    Ok(if preflight::passed(&checks) {
+        exit::OK
+    } else {
+        exit::TRIAL_ERRORS
     })
 }

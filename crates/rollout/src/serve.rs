@@ -244,10 +244,10 @@ async fn serve(args: ServeArgs) -> CliResult {
     apply_limits(&args, &mut config).map_err(CliError::Usage)?;
     // The provenance store: the global --store (ROLLOUT_STORE), else one in the data directory;
     // `--store off` keeps none (the provenance endpoints then answer 404).
-    config.store_path = if crate::prov_cmd::store_disabled() {
+    config.store_path = if rollout_prov::store_disabled() {
         None
     } else {
-        Some(crate::prov_cmd::store_flag().unwrap_or_else(|| config.data_dir.join("rollout.db")))
+        Some(rollout_prov::store_flag().unwrap_or_else(|| config.data_dir.join("rollout.db")))
     };
     config.ca_bundle = rollout_launch::ca::bundle(&args.ca_certs).map_err(CliError::Usage)?;
     // A server runs on the local Docker engine (submitted jobs must say `environment.type:

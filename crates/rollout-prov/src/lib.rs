@@ -4,8 +4,8 @@
 pub mod register;
 pub mod reproduce;
 
-use crate::exit;
 use clap::Args;
+use rollout_launch::exit;
 use rollout_store::{ArtifactKind, FileRef, Job, JobKind, LineageNode, Store, StoreError};
 use serde::Deserialize;
 use std::ffi::OsString;

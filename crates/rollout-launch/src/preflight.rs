@@ -10,8 +10,19 @@
 //! that fails to load is still walked task by task, so that the file checks can say what is
 //! missing in each task rather than only that the source failed.
 
-use crate::cli::PreflightArgs;
-use crate::error::exit;
+/// What `rollout preflight` checks: a job file (or experiment file) and the flags it shares with
+/// `rollout run`.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// A job file (YAML or JSON), or an experiment file.
+    pub config: Option<PathBuf>,
+    /// Task directories, dataset directories or JSONL row files.
+    pub paths: Vec<PathBuf>,
+    /// Agents to check.
+    pub agents: Vec<String>,
+    /// Build (or pull) every image needed instead of only checking they can be.
+    pub build: bool,
+}
 use rollout_agents::Agent;
 use rollout_core::experiment;
 use rollout_core::job_config::{AgentSpec, PullPolicy};
@@ -189,28 +200,17 @@ fn names<S: AsRef<str>>(items: &[S]) -> String {
     shown.join(", ")
 }
 
-pub fn main(args: PreflightArgs) -> u8 {
-    let checks = run_checks(&args);
-    let ok = !checks.iter().any(Check::is_error);
-    if args.json {
-        match serde_json::to_string_pretty(&Report {
-            ok,
-            checks: &checks,
-        }) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::TRIAL_ERRORS;
-            }
-        }
-    } else {
-        print!("{}", render(&checks));
-    }
-    if ok {
-        exit::OK
-    } else {
-        exit::TRIAL_ERRORS
-    }
+/// The JSON report: `{"ok", "checks": [...]}`.
+pub fn json_report(checks: &[Check]) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(&Report {
+        ok: passed(checks),
+        checks,
+    })
+}
+
+/// Whether no check failed with severity `error`.
+pub fn passed(checks: &[Check]) -> bool {
+    !checks.iter().any(Check::is_error)
 }
 
 /// The text report: one line per check, then a summary line.
@@ -240,7 +240,7 @@ pub fn render(checks: &[Check]) -> String {
 }
 
 /// Run every check; the result always holds all of [`CHECKS`], in order.
-pub fn run_checks(args: &PreflightArgs) -> Vec<Check> {
+pub fn run_checks(args: &Request) -> Vec<Check> {
     let (config_check, loaded) = check_config(args);
     let Some(loaded) = loaded else {
         let mut checks = vec![config_check];
@@ -412,7 +412,7 @@ pub fn gate(config: &JobConfig, dataset_errors: Vec<String>) -> bool {
 // config_valid
 
 /// The job configuration exactly as `rollout run` would build it from the same file and flags.
-fn check_config(args: &PreflightArgs) -> (Check, Option<Loaded>) {
+fn check_config(args: &Request) -> (Check, Option<Loaded>) {
     if let Some(file) = args
         .config
         .as_deref()
@@ -469,7 +469,7 @@ fn check_experiment(file: &Path) -> (Check, Option<Loaded>) {
         }
     }
     let mut config = rollout_sources::experiment::job_config(&exp, &tasks_dir);
-    config.jobs_dir = Some(rollout_launch::experiment::RUNS_DIR.into());
+    config.jobs_dir = Some(crate::experiment::RUNS_DIR.into());
     if rows.is_empty() {
         config.datasets.clear();
     }
@@ -501,15 +501,15 @@ fn check_experiment(file: &Path) -> (Check, Option<Loaded>) {
 }
 
 /// config_valid of a job file and flags.
-fn check_job_config(args: &PreflightArgs) -> (Check, Option<JobConfig>) {
+fn check_job_config(args: &Request) -> (Check, Option<JobConfig>) {
     let mut p = Problems::default();
     // The same configuration `rollout run` builds from the same file and flags.
-    let overrides = rollout_launch::Overrides {
+    let overrides = crate::Overrides {
         paths: args.paths.clone(),
         agents: args.agents.clone(),
         ..Default::default()
     };
-    let config = match rollout_launch::job_config(args.config.as_deref(), &overrides) {
+    let config = match crate::job_config(args.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {
             let hint = match &args.config {
@@ -523,7 +523,7 @@ fn check_job_config(args: &PreflightArgs) -> (Check, Option<JobConfig>) {
         }
     };
     // The provider the run would pick: one it does not have is refused here as there.
-    if let Err(e) = rollout_launch::provider::check(&config, &[]) {
+    if let Err(e) = crate::provider::check(&config, &[]) {
         p.error(e.to_string());
     }
     if let Some(name) = &config.name {
@@ -643,9 +643,7 @@ struct Sources {
 /// Load each source on its own with the loader of `rollout run`, so that one bad source does not
 /// hide the tasks of the others.
 fn load_sources(config: &JobConfig) -> Sources {
-    let ca = rollout_launch::ca::bundle(&rollout_launch::ca::CaCerts::Auto)
-        .ok()
-        .flatten();
+    let ca = crate::ca::bundle(&crate::ca::CaCerts::Auto).ok().flatten();
     let options = |archives: Vec<PathBuf>| SourceOptions {
         git: GitCache::new(GitCache::default_root()),
         parallel_clones: 4,
@@ -983,7 +981,7 @@ fn check_trial_input(tasks: &[Candidate], agents: &[ResolvedAgent]) -> Check {
         if t.checksum.is_empty() {
             p.error(format!("{name}: the task's files cannot all be read"));
         }
-        if let Err(e) = rollout_launch::enforceable(t) {
+        if let Err(e) = crate::enforceable(t) {
             p.error(format!("{name}: {e}"));
         }
         for (table, env) in [
@@ -1362,11 +1360,11 @@ async fn check_container(
     };
     if config.environment.kind == rollout_core::job_config::EnvironmentType::Kubernetes {
         let loaded: Vec<Task> = tasks.iter().map(|c| c.task.clone()).collect();
-        if let Err(e) = rollout_launch::provider::check(config, &loaded) {
+        if let Err(e) = crate::provider::check(config, &loaded) {
             p.error(e.to_string());
             return (p.into_check(CONTAINER_READY, ""), facts);
         }
-        match rollout_launch::provider::kube_reachable(config).await {
+        match crate::provider::kube_reachable(config).await {
             Ok(note) => return (p.into_check(CONTAINER_READY, note), facts),
             Err(e) => p.error(e),
         }

@@ -4,8 +4,8 @@
 //! trial again (same task digest, agent configuration, job settings) and comparing rewards.
 
 use super::{open_store, resolve_artifact, short, store_path};
-use crate::exit;
 use clap::Args;
+use rollout_launch::exit;
 use rollout_store::{FileRef, Job, JobKind, Store};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -695,7 +695,7 @@ fn rerun(
         ..Default::default()
     };
     let config = rollout_launch::job_config(Some(job_file), &overrides)?;
-    if !crate::preflight::gate(&config, Vec::new()) {
+    if !rollout_launch::preflight::gate(&config, Vec::new()) {
         return Err(LaunchError::Invalid(
             "the trial's job did not pass preflight".into(),
         ));
