@@ -52,37 +52,25 @@ fn wait_for(dir: &Path, secs: u64, cond: impl Fn(&RunControl) -> bool) -> bool {
     false
 }
 
-pub fn pause(dir: &Path) -> u8 {
-    let (c, alive) = match control(dir) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
+pub fn pause(dir: &Path) -> CliResult {
+    let (c, alive) = control(dir).map_err(CliError::Usage)?;
     if !alive || c.status != RunStatus::Running {
-        eprintln!(
-            "error: job {} is not running (status {:?}); nothing to pause",
+        return Err(CliError::usage(format!(
+            "job {} is not running (status {:?}); nothing to pause",
             dir.display(),
             c.status
-        );
-        return exit::USAGE;
+        )));
     }
-    if let Err(e) = signal(c.pid, libc::SIGUSR1) {
-        eprintln!("error: {e}");
-        return exit::TRIAL_ERRORS;
-    }
-    if wait_for(dir, 10, |c| c.status == RunStatus::Paused) {
-        let n = RunControl::load(dir).map_or(0, |c| c.active_trials.len());
-        println!("paused {}: no new trial starts; {n} running trial(s) go on. `rollout jobs resume` continues.", dir.display());
-        exit::OK
-    } else {
-        eprintln!(
-            "error: job {} did not report paused within 10 s",
+    signal(c.pid, libc::SIGUSR1).map_err(CliError::Failed)?;
+    if !wait_for(dir, 10, |c| c.status == RunStatus::Paused) {
+        return Err(CliError::failed(format!(
+            "job {} did not report paused within 10 s",
             dir.display()
-        );
-        exit::TRIAL_ERRORS
+        )));
     }
+    let n = RunControl::load(dir).map_or(0, |c| c.active_trials.len());
+    println!("paused {}: no new trial starts; {n} running trial(s) go on. `rollout jobs resume` continues.", dir.display());
+    Ok(exit::OK)
 }
 
 pub fn resume(args: ResumeArgs) -> CliResult {
@@ -103,19 +91,10 @@ pub fn resume(args: ResumeArgs) -> CliResult {
     crate::run::resume(args)
 }
 
-pub fn kill(dir: &Path) -> u8 {
-    let (c, alive) = match control(dir) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
+pub fn kill(dir: &Path) -> CliResult {
+    let (c, alive) = control(dir).map_err(CliError::Usage)?;
     if alive && matches!(c.status, RunStatus::Running | RunStatus::Paused) {
-        if let Err(e) = signal(c.pid, libc::SIGTERM) {
-            eprintln!("error: {e}");
-            return exit::TRIAL_ERRORS;
-        }
+        signal(c.pid, libc::SIGTERM).map_err(CliError::Failed)?;
         let deadline = Instant::now() + KILL_GRACE;
         while rollout_core::owner_alive(c.pid, &c.host, &rollout_runner::host_name())
             && Instant::now() < deadline
@@ -137,16 +116,15 @@ pub fn kill(dir: &Path) -> u8 {
     c.status = RunStatus::Killed;
     c.active_trials.clear();
     c.updated_at = chrono::Utc::now();
-    if let Err(e) = rollout_runner::fsutil::write_json(&dir.join(RUN_CONTROL), &c) {
-        eprintln!("error: updating {}: {e}", dir.join(RUN_CONTROL).display());
-        return exit::TRIAL_ERRORS;
-    }
+    rollout_runner::fsutil::write_json(&dir.join(RUN_CONTROL), &c).map_err(|e| {
+        CliError::failed(format!("updating {}: {e}", dir.join(RUN_CONTROL).display()))
+    })?;
     println!(
         "killed {}{}",
         dir.display(),
         removed.map_or(String::new(), |n| format!("; removed {n} container(s)"))
     );
-    exit::OK
+    Ok(exit::OK)
 }
 
 /// Remove the containers of job `job_id` (in `dir`) from its provider; None when it cannot be
@@ -190,11 +168,9 @@ fn count_results(dir: &Path) -> usize {
     })
 }
 
-pub fn list(jobs_dir: &Path) -> u8 {
-    let Ok(entries) = std::fs::read_dir(jobs_dir) else {
-        eprintln!("error: cannot read {}", jobs_dir.display());
-        return exit::USAGE;
-    };
+pub fn list(jobs_dir: &Path) -> CliResult {
+    let entries = std::fs::read_dir(jobs_dir)
+        .map_err(|_| CliError::usage(format!("cannot read {}", jobs_dir.display())))?;
     let mut dirs: Vec<_> = entries
         .flatten()
         .map(|e| e.path())
@@ -230,13 +206,15 @@ pub fn list(jobs_dir: &Path) -> u8 {
         );
     }
     println!("{} job(s) in {}", dirs.len(), jobs_dir.display());
-    exit::OK
+    Ok(exit::OK)
 }
 
-pub fn show(dir: &Path) -> u8 {
+pub fn show(dir: &Path) -> CliResult {
     if !dir.join("config.json").is_file() {
-        eprintln!("error: {} is not a job directory", dir.display());
-        return exit::USAGE;
+        return Err(CliError::usage(format!(
+            "{} is not a job directory",
+            dir.display()
+        )));
     }
     let (status, control) = status_of(dir);
     println!("job {}: {status}", dir.display());
@@ -256,5 +234,5 @@ pub fn show(dir: &Path) -> u8 {
             count_results(dir)
         ),
     }
-    exit::OK
+    Ok(exit::OK)
 }

@@ -4,7 +4,6 @@ mod cli;
 mod error;
 mod gc;
 mod jobs_cmd;
-mod kube_cmd;
 mod pipeline_cmd;
 mod progress;
 mod run;
@@ -33,15 +32,19 @@ fn main() -> ExitCode {
         cli::Command::Tasks(cli::TasksCommand::Check(args)) => tasks_cmd::check(args),
         cli::Command::Tasks(cli::TasksCommand::Init(args)) => sources_cmd::tasks_init(args),
         cli::Command::Jobs(cli::JobsCommand::Resume(args)) => error::report(jobs_cmd::resume(args)),
-        cli::Command::Jobs(cli::JobsCommand::Pause(a)) => jobs_cmd::pause(&a.job_dir),
-        cli::Command::Jobs(cli::JobsCommand::Kill(a)) => jobs_cmd::kill(&a.job_dir),
-        cli::Command::Jobs(cli::JobsCommand::List { jobs_dir }) => jobs_cmd::list(&jobs_dir),
-        cli::Command::Jobs(cli::JobsCommand::Show(a)) => jobs_cmd::show(&a.job_dir),
+        cli::Command::Jobs(cli::JobsCommand::Pause(a)) => {
+            error::report(jobs_cmd::pause(&a.job_dir))
+        }
+        cli::Command::Jobs(cli::JobsCommand::Kill(a)) => error::report(jobs_cmd::kill(&a.job_dir)),
+        cli::Command::Jobs(cli::JobsCommand::List { jobs_dir }) => {
+            error::report(jobs_cmd::list(&jobs_dir))
+        }
+        cli::Command::Jobs(cli::JobsCommand::Show(a)) => error::report(jobs_cmd::show(&a.job_dir)),
         cli::Command::Datasets(cli::DatasetsCommand::List { registry }) => {
             sources_cmd::datasets_list(&registry)
         }
         cli::Command::Cache(cmd) => sources_cmd::cache(cmd),
-        cli::Command::Gc(args) => gc::main(args),
+        cli::Command::Gc(args) => error::report(gc::main(args)),
         cli::Command::Preflight(args) => error::report(run::preflight(args)),
         cli::Command::Trace(args) => rollout_prov::trace(args),
         cli::Command::Lineage(args) => rollout_prov::lineage(args),

@@ -148,7 +148,7 @@ fn execute(
     let code = runtime.block_on(async {
         let provider = rollout_launch::provider::connect(&plan.config)
             .await
-            .map_err(|e| CliError::failed(e))?;
+            .map_err(CliError::failed)?;
         let cancel = CancellationToken::new();
         rollout_launch::signals::watch(cancel.clone(), provider.clone(), plan.job_id.clone());
         let progress = Arc::new(crate::progress::Progress::new(
