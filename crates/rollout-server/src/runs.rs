@@ -6,14 +6,10 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::AppState;
 use chrono::Utc;
-use rollout_core::job_config::AgentSpec;
 use rollout_core::result::Phase;
 use rollout_core::JobConfig;
-use rollout_runner::writer::ResultsWriter;
-use rollout_runner::{Event, EventSink, JobPlan, RunOptions, Runner};
-use rollout_sources::executor::ExecutorOptions;
-use rollout_sources::git::GitCache;
-use rollout_sources::job::{load_job_tasks, SourceOptions};
+use rollout_launch::{LaunchError, PlanMode};
+use rollout_runner::{Event, EventSink, JobPlan};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
@@ -103,78 +99,62 @@ impl LiveRun {
     }
 }
 
+/// The launcher of a server's runs: its CA bundle, source policy, archive limits and store.
+fn launcher(state: &AppState, id: &str) -> rollout_launch::Launcher {
+    rollout_launch::Launcher {
+        ca_bundle: state.config.ca_bundle.clone(),
+        policy: Some(Arc::new(state.config.sources.clone())),
+        archive_limits: Some(state.config.limits.clone()),
+        // Unpacked into the run's directory: removed with the run (--ttl).
+        unpack_dir: Some(state.config.runs_dir().join(id).join("archives")),
+        store: state.config.store_path.clone(),
+        argv: vec!["rollout".into(), "serve".into(), format!("run:{id}")],
+        // A server never runs a submitted program on its host.
+        script_metrics: false,
+    }
+}
+
 /// Load the tasks of `config` and plan its trials, with job id `id` (resuming the job
-/// directory when it already holds this job). Blocking: clones and archive extraction.
+/// directory when it already holds this job), through the launcher every entry point uses.
+/// Blocking: clones and archive extraction.
 pub fn plan(state: &AppState, id: &str, mut config: JobConfig) -> Result<JobPlan, ApiError> {
-    let policy = Arc::new(state.config.sources.clone());
+    let launcher = launcher(state, id);
     // Registries are checked before anything is fetched (and again, pinned, when fetched).
-    for d in &config.datasets {
-        if let Some(reg) = &d.registry {
-            let location = match (&reg.path, &reg.url) {
-                (Some(p), _) => p.display().to_string(),
-                (None, Some(u)) => u.clone(),
-                (None, None) => continue,
-            };
-            policy.check_registry(&location).map_err(|m| {
-                ApiError::bad_request("source_refused", format!("registry {location}: {m}"))
-            })?;
+    if let Some(policy) = &launcher.policy {
+        for d in &config.datasets {
+            if let Some(reg) = &d.registry {
+                let location = match (&reg.path, &reg.url) {
+                    (Some(p), _) => p.display().to_string(),
+                    (None, Some(u)) => u.clone(),
+                    (None, None) => continue,
+                };
+                policy.check_registry(&location).map_err(|m| {
+                    ApiError::bad_request("source_refused", format!("registry {location}: {m}"))
+                })?;
+            }
         }
     }
-    let opts = SourceOptions {
-        git: GitCache::new(GitCache::default_root()).with_policy(policy.clone()),
-        parallel_clones: 4,
-        archives: config.archives.clone(),
-        executor: ExecutorOptions {
-            base_image: config.executor_image.clone(),
-            ca_bundle: state.config.ca_bundle.clone(),
-            limits: state.config.limits.clone(),
-            parallel_clones: 4,
-            // Unpacked into the run's directory: removed with the run (--ttl).
-            unpack_dir: Some(state.config.runs_dir().join(id).join("archives")),
-        },
-        policy: Some(policy),
-    };
-    let loaded = load_job_tasks(&config, &opts).map_err(|errors| {
-        let refused = errors
-            .iter()
-            .any(|e| e.contains(rollout_sources::policy::REFUSED));
-        let code = if refused {
-            "source_refused"
-        } else if config.archives.is_empty() {
-            "invalid_source"
-        } else {
-            "invalid_archive"
-        };
-        ApiError::bad_request(code, errors.join("; "))
+    let loaded = launcher.load(&mut config).map_err(|e| match e {
+        LaunchError::Sources { refused: true, .. } => {
+            ApiError::bad_request("source_refused", e.to_string())
+        }
+        e if config.archives.is_empty() => ApiError::bad_request("invalid_source", e.to_string()),
+        e => ApiError::bad_request("invalid_archive", e.to_string()),
     })?;
     check_tasks(state, &config, &loaded.tasks)?;
-    if config.agents.is_empty() && !loaded.archive_agents.is_empty() {
-        config.agents = loaded
-            .archive_agents
-            .iter()
-            .map(|p| AgentSpec {
-                name: format!("code:{}", p.display()),
-                ..Default::default()
-            })
-            .collect();
-    }
     if loaded.tasks.is_empty() {
         return Err(ApiError::bad_request(
             "no_tasks",
             "the submission holds no task to run",
         ));
     }
-    let job_dir = state.config.jobs_dir().join(id);
-    let plan = if job_dir.join("config.json").is_file() {
-        JobPlan::resume(config, loaded.tasks, id.to_string(), job_dir, false)
-    } else {
-        JobPlan::new(config, loaded.tasks).map(|mut p| {
-            // Containers are labelled with the job id: the run id makes them findable.
-            p.job_id = id.to_string();
-            p
-        })
-    };
-    let plan = plan.map_err(|e| ApiError::bad_request("invalid_job", e.to_string()))?;
+    let plan = launcher
+        .plan(
+            config,
+            loaded.tasks,
+            PlanMode::ServerRun { id: id.to_string() },
+        )
+        .map_err(|e| ApiError::bad_request("invalid_job", e.to_string()))?;
     let n = plan.trials.len() + plan.kept.len();
     let max = state.config.caps.max_trials_per_job;
     if n > max {
@@ -193,8 +173,10 @@ fn check_tasks(
     config: &JobConfig,
     tasks: &[rollout_core::Task],
 ) -> Result<(), ApiError> {
-    rollout_core::task::refuse_unenforceable(tasks)
-        .map_err(|e| ApiError::bad_request("unsupported_task", e))?;
+    rollout_launch::check_enforceable(config, tasks).map_err(|e| match e {
+        LaunchError::Unenforceable(m) => ApiError::bad_request("unsupported_task", m),
+        e => ApiError::bad_request("invalid_job", e.to_string()),
+    })?;
     let caps = &state.config.caps;
     let env = &config.environment;
     for t in tasks {
@@ -307,41 +289,28 @@ async fn execute(state: Arc<AppState>, live: Arc<LiveRun>, plan: JobPlan) {
     {
         tracing::warn!(run = %id, "removing leftover containers: {e}");
     }
-    let options = RunOptions {
-        ca_bundle: state.config.ca_bundle.clone().map(Arc::new),
-        ..Default::default()
-    };
-    let mut runner = Runner::new(state.provider.clone(), live.cancel.clone(), options);
-    let writer = Arc::new(ResultsWriter::new());
-    runner.subscribe(writer.clone());
-    runner.subscribe(Arc::new(Sink {
+    let sink = Arc::new(Sink {
         state: state.clone(),
         live: live.clone(),
         tasks: Mutex::new(HashMap::new()),
-    }));
-    // Every trial is recorded in the provenance store, as `rollout run`'s are.
-    let recorder = state.config.store_path.clone().map(|store| {
-        Arc::new(rollout_runner::provenance::TrialRecorder::start(
-            store,
-            vec!["rollout".into(), "serve".into(), format!("run:{id}")],
-        ))
     });
-    if let Some(r) = &recorder {
-        runner.subscribe(r.clone());
-    }
-    let result = runner.run(plan).await;
-    if let Some(e) = writer.error() {
+    let done = launcher(&state, &id)
+        .execute(
+            plan,
+            state.provider.clone(),
+            live.cancel.clone(),
+            vec![sink],
+            &|m: &str| tracing::info!(run = %id, "{m}"),
+            |_| {},
+        )
+        .await;
+    if let Some(e) = &done.writer_error {
         tracing::error!(run = %id, "writing results: {e}");
     }
-    if let Some(r) = recorder {
-        // The recorder joins its worker thread: off the async workers.
-        let report = tokio::task::spawn_blocking(move || r.finish()).await;
-        if let Ok(report) = report {
-            for w in report.warnings {
-                tracing::warn!(run = %id, "provenance: {w}");
-            }
-        }
+    for w in &done.provenance_warnings {
+        tracing::warn!(run = %id, "provenance: {w}");
     }
+    let result = done.result;
     Metrics::dec(&state.metrics.batches_active);
     let value = serde_json::to_value(&result).unwrap_or_default();
     finish(&state, &live, Some(value), t0).await;

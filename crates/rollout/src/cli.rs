@@ -43,19 +43,19 @@ pub enum Command {
     /// dangling build images. Environment images are kept unless --images.
     Gc(GcArgs),
     /// Run a command under the syscall tracer and record the files it read and wrote.
-    Trace(crate::prov_cmd::TraceArgs),
+    Trace(rollout_prov::TraceArgs),
     /// The jobs and artifacts upstream of an artifact, as a tree.
-    Lineage(crate::prov_cmd::LineageArgs),
+    Lineage(rollout_prov::LineageArgs),
     /// Recently recorded jobs (traced commands, build steps, trials).
-    Log(crate::prov_cmd::LogArgs),
+    Log(rollout_prov::LogArgs),
     /// Recorded files changed since last recorded, and stale steps.
-    Status(crate::prov_cmd::StatusArgs),
+    Status(rollout_prov::StatusArgs),
     /// What the store knows about a trial directory, a file, a hash or a job.
-    Show(crate::prov_cmd::ShowArgs),
+    Show(rollout_prov::ShowArgs),
     /// Show how an artifact was made and, with --run, make it again and compare.
-    Reproduce(crate::prov_cmd::ReproduceArgs),
+    Reproduce(rollout_prov::ReproduceArgs),
     /// Push an artifact's lineage to a remote `rollout serve`.
-    Register(crate::prov_cmd::RegisterArgs),
+    Register(rollout_prov::RegisterArgs),
     /// Serve the evaluation executor over HTTP: the term-executor API and the /api/v1 job API.
     Serve(Box<crate::serve::ServeArgs>),
 }
@@ -113,7 +113,7 @@ pub struct ResumeArgs {
     pub retry_errors: bool,
     /// Extra CAs environments trust (as for `rollout run`).
     #[arg(long = "ca-certs", default_value = "auto")]
-    pub ca_certs: crate::ca::CaCerts,
+    pub ca_certs: rollout_launch::ca::CaCerts,
     /// Trials running at once (default: as the job was configured).
     #[arg(short = 'n', long = "n-concurrent")]
     pub n_concurrent: Option<usize>,
@@ -299,7 +299,7 @@ pub struct RunArgs {
     /// Extra CAs environments trust: `auto` (the host's /usr/local/share/ca-certificates),
     /// `none`, or a PEM file or directory. Needed behind a TLS-intercepting proxy.
     #[arg(long = "ca-certs", default_value = "auto")]
-    pub ca_certs: crate::ca::CaCerts,
+    pub ca_certs: rollout_launch::ca::CaCerts,
 
     /// Multiply every timeout by this factor.
     #[arg(long = "timeout-multiplier")]

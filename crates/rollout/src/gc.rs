@@ -1,42 +1,28 @@
 //! `rollout gc`.
 
 use crate::cli::GcArgs;
-use crate::exit;
-use rollout_env::docker::{DockerProvider, EngineLimits};
+use crate::error::{exit, CliError, CliResult};
 use rollout_env::gc::GcOptions;
 
-pub fn main(args: GcArgs) -> u8 {
+pub fn main(args: GcArgs) -> CliResult {
+    let rt = crate::error::runtime(Some(1))?;
     if args.env == Some(crate::cli::EnvKind::Kubernetes) {
-        return crate::kube_cmd::gc(args);
+        return rt.block_on(kube(args));
     }
-    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    else {
-        eprintln!("error: cannot start the async runtime");
-        return exit::TRIAL_ERRORS;
-    };
     rt.block_on(async {
-        let provider = match DockerProvider::connect(EngineLimits::default()).await {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::TRIAL_ERRORS;
-            }
-        };
+        let provider = rollout_launch::provider::docker()
+            .await
+            .map_err(CliError::failed)?;
         let opts = GcOptions {
             dry_run: args.dry_run,
             images: args.images,
             keep_per_env: args.keep_images,
             budget: args.images_budget,
         };
-        let items = match provider.gc(&rollout_runner::host_name(), opts).await {
-            Ok(i) => i,
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::TRIAL_ERRORS;
-            }
-        };
+        let items = provider
+            .gc(&rollout_runner::host_name(), opts)
+            .await
+            .map_err(CliError::failed)?;
         let failed = print_items(&items, true);
         println!(
             "{} item(s){}",
@@ -47,11 +33,39 @@ pub fn main(args: GcArgs) -> u8 {
                 ""
             }
         );
-        if failed > 0 {
+        Ok(if failed > 0 {
             exit::TRIAL_ERRORS
         } else {
             exit::OK
+        })
+    })
+}
+
+/// `rollout gc --env kubernetes`: the namespace's orphans.
+async fn kube(args: GcArgs) -> CliResult {
+    let provider = rollout_launch::provider::kube(&Default::default()).await?;
+    let items = provider
+        .gc(&rollout_runner::host_name(), args.dry_run)
+        .await
+        .map_err(CliError::failed)?;
+    let failed = print_items(&items, false);
+    println!(
+        "{} item(s) in namespace {}{}",
+        items.len(),
+        provider.namespace(),
+        if args.dry_run {
+            " (dry run: nothing removed)"
+        } else {
+            ""
         }
+    );
+    if args.images {
+        println!("images: --images applies to the local Docker engine; run `rollout gc --images` for them");
+    }
+    Ok(if failed > 0 {
+        exit::TRIAL_ERRORS
+    } else {
+        exit::OK
     })
 }
 

@@ -5,7 +5,7 @@
 //! not end in time, SIGKILL followed by a sweep of the job's containers.
 
 use crate::cli::ResumeArgs;
-use crate::exit;
+use crate::error::{exit, CliError, CliResult};
 use rollout_core::result::JobResult;
 use rollout_runner::writer::{RunControl, RunStatus, RUN_CONTROL};
 use std::path::Path;
@@ -52,75 +52,49 @@ fn wait_for(dir: &Path, secs: u64, cond: impl Fn(&RunControl) -> bool) -> bool {
     false
 }
 
-pub fn pause(dir: &Path) -> u8 {
-    let (c, alive) = match control(dir) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
+pub fn pause(dir: &Path) -> CliResult {
+    let (c, alive) = control(dir).map_err(CliError::Usage)?;
     if !alive || c.status != RunStatus::Running {
-        eprintln!(
-            "error: job {} is not running (status {:?}); nothing to pause",
+        return Err(CliError::usage(format!(
+            "job {} is not running (status {:?}); nothing to pause",
             dir.display(),
             c.status
-        );
-        return exit::USAGE;
+        )));
     }
-    if let Err(e) = signal(c.pid, libc::SIGUSR1) {
-        eprintln!("error: {e}");
-        return exit::TRIAL_ERRORS;
-    }
-    if wait_for(dir, 10, |c| c.status == RunStatus::Paused) {
-        let n = RunControl::load(dir).map_or(0, |c| c.active_trials.len());
-        println!("paused {}: no new trial starts; {n} running trial(s) go on. `rollout jobs resume` continues.", dir.display());
-        exit::OK
-    } else {
-        eprintln!(
-            "error: job {} did not report paused within 10 s",
+    signal(c.pid, libc::SIGUSR1).map_err(CliError::Failed)?;
+    if !wait_for(dir, 10, |c| c.status == RunStatus::Paused) {
+        return Err(CliError::failed(format!(
+            "job {} did not report paused within 10 s",
             dir.display()
-        );
-        exit::TRIAL_ERRORS
+        )));
     }
+    let n = RunControl::load(dir).map_or(0, |c| c.active_trials.len());
+    println!("paused {}: no new trial starts; {n} running trial(s) go on. `rollout jobs resume` continues.", dir.display());
+    Ok(exit::OK)
 }
 
-pub fn resume(args: ResumeArgs) -> u8 {
+pub fn resume(args: ResumeArgs) -> CliResult {
     let dir = &args.job_dir;
     if let Ok((c, true)) = control(dir) {
         if c.status == RunStatus::Paused {
-            if let Err(e) = signal(c.pid, libc::SIGUSR2) {
-                eprintln!("error: {e}");
-                return exit::TRIAL_ERRORS;
-            }
-            return if wait_for(dir, 10, |c| c.status == RunStatus::Running) {
-                println!("resumed {}", dir.display());
-                exit::OK
-            } else {
-                eprintln!(
-                    "error: job {} did not report running within 10 s",
+            signal(c.pid, libc::SIGUSR2).map_err(CliError::Failed)?;
+            if !wait_for(dir, 10, |c| c.status == RunStatus::Running) {
+                return Err(CliError::failed(format!(
+                    "job {} did not report running within 10 s",
                     dir.display()
-                );
-                exit::TRIAL_ERRORS
-            };
+                )));
+            }
+            println!("resumed {}", dir.display());
+            return Ok(exit::OK);
         }
     }
     crate::run::resume(args)
 }
 
-pub fn kill(dir: &Path) -> u8 {
-    let (c, alive) = match control(dir) {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
+pub fn kill(dir: &Path) -> CliResult {
+    let (c, alive) = control(dir).map_err(CliError::Usage)?;
     if alive && matches!(c.status, RunStatus::Running | RunStatus::Paused) {
-        if let Err(e) = signal(c.pid, libc::SIGTERM) {
-            eprintln!("error: {e}");
-            return exit::TRIAL_ERRORS;
-        }
+        signal(c.pid, libc::SIGTERM).map_err(CliError::Failed)?;
         let deadline = Instant::now() + KILL_GRACE;
         while rollout_core::owner_alive(c.pid, &c.host, &rollout_runner::host_name())
             && Instant::now() < deadline
@@ -137,34 +111,29 @@ pub fn kill(dir: &Path) -> u8 {
         }
     }
     // Whatever the process left (or a crash left) goes too.
-    let removed = sweep(&c.run_id);
+    let removed = sweep(dir, &c.run_id);
     let mut c = RunControl::load(dir).unwrap_or(c);
     c.status = RunStatus::Killed;
     c.active_trials.clear();
     c.updated_at = chrono::Utc::now();
-    if let Err(e) = rollout_runner::fsutil::write_json(&dir.join(RUN_CONTROL), &c) {
-        eprintln!("error: updating {}: {e}", dir.join(RUN_CONTROL).display());
-        return exit::TRIAL_ERRORS;
-    }
+    rollout_runner::fsutil::write_json(&dir.join(RUN_CONTROL), &c).map_err(|e| {
+        CliError::failed(format!("updating {}: {e}", dir.join(RUN_CONTROL).display()))
+    })?;
     println!(
         "killed {}{}",
         dir.display(),
         removed.map_or(String::new(), |n| format!("; removed {n} container(s)"))
     );
-    exit::OK
+    Ok(exit::OK)
 }
 
-/// Remove the containers of job `job_id`; None when the engine cannot be reached.
-fn sweep(job_id: &str) -> Option<usize> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .ok()?;
+/// Remove the containers of job `job_id` (in `dir`) from its provider; None when it cannot be
+/// reached.
+fn sweep(dir: &Path, job_id: &str) -> Option<usize> {
+    let config = rollout_core::JobConfig::load(&dir.join("config.json")).unwrap_or_default();
+    let rt = crate::error::runtime(Some(1)).ok()?;
     rt.block_on(async {
-        use rollout_env::Provider;
-        let p = rollout_env::docker::DockerProvider::connect(Default::default())
-            .await
-            .ok()?;
+        let p = rollout_launch::provider::connect(&config).await.ok()?;
         p.remove_labelled(rollout_core::labels::JOB, job_id)
             .await
             .ok()
@@ -199,11 +168,9 @@ fn count_results(dir: &Path) -> usize {
     })
 }
 
-pub fn list(jobs_dir: &Path) -> u8 {
-    let Ok(entries) = std::fs::read_dir(jobs_dir) else {
-        eprintln!("error: cannot read {}", jobs_dir.display());
-        return exit::USAGE;
-    };
+pub fn list(jobs_dir: &Path) -> CliResult {
+    let entries = std::fs::read_dir(jobs_dir)
+        .map_err(|_| CliError::usage(format!("cannot read {}", jobs_dir.display())))?;
     let mut dirs: Vec<_> = entries
         .flatten()
         .map(|e| e.path())
@@ -239,13 +206,15 @@ pub fn list(jobs_dir: &Path) -> u8 {
         );
     }
     println!("{} job(s) in {}", dirs.len(), jobs_dir.display());
-    exit::OK
+    Ok(exit::OK)
 }
 
-pub fn show(dir: &Path) -> u8 {
+pub fn show(dir: &Path) -> CliResult {
     if !dir.join("config.json").is_file() {
-        eprintln!("error: {} is not a job directory", dir.display());
-        return exit::USAGE;
+        return Err(CliError::usage(format!(
+            "{} is not a job directory",
+            dir.display()
+        )));
     }
     let (status, control) = status_of(dir);
     println!("job {}: {status}", dir.display());
@@ -265,5 +234,5 @@ pub fn show(dir: &Path) -> u8 {
             count_results(dir)
         ),
     }
-    exit::OK
+    Ok(exit::OK)
 }

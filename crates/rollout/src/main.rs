@@ -1,19 +1,13 @@
 //! `rollout`: run agents on tasks in containers, verify the outcome into a reward, record it all.
 
-mod ca;
 mod cli;
-mod experiment;
+mod error;
 mod gc;
 mod jobs_cmd;
-mod kube_cmd;
-mod metrics;
 mod pipeline_cmd;
-mod preflight;
 mod progress;
-mod prov_cmd;
 mod run;
 mod serve;
-mod signals;
 mod sources_cmd;
 mod summary;
 mod tasks_cmd;
@@ -21,13 +15,7 @@ mod tasks_cmd;
 use clap::Parser;
 use std::process::ExitCode;
 
-/// Exit statuses (documented in README).
-pub mod exit {
-    pub const OK: u8 = 0;
-    pub const TRIAL_ERRORS: u8 = 1;
-    pub const USAGE: u8 = 2;
-    pub const CANCELLED: u8 = 130;
-}
+pub use error::exit;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
@@ -38,31 +26,35 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .init();
-    prov_cmd::set_store(cli.store.clone());
+    rollout_prov::set_store(cli.store.clone());
     let code = match cli.command {
-        cli::Command::Run(args) => run::main(*args),
+        cli::Command::Run(args) => error::report(run::main(*args)),
         cli::Command::Tasks(cli::TasksCommand::Check(args)) => tasks_cmd::check(args),
         cli::Command::Tasks(cli::TasksCommand::Init(args)) => sources_cmd::tasks_init(args),
-        cli::Command::Jobs(cli::JobsCommand::Resume(args)) => jobs_cmd::resume(args),
-        cli::Command::Jobs(cli::JobsCommand::Pause(a)) => jobs_cmd::pause(&a.job_dir),
-        cli::Command::Jobs(cli::JobsCommand::Kill(a)) => jobs_cmd::kill(&a.job_dir),
-        cli::Command::Jobs(cli::JobsCommand::List { jobs_dir }) => jobs_cmd::list(&jobs_dir),
-        cli::Command::Jobs(cli::JobsCommand::Show(a)) => jobs_cmd::show(&a.job_dir),
+        cli::Command::Jobs(cli::JobsCommand::Resume(args)) => error::report(jobs_cmd::resume(args)),
+        cli::Command::Jobs(cli::JobsCommand::Pause(a)) => {
+            error::report(jobs_cmd::pause(&a.job_dir))
+        }
+        cli::Command::Jobs(cli::JobsCommand::Kill(a)) => error::report(jobs_cmd::kill(&a.job_dir)),
+        cli::Command::Jobs(cli::JobsCommand::List { jobs_dir }) => {
+            error::report(jobs_cmd::list(&jobs_dir))
+        }
+        cli::Command::Jobs(cli::JobsCommand::Show(a)) => error::report(jobs_cmd::show(&a.job_dir)),
         cli::Command::Datasets(cli::DatasetsCommand::List { registry }) => {
             sources_cmd::datasets_list(&registry)
         }
         cli::Command::Cache(cmd) => sources_cmd::cache(cmd),
-        cli::Command::Gc(args) => gc::main(args),
-        cli::Command::Preflight(args) => preflight::main(args),
-        cli::Command::Trace(args) => prov_cmd::trace(args),
-        cli::Command::Lineage(args) => prov_cmd::lineage(args),
-        cli::Command::Log(args) => prov_cmd::log(args),
-        cli::Command::Status(args) => prov_cmd::status(args),
-        cli::Command::Show(args) => prov_cmd::show(args),
-        cli::Command::Reproduce(args) => prov_cmd::reproduce::main(args),
-        cli::Command::Register(args) => prov_cmd::register::main(args),
+        cli::Command::Gc(args) => error::report(gc::main(args)),
+        cli::Command::Preflight(args) => error::report(run::preflight(args)),
+        cli::Command::Trace(args) => rollout_prov::trace(args),
+        cli::Command::Lineage(args) => rollout_prov::lineage(args),
+        cli::Command::Log(args) => rollout_prov::log(args),
+        cli::Command::Status(args) => rollout_prov::status(args),
+        cli::Command::Show(args) => rollout_prov::show(args),
+        cli::Command::Reproduce(args) => rollout_prov::reproduce::main(args),
+        cli::Command::Register(args) => rollout_prov::register::main(args),
         cli::Command::Pipeline(cmd) => pipeline_cmd::main(cmd),
-        cli::Command::Serve(args) => serve::main(*args),
+        cli::Command::Serve(args) => error::report(serve::main(*args)),
     };
     ExitCode::from(code)
 }

@@ -107,16 +107,9 @@ pub struct ScaffoldArgs {
 }
 
 pub fn main(cmd: PipelineCommand) -> u8 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match crate::error::runtime(Some(2)) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return crate::exit::TRIAL_ERRORS;
-        }
+        Err(e) => return crate::error::report(Err(e)),
     };
     rt.block_on(async move {
         match cmd {
@@ -135,19 +128,16 @@ fn is_url(s: &str) -> bool {
 
 /// First Ctrl-C/SIGTERM stops the stages (teardown still runs); the second stops teardown too.
 fn watch_signals(cancel: CancellationToken, abort: CancellationToken) {
-    tokio::spawn(async move {
-        use tokio::signal::unix::{signal, SignalKind};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            tracing::warn!("cannot watch SIGTERM");
-            return;
-        };
-        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
-        eprintln!("\nrollout: cancelling: the running command is stopped, later stages are skipped, teardown runs. Press Ctrl-C again to stop teardown too.");
-        cancel.cancel();
-        tokio::select! { _ = tokio::signal::ctrl_c() => {}, _ = term.recv() => {} }
-        eprintln!("rollout: stopping teardown");
-        abort.cancel();
-    });
+    rollout_launch::signals::on_interrupt(
+        move || {
+            eprintln!("\nrollout: cancelling: the running command is stopped, later stages are skipped, teardown runs. Press Ctrl-C again to stop teardown too.");
+            cancel.cancel();
+        },
+        move || async move {
+            eprintln!("rollout: stopping teardown");
+            abort.cancel();
+        },
+    );
 }
 
 fn status_line(r: &StageResult) -> String {
@@ -334,10 +324,10 @@ async fn run(a: RunArgs) -> u8 {
 /// A run with the store switched off records nothing.
 fn record_provenance(r: &PipelineResult) -> Result<(), String> {
     use rollout_store::{Job, JobKind, Session, Store};
-    if crate::prov_cmd::store_disabled() {
+    if rollout_prov::store_disabled() {
         return Ok(());
     }
-    let mut store = Store::open(&crate::prov_cmd::store_path()).map_err(|e| e.to_string())?;
+    let mut store = Store::open(&rollout_prov::store_path()).map_err(|e| e.to_string())?;
     let git = rollout_store::git::info(&r.repo.path).map(|mut g| {
         if let Some(c) = &r.repo.commit {
             g.commit = c.clone();
@@ -352,7 +342,7 @@ fn record_provenance(r: &PipelineResult) -> Result<(), String> {
         git: git.clone(),
     };
     store.ensure_session(&session).map_err(|e| e.to_string())?;
-    let refs = crate::prov_cmd::file_refs;
+    let refs = rollout_prov::file_refs;
     let abs = |p: &Path| {
         if p.is_absolute() {
             p.to_path_buf()
@@ -395,7 +385,7 @@ fn record_provenance(r: &PipelineResult) -> Result<(), String> {
         kind: JobKind::Pipeline,
         command: argv
             .iter()
-            .map(|a| crate::prov_cmd::shell_quote(a))
+            .map(|a| rollout_prov::shell_quote(a))
             .collect::<Vec<_>>()
             .join(" "),
         argv,

@@ -1,8 +1,7 @@
 //! `rollout serve`: the evaluation executor as an HTTP service (crate rollout-server).
 
-use crate::exit;
+use crate::error::{exit, CliError, CliResult};
 use clap::{Args, ValueEnum};
-use rollout_env::docker::{DockerProvider, EngineLimits};
 use rollout_env::Provider;
 use rollout_server::{AppState, Auth, ServerConfig};
 use std::net::SocketAddr;
@@ -78,7 +77,7 @@ pub struct ServeArgs {
     pub executor_image: Option<String>,
     /// Extra CAs environments trust (as for `rollout run`).
     #[arg(long = "ca-certs", default_value = "auto")]
-    pub ca_certs: crate::ca::CaCerts,
+    pub ca_certs: rollout_launch::ca::CaCerts,
     /// Let anyone read runs, trials and their event streams without credentials (secrets stay
     /// redacted; downloads still need credentials).
     #[arg(long = "public-reads")]
@@ -198,21 +197,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(n * mult))
 }
 
-pub fn main(args: ServeArgs) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return exit::TRIAL_ERRORS;
-        }
-    };
-    runtime.block_on(serve(args))
+pub fn main(args: ServeArgs) -> CliResult {
+    crate::error::runtime(None)?.block_on(serve(args))
 }
 
-async fn serve(args: ServeArgs) -> u8 {
+async fn serve(args: ServeArgs) -> CliResult {
     let auth = match args.auth {
         AuthArg::None => Ok(Auth::None),
         AuthArg::Token => Auth::tokens(
@@ -221,26 +210,15 @@ async fn serve(args: ServeArgs) -> u8 {
         ),
         AuthArg::Hotkey => Auth::hotkeys(args.hotkeys_file.as_deref()),
     };
-    let auth = match auth {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
+    let auth = auth.map_err(CliError::usage)?;
     if args.auth == AuthArg::None && !args.host.is_loopback() {
         eprintln!(
             "warning: listening on {} without authentication: anyone who reaches it can run code here (use --auth token|hotkey)",
             args.host
         );
     }
-    let data_dir = match std::path::absolute(&args.data_dir) {
-        Ok(d) => d,
-        Err(e) => {
-            eprintln!("error: --data-dir {}: {e}", args.data_dir.display());
-            return exit::USAGE;
-        }
-    };
+    let data_dir = std::path::absolute(&args.data_dir)
+        .map_err(|e| CliError::usage(format!("--data-dir {}: {e}", args.data_dir.display())))?;
     let mut config = ServerConfig::new(data_dir);
     config.max_batches = args.max_batches.max(1);
     config.max_concurrent_tasks = args.max_concurrent_tasks.max(1);
@@ -263,77 +241,41 @@ async fn serve(args: ServeArgs) -> u8 {
     config.resume_interrupted = args.resume_interrupted;
     config.executor_image = args.executor_image.clone();
     config.public_reads = args.public_reads;
-    if let Err(e) = apply_limits(&args, &mut config) {
-        eprintln!("error: {e}");
-        return exit::USAGE;
-    }
+    apply_limits(&args, &mut config).map_err(CliError::Usage)?;
     // The provenance store: the global --store (ROLLOUT_STORE), else one in the data directory;
     // `--store off` keeps none (the provenance endpoints then answer 404).
-    config.store_path = if crate::prov_cmd::store_disabled() {
+    config.store_path = if rollout_prov::store_disabled() {
         None
     } else {
-        Some(crate::prov_cmd::store_flag().unwrap_or_else(|| config.data_dir.join("rollout.db")))
+        Some(rollout_prov::store_flag().unwrap_or_else(|| config.data_dir.join("rollout.db")))
     };
-    config.ca_bundle = match crate::ca::bundle_or_exit(&args.ca_certs) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let provider: Arc<dyn Provider> = match DockerProvider::connect(EngineLimits::default()).await {
-        Ok(p) => Arc::new(p),
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::TRIAL_ERRORS;
-        }
-    };
-    let state = match AppState::new(config, auth, provider) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
+    config.ca_bundle = rollout_launch::ca::bundle(&args.ca_certs).map_err(CliError::Usage)?;
+    // A server runs on the local Docker engine (submitted jobs must say `environment.type:
+    // docker`), picked where every command picks its provider.
+    let provider: Arc<dyn Provider> = Arc::new(
+        rollout_launch::provider::docker()
+            .await
+            .map_err(CliError::failed)?,
+    );
+    let state = AppState::new(config, auth, provider).map_err(CliError::usage)?;
     let addr = SocketAddr::new(args.host, args.port);
-    let listener = match tokio::net::TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("error: cannot listen on {addr}: {e}");
-            return exit::USAGE;
-        }
-    };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| CliError::usage(format!("cannot listen on {addr}: {e}")))?;
     match listener.local_addr() {
         Ok(a) => println!("rollout serve listening on http://{a}"),
         Err(e) => eprintln!("warning: {e}"),
     }
     let stop = CancellationToken::new();
-    {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            use tokio::signal::unix::{signal, SignalKind};
-            let (Ok(mut term), Ok(mut int)) = (
-                signal(SignalKind::terminate()),
-                signal(SignalKind::interrupt()),
-            ) else {
-                eprintln!("warning: cannot watch SIGTERM/SIGINT");
-                return;
-            };
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
-            }
-            eprintln!("shutting down: finishing or cancelling running trials");
-            stop.cancel();
-        });
-    }
-    match rollout_server::serve(state, listener, stop).await {
-        Ok(()) => {
-            eprintln!("rollout serve stopped");
-            exit::OK
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            exit::TRIAL_ERRORS
-        }
-    }
+    rollout_launch::signals::shutdown_on_signal(
+        stop.clone(),
+        "shutting down: finishing or cancelling running trials",
+    );
+    rollout_server::serve(state, listener, stop)
+        .await
+        .map_err(CliError::failed)?;
+    eprintln!("rollout serve stopped");
+    Ok(exit::OK)
 }
 
 #[cfg(test)]

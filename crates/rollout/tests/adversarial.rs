@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::serve::Server;
 use common::*;
 use serde_json::Value;
 use std::os::unix::fs::PermissionsExt;
@@ -446,73 +447,16 @@ fn sigterm_during_a_hanging_verifier_ends_the_run_within_the_grace() {
 
 // --- through `rollout serve` ------------------------------------------------------------------
 
-/// A `rollout serve` process on a free loopback port (killed when dropped).
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-}
-
-impl Server {
-    fn start(data: &Path) -> Server {
-        require_docker();
-        std::fs::create_dir_all(data).unwrap();
-        let log = data.with_extension("log");
-        let mut child = rollout_cmd()
-            .args(["serve", "--port", "0", "--data-dir"])
-            .arg(data)
-            .args([
-                "--executor-image",
-                "debian:bookworm-slim",
-                "--ca-certs",
-                "none",
-                // The test's executor archives name a repository in a local directory.
-                "--allow-local-paths",
-            ])
-            .arg(data.parent().unwrap())
-            .env("ROLLOUT_CACHE_DIR", data.join("cache"))
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            let mut line = String::new();
-            let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
-        let base = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("http://"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "server did not start ({line:?}): {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Server { child, base, log }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A server whose archives may name a repository in the test's directory.
+fn start_server(data: &Path) -> Server {
+    let parent = data.parent().unwrap().to_str().unwrap().to_string();
+    Server::spawn(
+        data,
+        &data.join("cache"),
+        &data.with_extension("log"),
+        &["--allow-local-paths", parent.as_str()],
+        &[],
+    )
 }
 
 /// An executor archive with one task (`check` is its test script) and `agent` as the agent.
@@ -590,7 +534,7 @@ async fn submit(server: &Server, archive: &Path) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_scores_no_planted_reward_and_stays_responsive_under_a_hostile_agent() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(&tmp.path().join("data"));
+    let server = start_server(&tmp.path().join("data"));
     // The agent plants rewards (files, links, FIFOs), floods its logs and leaves a daemon.
     let agent = "mkdir -p /logs/verifier /logs/agent\n\
                  echo 1 > /logs/verifier/reward.txt\necho '{\"reward\": 1}' > /logs/verifier/reward.json\n\

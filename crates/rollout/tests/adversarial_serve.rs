@@ -4,89 +4,21 @@
 
 mod common;
 
-use common::*;
+use common::serve::Server;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-/// A `rollout serve` process on a free loopback port.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    data: PathBuf,
-}
-
-impl Server {
-    fn start(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        require_docker();
-        let data = root.join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let log = root.join("server.log");
-        let mut cmd = rollout_cmd();
-        cmd.args(["serve", "--port", "0", "--data-dir"])
-            .arg(&data)
-            .args([
-                "--executor-image",
-                "debian:bookworm-slim",
-                "--ca-certs",
-                "none",
-            ])
-            .args(extra)
-            .env("ROLLOUT_CACHE_DIR", root.join("cache"))
-            .env("ROLLOUT_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "server did not start: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-        let base = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("http://"))
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Server {
-            child,
-            base,
-            log,
-            data,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A server with its data, cache and log under `root`.
+fn start_server(root: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    Server::spawn(
+        &root.join("data"),
+        &root.join("cache"),
+        &root.join("server.log"),
+        extra,
+        env,
+    )
 }
 
 fn client() -> reqwest::Client {
@@ -235,7 +167,7 @@ fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 async fn submitted_tasks_and_jobs_cannot_read_the_servers_environment() {
     let tmp = tempfile::tempdir().unwrap();
     let secret = "server-secret-6d1c0a57b9";
-    let server = Server::start(tmp.path(), &[], &[("SERVE_ADV_SECRET", secret)]);
+    let server = start_server(tmp.path(), &[], &[("SERVE_ADV_SECRET", secret)]);
     let forbidden = [tmp.path()];
     for (name, toml) in [
         (
@@ -296,7 +228,7 @@ async fn submitted_tasks_and_jobs_cannot_read_the_servers_environment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repositories_and_registries_on_the_servers_side_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(tmp.path(), &[], &[]);
+    let server = start_server(tmp.path(), &[], &[]);
     // The server's own paths (the submitted ones may be echoed: the submitter wrote them).
     let cache = tmp.path().join("cache");
     let forbidden = [server.data.as_path(), cache.as_path()];
@@ -398,7 +330,7 @@ async fn repositories_and_registries_on_the_servers_side_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_settings_are_validated_like_the_cli_and_capped_by_the_operator() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(
+    let server = start_server(
         tmp.path(),
         &[
             "--max-memory-mb",
@@ -559,7 +491,7 @@ async fn job_details_need_credentials_and_never_show_submitted_secrets() {
     let tmp = tempfile::tempdir().unwrap();
     let token = "adv-token-0c9b1e";
     let hashes = blake3::hash(token.as_bytes()).to_hex().to_string();
-    let server = Server::start(
+    let server = start_server(
         tmp.path(),
         &["--auth", "token"],
         &[("ROLLOUT_SERVE_TOKEN_HASHES", &hashes)],
@@ -710,7 +642,7 @@ async fn job_details_need_credentials_and_never_show_submitted_secrets() {
 async fn public_reads_open_reads_but_keep_secrets_redacted() {
     let tmp = tempfile::tempdir().unwrap();
     let hashes = blake3::hash(b"t0k").to_hex().to_string();
-    let server = Server::start(
+    let server = start_server(
         tmp.path(),
         &["--auth", "token", "--public-reads"],
         &[("ROLLOUT_SERVE_TOKEN_HASHES", &hashes)],
@@ -729,7 +661,7 @@ async fn an_allowed_registry_cannot_lead_outside_the_allowed_directories() {
     let tmp = tempfile::tempdir().unwrap();
     let allowed = tmp.path().join("allowed");
     std::fs::create_dir_all(&allowed).unwrap();
-    let server = Server::start(
+    let server = start_server(
         tmp.path(),
         &["--allow-local-paths", allowed.to_str().unwrap()],
         &[],

@@ -4,133 +4,30 @@
 
 mod common;
 
+use common::serve::Server;
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// A `rollout serve` process on a free loopback port.
-struct Server {
-    child: Child,
-    base: String,
-    log: PathBuf,
-    /// The Authorization header `get` and `poll` send, for a server whose reads need one.
-    auth: Option<String>,
+/// A server for these tests: archives may name repositories in the test's directory.
+fn start_server(data: &Path, cache: &Path, extra: &[&str]) -> Server {
+    start_server_env(data, cache, extra, &[])
 }
 
-impl Server {
-    fn start(data: &Path, cache: &Path, extra: &[&str]) -> Server {
-        Self::start_env(data, cache, extra, &[])
-    }
-
-    fn start_env(data: &Path, cache: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        require_docker();
-        std::fs::create_dir_all(data).unwrap();
-        let log = data.with_extension(format!("{}.log", std::process::id()));
-        let log = log.with_file_name(format!(
-            "{}-{}.log",
-            data.file_name().unwrap().to_string_lossy(),
-            uuid_like()
-        ));
-        let mut cmd = rollout_cmd();
-        cmd.args(["serve", "--port", "0", "--data-dir"])
-            .arg(data)
-            .args([
-                "--executor-image",
-                "debian:bookworm-slim",
-                "--ca-certs",
-                "none",
-            ])
-            .args(extra)
-            // The executor archives of these tests name repositories in the test's directory.
-            .arg("--allow-local-paths")
-            .arg(data.parent().unwrap())
-            .env("ROLLOUT_CACHE_DIR", cache)
-            .env("ROLLOUT_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(&log).unwrap());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "server did not start: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            });
-        let base = line
-            .trim()
-            .rsplit(' ')
-            .next()
-            .filter(|u| u.starts_with("http://"))
-            .unwrap_or_else(|| {
-                panic!(
-                    "unexpected first line {line:?}: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })
-            .to_string();
-        Server {
-            child,
-            base,
-            log,
-            auth: None,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn ws_url(&self, path: &str) -> String {
-        format!("{}{path}", self.base.replacen("http://", "ws://", 1))
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: i32) {
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-
-    /// Wait (bounded) for the process to exit; returns its exit code.
-    fn wait_exit(&mut self, secs: u64) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "server did not exit within {secs} s:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn start_server_env(data: &Path, cache: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    let log = data.with_file_name(format!(
+        "{}-{}.log",
+        data.file_name().unwrap().to_string_lossy(),
+        uuid_like()
+    ));
+    let parent = data.parent().unwrap().to_str().unwrap().to_string();
+    let mut args: Vec<&str> = extra.to_vec();
+    // The executor archives of these tests name repositories in the test's directory.
+    args.extend(["--allow-local-paths", parent.as_str()]);
+    Server::spawn(data, cache, &log, &args, env)
 }
 
 fn uuid_like() -> String {
@@ -361,7 +258,7 @@ async fn seed_client_flow_streams_events_and_reports_results() {
     let kp = keypair(1);
     std::fs::write(tmp.path().join("hotkeys"), format!("{}\n", hotkey_of(&kp))).unwrap();
     // The seed's clients sign submissions only: their server opens reads.
-    let server = Server::start(
+    let server = start_server(
         &tmp.path().join("data"),
         &tmp.path().join("cache"),
         &[
@@ -519,7 +416,7 @@ async fn authentication_refuses_missing_bad_replayed_and_unlisted_credentials() 
         format!("# allowed\n{}\n", hotkey_of(&kp)),
     )
     .unwrap();
-    let server = Server::start(
+    let server = start_server(
         &tmp.path().join("hk"),
         &tmp.path().join("cache"),
         &[
@@ -602,7 +499,7 @@ async fn authentication_refuses_missing_bad_replayed_and_unlisted_credentials() 
         format!("{}\n", blake3::hash(token.as_bytes()).to_hex()),
     )
     .unwrap();
-    let tserver = Server::start(
+    let tserver = start_server(
         &tmp.path().join("tk"),
         &tmp.path().join("cache"),
         &[
@@ -659,7 +556,7 @@ fn python(script: &str) {
 async fn oversized_and_hostile_archives_are_refused_and_leave_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let server = Server::start(
+    let server = start_server(
         &data,
         &tmp.path().join("cache"),
         &["--max-archive-bytes", "200000"],
@@ -738,7 +635,7 @@ async fn a_batch_interrupted_by_a_crash_is_marked_then_resumed() {
     let data = tmp.path().join("data");
     let cache = tmp.path().join("cache");
     let archive = executor_archive(tmp.path(), "slow", 6);
-    let mut a = Server::start(&data, &cache, &[]);
+    let mut a = start_server(&data, &cache, &[]);
     let (s, b) = submit(&a, &archive, "", &[]).await;
     assert_eq!(s, 202, "{b}");
     let id = b["batch_id"].as_str().unwrap().to_string();
@@ -758,7 +655,7 @@ async fn a_batch_interrupted_by_a_crash_is_marked_then_resumed() {
     );
 
     // Restart: the batch is interrupted, never lost, and its containers are removed.
-    let mut b_server = Server::start(&data, &cache, &[]);
+    let mut b_server = start_server(&data, &cache, &[]);
     let batch = get(&b_server, &format!("/batch/{id}")).await;
     assert_eq!(batch["status"], "interrupted", "{batch}");
     assert!(batch["error"]
@@ -779,7 +676,7 @@ async fn a_batch_interrupted_by_a_crash_is_marked_then_resumed() {
     assert_eq!(b_server.wait_exit(60), Some(0));
 
     // With --resume-interrupted the batch runs to the end.
-    let c = Server::start(&data, &cache, &["--resume-interrupted"]);
+    let c = start_server(&data, &cache, &["--resume-interrupted"]);
     let batch = poll(&c, &format!("/batch/{id}"), 300, |v| {
         v["status"] == "completed"
     })
@@ -792,7 +689,7 @@ async fn a_batch_interrupted_by_a_crash_is_marked_then_resumed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_batches_queue_beyond_the_limit_and_cancel_cleans_up() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start(
+    let server = start_server(
         &tmp.path().join("data"),
         &tmp.path().join("cache"),
         &["--max-batches", "2"],
@@ -966,7 +863,7 @@ async fn native_job_api_streams_events_lists_trials_and_serves_files() {
     let tmp = tempfile::tempdir().unwrap();
     let token = "native-token-51c2";
     let hashes = blake3::hash(token.as_bytes()).to_hex().to_string();
-    let mut server = Server::start_env(
+    let mut server = start_server_env(
         &tmp.path().join("data"),
         &tmp.path().join("cache"),
         &["--auth", "token"],
@@ -1198,7 +1095,7 @@ async fn sigterm_cancels_after_the_grace_and_old_runs_expire() {
     let data = tmp.path().join("data");
     let cache = tmp.path().join("cache");
     // Finished runs older than the TTL disappear with their files.
-    let server = Server::start(&data, &cache, &["--ttl", "3"]);
+    let server = start_server(&data, &cache, &["--ttl", "3"]);
     let fast = executor_archive(tmp.path(), "fast", 0);
     let (s, b) = submit(&server, &fast, "", &[]).await;
     assert_eq!(s, 202, "{b}");
@@ -1239,7 +1136,7 @@ async fn sigterm_cancels_after_the_grace_and_old_runs_expire() {
     drop(server);
 
     // SIGTERM: running trials get the grace period, then are cancelled; nothing is left.
-    let mut server = Server::start(&data, &cache, &["--shutdown-grace", "1"]);
+    let mut server = start_server(&data, &cache, &["--shutdown-grace", "1"]);
     let slow = executor_archive(tmp.path(), "slow", 600);
     let (s, b) = submit(&server, &slow, "", &[]).await;
     assert_eq!(s, 202, "{b}");
@@ -1263,7 +1160,7 @@ async fn sigterm_cancels_after_the_grace_and_old_runs_expire() {
         "{}",
         server.log()
     );
-    let again = Server::start(&data, &cache, &[]);
+    let again = start_server(&data, &cache, &[]);
     let batch = get(&again, &format!("/batch/{id}")).await;
     assert_eq!(batch["status"], "interrupted", "{batch}");
 }
@@ -1287,7 +1184,7 @@ async fn register_pushes_lineage_that_the_server_stores_and_answers() {
     )
     .unwrap();
     let server_store = tmp.path().join("server/rollout.db");
-    let server = Server::start_env(
+    let server = start_server_env(
         &tmp.path().join("data"),
         &tmp.path().join("cache"),
         &[

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod fake_llm;
+pub mod serve;
 pub mod steps_task;
 
 use serde_json::Value;

@@ -4,8 +4,8 @@
 pub mod register;
 pub mod reproduce;
 
-use crate::exit;
 use clap::Args;
+use rollout_launch::exit;
 use rollout_store::{ArtifactKind, FileRef, Job, JobKind, LineageNode, Store, StoreError};
 use serde::Deserialize;
 use std::ffi::OsString;
@@ -53,26 +53,6 @@ fn open_store() -> Result<Store, u8> {
         eprintln!("error: {e}");
         exit::USAGE
     })
-}
-
-/// The recorder `rollout run` subscribes to its runner (None when recording is off).
-pub fn trial_recorder() -> Option<std::sync::Arc<rollout_runner::provenance::TrialRecorder>> {
-    if store_disabled() {
-        return None;
-    }
-    Some(std::sync::Arc::new(
-        rollout_runner::provenance::TrialRecorder::start(store_path(), std::env::args().collect()),
-    ))
-}
-
-/// Wait for the recorder and print its warnings (recording never fails a run).
-pub fn finish_recorder(r: Option<std::sync::Arc<rollout_runner::provenance::TrialRecorder>>) {
-    if let Some(r) = r {
-        let report = r.finish();
-        for w in report.warnings {
-            eprintln!("warning: provenance: {w}");
-        }
-    }
 }
 
 /// `.rollout/provenance.toml` next to the store: optional settings.

@@ -15,10 +15,10 @@
 //!   <trial_name>/, config.json, result.json, run_control.json   (rollout's job layout)
 //! ```
 
-use crate::cli::RunArgs;
-use crate::exit;
+use crate::{LaunchError, Overrides};
 use rollout_core::experiment::{self, Experiment, ImageSource};
 use rollout_core::result::TrialResult;
+use rollout_core::JobConfig;
 use rollout_runner::events::{Event, EventSink};
 use rollout_runner::fsutil::write_json;
 use rollout_runner::writer::RUN_CONTROL;
@@ -38,22 +38,39 @@ pub const TRIAL_INDEX: &str = "trials/index.json";
 /// Default parent of run directories, as AgentLab's.
 pub const RUNS_DIR: &str = ".lab/runs";
 
-/// `rollout run FILE` where FILE is an experiment.
-pub fn run(file: &Path, args: &RunArgs) -> u8 {
-    let exp = match experiment::load(file) {
-        Ok(e) => e,
-        Err(e) => {
-            for m in &e.errors {
-                eprintln!("error: {}: {m}", e.file.display());
-            }
-            return exit::USAGE;
-        }
-    };
-    let runs_dir = args.jobs_dir.clone().unwrap_or_else(|| RUNS_DIR.into());
-    let run_name = match &args.job_name {
-        Some(n) if n.is_empty() || n.contains('/') || n == "." || n == ".." => {
-            eprintln!("error: --job-name {n:?} must be a plain directory name");
-            return exit::USAGE;
+/// A new experiment run, prepared: its rows are task directories in the run directory, and the
+/// job configuration has the request's overrides.
+pub struct Prepared {
+    pub exp: Experiment,
+    pub config: JobConfig,
+    pub run_dir: PathBuf,
+}
+
+impl Prepared {
+    /// Nothing ran: leave no half-made run directory behind.
+    pub fn discard(&self) {
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// Prepare a new run of the experiment `file` (`rollout run FILE` where FILE is an
+/// experiment). Of the overrides, the run's place (`jobs_dir`, `job_name`) and its execution
+/// settings apply; the experiment defines the tasks and agents.
+pub fn prepare(file: &Path, o: &Overrides) -> Result<Prepared, LaunchError> {
+    let exp = experiment::load(file).map_err(|e| {
+        LaunchError::Problems(
+            e.errors
+                .iter()
+                .map(|m| format!("{}: {m}", e.file.display()))
+                .collect(),
+        )
+    })?;
+    let runs_dir = o.jobs_dir.clone().unwrap_or_else(|| RUNS_DIR.into());
+    let run_name = match &o.job_name {
+        Some(n) if !crate::plain_name(n) => {
+            return Err(LaunchError::Invalid(format!(
+                "--job-name {n:?} must be a plain directory name"
+            )))
         }
         Some(n) => n.clone(),
         None => format!(
@@ -64,12 +81,11 @@ pub fn run(file: &Path, args: &RunArgs) -> u8 {
     };
     let run_dir = runs_dir.join(&run_name);
     if run_dir.exists() {
-        eprintln!(
-            "error: run directory {} exists: continue it with `rollout jobs resume {}`, or choose another --job-name",
+        return Err(LaunchError::Invalid(format!(
+            "run directory {} exists: continue it with `rollout jobs resume {}`, or choose another --job-name",
             run_dir.display(),
             run_dir.display()
-        );
-        return exit::USAGE;
+        )));
     }
     let tasks_dir = run_dir.join(rollout_runner::plan::INPUTS_DIR);
     let prepared = match rollout_sources::experiment::prepare(&exp, &tasks_dir) {
@@ -77,89 +93,52 @@ pub fn run(file: &Path, args: &RunArgs) -> u8 {
         Err(errors) => {
             // Nothing ran: leave no half-made run directory behind.
             let _ = std::fs::remove_dir_all(&run_dir);
-            for m in errors {
-                eprintln!("error: {m}");
-            }
-            return exit::USAGE;
+            return Err(LaunchError::Problems(errors));
         }
     };
     let mut config = prepared.config;
-    if let Err(e) = std::fs::create_dir_all(&runs_dir) {
-        eprintln!("error: cannot create {}: {e}", runs_dir.display());
-        return exit::USAGE;
-    }
+    std::fs::create_dir_all(&runs_dir)
+        .map_err(|e| LaunchError::Invalid(format!("cannot create {}: {e}", runs_dir.display())))?;
     config.name = Some(run_name.clone());
     config.jobs_dir = Some(runs_dir.canonicalize().unwrap_or(runs_dir));
-    if let Some(n) = args.n_concurrent {
+    if let Some(n) = o.n_concurrent {
         config.n_concurrent_trials = Some(n.max(1));
     }
-    if let Some(n) = args.max_retries {
+    if let Some(n) = o.max_retries {
         config
             .retry
             .get_or_insert_with(Default::default)
             .max_retries = n;
     }
-    if let Some(m) = args
-        .timeout_multiplier
-        .filter(|m| m.is_finite() && *m > 0.0)
-    {
+    if let Some(m) = o.timeout_multiplier.filter(|m| m.is_finite() && *m > 0.0) {
         config.timeout_multiplier = Some(m);
     }
-    config.environment.force_build = args.force_build;
-    if let Some(n) = args.n_tasks {
+    config.environment.force_build = o.force_build;
+    if let Some(n) = o.n_tasks {
         for d in &mut config.datasets {
             d.n_tasks = Some(n);
         }
     }
-    if !args.no_preflight && !crate::preflight::gate(&config, Vec::new()) {
-        let _ = std::fs::remove_dir_all(&run_dir);
-        return exit::USAGE;
-    }
-    let ca_bundle = match crate::ca::bundle_or_exit(&args.ca_certs) {
-        Ok(b) => b,
-        Err(code) => return code,
-    };
-    let tasks = match crate::run::load_tasks(&mut config, ca_bundle.clone()) {
-        Ok(t) => t,
-        Err(code) => return code,
-    };
-    let plan = match JobPlan::new(config, tasks) {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
-    if let Err(e) = write_json(&plan.job_dir.join("experiment.json"), &exp) {
-        eprintln!("error: writing {}: {e}", plan.job_dir.display());
-        return exit::TRIAL_ERRORS;
-    }
-    eprintln!(
-        "experiment {}: run directory {}",
-        exp.id,
-        plan.job_dir.display()
-    );
-    execute(&exp, plan, args.json, ca_bundle)
+    Ok(Prepared {
+        exp,
+        config,
+        run_dir,
+    })
 }
 
-/// Run the plan (a new run's, or the rest of a resumed one) with the experiment layout written
-/// beside it; an error writing the layout makes the exit status at least
-/// [`exit::TRIAL_ERRORS`].
-pub fn execute(exp: &Experiment, plan: JobPlan, json: bool, ca_bundle: Option<Vec<u8>>) -> u8 {
-    let sink = match ExperimentSink::new(exp, &plan) {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!(
-                "error: writing {}: {e}",
-                plan.job_dir.join(TRIAL_INDEX).display()
-            );
-            return exit::TRIAL_ERRORS;
-        }
-    };
-    crate::run::execute(plan, json, ca_bundle, vec![sink.clone()]).max(if sink.error().is_some() {
-        exit::TRIAL_ERRORS
-    } else {
-        0
+/// Record the experiment in its run directory (`experiment.json`) before the run starts.
+pub fn record(exp: &Experiment, plan: &JobPlan) -> Result<(), LaunchError> {
+    write_json(&plan.job_dir.join("experiment.json"), exp)
+        .map_err(|e| LaunchError::Io(format!("writing {}: {e}", plan.job_dir.display())))
+}
+
+/// The sink that writes the seed's layout beside the plan's job directory.
+pub fn sink(exp: &Experiment, plan: &JobPlan) -> Result<Arc<ExperimentSink>, LaunchError> {
+    ExperimentSink::new(exp, plan).map(Arc::new).map_err(|e| {
+        LaunchError::Io(format!(
+            "writing {}: {e}",
+            plan.job_dir.join(TRIAL_INDEX).display()
+        ))
     })
 }
 

@@ -10,12 +10,22 @@
 //! that fails to load is still walked task by task, so that the file checks can say what is
 //! missing in each task rather than only that the source failed.
 
-use crate::cli::{Cli, Command, PreflightArgs, RunArgs};
-use crate::exit;
-use clap::Parser;
+/// What `rollout preflight` checks: a job file (or experiment file) and the flags it shares with
+/// `rollout run`.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// A job file (YAML or JSON), or an experiment file.
+    pub config: Option<PathBuf>,
+    /// Task directories, dataset directories or JSONL row files.
+    pub paths: Vec<PathBuf>,
+    /// Agents to check.
+    pub agents: Vec<String>,
+    /// Build (or pull) every image needed instead of only checking they can be.
+    pub build: bool,
+}
 use rollout_agents::Agent;
 use rollout_core::experiment;
-use rollout_core::job_config::{AgentSpec, EnvironmentType, PullPolicy};
+use rollout_core::job_config::{AgentSpec, PullPolicy};
 use rollout_core::task_config::{NetworkMode, TaskConfig};
 use rollout_core::timeouts::{Multipliers, Timeouts};
 use rollout_core::{labels, JobConfig, Task, TaskFilter};
@@ -27,7 +37,6 @@ use rollout_sources::git::GitCache;
 use rollout_sources::job::{load_job_tasks, SourceOptions};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -191,28 +200,17 @@ fn names<S: AsRef<str>>(items: &[S]) -> String {
     shown.join(", ")
 }
 
-pub fn main(args: PreflightArgs) -> u8 {
-    let checks = run_checks(&args);
-    let ok = !checks.iter().any(Check::is_error);
-    if args.json {
-        match serde_json::to_string_pretty(&Report {
-            ok,
-            checks: &checks,
-        }) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return exit::TRIAL_ERRORS;
-            }
-        }
-    } else {
-        print!("{}", render(&checks));
-    }
-    if ok {
-        exit::OK
-    } else {
-        exit::TRIAL_ERRORS
-    }
+/// The JSON report: `{"ok", "checks": [...]}`.
+pub fn json_report(checks: &[Check]) -> serde_json::Result<String> {
+    serde_json::to_string_pretty(&Report {
+        ok: passed(checks),
+        checks,
+    })
+}
+
+/// Whether no check failed with severity `error`.
+pub fn passed(checks: &[Check]) -> bool {
+    !checks.iter().any(Check::is_error)
 }
 
 /// The text report: one line per check, then a summary line.
@@ -242,7 +240,7 @@ pub fn render(checks: &[Check]) -> String {
 }
 
 /// Run every check; the result always holds all of [`CHECKS`], in order.
-pub fn run_checks(args: &PreflightArgs) -> Vec<Check> {
+pub fn run_checks(args: &Request) -> Vec<Check> {
     let (config_check, loaded) = check_config(args);
     let Some(loaded) = loaded else {
         let mut checks = vec![config_check];
@@ -414,7 +412,7 @@ pub fn gate(config: &JobConfig, dataset_errors: Vec<String>) -> bool {
 // config_valid
 
 /// The job configuration exactly as `rollout run` would build it from the same file and flags.
-fn check_config(args: &PreflightArgs) -> (Check, Option<Loaded>) {
+fn check_config(args: &Request) -> (Check, Option<Loaded>) {
     if let Some(file) = args
         .config
         .as_deref()
@@ -503,36 +501,15 @@ fn check_experiment(file: &Path) -> (Check, Option<Loaded>) {
 }
 
 /// config_valid of a job file and flags.
-fn check_job_config(args: &PreflightArgs) -> (Check, Option<JobConfig>) {
+fn check_job_config(args: &Request) -> (Check, Option<JobConfig>) {
     let mut p = Problems::default();
-    // Parse as `rollout run` with the same flags, so that flags mean the same in both commands
-    // (and new `run` flags with defaults need nothing here).
-    let mut argv: Vec<OsString> = vec!["rollout".into(), "run".into()];
-    // `--flag=value`, so that a value starting with `-` stays a value.
-    for path in &args.paths {
-        let mut arg = OsString::from("--path=");
-        arg.push(path);
-        argv.push(arg);
-    }
-    for a in &args.agents {
-        argv.push(format!("--agent={a}").into());
-    }
-    if let Some(c) = &args.config {
-        argv.push("--".into());
-        argv.push(c.into());
-    }
-    let run_args: RunArgs = match Cli::try_parse_from(argv) {
-        Ok(Cli {
-            command: Command::Run(a),
-            ..
-        }) => *a,
-        Ok(_) => unreachable!("the argv names the run command"),
-        Err(e) => {
-            p.error(format!("invalid flags: {}", one_line(&e.to_string())));
-            return (p.into_check(CONFIG_VALID, ""), None);
-        }
+    // The same configuration `rollout run` builds from the same file and flags.
+    let overrides = crate::Overrides {
+        paths: args.paths.clone(),
+        agents: args.agents.clone(),
+        ..Default::default()
     };
-    let config = match crate::run::job_config(&run_args) {
+    let config = match crate::job_config(args.config.as_deref(), &overrides) {
         Ok(c) => c,
         Err(e) => {
             let hint = match &args.config {
@@ -545,11 +522,9 @@ fn check_job_config(args: &PreflightArgs) -> (Check, Option<JobConfig>) {
             return (p.into_check(CONFIG_VALID, ""), None);
         }
     };
-    if config.environment.kind != EnvironmentType::Docker {
-        p.error(format!(
-            "environment type {:?} is not available in this build of rollout; use docker",
-            config.environment.kind
-        ));
+    // The provider the run would pick: one it does not have is refused here as there.
+    if let Err(e) = crate::provider::check(&config, &[]) {
+        p.error(e.to_string());
     }
     if let Some(name) = &config.name {
         let dir = config
@@ -1006,10 +981,8 @@ fn check_trial_input(tasks: &[Candidate], agents: &[ResolvedAgent]) -> Check {
         if t.checksum.is_empty() {
             p.error(format!("{name}: the task's files cannot all be read"));
         }
-        if t.config.environment.network_mode == NetworkMode::Allowlist {
-            p.error(format!(
-                "{name}: network_mode = \"allowlist\" cannot be enforced by the Docker provider; use \"public\" or \"no-network\""
-            ));
+        if let Err(e) = crate::enforceable(t) {
+            p.error(format!("{name}: {e}"));
         }
         for (table, env) in [
             ("[environment] env", &t.config.environment.env),
@@ -1386,7 +1359,12 @@ async fn check_container(
         docker_root: None,
     };
     if config.environment.kind == rollout_core::job_config::EnvironmentType::Kubernetes {
-        match crate::kube_cmd::reachable(config).await {
+        let loaded: Vec<Task> = tasks.iter().map(|c| c.task.clone()).collect();
+        if let Err(e) = crate::provider::check(config, &loaded) {
+            p.error(e.to_string());
+            return (p.into_check(CONTAINER_READY, ""), facts);
+        }
+        match crate::provider::kube_reachable(config).await {
             Ok(note) => return (p.into_check(CONTAINER_READY, note), facts),
             Err(e) => p.error(e),
         }

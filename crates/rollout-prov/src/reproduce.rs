@@ -4,8 +4,8 @@
 //! trial again (same task digest, agent configuration, job settings) and comparing rewards.
 
 use super::{open_store, resolve_artifact, short, store_path};
-use crate::exit;
 use clap::Args;
+use rollout_launch::exit;
 use rollout_store::{FileRef, Job, JobKind, Store};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -595,29 +595,14 @@ fn trial(args: &ReproduceArgs, job: &Job) -> u8 {
         eprintln!("error: writing {}: {e}", job_file.display());
         return exit::TRIAL_ERRORS;
     }
-    let exe = match std::env::current_exe() {
-        Ok(e) => e,
-        Err(e) => {
-            eprintln!("error: cannot find the rollout executable: {e}");
-            return exit::TRIAL_ERRORS;
-        }
-    };
     eprintln!("reproduce: running the trial again");
-    let out = run_bounded(
-        Command::new(exe)
-            .arg("--store")
-            .arg(store_path())
-            .arg("run")
-            .arg(&job_file)
-            .arg("-o")
-            .arg(tmp.path())
-            .args(["--job-name", "reproduce", "--json"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit()),
-        Duration::from_secs_f64(args.step_timeout.max(1.0)),
-    );
-    // run_bounded returns None on a non-zero exit too: read the result file instead.
-    let _ = out;
+    // In this process, through the launcher `rollout run` uses: the same job file, placed in
+    // the temporary directory as `-o DIR --job-name reproduce` would.
+    if let Err(e) = rerun(&job_file, tmp.path(), args.step_timeout) {
+        for line in e.lines() {
+            eprintln!("error: {line}");
+        }
+    }
     let job_dir = tmp.path().join("reproduce");
     let trial = std::fs::read_dir(&job_dir).ok().and_then(|rd| {
         rd.flatten()
@@ -694,6 +679,46 @@ fn trial(args: &ReproduceArgs, job: &Job) -> u8 {
     } else {
         exit::TRIAL_ERRORS
     }
+}
+
+/// Run the job file `job_file` as `rollout run JOB_FILE -o DIR --job-name reproduce` would
+/// (preflight included), bounded by `timeout_secs`.
+fn rerun(
+    job_file: &Path,
+    dir: &Path,
+    timeout_secs: f64,
+) -> Result<(), rollout_launch::LaunchError> {
+    use rollout_launch::{LaunchError, Launcher, Overrides, PlanMode};
+    let overrides = Overrides {
+        jobs_dir: Some(dir.to_path_buf()),
+        job_name: Some("reproduce".into()),
+        ..Default::default()
+    };
+    let config = rollout_launch::job_config(Some(job_file), &overrides)?;
+    if !rollout_launch::preflight::gate(&config, Vec::new()) {
+        return Err(LaunchError::Invalid(
+            "the trial's job did not pass preflight".into(),
+        ));
+    }
+    let launcher = Launcher {
+        ca_bundle: rollout_launch::ca::bundle(&rollout_launch::ca::CaCerts::Auto)
+            .map_err(LaunchError::Invalid)?,
+        store: Some(store_path()),
+        argv: std::env::args().collect(),
+        script_metrics: true,
+        ..Default::default()
+    };
+    let done = launcher.run_to_end(
+        config,
+        PlanMode::NewOrResume {
+            retry_errors: false,
+        },
+        Duration::from_secs_f64(timeout_secs.max(1.0)),
+    )?;
+    for w in &done.provenance_warnings {
+        eprintln!("warning: provenance: {w}");
+    }
+    Ok(())
 }
 
 /// The engine ids the local Docker engine has now for `references` (absent ones left out; an

@@ -48,14 +48,6 @@ fn pem_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// [`bundle`] for a command: the error is printed and becomes the usage exit status.
-pub fn bundle_or_exit(setting: &CaCerts) -> Result<Option<Vec<u8>>, u8> {
-    bundle(setting).map_err(|e| {
-        eprintln!("error: {e}");
-        crate::exit::USAGE
-    })
-}
-
 /// The bundle to install, or None when there is nothing extra to trust.
 pub fn bundle(setting: &CaCerts) -> Result<Option<Vec<u8>>, String> {
     let extras: Vec<PathBuf> = match setting {

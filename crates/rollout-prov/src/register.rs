@@ -4,8 +4,8 @@
 //! environments and metadata.
 
 use super::{load_config, open_store, resolve_artifact, short};
-use crate::exit;
 use clap::Args;
+use rollout_launch::exit;
 use rollout_store::Redactor;
 use std::time::Duration;
 
