@@ -137,7 +137,7 @@ pub fn kill(dir: &Path) -> u8 {
         }
     }
     // Whatever the process left (or a crash left) goes too.
-    let removed = sweep(&c.run_id);
+    let removed = sweep(dir, &c.run_id);
     let mut c = RunControl::load(dir).unwrap_or(c);
     c.status = RunStatus::Killed;
     c.active_trials.clear();
@@ -149,19 +149,32 @@ pub fn kill(dir: &Path) -> u8 {
     println!(
         "killed {}{}",
         dir.display(),
-        removed.map_or(String::new(), |n| format!("; removed {n} container(s)"))
+        removed.map_or(String::new(), |n| format!("; removed {n} container(s) or pod(s)"))
     );
     exit::OK
 }
 
-/// Remove the containers of job `job_id`; None when the engine cannot be reached.
-fn sweep(job_id: &str) -> Option<usize> {
+/// Remove the containers (pods, for a job on Kubernetes) of job `job_id`; None when the
+/// engine or cluster cannot be reached.
+fn sweep(dir: &Path, job_id: &str) -> Option<usize> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .ok()?;
     rt.block_on(async {
         use rollout_env::Provider;
+        let config = rollout_core::JobConfig::load(&dir.join("config.json")).ok();
+        if let Some(kube) = config.as_ref().map(crate::kube_cmd::provider_for) {
+            if let Some(p) = kube.await {
+                return p
+                    .map_err(|e| eprintln!("error: {e}"))
+                    .ok()?
+                    .remove_labelled(rollout_core::labels::JOB, job_id)
+                    .await
+                    .map_err(|e| eprintln!("error: removing the job's pods: {e}"))
+                    .ok();
+            }
+        }
         let p = rollout_env::docker::DockerProvider::connect(Default::default())
             .await
             .ok()?;
