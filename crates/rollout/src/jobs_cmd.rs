@@ -149,7 +149,9 @@ pub fn kill(dir: &Path) -> u8 {
     println!(
         "killed {}{}",
         dir.display(),
-        removed.map_or(String::new(), |n| format!("; removed {n} container(s) or pod(s)"))
+        removed.map_or(String::new(), |n| format!(
+            "; removed {n} container(s) or pod(s)"
+        ))
     );
     exit::OK
 }

@@ -883,6 +883,9 @@ fn jobs_kill_removes_the_pods_of_a_job_on_the_cluster() {
         "stdout:\n{stdout}\nstderr:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("removed 1 container(s) or pod(s)"), "{stdout}");
+    assert!(
+        stdout.contains("removed 1 container(s) or pod(s)"),
+        "{stdout}"
+    );
     assert_no_pods(&id);
 }
