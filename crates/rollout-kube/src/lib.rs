@@ -976,6 +976,30 @@ mod tests {
               "ready": false, "restartCount": 0, "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}
         }));
         assert!(matches!(start_state(&oom), StartState::Failed(_, m) if m.contains("OOMKilled")));
+        // A compose pod runs once every container has started; a one-shot sidecar that
+        // already ended counts as started, one still waiting for its image names itself.
+        let containers = serde_json::json!([{"name": "main"}, {"name": "seed"}, {"name": "api"}]);
+        let status = |api: serde_json::Value| {
+            pod(
+                serde_json::json!({"spec": {"containers": containers.clone()},
+              "status": {"phase": "Running", "containerStatuses": [
+                {"name": "main", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}},
+                {"name": "seed", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0}}},
+                {"name": "api", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": api}]}}),
+            )
+        };
+        assert_eq!(
+            start_state(&status(serde_json::json!({"running": {}}))),
+            StartState::Running
+        );
+        assert!(matches!(
+            start_state(&status(serde_json::json!({"waiting": {"reason": "ContainerCreating"}}))),
+            StartState::Waiting(r) if r == "container api: ContainerCreating"
+        ));
+        assert!(matches!(
+            start_state(&status(serde_json::json!({"waiting": {"reason": "ErrImageNeverPull", "message": "m"}}))),
+            StartState::PullFailed(c, _) if c == "api"
+        ));
         let evicted = pod(serde_json::json!({
             "status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: ephemeral-storage."}
         }));
