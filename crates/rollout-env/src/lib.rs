@@ -211,6 +211,17 @@ pub trait Provider: Send + Sync {
         false
     }
 
+    /// Why this provider cannot run `project` faithfully, if it cannot (checked right after
+    /// the compose file is read, before any image is made); `None` when it can. The trial then
+    /// fails with `environment_unsupported` and this message.
+    fn compose_unsupported(
+        &self,
+        project: &rollout_core::compose::ComposeProject,
+    ) -> Option<String> {
+        let _ = project;
+        None
+    }
+
     /// Create and start a multi-container environment: the task's compose services around
     /// the main container made from `image` and `spec` (see [`compose`]). Providers that cannot
     /// run compose services refuse with [`EnvError::Unsupported`], never start main alone.

@@ -172,10 +172,12 @@ impl KubeEnvironment {
             Ok(Ok(p)) => {
                 let status = p.status.unwrap_or_default();
                 let phase = status.phase.clone().unwrap_or_default();
+                // Only main's end loses the trial: a compose sidecar may end by design.
                 let terminated = status
                     .container_statuses
                     .iter()
                     .flatten()
+                    .filter(|c| c.name == pod::CONTAINER)
                     .find_map(|c| c.state.as_ref()?.terminated.clone());
                 if phase == "Failed" || phase == "Succeeded" || terminated.is_some() {
                     let reason = terminated

@@ -9,6 +9,7 @@
 //! Docker engine, tagged by the environment's content hash and pushed once to `image_registry`.
 //! The kubeconfig is found the usual way (`KUBECONFIG`, `~/.kube/config`, in-cluster).
 
+pub mod compose;
 mod env;
 pub mod gc;
 pub mod pod;
@@ -21,9 +22,11 @@ use bollard::query_parameters::{PushImageOptions, TagImageOptions};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, LogParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
+use rollout_core::compose::{ComposeProject, Condition, ServiceImage, MAIN_IMAGE_PLACEHOLDER};
+use rollout_env::compose::ComposeOptions;
 use rollout_env::docker::{DockerProvider, EngineLimits};
 use rollout_env::{EnvError, EnvSpec, Environment, ImageSource, PreparedImage, Provider};
 use std::collections::{BTreeMap, HashMap};
@@ -349,6 +352,189 @@ impl KubeProvider {
         .await
     }
 
+    /// Create the trial's pod (with its compose services when `compose` is given), wait until
+    /// it runs (and main's dependencies meet their conditions); on any error the pod goes.
+    async fn start_pod(
+        &self,
+        image: &PreparedImage,
+        spec: &EnvSpec,
+        compose: Option<(&ComposeProject, &BTreeMap<String, String>, Duration)>,
+    ) -> Result<Box<dyn Environment>, EnvError> {
+        let _slot = self
+            .create_slots
+            .acquire()
+            .await
+            .expect("semaphore never closed");
+        let name = pod::pod_name(&spec.name, &short_random());
+        let pods = self.pods();
+        let policies = self.policies();
+        let guard = PodGuard {
+            pods: pods.clone(),
+            policies: policies.clone(),
+            slots: self.delete_slots.clone(),
+            name: Some(name.clone()),
+        };
+        if let Some(policy) = pod::deny_all_policy(&name, spec) {
+            bounded(
+                "creating the network policy that denies the pod's traffic",
+                policies.create(&PostParams::default(), &policy),
+            )
+            .await
+            .map_err(|e| match e {
+                EnvError::Api { context, message } => EnvError::StartFailed(format!(
+                    "{context}: {message} (network_mode = \"no-network\" needs permission to create networkpolicies)"
+                )),
+                other => other,
+            })?;
+        }
+        let body = match compose {
+            Some((project, images, _)) => compose::compose_pod(
+                &name,
+                &image.reference,
+                spec,
+                &self.settings,
+                project,
+                images,
+            ),
+            None => pod::trial_pod(&name, &image.reference, spec, &self.settings),
+        };
+        bounded(
+            "creating the pod",
+            pods.create(&PostParams::default(), &body),
+        )
+        .await
+        .map_err(|e| match e {
+            EnvError::Api { context, message } => {
+                EnvError::StartFailed(format!("{context} {name}: {message}"))
+            }
+            other => other,
+        })?;
+        self.wait_running(&name, &image.reference).await?;
+        if let Some((project, _, start_timeout)) = compose {
+            self.wait_dependencies(&name, project, start_timeout)
+                .await?;
+        }
+        guard.disarm();
+        Ok(Box::new(env::KubeEnvironment::new(
+            self.client.clone(),
+            self.namespace.clone(),
+            name,
+            self.delete_slots.clone(),
+        )))
+    }
+
+    /// Wait until every dependency of main meets its condition (`service_healthy`: the
+    /// sidecar's readiness probe passed; `service_completed_successfully`: it ended with 0),
+    /// or fail naming the service, with its last output or the pod's events.
+    async fn wait_dependencies(
+        &self,
+        name: &str,
+        project: &ComposeProject,
+        start_timeout: Duration,
+    ) -> Result<(), EnvError> {
+        let mut pending: Vec<(&rollout_core::compose::Service, Condition)> = project
+            .main
+            .depends_on
+            .iter()
+            .filter(|(_, c)| **c != Condition::Started)
+            .map(|(dep, c)| (&project.services[dep], *c))
+            .collect();
+        let started = Instant::now();
+        let mut pause = Duration::from_millis(100);
+        let pods = self.pods();
+        while !pending.is_empty() {
+            let pod = bounded("reading the pod's status", pods.get(name)).await?;
+            let status = pod.status.unwrap_or_default();
+            if status.phase.as_deref() == Some("Failed") {
+                let events = self.events_of(name).await;
+                return Err(EnvError::StartFailed(format!(
+                    "pod {name} failed while main waited for its services: {}; events: {events}",
+                    status.reason.unwrap_or_default()
+                )));
+            }
+            let statuses = status.container_statuses.unwrap_or_default();
+            let mut still = Vec::new();
+            for (svc, condition) in pending {
+                let st = statuses.iter().find(|c| c.name == svc.name);
+                let ended = st.and_then(|c| c.state.as_ref()?.terminated.clone());
+                let elapsed = started.elapsed();
+                match condition {
+                    Condition::Healthy => {
+                        if st.is_some_and(|c| c.ready) {
+                            continue;
+                        }
+                        if let Some(t) = ended {
+                            return Err(EnvError::StartFailed(format!(
+                                "service `{}` (which `main` waits for with service_healthy) exited with {} before it was healthy{}",
+                                svc.name,
+                                t.exit_code,
+                                self.logs_tail(name, &svc.name).await
+                            )));
+                        }
+                        let deadline = svc
+                            .healthcheck
+                            .as_ref()
+                            .map_or(start_timeout, |h| h.deadline() + Duration::from_secs(10));
+                        if elapsed > deadline {
+                            let events = self.events_of(name).await;
+                            return Err(EnvError::Unhealthy(format!(
+                                "service `{}` was not healthy within {:.0} s (its readiness probe never passed); pod {name} events: {events}",
+                                svc.name,
+                                deadline.as_secs_f64()
+                            )));
+                        }
+                    }
+                    Condition::CompletedSuccessfully => {
+                        if let Some(t) = ended {
+                            if t.exit_code == 0 {
+                                continue;
+                            }
+                            return Err(EnvError::StartFailed(format!(
+                                "service `{}` (which `main` waits for with service_completed_successfully) exited with {}{}",
+                                svc.name,
+                                t.exit_code,
+                                self.logs_tail(name, &svc.name).await
+                            )));
+                        }
+                        if elapsed > start_timeout {
+                            return Err(EnvError::StartFailed(format!(
+                                "service `{}` did not finish within {:.0} s (`main` waits for it with service_completed_successfully)",
+                                svc.name,
+                                start_timeout.as_secs_f64()
+                            )));
+                        }
+                    }
+                    Condition::Started => continue,
+                }
+                still.push((svc, condition));
+            }
+            pending = still;
+            if !pending.is_empty() {
+                // Polling the API server's view of the pod: short at first, then every second.
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+        }
+        Ok(())
+    }
+
+    /// The last lines a container of the pod wrote, for error messages.
+    async fn logs_tail(&self, pod: &str, container: &str) -> String {
+        let params = LogParams {
+            container: Some(container.to_string()),
+            tail_lines: Some(20),
+            limit_bytes: Some(EVENTS_CAP as i64),
+            ..Default::default()
+        };
+        match bounded("reading a service's output", self.pods().logs(pod, &params)).await {
+            Ok(text) if !text.trim().is_empty() => {
+                let text: String = text.trim().chars().take(EVENTS_CAP).collect();
+                format!("; its last output: {text}")
+            }
+            _ => String::new(),
+        }
+    }
+
     /// Wait until the pod's container runs, or fail with a typed error naming why.
     async fn wait_running(&self, name: &str, image: &str) -> Result<(), EnvError> {
         let pods = self.pods();
@@ -359,10 +545,22 @@ impl KubeProvider {
             let last_reason = match start_state(&pod) {
                 StartState::Running => return Ok(()),
                 StartState::Waiting(reason) => reason,
-                StartState::PullFailed(message) => {
+                StartState::PullFailed(container, message) => {
                     let events = self.events_of(name).await;
+                    let image = if container == pod::CONTAINER {
+                        image.to_string()
+                    } else {
+                        let sidecar = pod
+                            .spec
+                            .iter()
+                            .flat_map(|s| &s.containers)
+                            .find(|c| c.name == container)
+                            .and_then(|c| c.image.clone())
+                            .unwrap_or_default();
+                        format!("{sidecar} (service {container})")
+                    };
                     return Err(EnvError::PullFailed {
-                        image: image.to_string(),
+                        image,
                         message: format!("{message}; pod {name} events: {events}"),
                     });
                 }
@@ -416,14 +614,34 @@ pub(crate) async fn delete_pod_with(
     }
 }
 
+/// Name the compose service whose image failed.
+fn with_service(e: EnvError, service: &str) -> EnvError {
+    match e {
+        EnvError::BuildFailed {
+            image,
+            message,
+            log,
+        } => EnvError::BuildFailed {
+            image: format!("{image} (service {service})"),
+            message,
+            log,
+        },
+        EnvError::PullFailed { image, message } => EnvError::PullFailed {
+            image: format!("{image} (service {service})"),
+            message,
+        },
+        other => other,
+    }
+}
+
 /// Where a starting pod stands.
 #[derive(Debug, PartialEq)]
 enum StartState {
     Running,
     /// Still starting (scheduling, pulling…), with the current reason.
     Waiting(String),
-    /// The image cannot be pulled.
-    PullFailed(String),
+    /// The image of this container cannot be pulled.
+    PullFailed(String, String),
     /// The pod or its container failed before it ran.
     Failed(String, String),
 }
@@ -466,32 +684,54 @@ fn start_state(pod: &Pod) -> StartState {
         };
         return StartState::Failed(reason, message);
     }
+    // Every container has started (a compose sidecar may already have ended: whether that
+    // matters is for main's depends_on to say); main must be running.
+    let expected = pod.spec.as_ref().map_or(1, |s| s.containers.len());
+    let mut started = 0;
+    let mut waiting = None;
     for c in status.container_statuses.iter().flatten() {
         let Some(state) = &c.state else { continue };
+        let who = if c.name == pod::CONTAINER {
+            String::new()
+        } else {
+            format!("container {}: ", c.name)
+        };
         if state.running.is_some() {
-            return StartState::Running;
+            started += 1;
+            continue;
         }
         if let Some(w) = &state.waiting {
             let reason = w.reason.clone().unwrap_or_default();
             let message = w.message.clone().unwrap_or_default();
             if PULL_FAILURES.contains(&reason.as_str()) {
-                return StartState::PullFailed(format!("{reason}: {message}"));
+                return StartState::PullFailed(c.name.clone(), format!("{reason}: {message}"));
             }
             if START_FAILURES.contains(&reason.as_str()) {
-                return StartState::Failed(reason, message);
+                return StartState::Failed(format!("{who}{reason}"), message);
             }
-            return StartState::Waiting(if message.is_empty() {
-                reason
+            waiting.get_or_insert(if message.is_empty() {
+                format!("{who}{reason}")
             } else {
-                format!("{reason}: {message}")
+                format!("{who}{reason}: {message}")
             });
+            continue;
         }
         if let Some(t) = &state.terminated {
+            if c.name != pod::CONTAINER {
+                started += 1;
+                continue;
+            }
             return StartState::Failed(
                 t.reason.clone().unwrap_or_else(|| "Terminated".into()),
                 format!("exit code {}", t.exit_code),
             );
         }
+    }
+    if let Some(reason) = waiting {
+        return StartState::Waiting(reason);
+    }
+    if started > 0 && started >= expected {
+        return StartState::Running;
     }
     // Not yet scheduled: say why (Unschedulable and its message).
     let scheduled = status
@@ -600,53 +840,63 @@ impl Provider for KubeProvider {
         image: &PreparedImage,
         spec: &EnvSpec,
     ) -> Result<Box<dyn Environment>, EnvError> {
-        let _slot = self
-            .create_slots
-            .acquire()
-            .await
-            .expect("semaphore never closed");
-        let name = pod::pod_name(&spec.name, &short_random());
-        let pods = self.pods();
-        let policies = self.policies();
-        let guard = PodGuard {
-            pods: pods.clone(),
-            policies: policies.clone(),
-            slots: self.delete_slots.clone(),
-            name: Some(name.clone()),
-        };
-        if let Some(policy) = pod::deny_all_policy(&name, spec) {
-            bounded(
-                "creating the network policy that denies the pod's traffic",
-                policies.create(&PostParams::default(), &policy),
-            )
-            .await
-            .map_err(|e| match e {
-                EnvError::Api { context, message } => EnvError::StartFailed(format!(
-                    "{context}: {message} (network_mode = \"no-network\" needs permission to create networkpolicies)"
-                )),
-                other => other,
-            })?;
+        self.start_pod(image, spec, None).await
+    }
+
+    fn supports_compose(&self) -> bool {
+        true
+    }
+
+    fn compose_unsupported(&self, project: &ComposeProject) -> Option<String> {
+        compose::unsupported(project)
+    }
+
+    /// The services become containers of the trial's pod (see [`compose`]).
+    async fn create_compose(
+        &self,
+        image: &PreparedImage,
+        spec: &EnvSpec,
+        project: &ComposeProject,
+        options: &ComposeOptions,
+    ) -> Result<Box<dyn Environment>, EnvError> {
+        if let Some(why) = compose::unsupported(project) {
+            return Err(EnvError::Unsupported(why));
         }
-        let body = pod::trial_pod(&name, &image.reference, spec, &self.settings);
-        bounded(
-            "creating the pod",
-            pods.create(&PostParams::default(), &body),
-        )
-        .await
-        .map_err(|e| match e {
-            EnvError::Api { context, message } => {
-                EnvError::StartFailed(format!("{context} {name}: {message}"))
+        // Images first: no pod exists before every image is in the registry.
+        let image_labels = BTreeMap::from([(
+            rollout_core::labels::MANAGED.to_string(),
+            "true".to_string(),
+        )]);
+        let prepared = futures_util::future::join_all(project.services.values().map(|s| {
+            let labels = &image_labels;
+            async move {
+                let reference = match &s.image {
+                    ServiceImage::Build(context) => {
+                        let source = ImageSource::Build {
+                            context: context.clone(),
+                            timeout: options.build_timeout,
+                            force: options.force_build,
+                            pull: options.pull,
+                        };
+                        self.prepare_image(&source, labels)
+                            .await
+                            .map_err(|e| with_service(e, &s.name))?
+                            .reference
+                    }
+                    ServiceImage::Image(r) if r == MAIN_IMAGE_PLACEHOLDER => {
+                        image.reference.clone()
+                    }
+                    ServiceImage::Image(r) => r.clone(),
+                };
+                Ok::<_, EnvError>((s.name.clone(), reference))
             }
-            other => other,
-        })?;
-        self.wait_running(&name, &image.reference).await?;
-        guard.disarm();
-        Ok(Box::new(env::KubeEnvironment::new(
-            self.client.clone(),
-            self.namespace.clone(),
-            name,
-            self.delete_slots.clone(),
-        )))
+        }))
+        .await;
+        let images = prepared
+            .into_iter()
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        self.start_pod(image, spec, Some((project, &images, options.start_timeout)))
+            .await
     }
 
     /// GPUs become `nvidia.com/gpu` limits (the scheduler places the pod on a node that has
@@ -714,7 +964,7 @@ mod tests {
               "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"x\""}}}]}
         }));
         assert!(
-            matches!(start_state(&backoff), StartState::PullFailed(m) if m.contains("Back-off"))
+            matches!(start_state(&backoff), StartState::PullFailed(c, m) if c == "main" && m.contains("Back-off"))
         );
         let running = pod(serde_json::json!({
             "status": {"phase": "Running", "containerStatuses": [{"name": "main", "image": "x", "imageID": "",
@@ -726,6 +976,30 @@ mod tests {
               "ready": false, "restartCount": 0, "state": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}
         }));
         assert!(matches!(start_state(&oom), StartState::Failed(_, m) if m.contains("OOMKilled")));
+        // A compose pod runs once every container has started; a one-shot sidecar that
+        // already ended counts as started, one still waiting for its image names itself.
+        let containers = serde_json::json!([{"name": "main"}, {"name": "seed"}, {"name": "api"}]);
+        let status = |api: serde_json::Value| {
+            pod(
+                serde_json::json!({"spec": {"containers": containers.clone()},
+              "status": {"phase": "Running", "containerStatuses": [
+                {"name": "main", "image": "x", "imageID": "", "ready": true, "restartCount": 0, "state": {"running": {}}},
+                {"name": "seed", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": {"terminated": {"exitCode": 0}}},
+                {"name": "api", "image": "x", "imageID": "", "ready": false, "restartCount": 0, "state": api}]}}),
+            )
+        };
+        assert_eq!(
+            start_state(&status(serde_json::json!({"running": {}}))),
+            StartState::Running
+        );
+        assert!(matches!(
+            start_state(&status(serde_json::json!({"waiting": {"reason": "ContainerCreating"}}))),
+            StartState::Waiting(r) if r == "container api: ContainerCreating"
+        ));
+        assert!(matches!(
+            start_state(&status(serde_json::json!({"waiting": {"reason": "ErrImageNeverPull", "message": "m"}}))),
+            StartState::PullFailed(c, _) if c == "api"
+        ));
         let evicted = pod(serde_json::json!({
             "status": {"phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: ephemeral-storage."}
         }));

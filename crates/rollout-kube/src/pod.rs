@@ -74,12 +74,12 @@ pub fn object_labels(spec: &EnvSpec, pod: &str) -> BTreeMap<String, String> {
 }
 
 /// A Kubernetes quantity of mebibytes.
-fn mebibytes(mb: u64) -> Quantity {
+pub(crate) fn mebibytes(mb: u64) -> Quantity {
     Quantity(format!("{mb}Mi"))
 }
 
 /// A Kubernetes CPU quantity in millicores (at least 1m).
-fn millicores(cpus: f64) -> Quantity {
+pub(crate) fn millicores(cpus: f64) -> Quantity {
     Quantity(format!("{}m", ((cpus * 1000.0).round() as i64).max(1)))
 }
 

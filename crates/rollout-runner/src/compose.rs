@@ -38,10 +38,23 @@ pub(crate) fn load(
         ("MEMORY", format!("{}M", spec.memory_mb)),
     ]);
     vars.extend(infra.into_iter().map(|(k, v)| (k.to_string(), v)));
-    compose::load(&env_dir, &vars).map_err(|e| {
+    let project = compose::load(&env_dir, &vars).map_err(|e| {
         ErrorInfo::new(
             ErrorKind::EnvironmentUnsupported,
             format!("multi-container task refused: {e}"),
         )
-    })
+    })?;
+    if let Some(why) = project
+        .as_ref()
+        .and_then(|p| provider.compose_unsupported(p))
+    {
+        return Err(ErrorInfo::new(
+            ErrorKind::EnvironmentUnsupported,
+            format!(
+                "multi-container task refused on the {} provider: {why}",
+                provider.name()
+            ),
+        ));
+    }
+    Ok(project)
 }

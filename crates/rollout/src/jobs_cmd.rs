@@ -122,7 +122,9 @@ pub fn kill(dir: &Path) -> CliResult {
     println!(
         "killed {}{}",
         dir.display(),
-        removed.map_or(String::new(), |n| format!("; removed {n} container(s)"))
+        removed.map_or(String::new(), |n| format!(
+            "; removed {n} container(s) or pod(s)"
+        ))
     );
     Ok(exit::OK)
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::compose_task::{http_task, task};
 use common::*;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -586,29 +587,89 @@ fn a_three_step_task_runs_its_steps_in_one_pod() {
 }
 
 #[test]
-fn a_compose_task_is_refused_on_the_cluster_and_never_runs_without_its_services() {
-    // Compose services do not map to the trial's pod yet: the task's trials fail with a typed
-    // environment_unsupported error, before any image is pushed or pod created; the other
-    // tasks of the job still run.
+fn compose_services_run_as_containers_of_the_trial_pod() {
+    // The Docker compose tests' HTTP sidecar (built from its own Dockerfile, pushed to the
+    // registry, healthchecked; main waits for service_healthy and reaches it as `api`), and a
+    // one-shot service that seeds a shared named volume before main starts
+    // (service_completed_successfully). Oracle 1, nop 0, and no pod left.
     let tmp = tempfile::tempdir().unwrap();
-    let t = tmp.path().join("with-sidecar");
-    for (rel, text) in [
-        ("instruction.md", "Ask the api service.\n"),
-        (
-            "task.toml",
-            "version = \"1.0\"\n[environment]\ndocker_image = \"debian:bookworm-slim\"\n",
-        ),
-        (
-            "environment/docker-compose.yaml",
-            "services:\n  main:\n    depends_on: [api]\n  api:\n    image: debian:bookworm-slim\n    command: [\"sleep\", \"infinity\"]\n",
-        ),
-        ("solution/solve.sh", "#!/bin/bash\ntrue\n"),
-        ("tests/test.sh", "#!/bin/bash\necho 1 > /logs/verifier/reward.txt\n"),
-    ] {
-        let p = t.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
+    let http = http_task(tmp.path(), "http-sidecar", "");
+    let seeded = task(
+        tmp.path(),
+        "seeded-volume",
+        r#"services:
+  main:
+    depends_on:
+      seed:
+        condition: service_completed_successfully
+    volumes:
+      - shared:/shared:ro
+  seed:
+    image: debian:bookworm-slim
+    entrypoint: ["/bin/sh", "-c"]
+    command: ["echo \"seeded by $$WHO\" > /data/seed"]
+    environment:
+      WHO: seed
+    volumes:
+      - shared:/data
+volumes:
+  shared:
+"#,
+        "#!/bin/bash\ncp /shared/seed /app/answer.txt\n",
+        "seeded by seed",
+    );
+    let started = Instant::now();
+    let run = run_k8s(
+        &[
+            "-p",
+            http.to_str().unwrap(),
+            "-p",
+            seeded.to_str().unwrap(),
+            "-a",
+            "oracle",
+            "-a",
+            "nop",
+            "-n",
+            "4",
+        ],
+        &[],
+    );
+    eprintln!(
+        "compose job on the cluster: {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let trials = run.trials();
+    assert_eq!(trials.len(), 4, "stderr:\n{}", run.stderr());
+    for t in &trials {
+        assert!(t["error"].is_null(), "trial errored: {t}");
+        assert_eq!(t["environment"]["type"], "kubernetes", "{t}");
+        let expected = if t["agent"]["name"] == "oracle" {
+            1.0
+        } else {
+            0.0
+        };
+        assert_eq!(
+            t["reward"], expected,
+            "{} with {}: {t}",
+            t["task_name"], t["agent"]["name"]
+        );
     }
+    assert_no_pods(&job_id(&run.job_dir));
+}
+
+#[test]
+fn compose_tasks_a_pod_cannot_express_are_refused_before_any_pod() {
+    // Two services listening on one port cannot share a pod's network namespace: the task's
+    // trials fail with environment_unsupported naming both, before any image is pushed or pod
+    // created; the other task of the job still runs.
+    let tmp = tempfile::tempdir().unwrap();
+    let t = task(
+        tmp.path(),
+        "same-port",
+        "services:\n  web:\n    image: debian:bookworm-slim\n    command: [\"sleep\", \"infinity\"]\n    expose: [\"8080\"]\n  admin:\n    image: debian:bookworm-slim\n    command: [\"sleep\", \"infinity\"]\n    expose: [\"8000-8090\"]\n",
+        "#!/bin/bash\necho x > /app/answer.txt\n",
+        "x",
+    );
     let run = run_k8s(
         &[
             "-p",
@@ -624,7 +685,7 @@ fn a_compose_task_is_refused_on_the_cluster_and_never_runs_without_its_services(
     assert_eq!(trials.len(), 2, "stderr:\n{}", run.stderr());
     let refused = trials
         .iter()
-        .find(|t| t["task_name"] == "with-sidecar")
+        .find(|t| t["task_name"] == "same-port")
         .unwrap();
     assert_eq!(
         error_type(refused),
@@ -633,14 +694,198 @@ fn a_compose_task_is_refused_on_the_cluster_and_never_runs_without_its_services(
     );
     let msg = refused["error"]["message"].as_str().unwrap();
     assert!(
-        msg.contains("kubernetes") && msg.contains("docker-compose.yaml"),
+        msg.contains("kubernetes")
+            && msg.contains("docker-compose.yaml")
+            && msg.contains("`admin` and `web` both expose port 8080/tcp"),
         "{msg}"
     );
     assert!(refused["reward"].is_null());
+    assert!(
+        refused["environment"]["image"].is_null(),
+        "nothing was built or pushed: {refused}"
+    );
     let other = trials
         .iter()
         .find(|t| t["task_name"] == "hello-prebuilt")
         .unwrap();
     assert_eq!(other["reward"], 1.0, "{other}");
     assert_no_pods(&job_id(&run.job_dir));
+}
+
+#[test]
+fn a_sidecar_that_never_becomes_healthy_fails_the_trial_and_leaves_no_pod() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t = task(
+        tmp.path(),
+        "never-healthy",
+        "services:\n  main:\n    depends_on:\n      db:\n        condition: service_healthy\n  db:\n    image: debian:bookworm-slim\n    command: [\"sleep\", \"infinity\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"echo not yet; exit 1\"]\n      interval: 1s\n      timeout: 1s\n      retries: 1\n",
+        "#!/bin/bash\necho x > /app/answer.txt\n",
+        "x",
+    );
+    let run = run_k8s(&["-p", t.to_str().unwrap(), "-a", "oracle"], &[]);
+    let trial = run.trial();
+    assert_eq!(
+        error_type(&trial),
+        Some("environment_healthcheck_failed"),
+        "{trial}"
+    );
+    let msg = trial["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("service `db` was not healthy"), "{msg}");
+    assert!(trial["reward"].is_null());
+    assert_no_pods(&job_id(&run.job_dir));
+}
+
+/// Reward and error type of each trial of a job, by trial name.
+fn outcomes(run: &Run) -> BTreeMap<String, (Value, Option<String>)> {
+    run.trials()
+        .iter()
+        .map(|t| {
+            (
+                t["trial_name"].as_str().unwrap_or_default().to_string(),
+                (t["reward"].clone(), error_type(t).map(str::to_string)),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn docker_and_the_cluster_give_the_same_outcome_trial_by_trial() {
+    // One set of tasks, run on Docker and on the cluster: a normal task, one whose verifier
+    // installs from the package mirrors (apt's index from deb.debian.org, a small pure-Python
+    // package from PyPI over HTTPS through the proxy whose CA rollout injects), a failing one,
+    // one whose verifier times out, one without tests/test.sh. Each trial must end the same way
+    // on both, and as expected.
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let write = common::compose_task::write;
+    let hello = root.join("hello");
+    rollout_env::archive::copy_tree(&fixture("hello-prebuilt"), &hello).unwrap();
+    let simple = |name: &str, toml: &str, test: Option<&str>| {
+        let t = root.join(name);
+        write(&t, "instruction.md", "Write the answer to /tmp/answer.\n");
+        write(&t, "task.toml", toml);
+        write(
+            &t,
+            "solution/solve.sh",
+            "#!/bin/bash\necho 41 > /tmp/answer\n",
+        );
+        if let Some(test) = test {
+            write(&t, "tests/test.sh", test);
+        }
+        t
+    };
+    let prebuilt = "version = \"1.0\"\n[agent]\ntimeout_sec = 30\n[verifier]\ntimeout_sec = 5\n[environment]\ndocker_image = \"debian:bookworm-slim\"\n";
+    let mirrors = simple(
+        "mirrors",
+        "version = \"1.0\"\n[agent]\ntimeout_sec = 30\n[verifier]\ntimeout_sec = 300\n[environment]\nbuild_timeout_sec = 900\n",
+        Some(
+            "#!/bin/bash\n# apt's index and a pure-Python wheel from PyPI, as a verifier installing its test deps does.\n\
+             echo 0 > /logs/verifier/reward.txt\n\
+             timeout 120 apt-get update > /logs/verifier/apt.log 2>&1 || exit 0\n\
+             timeout 120 pip install --no-deps --break-system-packages --target /tmp/pkg six==1.16.0 > /logs/verifier/pip.log 2>&1 || exit 0\n\
+             PYTHONPATH=/tmp/pkg python3 -c 'import six; assert six.__version__ == \"1.16.0\"' && echo 1 > /logs/verifier/reward.txt\n",
+        ),
+    );
+    // The https-pip fixture's image: Debian's pip, without the ca-certificates package.
+    write(
+        &mirrors,
+        "environment/Dockerfile",
+        &std::fs::read_to_string(fixture("https-pip").join("environment/Dockerfile")).unwrap(),
+    );
+    let failing = simple(
+        "failing",
+        prebuilt,
+        Some("#!/bin/bash\n[ \"$(cat /tmp/answer)\" = 42 ] && echo 1 > /logs/verifier/reward.txt || echo 0 > /logs/verifier/reward.txt\n"),
+    );
+    let slow = simple(
+        "slow-verifier",
+        prebuilt,
+        Some("#!/bin/bash\nsleep 60\necho 1 > /logs/verifier/reward.txt\n"),
+    );
+    let untested = simple("no-tests", prebuilt, None);
+    let mut args: Vec<&str> = Vec::new();
+    for t in [&hello, &mirrors, &failing, &slow, &untested] {
+        args.extend(["-p", t.to_str().unwrap()]);
+    }
+    args.extend(["-a", "oracle", "-n", "5"]);
+    let started = Instant::now();
+    let docker = run(&args);
+    let docker_secs = started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let cluster = run_k8s(&args, &[]);
+    let cluster_secs = started.elapsed().as_secs_f64();
+    let (on_docker, on_cluster) = (outcomes(&docker), outcomes(&cluster));
+    eprintln!("trial | docker | kubernetes   (jobs: docker {docker_secs:.1} s, cluster {cluster_secs:.1} s)");
+    for (name, d) in &on_docker {
+        eprintln!("{name} | {d:?} | {:?}", on_cluster.get(name));
+    }
+    let expected: BTreeMap<String, (Value, Option<String>)> = [
+        ("hello__oracle__1", (serde_json::json!(1.0), None)),
+        ("mirrors__oracle__1", (serde_json::json!(1.0), None)),
+        ("failing__oracle__1", (serde_json::json!(0.0), None)),
+        (
+            "slow-verifier__oracle__1",
+            (Value::Null, Some("verifier_timeout")),
+        ),
+        ("no-tests__oracle__1", (Value::Null, Some("task_invalid"))),
+    ]
+    .into_iter()
+    .map(|(n, (r, e))| (n.to_string(), (r, e.map(str::to_string))))
+    .collect();
+    assert_eq!(
+        on_docker,
+        expected,
+        "on Docker; stderr:\n{}\nmirrors' logs: {:?}",
+        docker.stderr(),
+        std::fs::read_to_string(
+            docker
+                .trial_dir("mirrors__oracle__1")
+                .join("verifier/pip.log")
+        )
+    );
+    assert_eq!(
+        on_cluster,
+        on_docker,
+        "the cluster differs from Docker; stderr:\n{}\nmirrors' logs: apt {:?} pip {:?}",
+        cluster.stderr(),
+        std::fs::read_to_string(
+            cluster
+                .trial_dir("mirrors__oracle__1")
+                .join("verifier/apt.log")
+        ),
+        std::fs::read_to_string(
+            cluster
+                .trial_dir("mirrors__oracle__1")
+                .join("verifier/pip.log")
+        )
+    );
+    assert_no_pods(&job_id(&cluster.job_dir));
+}
+
+#[test]
+fn jobs_kill_removes_the_pods_of_a_job_on_the_cluster() {
+    // The job's process dies without cleaning up (kill -9); `rollout jobs kill` then removes
+    // the pod it left, on the cluster the job ran on.
+    let tmp = tempfile::tempdir().unwrap();
+    let (mut child, job_dir) = start_background(tmp.path(), "slow-solve", &[]);
+    let id = job_id(&job_dir);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(pods_of(&id).len(), 1, "kill -9 leaves the pod running");
+    let out = k8s_cmd()
+        .args(["jobs", "kill", job_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("removed 1 container(s) or pod(s)"),
+        "{stdout}"
+    );
+    assert_no_pods(&id);
 }
