@@ -212,6 +212,12 @@
     var id = route.job;
     return api("/api/jobs/" + enc(id)).then(function (job) {
       var s = job.summary, trials = job.trials, f = state.filters;
+      var live = s.status === "running" || s.status === "paused";
+      var again = function () { if (sameRoute(route)) render(); };
+      // A live refresh that brings nothing new leaves the page (and the focus) alone.
+      var key = location.href + JSON.stringify([trials, s.status, s.n_total]);
+      if (state.shown === key) { schedule(live, again); return; }
+      state.shown = key;
       var agents = uniq(trials.map(function (t) { return t.agent; }));
       var errors = Object.keys(job.error_counts);
       var tbody = h("tbody");
@@ -294,7 +300,7 @@
         more
       ]);
       fill();
-      schedule(s.status === "running" || s.status === "paused", function () { if (sameRoute(route)) render(); });
+      schedule(live, again);
     });
   }
   function card(k, v) { return h("div", { class: "card" }, h("div", { class: "v", text: v }), h("div", { class: "k", text: k })); }
@@ -407,6 +413,7 @@
 
   function render() {
     var r = current();
+    if (JSON.stringify(r) !== state.route) { state.route = JSON.stringify(r); state.shown = null; }
     var p = r.compare ? comparePage(r) : r.trial ? trialPage(r) : r.job ? jobPage(r) : jobList();
     p.then(function () { document.body.setAttribute("data-ready", "1"); }, function (e) {
       frame([link({}, "jobs")], [h("div", { class: "error-box", id: "load-error" }, h("strong", { text: "Could not load this page: " }), String(e && e.message || e))]);
