@@ -20,7 +20,8 @@
         if (k === "class") el.className = v;
         else if (k === "text") el.textContent = v;
         else if (k.slice(0, 2) === "on") el.addEventListener(k.slice(2), v);
-        else if (k === "style") el.setAttribute("style", v);
+        // Through the CSSOM: the server's Content-Security-Policy blocks style attributes.
+        else if (k === "style") el.style.cssText = v;
         else el.setAttribute(k, v);
       }
     }

@@ -228,6 +228,11 @@ fn the_viewer_shows_real_jobs_in_a_browser() {
         );
     }
     assert!(dom.contains("id=\"reward-hist\"") && dom.contains("id=\"phase-bars\""));
+    // Bar lengths are set through the CSSOM, which the page's CSP allows.
+    assert!(
+        dom.contains("class=\"bar\" style=\"width: "),
+        "bars have no length: {dom}"
+    );
     browser::screenshot(&url, &shots.join("job.png"), 1400, 1100);
 
     // The trial page of the built-in agent: its trajectory step by step.
