@@ -237,10 +237,10 @@
             h("td", { class: "error-kind", text: t.error_kind || "" }),
             h("td", { class: "num", text: dur(t.seconds) }));
         }));
-        more.replaceChildren(shown.length > state.limit ? h("button", {
+        more.replaceChildren.apply(more, shown.length > state.limit ? [h("button", {
           text: "Show " + Math.min(500, shown.length - state.limit) + " more",
           onclick: function () { state.limit += 500; fill(); }
-        }) : null);
+        })] : []);
       }
       var head = h("tr", null, COLS.map(function (c) {
         var cls = "sortable" + (state.sort.key === c[0] ? (state.sort.dir > 0 ? " sorted-asc" : " sorted-desc") : "");
