@@ -58,6 +58,10 @@ pub enum Command {
     Register(rollout_prov::RegisterArgs),
     /// Serve the evaluation executor over HTTP: the term-executor API and the /api/v1 job API.
     Serve(Box<crate::serve::ServeArgs>),
+    /// Browse job directories in a local web UI (jobs, trials, trajectories, comparisons).
+    View(rollout_view::ViewArgs),
+    /// Write one self-contained HTML report of a job directory.
+    Report(rollout_view::ReportArgs),
 }
 
 #[derive(Subcommand, Debug)]

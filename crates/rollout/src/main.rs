@@ -55,6 +55,8 @@ fn main() -> ExitCode {
         cli::Command::Register(args) => rollout_prov::register::main(args),
         cli::Command::Pipeline(cmd) => pipeline_cmd::main(cmd),
         cli::Command::Serve(args) => error::report(serve::main(*args)),
+        cli::Command::View(args) => rollout_view::view_main(args),
+        cli::Command::Report(args) => rollout_view::report_main(args),
     };
     ExitCode::from(code)
 }

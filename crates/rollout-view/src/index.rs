@@ -1,0 +1,421 @@
+//! The job catalog and its cache. Job directories are found under the given roots; each job's
+//! trial rows are kept in memory keyed by their `result.json` modification time and size, so a
+//! refresh is one `stat` per trial and only changed trials are parsed again. Refreshes are
+//! throttled: a job page served twice within [`REFRESH_EVERY`] costs no file system access, and
+//! its JSON is kept serialized.
+
+use crate::model::{self, TrialRow};
+use crate::stats::{self, Group, Histogram};
+use serde::Serialize;
+use serde_json::Value;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+/// Longest a cached view is served before the job directory is looked at again.
+pub const REFRESH_EVERY: Duration = Duration::from_millis(1000);
+
+/// A job as listed on the job list.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct JobSummary {
+    pub id: String,
+    pub name: String,
+    pub dir: String,
+    /// `running`, `paused`, `completed`, `failed`, `interrupted`, `killed` or `incomplete`.
+    pub status: String,
+    /// `rollout` or `harbor`.
+    pub format: &'static str,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+    pub seconds: Option<f64>,
+    /// Trials planned (when the job says), else trials found.
+    pub n_total: usize,
+    pub n_finished: usize,
+    pub n_running: usize,
+    pub n_errors: usize,
+    pub overall: Group,
+    pub groups: Vec<Group>,
+}
+
+/// Everything the job page shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct JobView {
+    pub summary: JobSummary,
+    pub trials: Vec<TrialRow>,
+    pub histogram: Histogram,
+    pub phase_means: BTreeMap<String, f64>,
+    pub error_counts: BTreeMap<String, usize>,
+    /// Reward keys other than `reward` that some trial has.
+    pub reward_keys: Vec<String>,
+}
+
+type Stamp = (SystemTime, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+struct CachedTrial {
+    stamp: Option<Stamp>,
+    row: TrialRow,
+}
+
+#[derive(Default)]
+struct JobState {
+    trials: BTreeMap<String, CachedTrial>,
+    files: HashMap<&'static str, (Option<Stamp>, Option<Value>)>,
+    refreshed: Option<Instant>,
+    view: Option<Arc<JobView>>,
+    json: Option<Arc<Vec<u8>>>,
+}
+
+/// One job directory and its cache.
+pub struct Job {
+    pub id: String,
+    pub dir: PathBuf,
+    state: Mutex<JobState>,
+}
+
+impl Job {
+    pub fn new(id: String, dir: PathBuf) -> Self {
+        Self {
+            id,
+            dir,
+            state: Mutex::new(JobState::default()),
+        }
+    }
+
+    /// The current view, refreshed when older than [`REFRESH_EVERY`].
+    pub fn view(&self) -> Arc<JobView> {
+        self.refreshed(false).0
+    }
+
+    /// The job page JSON, serialized once per change.
+    pub fn view_json(&self) -> Arc<Vec<u8>> {
+        self.refreshed(true).1.expect("asked for json")
+    }
+
+    fn refreshed(&self, want_json: bool) -> (Arc<JobView>, Option<Arc<Vec<u8>>>) {
+        let mut st = self.state.lock().expect("job cache poisoned");
+        let fresh = st.refreshed.is_some_and(|t| t.elapsed() < REFRESH_EVERY);
+        if !fresh || st.view.is_none() {
+            let changed = self.refresh(&mut st);
+            st.refreshed = Some(Instant::now());
+            if changed || st.view.is_none() {
+                st.view = Some(Arc::new(self.build(&st)));
+                st.json = None;
+            }
+        }
+        let view = st.view.clone().expect("built above");
+        if want_json && st.json.is_none() {
+            st.json = Some(Arc::new(serde_json::to_vec(&*view).unwrap_or_default()));
+        }
+        (view, st.json.clone())
+    }
+
+    fn file(&self, st: &mut JobState, name: &'static str) -> bool {
+        let path = self.dir.join(name);
+        let s = stamp(&path);
+        match st.files.get(name) {
+            Some((old, _)) if *old == s => false,
+            _ => {
+                let v = s.and_then(|_| model::read_json(&path));
+                st.files.insert(name, (s, v));
+                true
+            }
+        }
+    }
+
+    /// Look at the directory again; whether anything changed.
+    fn refresh(&self, st: &mut JobState) -> bool {
+        let mut changed = false;
+        for f in ["result.json", "run_control.json", "config.json"] {
+            changed |= self.file(st, f);
+        }
+        let Ok(rd) = std::fs::read_dir(&self.dir) else {
+            let had = !st.trials.is_empty();
+            st.trials.clear();
+            return changed || had;
+        };
+        let mut seen = std::collections::HashSet::new();
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let dir = e.path();
+            let result = dir.join("result.json");
+            let s = stamp(&result);
+            let has_config = s.is_none() && dir.join("config.json").is_file();
+            if s.is_none() && !has_config {
+                continue;
+            }
+            seen.insert(name.clone());
+            if let Some(c) = st.trials.get(&name) {
+                if c.stamp == s && s.is_some() {
+                    continue;
+                }
+                if s.is_none() && c.row.status == "running" {
+                    continue;
+                }
+            }
+            let row = match s.and_then(|_| model::read_json(&result)) {
+                Some(v) => model::trial_row(&name, &v),
+                None => {
+                    model::running_row(&name, model::read_json(&dir.join("config.json")).as_ref())
+                }
+            };
+            st.trials.insert(name, CachedTrial { stamp: s, row });
+            changed = true;
+        }
+        let before = st.trials.len();
+        st.trials.retain(|k, _| seen.contains(k));
+        changed || before != st.trials.len()
+    }
+
+    fn json<'a>(st: &'a JobState, name: &str) -> Option<&'a Value> {
+        st.files.get(name).and_then(|(_, v)| v.as_ref())
+    }
+
+    fn build(&self, st: &JobState) -> JobView {
+        let result = Self::json(st, "result.json");
+        let control = Self::json(st, "run_control.json");
+        let config = Self::json(st, "config.json");
+        let harbor = result.is_some_and(|r| {
+            r.get("trial_results").is_some() || r.pointer("/stats/evals").is_some()
+        });
+        let status = job_status(result, control, harbor);
+        let live = status == "running" || status == "paused";
+        let mut trials: Vec<TrialRow> = st
+            .trials
+            .values()
+            .map(|c| {
+                let mut r = c.row.clone();
+                if r.status == "running" && !live {
+                    r.status = "unfinished";
+                }
+                r
+            })
+            .collect();
+        trials.sort_by(|a, b| a.name.cmp(&b.name));
+        let s = |v: Option<&Value>, k: &str| {
+            v.and_then(|v| v.get(k))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        let name = s(result, "name")
+            .or_else(|| s(control, "job_name"))
+            .or_else(|| s(config, "job_name"))
+            .unwrap_or_else(|| {
+                self.dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            });
+        let started_at = s(result, "started_at").or_else(|| s(control, "started_at"));
+        let finished_at = s(result, "finished_at");
+        let seconds = result
+            .and_then(|r| r.get("seconds"))
+            .and_then(Value::as_f64)
+            .or_else(|| model::span(started_at.as_deref(), finished_at.as_deref()))
+            .or_else(|| {
+                let now = chrono::Utc::now().to_rfc3339();
+                live.then(|| model::span(started_at.as_deref(), Some(&now)))
+                    .flatten()
+            });
+        let n_total = result
+            .and_then(|r| r.get("n_total_trials"))
+            .and_then(Value::as_u64)
+            .map(|n| n as usize)
+            .unwrap_or(trials.len())
+            .max(trials.len());
+        let overall = stats::group("all", "all", &trials);
+        let mut keys: Vec<String> = trials
+            .iter()
+            .flat_map(|t| t.rewards.keys())
+            .filter(|k| *k != "reward")
+            .cloned()
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        keys.truncate(50);
+        JobView {
+            summary: JobSummary {
+                id: self.id.clone(),
+                name,
+                dir: self.dir.display().to_string(),
+                status,
+                format: if harbor { "harbor" } else { "rollout" },
+                started_at,
+                finished_at,
+                seconds,
+                n_total,
+                n_finished: overall.n + overall.n_cancelled,
+                n_running: trials.iter().filter(|t| t.status == "running").count(),
+                n_errors: overall.n_errors,
+                groups: stats::by_agent_dataset(&trials),
+                overall,
+            },
+            histogram: stats::histogram(&trials),
+            phase_means: stats::phase_means(&trials),
+            error_counts: stats::error_counts(&trials),
+            reward_keys: keys,
+            trials,
+        }
+    }
+}
+
+fn job_status(result: Option<&Value>, control: Option<&Value>, harbor: bool) -> String {
+    if let Some(c) = control {
+        let st = c
+            .get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("incomplete");
+        if st == "running" || st == "paused" {
+            let pid = c.get("pid").and_then(Value::as_u64).unwrap_or(0) as u32;
+            let host = c.get("host").and_then(Value::as_str).unwrap_or("");
+            if !rollout_core::owner_alive(pid, host, &host_name()) {
+                return "interrupted".into();
+            }
+        }
+        return st.to_string();
+    }
+    match result {
+        Some(r) if harbor => {
+            if r.get("finished_at").is_some_and(|f| !f.is_null()) {
+                "completed".into()
+            } else {
+                "running".into()
+            }
+        }
+        Some(r) => {
+            if r.get("cancelled").and_then(Value::as_bool) == Some(true) {
+                "interrupted".into()
+            } else if r
+                .pointer("/stats/n_errored")
+                .and_then(Value::as_u64)
+                .is_some_and(|n| n > 0)
+            {
+                "failed".into()
+            } else {
+                "completed".into()
+            }
+        }
+        None => "incomplete".into(),
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Whether `dir` is a job directory (rollout's or Harbor's), not a trial directory.
+pub fn is_job_dir(dir: &Path) -> bool {
+    if dir.join("run_control.json").is_file() || dir.join("job.log").is_file() {
+        return true;
+    }
+    match model::read_json(&dir.join("result.json")) {
+        Some(v) => v.get("trial_name").is_none() && v.get("n_total_trials").is_some(),
+        None => false,
+    }
+}
+
+/// The jobs under the roots given on the command line.
+pub struct Catalog {
+    roots: Vec<PathBuf>,
+    state: Mutex<CatalogState>,
+}
+
+#[derive(Default)]
+struct CatalogState {
+    scanned: Option<Instant>,
+    jobs: Vec<Arc<Job>>,
+}
+
+fn slug(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.is_empty() || s.starts_with('.') {
+        format!("job{s}")
+    } else {
+        s
+    }
+}
+
+impl Catalog {
+    /// A root is either a job directory or a directory of job directories.
+    pub fn new(roots: Vec<PathBuf>) -> Self {
+        Self {
+            roots,
+            state: Mutex::new(CatalogState::default()),
+        }
+    }
+
+    /// The jobs, found again when the last scan is older than [`REFRESH_EVERY`].
+    pub fn jobs(&self) -> Vec<Arc<Job>> {
+        let mut st = self.state.lock().expect("catalog poisoned");
+        if st.scanned.is_some_and(|t| t.elapsed() < REFRESH_EVERY) {
+            return st.jobs.clone();
+        }
+        let mut dirs = Vec::new();
+        for root in &self.roots {
+            if is_job_dir(root) {
+                dirs.push(root.clone());
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(root) else {
+                continue;
+            };
+            let mut children: Vec<PathBuf> = rd
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .filter(|p| is_job_dir(p))
+                .collect();
+            children.sort();
+            dirs.extend(children);
+        }
+        let mut jobs = Vec::new();
+        let mut used = std::collections::HashSet::new();
+        for dir in dirs {
+            if let Some(j) = st.jobs.iter().find(|j| j.dir == dir) {
+                used.insert(j.id.clone());
+                jobs.push(j.clone());
+                continue;
+            }
+            let base = slug(
+                &dir.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+            );
+            let mut id = base.clone();
+            let mut n = 2;
+            while used.contains(&id) || st.jobs.iter().any(|j| j.id == id && j.dir != dir) {
+                id = format!("{base}-{n}");
+                n += 1;
+            }
+            used.insert(id.clone());
+            jobs.push(Arc::new(Job::new(id, dir)));
+        }
+        st.jobs = jobs;
+        st.scanned = Some(Instant::now());
+        st.jobs.clone()
+    }
+
+    pub fn job(&self, id: &str) -> Option<Arc<Job>> {
+        self.jobs().into_iter().find(|j| j.id == id)
+    }
+}
