@@ -93,6 +93,9 @@ pub fn run(file: &Path, args: &RunArgs) -> u8 {
     if let Some(n) = args.n_concurrent {
         config.n_concurrent_trials = Some(n.max(1));
     }
+    if args.max_errors.is_some() {
+        config.max_errors = args.max_errors;
+    }
     if let Some(n) = args.max_retries {
         config
             .retry

@@ -199,6 +199,9 @@ pub fn job_config(args: &RunArgs) -> Result<JobConfig, String> {
     if args.shuffle || args.seed.is_some() {
         config.shuffle_seed = Some(args.seed.unwrap_or(0));
     }
+    if args.max_errors.is_some() {
+        config.max_errors = args.max_errors;
+    }
     if let Some(n) = args.max_retries {
         config
             .retry
