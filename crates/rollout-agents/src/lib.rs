@@ -9,6 +9,7 @@ pub mod code;
 pub mod installed;
 pub mod llm;
 pub mod mcp;
+pub mod streams;
 
 use async_trait::async_trait;
 use rollout_core::job_config::AgentSpec;

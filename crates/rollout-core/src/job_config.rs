@@ -35,6 +35,9 @@ pub struct JobConfig {
     pub build_timeout_multiplier: Option<f64>,
     /// Retries of infrastructure failures.
     pub retry: Option<RetryConfig>,
+    /// Stop scheduling new trials once this many have ended with an infrastructure or model
+    /// provider error (after their retries); the trials already running finish. Default: never.
+    pub max_errors: Option<u32>,
     /// Harbor's older block; mapped onto `n_concurrent_trials` and `retry`.
     pub orchestrator: Option<OrchestratorConfig>,
     /// Where and how environments run.
@@ -417,6 +420,12 @@ impl JobConfig {
         }
         if self.n_concurrent_trials == Some(0) {
             return Err(("n_concurrent_trials".into(), "expected at least 1".into()));
+        }
+        if self.max_errors == Some(0) {
+            return Err((
+                "max_errors".into(),
+                "expected at least 1 (leave it out to never stop)".into(),
+            ));
         }
         for (i, a) in self.agents.iter().enumerate() {
             if a.name.trim().is_empty() {

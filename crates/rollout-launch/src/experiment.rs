@@ -104,6 +104,9 @@ pub fn prepare(file: &Path, o: &Overrides) -> Result<Prepared, LaunchError> {
     if let Some(n) = o.n_concurrent {
         config.n_concurrent_trials = Some(n.max(1));
     }
+    if o.max_errors.is_some() {
+        config.max_errors = o.max_errors;
+    }
     if let Some(n) = o.max_retries {
         config
             .retry

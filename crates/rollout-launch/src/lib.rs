@@ -126,6 +126,8 @@ pub struct Overrides {
     pub env: Option<EnvironmentType>,
     pub force_build: bool,
     pub pull: bool,
+    /// `--max-errors`: stop starting trials after this many infrastructure or provider errors.
+    pub max_errors: Option<u32>,
     pub max_retries: Option<u32>,
     pub timeout_multiplier: Option<f64>,
 }
@@ -269,6 +271,9 @@ fn job_config_inner(file: Option<&Path>, o: &Overrides) -> Result<JobConfig, Str
     }
     if o.shuffle || o.seed.is_some() {
         config.shuffle_seed = Some(o.seed.unwrap_or(0));
+    }
+    if o.max_errors.is_some() {
+        config.max_errors = o.max_errors;
     }
     if let Some(n) = o.max_retries {
         config

@@ -184,14 +184,15 @@ impl Runner {
             })
         };
         let mut pause_rx = self.pause.subscribe();
-        'schedule: for trial in &plan.trials {
+        let max_errors = plan.config.max_errors;
+        'schedule: for (i, trial) in plan.trials.iter().enumerate() {
             // Reap finished trials while waiting for a slot, so events stay timely.
             let permit = loop {
                 tokio::select! {
                     biased;
                     _ = self.cancel.cancelled() => break None,
                     Some(done) = running.join_next(), if !running.is_empty() => {
-                        if let Ok((r, dir)) = done { finish(r, &shared, &mut results, dir); }
+                        if let Ok((r, dir, _permit)) = done { finish(r, &shared, &mut results, dir); }
                     }
                     p = semaphore.clone().acquire_owned() => break p.ok(),
                 }
@@ -206,18 +207,37 @@ impl Runner {
                     biased;
                     _ = self.cancel.cancelled() => break 'schedule,
                     Some(done) = running.join_next(), if !running.is_empty() => {
-                        if let Ok((r, dir)) = done { finish(r, &shared, &mut results, dir); }
+                        if let Ok((r, dir, _permit)) = done { finish(r, &shared, &mut results, dir); }
                     }
                     _ = pause_rx.changed() => {}
+                }
+            }
+            if let Some(max) = max_errors {
+                let errors = results
+                    .iter()
+                    .filter(|r| counts_toward_max_errors(r))
+                    .count();
+                if errors >= max as usize {
+                    let not_started = plan.trials.len() - i;
+                    shared.emit(&Event::Note {
+                        trial: None,
+                        message: format!(
+                            "{errors} trial(s) ended with infrastructure or model provider errors (max_errors {max}): \
+                             not starting the remaining {not_started} trial(s); fix the cause and resume the job \
+                             with the same --job-name to run them"
+                        ),
+                    });
+                    break 'schedule;
                 }
             }
             let shared = shared.clone();
             let trial = trial.clone();
             let dir = plan.job_dir.join(&trial.name);
             running.spawn(async move {
-                let _permit = permit;
+                // The slot is handed back with the result, so that a trial is counted (for
+                // max_errors) before the next one can take its slot.
                 let r = run_with_retries(&shared, &trial, &dir).await;
-                (r, dir)
+                (r, dir, permit)
             });
         }
         loop {
@@ -227,7 +247,7 @@ impl Runner {
                     shared.emit(&Event::Cancelling);
                 }
                 done = running.join_next() => match done {
-                    Some(Ok((r, dir))) => finish(r, &shared, &mut results, dir),
+                    Some(Ok((r, dir, _permit))) => finish(r, &shared, &mut results, dir),
                     Some(Err(e)) => shared.emit(&Event::Note { trial: None, message: format!("a trial task failed: {e}") }),
                     None => break,
                 }
@@ -266,6 +286,18 @@ impl Runner {
         });
         Arc::unwrap_or_clone(result)
     }
+}
+
+/// Whether a finished trial counts toward the job's `max_errors`: it ended with an
+/// infrastructure or model provider error (which says nothing about the agent's skill, and
+/// usually repeats for every trial).
+fn counts_toward_max_errors(r: &TrialResult) -> bool {
+    r.error.as_ref().is_some_and(|e| {
+        matches!(
+            e.kind.class(),
+            rollout_core::ErrorClass::Infrastructure | rollout_core::ErrorClass::Provider
+        )
+    })
 }
 
 /// Run a trial, retrying infrastructure and transient provider failures with exponential backoff. The evidence of each

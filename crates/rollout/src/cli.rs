@@ -296,6 +296,11 @@ pub struct RunArgs {
     #[arg(long = "max-retries")]
     pub max_retries: Option<u32>,
 
+    /// Stop starting new trials once this many ended with infrastructure or model provider
+    /// errors (job file `max_errors`).
+    #[arg(long = "max-errors", value_name = "N")]
+    pub max_errors: Option<u32>,
+
     /// With an existing --job-name: also re-run trials that ended in an error.
     #[arg(long)]
     pub retry_errors: bool,

@@ -45,6 +45,7 @@ pub fn overrides(args: &RunArgs) -> Result<Overrides, CliError> {
         force_build: args.force_build,
         pull: args.pull,
         max_retries: args.max_retries,
+        max_errors: args.max_errors,
         timeout_multiplier: args.timeout_multiplier,
     })
 }
