@@ -16,6 +16,8 @@ pub mod error;
 pub mod exec;
 pub mod gc;
 pub mod health;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use error::EnvError;
 pub use exec::{Captured, ExecOutput, ExecRequest};

@@ -2,6 +2,7 @@
 
 use rollout_core::job_config::AgentSpec;
 use rollout_core::result::{JobResult, Phase, TrialResult};
+use rollout_core::ErrorKind;
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -47,8 +48,10 @@ pub struct EnvironmentConfigOut {
     pub workdir: Option<String>,
 }
 
-/// Something that happened in a job.
-#[derive(Debug, Clone)]
+/// Something that happened in a job. Serialised as an object tagged by `type` (snake_case:
+/// `phase_finished` …), error kinds as their snake_case names.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     /// The job began; `config` is the resolved job configuration.
     JobStarted {
@@ -74,7 +77,7 @@ pub enum Event {
         phase: Phase,
         seconds: f64,
         /// The error kind the phase ended with, if any.
-        error: Option<String>,
+        error: Option<ErrorKind>,
     },
     /// A step of a multi-step trial began (`index` is 1-based, of `total`).
     StepStarted {

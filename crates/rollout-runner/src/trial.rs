@@ -129,7 +129,7 @@ impl TrialRun<'_> {
             trial: self.plan.name.clone(),
             phase,
             seconds,
-            error: result.as_ref().err().map(|e| e.kind.to_string()),
+            error: result.as_ref().err().map(|e| e.kind),
         });
         match result {
             Ok(v) => Some(v),
@@ -267,7 +267,13 @@ impl TrialRun<'_> {
             if st.error.is_none() {
                 let installed = self
                     .phase(&mut st, Phase::AgentInstall, true, async {
-                        plan.agent.install(&ctx).await.map_err(agent_error)
+                        backstop(
+                            plan.timeouts.agent_install,
+                            ErrorKind::AgentInstallTimeout,
+                            "the agent's install step",
+                            async { plan.agent.install(&ctx).await.map_err(agent_error) },
+                        )
+                        .await
                     })
                     .await;
                 if let Some(Some(outcome)) = installed {
@@ -413,16 +419,23 @@ impl TrialRun<'_> {
         let mut agent_ran = false;
         let ran = self
             .phase(st, Phase::AgentRun, true, async {
-                self.plan.agent.run(ctx).await.map_err(agent_error)
+                backstop(
+                    ctx.run_timeout,
+                    ErrorKind::AgentExecutionTimeout,
+                    "the agent",
+                    async { self.plan.agent.run(ctx).await.map_err(agent_error) },
+                )
+                .await
             })
             .await;
         // A provider failure ends the agent, not the environment: what the agent did
-        // before it is still verified.
+        // before it is still verified. So does the runner's deadline: the agent's processes
+        // are ended before the verifier runs, as after the agent's own timeout.
         if ran.is_none()
-            && st
-                .error
-                .as_ref()
-                .is_some_and(|e| e.kind.class() == rollout_core::ErrorClass::Provider)
+            && st.error.as_ref().is_some_and(|e| {
+                e.kind.class() == rollout_core::ErrorClass::Provider
+                    || e.kind == ErrorKind::AgentExecutionTimeout
+            })
         {
             agent_ran = true;
         }
@@ -698,7 +711,13 @@ impl TrialRun<'_> {
                 missing.join(", ")
             ));
         }
-        let out = self.run_tests(env, venv, spec).await?;
+        let out = backstop(
+            spec.timeout,
+            ErrorKind::VerifierTimeout,
+            "tests/test.sh",
+            self.run_tests(env, venv, spec),
+        )
+        .await?;
         self.write_text(Path::new("verifier/test-stdout.txt"), &out.stdout.to_text());
         self.write_text(Path::new("verifier/test-stderr.txt"), &out.stderr.to_text());
         let outcome = rollout_agents::outcome_of(&out);
@@ -1020,6 +1039,32 @@ fn out_of_memory(kind: ErrorKind, who: &str, memory_mb: u64, tail: &str) -> Erro
             "{who} ran out of memory: the kernel killed a process at the {memory_mb} MiB limit (raise [environment] memory_mb, or override_memory_mb for the job){tail}"
         ),
     )
+}
+
+/// How long past a command's own timeout the runner waits for it before giving up on it.
+pub(crate) const DEADLINE_GRACE: Duration = Duration::from_secs(60);
+
+/// The runner's deadline over a phase whose command has its own `timeout` (enforced by the
+/// agent or the provider): should that handling hang, the phase ends `kind` at `timeout` +
+/// [`DEADLINE_GRACE`] all the same.
+pub(crate) async fn backstop<T>(
+    timeout: Duration,
+    kind: ErrorKind,
+    what: &str,
+    fut: impl Future<Output = Result<T, ErrorInfo>>,
+) -> Result<T, ErrorInfo> {
+    let limit = timeout.saturating_add(DEADLINE_GRACE);
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(ErrorInfo::new(
+            kind,
+            format!(
+                "{what} did not return within its {:.0} s timeout plus {} s of grace: the runner stopped waiting for it",
+                timeout.as_secs_f64(),
+                DEADLINE_GRACE.as_secs()
+            ),
+        )),
+    }
 }
 
 pub(crate) async fn bounded<T>(
