@@ -14,6 +14,7 @@ pub mod plan;
 pub mod provenance;
 mod runner;
 mod sandbox;
+pub mod session;
 mod steps;
 mod trial;
 pub mod writer;

@@ -69,7 +69,7 @@ pub(crate) struct VerifySpec {
 
 impl VerifySpec {
     /// The task's own verifier: `tests/`, `[verifier]`, the trial's verifier timeout.
-    fn of_task(plan: &TrialPlan) -> Self {
+    pub(crate) fn of_task(plan: &TrialPlan) -> Self {
         let v = &plan.task.config.verifier;
         Self {
             tests: vec![plan.task.tests_dir()],
@@ -140,26 +140,21 @@ impl TrialRun<'_> {
         }
     }
 
-    pub async fn run(self) -> TrialResult {
+    /// The trial's configuration (`config.json`).
+    pub(crate) fn describe(&self) -> Arc<TrialConfig> {
         let plan = self.plan;
         let task = &plan.task;
-        let started_at = Utc::now();
-        let t0 = Instant::now();
         let job = &self.shared.job;
         let env_cfg = &task.config.environment;
         let cpus = job.config.environment.override_cpus.unwrap_or(env_cfg.cpus);
-        let memory_mb = job
-            .config
-            .environment
-            .override_memory_mb
-            .unwrap_or(env_cfg.memory_mb);
+        let memory_mb = self.memory_mb();
         let storage_mb = job
             .config
             .environment
             .override_storage_mb
             .unwrap_or(env_cfg.storage_mb);
         let pids_limit = job.config.environment.pids_limit.unwrap_or(4096);
-        let config = Arc::new(TrialConfig {
+        Arc::new(TrialConfig {
             trial_name: plan.name.clone(),
             trial_id: plan.id.clone(),
             job_id: job.job_id.clone(),
@@ -186,7 +181,88 @@ impl TrialRun<'_> {
                 network_mode: env_cfg.network_mode,
                 workdir: env_cfg.workdir.clone(),
             },
-        });
+        })
+    }
+
+    /// The spec of the trial's environment, with `extra_labels` on the container.
+    pub(crate) fn env_spec(&self, extra_labels: &BTreeMap<String, String>) -> EnvSpec {
+        let plan = self.plan;
+        let job = &self.shared.job;
+        let config = self.describe();
+        let env = &config.environment;
+        let env_cfg = &plan.task.config.environment;
+        let mut labels = BTreeMap::from([
+            (labels::JOB.to_string(), job.job_id.clone()),
+            (labels::TRIAL.to_string(), plan.id.clone()),
+            (labels::MANAGED.to_string(), "true".to_string()),
+            (labels::PID.to_string(), std::process::id().to_string()),
+            (labels::HOST.to_string(), self.shared.host.clone()),
+        ]);
+        for (k, v) in extra_labels {
+            labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+        EnvSpec {
+            name: plan.name.clone(),
+            labels,
+            cpus: env.cpus,
+            memory_mb: env.memory_mb,
+            storage_mb: env.storage_mb,
+            pids_limit: env.pids_limit,
+            network: env_cfg.network_mode,
+            env: self.task_env(),
+            workdir: env_cfg.workdir.clone(),
+            mounts: Vec::new(),
+            gpus: env_cfg.gpus,
+        }
+    }
+
+    /// The trial's result from its final state.
+    pub(crate) fn result(
+        &self,
+        st: State,
+        started_at: chrono::DateTime<Utc>,
+        t0: Instant,
+    ) -> TrialResult {
+        let plan = self.plan;
+        let task = &plan.task;
+        let job = &self.shared.job;
+        let reward = st.rewards.as_ref().and_then(main_reward);
+        TrialResult {
+            schema_version: RESULT_SCHEMA_VERSION.into(),
+            id: plan.id.clone(),
+            trial_name: plan.name.clone(),
+            job_id: job.job_id.clone(),
+            job_name: job.job_name.clone(),
+            task_name: task.name.clone(),
+            task_path: task.dir.display().to_string(),
+            task_checksum: task.checksum.clone(),
+            dataset: task.dataset.clone(),
+            agent: plan.agent.info(),
+            attempt: plan.attempt,
+            rewards: st.rewards,
+            reward,
+            error: st.error,
+            environment: st.env_info,
+            agent_install: st.agent_install,
+            agent_run: st.agent_run,
+            verifier: st.verifier,
+            started_at,
+            finished_at: Utc::now(),
+            seconds: t0.elapsed().as_secs_f64(),
+            phases: st.phases,
+            previous_tries: Vec::new(),
+            step_results: st.step_results,
+        }
+    }
+
+    pub async fn run(self) -> TrialResult {
+        let plan = self.plan;
+        let task = &plan.task;
+        let started_at = Utc::now();
+        let t0 = Instant::now();
+        let job = &self.shared.job;
+        let memory_mb = self.memory_mb();
+        let config = self.describe();
         let mut st = State {
             env_info: EnvironmentInfo {
                 kind: self.shared.provider.name().into(),
@@ -215,25 +291,7 @@ impl TrialRun<'_> {
 
         let mut env_slot: Option<Box<dyn Environment>> = None;
         if st.error.is_none() {
-            let spec = EnvSpec {
-                name: plan.name.clone(),
-                labels: BTreeMap::from([
-                    (labels::JOB.to_string(), job.job_id.clone()),
-                    (labels::TRIAL.to_string(), plan.id.clone()),
-                    (labels::MANAGED.to_string(), "true".to_string()),
-                    (labels::PID.to_string(), std::process::id().to_string()),
-                    (labels::HOST.to_string(), self.shared.host.clone()),
-                ]),
-                cpus,
-                memory_mb,
-                storage_mb,
-                pids_limit,
-                network: env_cfg.network_mode,
-                env: self.task_env(),
-                workdir: env_cfg.workdir.clone(),
-                mounts: Vec::new(),
-                gpus: env_cfg.gpus,
-            };
+            let spec = self.env_spec(&BTreeMap::new());
             let mut env_info = std::mem::take(&mut st.env_info);
             self.phase(
                 &mut st,
@@ -384,33 +442,7 @@ impl TrialRun<'_> {
             }
         }
 
-        let reward = st.rewards.as_ref().and_then(main_reward);
-        TrialResult {
-            schema_version: RESULT_SCHEMA_VERSION.into(),
-            id: plan.id.clone(),
-            trial_name: plan.name.clone(),
-            job_id: job.job_id.clone(),
-            job_name: job.job_name.clone(),
-            task_name: task.name.clone(),
-            task_path: task.dir.display().to_string(),
-            task_checksum: task.checksum.clone(),
-            dataset: task.dataset.clone(),
-            agent: plan.agent.info(),
-            attempt: plan.attempt,
-            rewards: st.rewards,
-            reward,
-            error: st.error,
-            environment: st.env_info,
-            agent_install: st.agent_install,
-            agent_run: st.agent_run,
-            verifier: st.verifier,
-            started_at,
-            finished_at: Utc::now(),
-            seconds: t0.elapsed().as_secs_f64(),
-            phases: st.phases,
-            previous_tries: Vec::new(),
-            step_results: st.step_results,
-        }
+        self.result(st, started_at, t0)
     }
 
     /// Run the agent on `ctx` (its instruction, timeout and user); whether it ran far enough
@@ -467,7 +499,7 @@ impl TrialRun<'_> {
 
     /// Why this trial's task cannot run at all, before any environment starts: its files are
     /// invalid, it sets keys rollout cannot honour, or it needs GPUs the provider lacks.
-    async fn task_refusal(&self) -> Option<ErrorInfo> {
+    pub(crate) async fn task_refusal(&self) -> Option<ErrorInfo> {
         let task = &self.plan.task;
         if let Some(why) = &task.invalid {
             return Some(ErrorInfo::new(ErrorKind::TaskInvalid, why.clone()));
@@ -550,7 +582,7 @@ impl TrialRun<'_> {
         tar.finish()
     }
 
-    async fn setup(
+    pub(crate) async fn setup(
         &self,
         spec: EnvSpec,
         slot: &mut Option<Box<dyn Environment>>,
@@ -877,7 +909,7 @@ impl TrialRun<'_> {
 
     /// Copy one artifact: a directory straight out (through an in-container staging copy when
     /// it has `exclude` patterns), a file through a staging directory holding only it.
-    async fn collect_artifact(
+    pub(crate) async fn collect_artifact(
         &self,
         env: &dyn Environment,
         index: usize,
@@ -1026,7 +1058,7 @@ impl Copied {
 
 /// A directory of the trial that the environment's files are copied into: mode 0755 whatever
 /// the umask, never group- or world-writable.
-fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))

@@ -21,10 +21,12 @@ pub mod db;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod pool;
 pub mod prov;
 pub mod redact;
 pub mod runs;
 pub mod seed;
+pub mod sessions;
 pub mod stream;
 
 use axum::extract::DefaultBodyLimit;
@@ -79,6 +81,8 @@ pub struct ServerConfig {
     pub caps: Caps,
     /// What submitters may make the server fetch (repositories, registries, local paths).
     pub sources: rollout_sources::policy::RemotePolicy,
+    /// Session limits and warm pools (`/api/v1/sessions`).
+    pub sessions: sessions::SessionConfig,
 }
 
 /// Operator limits on what one submission may ask for (`--max-memory-mb` …). A submission over
@@ -143,6 +147,7 @@ impl ServerConfig {
             public_reads: false,
             caps: Caps::from_host(),
             sources: Default::default(),
+            sessions: Default::default(),
         }
     }
     pub fn db_path(&self) -> PathBuf {
@@ -176,6 +181,8 @@ pub struct AppState {
     pub started_at: Instant,
     /// The server's paths, as they are shown in responses.
     pub paths: redact::PathScrubber,
+    /// Open sessions and warm pools.
+    pub sessions: sessions::Sessions,
 }
 
 /// Why the server could not start.
@@ -217,6 +224,11 @@ impl AppState {
         }
         let db = db::Db::open(&config.db_path())?;
         let slots = Arc::new(Semaphore::new(config.max_batches.max(1)));
+        let sessions =
+            sessions::Sessions::new(&config.data_dir).map_err(|source| ServeError::DataDir {
+                path: config.data_dir.join("server-id"),
+                source,
+            })?;
         Ok(Arc::new(Self {
             db,
             auth,
@@ -229,6 +241,7 @@ impl AppState {
             streams_end: CancellationToken::new(),
             started_at: Instant::now(),
             paths: redact::PathScrubber::new(&config.data_dir),
+            sessions,
             config,
         }))
     }
@@ -289,6 +302,28 @@ pub fn routes() -> Vec<Route> {
         ),
         route("get", "/api/v1/jobs/{id}/events", get(stream::job_sse)),
         route("get", "/api/v1/jobs/{id}/ws", get(stream::job_ws)),
+        route("post", "/api/v1/sessions", post(sessions::open_session)),
+        route("get", "/api/v1/sessions", get(sessions::list_sessions)),
+        route("get", "/api/v1/sessions/{id}", get(sessions::get_session)),
+        route(
+            "delete",
+            "/api/v1/sessions/{id}",
+            axum::routing::delete(sessions::close_session),
+        ),
+        route("post", "/api/v1/sessions/{id}/exec", post(sessions::exec)),
+        route("post", "/api/v1/sessions/{id}/grade", post(sessions::grade)),
+        route(
+            "get",
+            "/api/v1/sessions/{id}/files/{*path}",
+            get(sessions::get_file),
+        ),
+        route(
+            "put",
+            "/api/v1/sessions/{id}/files/{*path}",
+            axum::routing::put(sessions::put_file),
+        ),
+        route("post", "/api/v1/pools", post(pool::create_pool)),
+        route("get", "/api/v1/pools", get(pool::list_pools)),
         route("post", "/api/v1/bundles", post(prov::post_bundle)),
         route("get", "/api/v1/artifacts/{hash}", get(prov::get_artifact)),
         route(
@@ -381,8 +416,10 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
 ) -> Result<(), ServeError> {
+    sessions::startup(&state).await;
     runs::recover(&state).await;
     runs::spawn_reaper(state.clone());
+    sessions::spawn_reaper(state.clone());
     let app = router(state.clone());
     let shutdown = state.shutdown.clone();
     let server = tokio::spawn(
@@ -396,6 +433,7 @@ pub async fn serve(
         state.config.shutdown_grace
     );
     state.shutdown.cancel();
+    sessions::shutdown(&state).await;
     runs::drain(&state).await;
     state.streams_end.cancel();
     match tokio::time::timeout(Duration::from_secs(10), server).await {

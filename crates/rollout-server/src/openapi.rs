@@ -313,6 +313,10 @@ pub fn document() -> Value {
         ),
     );
 
+    for (method, path, operation) in crate::sessions::openapi_paths() {
+        add(method, &openapi_path(path), operation);
+    }
+
     // Reads of runs need the same credentials as writes, unless the server runs with
     // --public-reads.
     for path in [
@@ -395,6 +399,12 @@ pub fn document() -> Value {
             "job_id": {"type": "string"}, "trial": {"type": "string"}, "task_id": {"type": "string"}, "data": {"type": "object"},
             "emitted_at": {"type": "string", "format": "date-time"}}},
     });
+    let mut schemas = schemas;
+    if let (Some(all), Value::Object(more)) =
+        (schemas.as_object_mut(), crate::sessions::openapi_schemas())
+    {
+        all.extend(more);
+    }
     json!({
         "openapi": "3.1.0",
         "info": {"title": "rollout serve", "version": crate::VERSION,

@@ -572,7 +572,7 @@ fn read_capped(path: &Path, cap: usize) -> Option<String> {
 
 /// A finished trial in the seed's terms: `test_results` from the executor verifier's
 /// `PASS name` / `FAIL name (exit N)` lines and each check's log.
-fn trial_end(result: &rollout_core::TrialResult, trial_dir: &Path) -> TrialEnd {
+pub(crate) fn trial_end(result: &rollout_core::TrialResult, trial_dir: &Path) -> TrialEnd {
     let verifier = trial_dir.join("verifier");
     let test_output =
         read_capped(&verifier.join("test-stdout.txt"), TEST_OUTPUT_CAP).unwrap_or_default();

@@ -113,6 +113,43 @@ pub struct ServeArgs {
     /// Most trials in one job (default 1000).
     #[arg(long = "max-trials-per-job")]
     pub max_trials_per_job: Option<usize>,
+    /// Sessions (/api/v1/sessions) unused for this long are closed: seconds, or a number with
+    /// s, m, h or d.
+    #[arg(long = "session-idle-ttl", default_value = "30m", value_parser = parse_duration)]
+    pub session_idle_ttl: Duration,
+    /// Sessions are closed this long after they opened, used or not.
+    #[arg(long = "session-max-lifetime", default_value = "24h", value_parser = parse_duration)]
+    pub session_max_lifetime: Duration,
+    /// Open sessions per credential (per token or hotkey; in all without auth).
+    #[arg(long = "max-sessions-per-token", default_value_t = 64)]
+    pub max_sessions_per_token: usize,
+    /// Longest timeout of one session command.
+    #[arg(long = "session-max-exec-timeout", default_value = "1h", value_parser = parse_duration)]
+    pub session_max_exec_timeout: Duration,
+    /// Largest file uploaded to or downloaded from a session, in bytes.
+    #[arg(long = "session-max-file-bytes", default_value_t = 64 << 20)]
+    pub session_max_file_bytes: u64,
+    /// Keep N started environments of each task of TASK_OR_DATASET (a task directory or a
+    /// directory of tasks) ready for sessions: `--warm-pool ./tasks/hello=4` (repeatable).
+    #[arg(long = "warm-pool", value_name = "TASK_OR_DATASET=N", value_parser = parse_warm_pool)]
+    pub warm_pool: Vec<(PathBuf, usize)>,
+    /// Most environments one warm pool keeps (also the cap of POST /api/v1/pools).
+    #[arg(long = "max-pool-size", default_value_t = 64)]
+    pub max_pool_size: usize,
+}
+
+fn parse_warm_pool(s: &str) -> Result<(PathBuf, usize), String> {
+    let (path, n) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("{s:?}: expected TASK_OR_DATASET=N, e.g. ./tasks/hello=4"))?;
+    let n: usize = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?}: N must be a whole number of environments"))?;
+    if path.is_empty() {
+        return Err(format!("{s:?}: the task or dataset directory is empty"));
+    }
+    Ok((PathBuf::from(path), n))
 }
 
 /// The operator's limits and allow-lists onto the server configuration.
@@ -154,6 +191,34 @@ fn apply_limits(args: &ServeArgs, config: &mut ServerConfig) -> Result<(), Strin
         }
         caps.max_trials_per_job = v;
     }
+    if args.max_sessions_per_token == 0 {
+        return Err("--max-sessions-per-token must be at least 1".into());
+    }
+    for (p, n) in &args.warm_pool {
+        if *n > args.max_pool_size {
+            return Err(format!(
+                "--warm-pool {}={n}: over --max-pool-size {}",
+                p.display(),
+                args.max_pool_size
+            ));
+        }
+        if !p.is_dir() {
+            return Err(format!(
+                "--warm-pool {}: not a directory (give a task directory or a directory of tasks)",
+                p.display()
+            ));
+        }
+    }
+    config.sessions = rollout_server::sessions::SessionConfig {
+        idle_ttl: args.session_idle_ttl,
+        max_lifetime: args.session_max_lifetime,
+        max_per_token: args.max_sessions_per_token,
+        max_exec_timeout: args.session_max_exec_timeout,
+        max_exec_output: config.sessions.max_exec_output,
+        max_file_bytes: args.session_max_file_bytes,
+        warm_pools: args.warm_pool.clone(),
+        max_pool_size: args.max_pool_size,
+    };
     let sources = &mut config.sources;
     sources.repo_hosts = args.allow_repo_host.clone();
     sources.registry_prefixes = args.allow_registry.clone();
