@@ -121,7 +121,13 @@ pub fn plan(state: &AppState, id: &str, mut config: JobConfig) -> Result<JobPlan
         }
     }
     let opts = SourceOptions {
-        git: GitCache::new(GitCache::default_root()).with_policy(policy.clone()),
+        git: {
+            let git = GitCache::new(GitCache::default_root()).with_policy(policy.clone());
+            match state.config.clone_timeout {
+                Some(t) => git.with_timeout(t),
+                None => git,
+            }
+        },
         parallel_clones: 4,
         archives: config.archives.clone(),
         executor: ExecutorOptions {
@@ -131,6 +137,8 @@ pub fn plan(state: &AppState, id: &str, mut config: JobConfig) -> Result<JobPlan
             parallel_clones: 4,
             // Unpacked into the run's directory: removed with the run (--ttl).
             unpack_dir: Some(state.config.runs_dir().join(id).join("archives")),
+            agent_timeout_sec: state.config.executor_agent_timeout,
+            test_timeout_sec: state.config.executor_test_timeout,
         },
         policy: Some(policy),
     };
@@ -307,10 +315,13 @@ async fn execute(state: Arc<AppState>, live: Arc<LiveRun>, plan: JobPlan) {
     {
         tracing::warn!(run = %id, "removing leftover containers: {e}");
     }
-    let options = RunOptions {
+    let mut options = RunOptions {
         ca_bundle: state.config.ca_bundle.clone().map(Arc::new),
         ..Default::default()
     };
+    if let Some(cap) = state.config.max_output_bytes {
+        options.output_cap = cap;
+    }
     let mut runner = Runner::new(state.provider.clone(), live.cancel.clone(), options);
     let writer = Arc::new(ResultsWriter::new());
     runner.subscribe(writer.clone());
@@ -789,7 +800,11 @@ pub async fn drain(state: &Arc<AppState>) {
 
 /// Every so often, delete finished runs older than `--ttl` with their files.
 pub fn spawn_reaper(state: Arc<AppState>) {
-    let every = (state.config.ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    let shortest = match state.config.max_run_age {
+        Some(age) => age.min(state.config.ttl),
+        None => state.config.ttl,
+    };
+    let every = (shortest / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -802,8 +817,29 @@ pub fn spawn_reaper(state: Arc<AppState>) {
     });
 }
 
+/// Cancel runs still queued or running `--max-run-age` after their submission (the seed's
+/// `SESSION_TTL_SECS`); returns how many.
+pub fn expire_running(state: &AppState) -> usize {
+    let Some(age) = state.config.max_run_age else {
+        return 0;
+    };
+    let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    let Some(cutoff) = Utc::now().checked_sub_signed(age) else {
+        return 0;
+    };
+    let mut n = 0;
+    for r in state.db.list_runs(None).unwrap_or_default() {
+        if !r.status.is_final() && r.created_at < cutoff && cancel(state, &r.id) {
+            tracing::warn!(run = %r.id, "cancelled: still unfinished after --max-run-age");
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Delete finished runs older than the TTL; returns how many.
 pub fn reap(state: &AppState) -> usize {
+    expire_running(state);
     let ttl = chrono::Duration::from_std(state.config.ttl).unwrap_or(chrono::Duration::MAX);
     let Some(cutoff) = Utc::now().checked_sub_signed(ttl) else {
         return 0;

@@ -230,6 +230,9 @@ pub fn job_config(args: &RunArgs) -> Result<JobConfig, String> {
             EnvKind::Kubernetes => EnvironmentType::Kubernetes,
         };
     }
+    if let Some(level) = config.log_level {
+        crate::set_job_log_level(level.as_str());
+    }
     let origin = args.config.as_deref().unwrap_or(Path::new("command line"));
     // The same checks as a job file's and a submitted job's (rollout serve).
     config.validate(origin).map_err(|e| e.to_string())?;
