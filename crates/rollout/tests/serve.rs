@@ -1479,7 +1479,7 @@ async fn seed_deployment_variables_and_hotkey_header_clients_work() {
     let tasks = get(&server, &format!("/batch/{id}/tasks")).await;
     for t in tasks["tasks"].as_array().unwrap() {
         let err = t["error"].to_string();
-        assert!(err.contains("agent_timeout"), "{t}");
+        assert!(err.starts_with("\"agent_execution_timeout"), "{t}");
     }
     let metrics = metrics(&server).await;
     assert_metric(&metrics, "term_executor_batches_total 1");
