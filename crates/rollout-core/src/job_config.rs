@@ -58,11 +58,73 @@ pub struct JobConfig {
     pub executor_image: Option<String>,
     /// Shuffle the tasks with this seed before `-l/--n-tasks` (a rollout extension).
     pub shuffle_seed: Option<u64>,
+    /// Where the instruction is also placed inside the environment, and what
+    /// `ROLLOUT_TASK_INSTRUCTION` names (the Rollout seed's key; default
+    /// `/rollout/instruction.md`).
+    pub instruction_path: Option<String>,
+    /// rollout's log level for this job (the Rollout seed's key); `ROLLOUT_LOG` wins.
+    pub log_level: Option<LogLevel>,
 }
 
-/// `retry:` — exponential backoff for infrastructure failures.
+/// `log_level:` (the Rollout seed's key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    #[serde(alias = "warning")]
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// Directories an instruction may not be placed in: the verifier's, the tests', and rollout's
+/// own files.
+const RESERVED_DIRS: [&str; 5] = ["/logs", "/tests", "/solution", "/oracle", "/rollout"];
+
+/// Check `instruction_path`: absolute, plain (no `.`/`..`, no trailing `/`), outside the
+/// directories rollout and the verifier own.
+pub fn check_instruction_path(p: &str) -> Result<(), String> {
+    if !p.starts_with('/') || p.ends_with('/') || p.contains('\0') {
+        return Err(format!(
+            "{p:?}: expected an absolute file path inside the environment, such as /tmp/instruction.md"
+        ));
+    }
+    if p.split('/')
+        .skip(1)
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err(format!("{p:?}: no empty, `.` or `..` components"));
+    }
+    if let Some(d) = RESERVED_DIRS
+        .iter()
+        .find(|d| p == **d || p.starts_with(&format!("{d}/")))
+    {
+        return Err(format!(
+            "{p:?}: {d} belongs to rollout or the verifier; choose another directory (e.g. /tmp)"
+        ));
+    }
+    Ok(())
+}
+
+/// `retry:` — exponential backoff for infrastructure failures. Read in Harbor's words
+/// (`max_retries`, `min_wait_sec`, `max_wait_sec`, `multiplier`) or the Rollout seed's
+/// (`max_attempts` retries, `initial_delay_ms`, `max_delay_ms`, `multiplier`; `max_attempts`
+/// defaults to 3 there), not both for one setting.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(try_from = "RetryRepr")]
 pub struct RetryConfig {
     pub max_retries: u32,
     pub min_wait_sec: f64,
@@ -78,6 +140,68 @@ impl RetryConfig {
             .max(1.0)
             .powi(n.saturating_sub(1).min(64) as i32);
         (self.min_wait_sec * exp).min(self.max_wait_sec).max(0.0)
+    }
+}
+
+/// Both spellings of `retry:`.
+#[derive(Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+struct RetryRepr {
+    max_retries: Option<u32>,
+    min_wait_sec: Option<f64>,
+    max_wait_sec: Option<f64>,
+    multiplier: Option<f64>,
+    max_attempts: Option<u32>,
+    initial_delay_ms: Option<f64>,
+    max_delay_ms: Option<f64>,
+}
+
+impl TryFrom<RetryRepr> for RetryConfig {
+    type Error = String;
+    fn try_from(r: RetryRepr) -> Result<Self, String> {
+        fn one<T>(a: Option<T>, b: Option<T>, names: (&str, &str)) -> Result<Option<T>, String> {
+            match (a, b) {
+                (Some(_), Some(_)) => Err(format!(
+                    "give `{}` or `{}` (the Rollout seed's name), not both",
+                    names.0, names.1
+                )),
+                (a, b) => Ok(a.or(b)),
+            }
+        }
+        let seed_style =
+            r.max_attempts.is_some() || r.initial_delay_ms.is_some() || r.max_delay_ms.is_some();
+        let d = RetryConfig::default();
+        let max_retries = one(
+            r.max_retries,
+            r.max_attempts,
+            ("max_retries", "max_attempts"),
+        )?;
+        let min_wait = one(
+            r.min_wait_sec,
+            r.initial_delay_ms.map(|ms| ms / 1000.0),
+            ("min_wait_sec", "initial_delay_ms"),
+        )?;
+        let max_wait = one(
+            r.max_wait_sec,
+            r.max_delay_ms.map(|ms| ms / 1000.0),
+            ("max_wait_sec", "max_delay_ms"),
+        )?;
+        let out = RetryConfig {
+            max_retries: max_retries.unwrap_or(if seed_style { 3 } else { d.max_retries }),
+            min_wait_sec: min_wait.unwrap_or(d.min_wait_sec),
+            max_wait_sec: max_wait.unwrap_or(if seed_style { 30.0 } else { d.max_wait_sec }),
+            multiplier: r.multiplier.unwrap_or(d.multiplier),
+        };
+        for (name, v) in [
+            ("min_wait", out.min_wait_sec),
+            ("max_wait", out.max_wait_sec),
+            ("multiplier", out.multiplier),
+        ] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(format!("{name} must be a number ≥ 0, found {v}"));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -380,6 +504,9 @@ impl JobConfig {
         )?;
         positive("verifier.max_timeout_sec", self.verifier.max_timeout_sec)?;
         positive("environment.override_cpus", self.environment.override_cpus)?;
+        if let Some(p) = &self.instruction_path {
+            check_instruction_path(p).map_err(|m| ("instruction_path".to_string(), m))?;
+        }
         if let Some(p) = self.environment.pids_limit {
             if p < 1 {
                 return Err((
@@ -625,6 +752,67 @@ tasks:
                 .unwrap();
         assert_eq!(c.attempts(), 3);
         assert_eq!(c.agents[0].name, "nop");
+    }
+
+    #[test]
+    fn the_rollout_seeds_job_keys_are_read() {
+        // The Rollout seed's SPEC example, verbatim in its keys.
+        let c = parse(
+            "retry:\n  max_attempts: 3\n  initial_delay_ms: 1000\n  max_delay_ms: 30000\n  multiplier: 2.0\nlog_level: error\ninstruction_path: /tmp/instruction.md\ntasks: [{path: t}]\n",
+        )
+        .unwrap();
+        let r = c.retry.clone().unwrap();
+        assert_eq!(
+            (r.max_retries, r.min_wait_sec, r.max_wait_sec, r.multiplier),
+            (3, 1.0, 30.0, 2.0)
+        );
+        assert_eq!(c.log_level, Some(LogLevel::Error));
+        assert_eq!(c.instruction_path.as_deref(), Some("/tmp/instruction.md"));
+        c.validate(Path::new("job.yaml")).unwrap();
+        // The seed's default number of retries when its block omits it.
+        let c = parse("retry: {initial_delay_ms: 500}\ntasks: [{path: t}]\n").unwrap();
+        let r = c.retry.unwrap();
+        assert_eq!((r.max_retries, r.min_wait_sec), (3, 0.5));
+        // Harbor's spelling keeps its defaults.
+        let c = parse("retry: {max_retries: 2}\ntasks: [{path: t}]\n").unwrap();
+        assert_eq!(
+            c.retry.unwrap(),
+            RetryConfig {
+                max_retries: 2,
+                ..Default::default()
+            }
+        );
+        // One setting in both spellings is ambiguous: refused, naming both.
+        let e = parse("retry: {max_retries: 2, max_attempts: 3}\ntasks: [{path: t}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_attempts") && e.contains("max_retries"),
+            "{e}"
+        );
+        assert!(parse("log_level: loud\ntasks: [{path: t}]\n").is_err());
+    }
+
+    #[test]
+    fn instruction_paths_stay_out_of_rollouts_directories() {
+        for ok in ["/tmp/instruction.md", "/app/TASK.md"] {
+            check_instruction_path(ok).unwrap();
+        }
+        for bad in [
+            "tmp/instruction.md",
+            "/tmp/",
+            "/tmp/../logs/verifier/reward.txt",
+            "/logs/verifier/reward.txt",
+            "/tests/test.sh",
+            "/rollout/instruction.md",
+            "/oracle/solve.sh",
+        ] {
+            assert!(check_instruction_path(bad).is_err(), "{bad}");
+        }
+        let e = parse("instruction_path: /logs/verifier/reward.txt\ntasks: [{path: t}]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("instruction_path"), "{e}");
     }
 
     #[test]

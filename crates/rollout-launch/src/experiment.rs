@@ -172,6 +172,20 @@ pub struct ExperimentSink {
     error: Mutex<Option<String>>,
 }
 
+/// The seed's words for a run that was stopped: its test plan (SM-01) knows `cancelled`, not
+/// rollout's `interrupted` (Ctrl-C, SIGTERM) or `killed` (`rollout jobs kill`), which stay
+/// readable as `cancel_reason`. The job directory's own run_control.json keeps rollout's.
+fn seed_status(control: &mut Value) {
+    let status = control
+        .get("status")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    if let Some(reason @ ("interrupted" | "killed")) = status.as_deref() {
+        control["cancel_reason"] = json!(reason);
+        control["status"] = json!("cancelled");
+    }
+}
+
 impl ExperimentSink {
     /// The sink of a run: trials are numbered in plan order, and the numbering is kept in
     /// `trials/index.json` so that a resumed run (whose plan holds only the trials left) writes
@@ -216,12 +230,13 @@ impl ExperimentSink {
         Some(self.run_dir.join("trials").join(format!("trial_{n}")))
     }
 
-    /// `runtime/run_control.json`: the job's state file, in the seed's place.
+    /// `runtime/run_control.json`: the job's state file, in the seed's place and words.
     fn mirror_control(&self) -> std::io::Result<()> {
         let Ok(bytes) = std::fs::read(self.run_dir.join(RUN_CONTROL)) else {
             return Ok(());
         };
-        let control: Value = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+        let mut control: Value = serde_json::from_slice(&bytes).map_err(std::io::Error::other)?;
+        seed_status(&mut control);
         write_json(&self.run_dir.join("runtime").join(RUN_CONTROL), &control)
     }
 
@@ -376,6 +391,28 @@ impl EventSink for ExperimentSink {
                 );
                 *first = Some(e.to_string());
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod seed_status_tests {
+    use super::*;
+
+    #[test]
+    fn stopped_runs_read_cancelled_in_the_seed_file() {
+        for (ours, seed) in [
+            ("interrupted", "cancelled"),
+            ("killed", "cancelled"),
+            ("completed", "completed"),
+            ("failed", "failed"),
+            ("running", "running"),
+        ] {
+            let mut c = json!({"status": ours, "run_id": "r"});
+            seed_status(&mut c);
+            assert_eq!(c["status"], seed, "{ours}");
+            let reason = (ours != seed).then_some(ours);
+            assert_eq!(c["cancel_reason"].as_str(), reason, "{ours}");
         }
     }
 }

@@ -357,6 +357,13 @@ pub struct Launcher {
     /// Run the job's `uv-script` metrics on this host after the run. Off for `rollout serve`:
     /// a server never runs a submitted program on its host.
     pub script_metrics: bool,
+    /// Timeout of each git process (None: the git cache's default).
+    pub git_timeout: Option<std::time::Duration>,
+    /// Agent and test timeouts of executor-archive tasks, seconds (None: 600 and 300).
+    pub executor_agent_timeout: Option<f64>,
+    pub executor_test_timeout: Option<f64>,
+    /// Output kept per command (None: 1 MiB).
+    pub output_cap: Option<usize>,
 }
 
 /// What a finished run produced besides its result.
@@ -377,6 +384,8 @@ impl Launcher {
             base_image: config.executor_image.clone(),
             ca_bundle: self.ca_bundle.clone(),
             unpack_dir: self.unpack_dir.clone(),
+            agent_timeout_sec: self.executor_agent_timeout,
+            test_timeout_sec: self.executor_test_timeout,
             ..Default::default()
         };
         if let Some(l) = &self.archive_limits {
@@ -386,6 +395,9 @@ impl Launcher {
         let mut git = GitCache::new(GitCache::default_root());
         if let Some(p) = &self.policy {
             git = git.with_policy(p.clone());
+        }
+        if let Some(t) = self.git_timeout {
+            git = git.with_timeout(t);
         }
         let opts = SourceOptions {
             git,
@@ -526,10 +538,13 @@ impl Launcher {
                 )),
             }
         }
-        let options = RunOptions {
+        let mut options = RunOptions {
             ca_bundle: self.ca_bundle.clone().map(Arc::new),
             ..Default::default()
         };
+        if let Some(cap) = self.output_cap {
+            options.output_cap = cap;
+        }
         let mut runner = Runner::new(provider, cancel, options);
         on_runner(&runner);
         let writer = Arc::new(ResultsWriter::new());

@@ -418,6 +418,14 @@ impl TrialRun<'_> {
         let packed = tar
             .dir("/rollout", 0o755)
             .and_then(|t| t.file(INSTRUCTION_PATH, 0o644, text.as_bytes()))
+            .and_then(|t| {
+                let seed_path = crate::trial::instruction_path(&self.shared.job.config);
+                if seed_path == INSTRUCTION_PATH {
+                    Ok(t)
+                } else {
+                    t.file(seed_path, 0o644, text.as_bytes())
+                }
+            })
             .map(|_| ())
             .and_then(|_| tar.finish())
             .map_err(|e| {

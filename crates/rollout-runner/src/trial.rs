@@ -312,7 +312,10 @@ impl TrialRun<'_> {
                 user: task.config.agent.user.clone(),
                 install_timeout: plan.timeouts.agent_install,
                 run_timeout: plan.timeouts.agent,
-                env_vars: vec![("ROLLOUT_TASK_INSTRUCTION".into(), INSTRUCTION_PATH.into())],
+                env_vars: vec![(
+                    "ROLLOUT_TASK_INSTRUCTION".into(),
+                    instruction_path(&self.shared.job.config).into(),
+                )],
                 output_cap: self.shared.options.output_cap,
             };
             let mark = if st.error.is_none() {
@@ -558,6 +561,10 @@ impl TrialRun<'_> {
             .dir("/logs/artifacts", 0o777)?
             .dir("/rollout", 0o755)?
             .file(INSTRUCTION_PATH, 0o644, task.instruction.as_bytes())?;
+        let seed_path = instruction_path(&self.shared.job.config);
+        if seed_path != INSTRUCTION_PATH {
+            tar.file(seed_path, 0o644, task.instruction.as_bytes())?;
+        }
         if let Some(bundle) = &self.shared.options.ca_bundle {
             tar.file(CA_BUNDLE_PATH, 0o644, bundle)?;
         }
@@ -1124,4 +1131,13 @@ pub(crate) fn agent_error(e: rollout_agents::AgentError) -> ErrorInfo {
 pub(crate) fn code(o: &CommandOutcome) -> String {
     o.exit_code
         .map_or_else(|| "no exit code".into(), |c| c.to_string())
+}
+
+/// Where agents read the instruction: the job's `instruction_path` (the Rollout seed's key,
+/// where the instruction is placed too) or [`INSTRUCTION_PATH`].
+pub(crate) fn instruction_path(config: &rollout_core::JobConfig) -> &str {
+    config
+        .instruction_path
+        .as_deref()
+        .unwrap_or(INSTRUCTION_PATH)
 }

@@ -9,6 +9,10 @@
 //!   hotkey string immediately followed by the nonce string, hex-encoded (optional `0x`). The
 //!   hotkey must be in the allowlist (`--hotkeys-file`), its SS58 checksum valid, and a nonce is
 //!   accepted once per [`NONCE_WINDOW`].
+//! - `hotkey-header`: the first term-executor's scheme, for its existing clients: `X-Hotkey`
+//!   alone, matched against the allowlist. It names a caller and proves nothing (anyone who
+//!   knows an allowed hotkey can submit); as in the seed, only submissions and cancellations
+//!   need it, reads are open.
 //!
 //! Credentials never reach a log line: rejections log only their reason.
 
@@ -34,6 +38,7 @@ pub enum AuthMode {
     None,
     Token,
     Hotkey,
+    HotkeyHeader,
 }
 
 impl AuthMode {
@@ -42,6 +47,7 @@ impl AuthMode {
             AuthMode::None => "none",
             AuthMode::Token => "token",
             AuthMode::Hotkey => "hotkey",
+            AuthMode::HotkeyHeader => "hotkey-header",
         }
     }
 }
@@ -72,6 +78,8 @@ pub enum Auth {
         allowed: HashSet<String>,
         nonces: Mutex<HashMap<String, Instant>>,
     },
+    /// `X-Hotkey` alone (identity without proof): the seed's clients.
+    HotkeyHeader(HashSet<String>),
 }
 
 /// Who made a request (for the record; never a secret).
@@ -131,32 +139,22 @@ impl Auth {
 
     /// Hotkey authentication with the allowlist in `file` (one SS58 address a line).
     pub fn hotkeys(file: Option<&Path>) -> Result<Self, AuthSetupError> {
-        let Some(path) = file else {
-            return Err(AuthSetupError::Missing(
-                "hotkey",
-                "give --hotkeys-file FILE listing the SS58 hotkeys allowed to submit",
-            ));
-        };
-        let text = read(path)?;
-        let mut allowed = HashSet::new();
-        for (line, l) in lines(&text) {
-            ss58_public_key(l).map_err(|message| AuthSetupError::Invalid {
-                origin: path.display().to_string(),
-                line,
-                message: message.into(),
-            })?;
-            allowed.insert(l.to_string());
-        }
-        if allowed.is_empty() {
-            return Err(AuthSetupError::Missing(
-                "hotkey",
-                "the hotkeys file lists no hotkey",
-            ));
-        }
+        let allowed = read_hotkeys(file, "hotkey")?;
         Ok(Auth::Hotkey {
             allowed,
             nonces: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The seed's `X-Hotkey`-only authentication with the allowlist in `file`.
+    pub fn hotkey_header(file: Option<&Path>) -> Result<Self, AuthSetupError> {
+        Ok(Auth::HotkeyHeader(read_hotkeys(file, "hotkey-header")?))
+    }
+
+    /// Whether reads (runs, trials, streams) are open whatever the credentials: the seed's
+    /// scheme authenticates submissions only.
+    pub fn reads_open(&self) -> bool {
+        matches!(self, Auth::HotkeyHeader(_))
     }
 
     pub fn mode(&self) -> AuthMode {
@@ -164,6 +162,7 @@ impl Auth {
             Auth::None => AuthMode::None,
             Auth::Token(_) => AuthMode::Token,
             Auth::Hotkey { .. } => AuthMode::Hotkey,
+            Auth::HotkeyHeader(_) => AuthMode::HotkeyHeader,
         }
     }
 
@@ -262,8 +261,48 @@ impl Auth {
                 seen.insert(key, now);
                 Ok(Principal(hotkey.to_string()))
             }
+            Auth::HotkeyHeader(allowed) => match header("x-hotkey") {
+                // The seed answers both cases alike: 401 `unauthorized`.
+                Some(hotkey) if allowed.contains(hotkey.trim()) => {
+                    Ok(Principal(hotkey.trim().to_string()))
+                }
+                _ => Err(unauthorized(
+                    "unauthorized",
+                    "Invalid or missing X-Hotkey header. Only an authorized hotkey can submit tasks.",
+                )),
+            },
         }
     }
+}
+
+/// The SS58 allowlist of `--hotkeys-file`, every address checked.
+fn read_hotkeys(
+    file: Option<&Path>,
+    mode: &'static str,
+) -> Result<HashSet<String>, AuthSetupError> {
+    let Some(path) = file else {
+        return Err(AuthSetupError::Missing(
+            mode,
+            "give --hotkeys-file FILE listing the SS58 hotkeys allowed to submit",
+        ));
+    };
+    let text = read(path)?;
+    let mut allowed = HashSet::new();
+    for (line, l) in lines(&text) {
+        ss58_public_key(l).map_err(|message| AuthSetupError::Invalid {
+            origin: path.display().to_string(),
+            line,
+            message: message.into(),
+        })?;
+        allowed.insert(l.to_string());
+    }
+    if allowed.is_empty() {
+        return Err(AuthSetupError::Missing(
+            mode,
+            "the hotkeys file lists no hotkey",
+        ));
+    }
+    Ok(allowed)
 }
 
 fn unauthorized(code: &'static str, message: impl Into<String>) -> ApiError {
@@ -355,6 +394,36 @@ mod tests {
                 .unwrap(),
         );
         h
+    }
+
+    #[test]
+    fn the_seed_hotkey_header_scheme_checks_the_allowlist_only() {
+        let allowed = ss58_encode(&keypair(7).public.to_bytes(), 42);
+        let other = ss58_encode(&keypair(8).public.to_bytes(), 42);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hotkeys");
+        std::fs::write(&file, format!("# allowed\n{allowed}\n")).unwrap();
+        let auth = Auth::hotkey_header(Some(&file)).unwrap();
+        assert!(auth.reads_open());
+        let with = |k: &str| {
+            let mut h = HeaderMap::new();
+            h.insert("x-hotkey", k.parse().unwrap());
+            h
+        };
+        // No nonce, no signature: the header alone is the seed's whole scheme.
+        assert_eq!(auth.check(&with(&allowed)).unwrap().0, allowed);
+        for refused in [with(&other), HeaderMap::new()] {
+            let e = auth.check(&refused).unwrap_err();
+            assert_eq!(
+                (e.status, e.code),
+                (StatusCode::UNAUTHORIZED, "unauthorized")
+            );
+        }
+        // An allowlist entry that is no SS58 address is refused at start-up, with its line.
+        std::fs::write(&file, "not-an-address\n").unwrap();
+        let err = Auth::hotkey_header(Some(&file)).err().unwrap().to_string();
+        assert!(err.contains("line 1"), "{err}");
+        assert!(Auth::hotkey_header(None).is_err());
     }
 
     #[test]

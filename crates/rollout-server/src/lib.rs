@@ -83,6 +83,19 @@ pub struct ServerConfig {
     pub sources: rollout_sources::policy::RemotePolicy,
     /// Session limits and warm pools (`/api/v1/sessions`).
     pub sessions: sessions::SessionConfig,
+    /// Runs still queued or running this long after submission are cancelled (the seed's
+    /// `SESSION_TTL_SECS`); None: no limit.
+    pub max_run_age: Option<Duration>,
+    /// Each git process of a submission (the seed's `CLONE_TIMEOUT_SECS`); None: the default.
+    pub clone_timeout: Option<Duration>,
+    /// Agent and test timeouts of executor-archive tasks, seconds (the seed's
+    /// `AGENT_TIMEOUT_SECS` and `TEST_TIMEOUT_SECS`); None: 600 and 300.
+    pub executor_agent_timeout: Option<f64>,
+    pub executor_test_timeout: Option<f64>,
+    /// Output kept per command (the seed's `MAX_OUTPUT_BYTES`); None: 1 MiB.
+    pub max_output_bytes: Option<usize>,
+    /// Origins browsers may call the API from (`--cors-origin`; `*`: any). Empty: no CORS.
+    pub cors_origins: Vec<String>,
 }
 
 /// Operator limits on what one submission may ask for (`--max-memory-mb` …). A submission over
@@ -148,6 +161,12 @@ impl ServerConfig {
             caps: Caps::from_host(),
             sources: Default::default(),
             sessions: Default::default(),
+            max_run_age: None,
+            clone_timeout: None,
+            executor_agent_timeout: None,
+            executor_test_timeout: None,
+            max_output_bytes: None,
+            cors_origins: Vec::new(),
         }
     }
     pub fn db_path(&self) -> PathBuf {
@@ -369,7 +388,32 @@ pub fn router(state: Arc<AppState>) -> Router {
                 tower_http::trace::DefaultOnResponse::new().level(tracing::Level::INFO),
             ),
     )
+    .layer(cors_layer(&state.config.cors_origins))
     .with_state(state)
+}
+
+/// CORS for browser clients on other origins (`--cors-origin`): none unless configured.
+/// Credentials travel in headers (Authorization, X-Hotkey…), never cookies, so no
+/// `Access-Control-Allow-Credentials` is sent.
+fn cors_layer(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    if origins.is_empty() {
+        return CorsLayer::new();
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            origins
+                .iter()
+                .filter_map(|o| axum::http::HeaderValue::from_str(o.trim_end_matches('/')).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods(Any)
+        .allow_headers(Any)
+        .max_age(Duration::from_secs(3600))
 }
 
 /// Error bodies (small JSON documents) lose every host path: whatever produced the message,

@@ -180,7 +180,63 @@ impl Metrics {
             "rollout_serve_batch_duration_seconds",
             "Duration of finished runs.",
         );
+        self.render_seed(&mut out);
         out
+    }
+
+    /// The same counters under the term-executor's names, so that its dashboards and alerts
+    /// keep working against rollout.
+    fn render_seed(&self, out: &mut String) {
+        let seed = [
+            (
+                "batches_total",
+                "counter",
+                "Total batches submitted.",
+                Self::get(&self.batches_total),
+            ),
+            (
+                "batches_active",
+                "gauge",
+                "Currently running batches.",
+                Self::get(&self.batches_active),
+            ),
+            (
+                "batches_completed",
+                "counter",
+                "Completed batches.",
+                Self::get(&self.batches_completed),
+            ),
+            (
+                "tasks_total",
+                "counter",
+                "Total tasks evaluated.",
+                Self::get(&self.tasks_total),
+            ),
+            (
+                "tasks_passed",
+                "counter",
+                "Tasks that passed (reward=1).",
+                Self::get(&self.tasks_passed),
+            ),
+            (
+                "tasks_failed",
+                "counter",
+                "Tasks that failed (reward=0).",
+                Self::get(&self.tasks_failed),
+            ),
+            (
+                "duration_ms_sum",
+                "counter",
+                "Sum of batch durations in ms.",
+                self.batch_duration.sum_us.load(Ordering::Relaxed) / 1000,
+            ),
+        ];
+        for (name, kind, help, value) in seed {
+            let _ = writeln!(
+                out,
+                "# HELP term_executor_{name} {help}\n# TYPE term_executor_{name} {kind}\nterm_executor_{name} {value}"
+            );
+        }
     }
 }
 
@@ -201,5 +257,22 @@ mod tests {
         assert!(text.contains("rollout_serve_task_duration_seconds_bucket{le=\"10\"} 2"));
         assert!(text.contains("rollout_serve_task_duration_seconds_count 2"));
         assert!(text.contains("rollout_serve_task_duration_seconds_sum 7.5"));
+    }
+
+    #[test]
+    fn the_seed_metric_names_are_exported_too() {
+        let m = Metrics::default();
+        Metrics::inc(&m.batches_total);
+        Metrics::inc(&m.tasks_passed);
+        m.batch_duration.observe(1.234);
+        let text = m.render();
+        assert!(text.contains("\nterm_executor_batches_total 1\n"), "{text}");
+        assert!(text.contains("\nterm_executor_tasks_passed 1\n"), "{text}");
+        assert!(
+            text.contains("\nterm_executor_duration_ms_sum 1234\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE term_executor_batches_active gauge"));
+        assert!(text.contains("\nrollout_serve_batches_total 1\n"));
     }
 }

@@ -111,6 +111,10 @@ fn launcher(state: &AppState, id: &str) -> rollout_launch::Launcher {
         argv: vec!["rollout".into(), "serve".into(), format!("run:{id}")],
         // A server never runs a submitted program on its host.
         script_metrics: false,
+        git_timeout: state.config.clone_timeout,
+        executor_agent_timeout: state.config.executor_agent_timeout,
+        executor_test_timeout: state.config.executor_test_timeout,
+        output_cap: state.config.max_output_bytes,
     }
 }
 
@@ -758,7 +762,11 @@ pub async fn drain(state: &Arc<AppState>) {
 
 /// Every so often, delete finished runs older than `--ttl` with their files.
 pub fn spawn_reaper(state: Arc<AppState>) {
-    let every = (state.config.ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
+    let shortest = match state.config.max_run_age {
+        Some(age) => age.min(state.config.ttl),
+        None => state.config.ttl,
+    };
+    let every = (shortest / 4).clamp(Duration::from_secs(1), Duration::from_secs(300));
     tokio::spawn(async move {
         loop {
             tokio::select! {
@@ -771,8 +779,29 @@ pub fn spawn_reaper(state: Arc<AppState>) {
     });
 }
 
+/// Cancel runs still queued or running `--max-run-age` after their submission (the seed's
+/// `SESSION_TTL_SECS`); returns how many.
+pub fn expire_running(state: &AppState) -> usize {
+    let Some(age) = state.config.max_run_age else {
+        return 0;
+    };
+    let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+    let Some(cutoff) = Utc::now().checked_sub_signed(age) else {
+        return 0;
+    };
+    let mut n = 0;
+    for r in state.db.list_runs(None).unwrap_or_default() {
+        if !r.status.is_final() && r.created_at < cutoff && cancel(state, &r.id) {
+            tracing::warn!(run = %r.id, "cancelled: still unfinished after --max-run-age");
+            n += 1;
+        }
+    }
+    n
+}
+
 /// Delete finished runs older than the TTL; returns how many.
 pub fn reap(state: &AppState) -> usize {
+    expire_running(state);
     let ttl = chrono::Duration::from_std(state.config.ttl).unwrap_or(chrono::Duration::MAX);
     let Some(cutoff) = Utc::now().checked_sub_signed(ttl) else {
         return 0;

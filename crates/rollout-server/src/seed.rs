@@ -53,6 +53,11 @@ pub async fn status(State(state): State<Arc<AppState>>) -> Json<Value> {
             "max_attempts": state.config.caps.max_attempts,
             "max_timeout_multiplier": state.config.caps.max_timeout_multiplier,
             "max_trials_per_job": state.config.caps.max_trials_per_job,
+            "max_output_bytes": state.config.max_output_bytes.unwrap_or(rollout_env::exec::DEFAULT_OUTPUT_CAP),
+            "session_ttl_secs": state.config.max_run_age.map(|d| d.as_secs()),
+            "clone_timeout_secs": state.config.clone_timeout.map(|d| d.as_secs()),
+            "agent_timeout_secs": state.config.executor_agent_timeout,
+            "test_timeout_secs": state.config.executor_test_timeout,
         },
         "public_reads": state.config.public_reads,
     }))
@@ -78,7 +83,7 @@ pub(crate) fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Api
 /// Check credentials for a read of runs, trials and streams: the same as for writes, unless the
 /// operator opened reads (`--public-reads`).
 pub(crate) fn authorize_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    if state.config.public_reads {
+    if state.config.public_reads || state.auth.reads_open() {
         return Ok(());
     }
     authorize(state, headers)

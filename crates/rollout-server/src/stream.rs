@@ -60,8 +60,25 @@ pub async fn seed_ws(
     let id = q.batch_id.ok_or_else(|| {
         ApiError::bad_request("missing_batch_id", "give the batch as /ws?batch_id=ID")
     })?;
-    load_run(&state, &id)?;
-    Ok(ws.on_upgrade(move |socket| seed_ws_loop(state, id, socket)))
+    match load_run(&state, &id) {
+        Ok(_) => Ok(ws.on_upgrade(move |socket| seed_ws_loop(state, id, socket))),
+        // As the seed: the socket opens, says which batch is unknown, and closes.
+        Err(e) if e.status == axum::http::StatusCode::NOT_FOUND => {
+            Ok(ws.on_upgrade(move |mut socket| async move {
+                let msg = json!({"error": "batch_not_found", "batch_id": id});
+                let _ = socket.send(Message::Text(msg.to_string().into())).await;
+                let _ = socket.send(Message::Close(None)).await;
+            }))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The seed's last message before the socket closes: the batch's stream has ended.
+async fn close_seed_stream(socket: &mut WebSocket, id: &str) {
+    let msg = json!({"event": "stream_closed", "batch_id": id});
+    let _ = socket.send(Message::Text(msg.to_string().into())).await;
+    let _ = socket.send(Message::Close(None)).await;
 }
 
 fn snapshot(state: &AppState, id: &str) -> Option<Value> {
@@ -107,9 +124,11 @@ async fn seed_ws_loop(state: Arc<AppState>, id: String, mut socket: WebSocket) {
         .send(Message::Text(msg.to_string().into()))
         .await
         .is_err()
-        || final_already
     {
-        let _ = socket.send(Message::Close(None)).await;
+        return;
+    }
+    if final_already {
+        close_seed_stream(&mut socket, &id).await;
         return;
     }
     loop {
@@ -145,7 +164,7 @@ async fn seed_ws_loop(state: Arc<AppState>, id: String, mut socket: WebSocket) {
             Next::End => break,
         }
     }
-    let _ = socket.send(Message::Close(None)).await;
+    close_seed_stream(&mut socket, &id).await;
 }
 
 fn job_snapshot(state: &AppState, id: &str) -> Option<Value> {

@@ -41,6 +41,10 @@ pub struct ExecutorOptions {
     /// Where archives are unpacked; None: `<cache>/archives`, shared and reused. `rollout serve`
     /// unpacks into the run's own directory, so that the run's expiry removes it.
     pub unpack_dir: Option<PathBuf>,
+    /// The agent timeout of the generated tasks, seconds (default 600, as the seed).
+    pub agent_timeout_sec: Option<f64>,
+    /// The test (verifier) timeout of the generated tasks, seconds (default 300, as the seed).
+    pub test_timeout_sec: Option<f64>,
 }
 
 /// An archive's tasks and agent.
@@ -343,9 +347,11 @@ fn write_task(
     std::fs::write(env.join("Dockerfile"), dockerfile).map_err(io("writing the Dockerfile"))?;
 
     let toml = format!(
-        "version = \"1.0\"\nsource = \"executor archive {batch}\"\n\n[metadata]\nrepo = {repo:?}\nbase_commit = {commit:?}\nlanguage = {lang:?}\n\n[agent]\ntimeout_sec = 600.0\n\n[verifier]\ntimeout_sec = 300.0\n\n[environment]\nbuild_timeout_sec = 1800.0\nworkdir = \"/repo\"\n",
+        "version = \"1.0\"\nsource = \"executor archive {batch}\"\n\n[metadata]\nrepo = {repo:?}\nbase_commit = {commit:?}\nlanguage = {lang:?}\n\n[agent]\ntimeout_sec = {agent:?}\n\n[verifier]\ntimeout_sec = {test:?}\n\n[environment]\nbuild_timeout_sec = 1800.0\nworkdir = \"/repo\"\n",
         repo = ws.repo,
         lang = ws.language.clone().unwrap_or_default(),
+        agent = opts.agent_timeout_sec.unwrap_or(600.0),
+        test = opts.test_timeout_sec.unwrap_or(300.0),
     );
     std::fs::write(task.join("task.toml"), toml).map_err(io("writing task.toml"))?;
     write_tests(src, &task.join("tests"))

@@ -18,6 +18,37 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `rollout JOB.yaml` (the Rollout seed's invocation) is `rollout run JOB.yaml`: when the first
+/// argument that is not a global option names an existing job file (`.yaml`, `.yml`, `.json`)
+/// and no subcommand, `run` is inserted before it.
+pub fn job_shorthand(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let mut i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy();
+        if a == "--store" {
+            i += 2;
+            continue;
+        }
+        if a.starts_with("--store=") {
+            i += 1;
+            continue;
+        }
+        break;
+    }
+    let Some(first) = args.get(i) else {
+        return args;
+    };
+    let path = std::path::Path::new(first);
+    let is_job_file = matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    ) && path.is_file();
+    if is_job_file {
+        args.insert(i, "run".into());
+    }
+    args
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a job: every agent on every task, n_attempts times, in containers.
@@ -195,7 +226,11 @@ pub struct CheckArgs {
 /// Where environments run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EnvKind {
+    /// The Docker engine (AgentLab's executor name `local_docker` is accepted).
+    #[value(alias = "local_docker")]
     Docker,
+    /// The host, in a private workspace (AgentLab's `local_process` is accepted).
+    #[value(alias = "local_process")]
     Local,
     Kubernetes,
 }
@@ -274,12 +309,13 @@ pub struct RunArgs {
     #[arg(short = 'x', long = "exclude-task")]
     pub exclude: Vec<String>,
 
-    /// Run at most this many tasks (after filtering, in name order).
-    #[arg(short = 'l', long = "n-tasks")]
+    /// Run at most this many tasks (after filtering, in name order). AGENTLAB_LIMIT, the
+    /// AgentLab runner's variable, sets it too.
+    #[arg(short = 'l', long = "n-tasks", env = "AGENTLAB_LIMIT")]
     pub n_tasks: Option<usize>,
 
-    /// Environment provider.
-    #[arg(long = "env", value_enum)]
+    /// Environment provider (`--executor`, AgentLab's name for it, is accepted).
+    #[arg(long = "env", visible_alias = "executor", value_enum)]
     pub env: Option<EnvKind>,
 
     /// Rebuild environment images even when an image with the same content exists.
@@ -363,5 +399,40 @@ mod size_tests {
         assert_eq!(parse_size("2kb").unwrap(), 2048);
         assert!(parse_size("lots").is_err());
         assert!(parse_size("3X").is_err());
+    }
+}
+
+#[cfg(test)]
+mod shorthand_tests {
+    use super::job_shorthand;
+    use std::ffi::OsString;
+
+    fn argv(a: &[&str]) -> Vec<OsString> {
+        a.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn a_job_file_as_first_argument_means_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path().join("job.yaml");
+        std::fs::write(&job, "tasks: []\n").unwrap();
+        let j = job.to_str().unwrap();
+        assert_eq!(
+            job_shorthand(argv(&["rollout", j, "-n", "2"])),
+            argv(&["rollout", "run", j, "-n", "2"])
+        );
+        assert_eq!(
+            job_shorthand(argv(&["rollout", "--store", "off", j])),
+            argv(&["rollout", "--store", "off", "run", j])
+        );
+        // Subcommands, missing files and other extensions are left to clap.
+        for unchanged in [
+            argv(&["rollout", "run", j]),
+            argv(&["rollout", "missing.yaml"]),
+            argv(&["rollout", "jobs", "list"]),
+            argv(&["rollout"]),
+        ] {
+            assert_eq!(job_shorthand(unchanged.clone()), unchanged);
+        }
     }
 }

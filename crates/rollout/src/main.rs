@@ -17,15 +17,40 @@ use std::process::ExitCode;
 
 pub use error::exit;
 
-fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ROLLOUT_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+type FilterHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+/// The log filter, changeable once a job file names its `log_level`.
+static LOG_FILTER: std::sync::OnceLock<FilterHandle> = std::sync::OnceLock::new();
+
+/// Logs to stderr, filtered by `ROLLOUT_LOG` (default `warn`).
+fn init_logging() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROLLOUT_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let _ = LOG_FILTER.set(handle);
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
         .init();
+}
+
+/// A job file's `log_level` (the Rollout seed's key): applied unless `ROLLOUT_LOG` is set,
+/// which wins as a command-line setting does.
+pub fn set_job_log_level(level: &str) {
+    if std::env::var_os("ROLLOUT_LOG").is_some() {
+        return;
+    }
+    if let Some(handle) = LOG_FILTER.get() {
+        let _ = handle.reload(tracing_subscriber::EnvFilter::new(level));
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse_from(cli::job_shorthand(std::env::args_os().collect()));
+    init_logging();
     rollout_prov::set_store(cli.store.clone());
     let code = match cli.command {
         cli::Command::Run(args) => error::report(run::main(*args)),

@@ -97,6 +97,9 @@ pub fn main(args: RunArgs) -> CliResult {
         return execute(&launcher, plan, args.json, Some(sink));
     }
     let mut config = rollout_launch::job_config(args.config.as_deref(), &overrides)?;
+    if let Some(level) = config.log_level {
+        crate::set_job_log_level(level.as_str());
+    }
     if !args.no_preflight && !rollout_launch::preflight::gate(&config, Vec::new()) {
         return Err(CliError::Exit(exit::USAGE));
     }

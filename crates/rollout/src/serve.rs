@@ -21,6 +21,9 @@ pub enum AuthArg {
     /// The term-executor's X-Hotkey + X-Nonce + X-Signature (sr25519), allowlist in
     /// --hotkeys-file.
     Hotkey,
+    /// The first term-executor's `X-Hotkey` header alone, allowlist in --hotkeys-file: an
+    /// identity without proof, for that service's existing clients. Reads are open, as there.
+    HotkeyHeader,
 }
 
 #[derive(Args, Debug)]
@@ -29,16 +32,24 @@ pub struct ServeArgs {
     #[arg(long, default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
     /// Port (0: any free port; the chosen one is printed).
-    #[arg(long, default_value_t = 8080)]
+    #[arg(long, default_value_t = 8080, env = "PORT")]
     pub port: u16,
     /// Where the database (serve.db), uploads (runs/) and job directories (jobs/) live.
-    #[arg(long = "data-dir", default_value = "rollout-serve")]
+    #[arg(
+        long = "data-dir",
+        default_value = "rollout-serve",
+        env = "WORKSPACE_BASE"
+    )]
     pub data_dir: PathBuf,
     /// Runs (batches or jobs) executing at once; further ones queue.
     #[arg(long = "max-batches", default_value_t = 2)]
     pub max_batches: usize,
     /// Trials at once within one run: the default and the cap of ?concurrent_tasks=N.
-    #[arg(long = "max-concurrent-tasks", default_value_t = 8)]
+    #[arg(
+        long = "max-concurrent-tasks",
+        default_value_t = 8,
+        env = "MAX_CONCURRENT_TASKS"
+    )]
     pub max_concurrent_tasks: usize,
     /// Who may submit, cancel and download.
     #[arg(long, value_enum, default_value = "none")]
@@ -46,7 +57,7 @@ pub struct ServeArgs {
     /// BLAKE3 hashes (hex) of accepted tokens, one a line (`printf %s "$TOKEN" | b3sum`).
     #[arg(long = "tokens-file")]
     pub tokens_file: Option<PathBuf>,
-    /// SS58 hotkeys allowed to submit, one a line.
+    /// SS58 hotkeys allowed to submit, one a line (--auth hotkey and hotkey-header).
     #[arg(long = "hotkeys-file")]
     pub hotkeys_file: Option<PathBuf>,
     /// Seconds running trials may go on after SIGTERM before they are cancelled.
@@ -61,7 +72,7 @@ pub struct ServeArgs {
     #[arg(long = "resume-interrupted")]
     pub resume_interrupted: bool,
     /// Largest archive accepted, in bytes.
-    #[arg(long = "max-archive-bytes")]
+    #[arg(long = "max-archive-bytes", env = "MAX_ARCHIVE_BYTES")]
     pub max_archive_bytes: Option<u64>,
     /// Largest total of extracted bytes per archive.
     #[arg(long = "max-extracted-bytes")]
@@ -136,6 +147,32 @@ pub struct ServeArgs {
     /// Most environments one warm pool keeps (also the cap of POST /api/v1/pools).
     #[arg(long = "max-pool-size", default_value_t = 64)]
     pub max_pool_size: usize,
+    /// Cancel runs still queued or running this long after submission: seconds, or a number
+    /// with s, m, h or d (default: no limit).
+    #[arg(long = "max-run-age", env = "SESSION_TTL_SECS", value_parser = parse_duration)]
+    pub max_run_age: Option<Duration>,
+    /// Timeout of each git process of a submission (clone, fetch): seconds or 90s, 5m…
+    /// (default 10m).
+    #[arg(long = "clone-timeout", env = "CLONE_TIMEOUT_SECS", value_parser = parse_duration)]
+    pub clone_timeout: Option<Duration>,
+    /// Agent timeout of executor-archive tasks (default 600 s).
+    #[arg(long = "agent-timeout", env = "AGENT_TIMEOUT_SECS", value_parser = parse_duration)]
+    pub agent_timeout: Option<Duration>,
+    /// Test timeout of executor-archive tasks (default 300 s).
+    #[arg(long = "test-timeout", env = "TEST_TIMEOUT_SECS", value_parser = parse_duration)]
+    pub test_timeout: Option<Duration>,
+    /// Output kept per command, bytes (default 1 MiB); the rest is cut and the cut reported.
+    #[arg(long = "max-output-bytes", env = "MAX_OUTPUT_BYTES")]
+    pub max_output_bytes: Option<usize>,
+    /// An origin browsers may call this server from (repeatable, or comma-separated in
+    /// ROLLOUT_SERVE_CORS_ORIGINS; `*` for any). Default: none (no CORS headers).
+    #[arg(
+        long = "cors-origin",
+        value_name = "ORIGIN",
+        env = "ROLLOUT_SERVE_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origin: Vec<String>,
 }
 
 fn parse_warm_pool(s: &str) -> Result<(PathBuf, usize), String> {
@@ -219,6 +256,24 @@ fn apply_limits(args: &ServeArgs, config: &mut ServerConfig) -> Result<(), Strin
         warm_pools: args.warm_pool.clone(),
         max_pool_size: args.max_pool_size,
     };
+    if args.max_output_bytes == Some(0) {
+        return Err("--max-output-bytes must be at least 1".into());
+    }
+    config.max_run_age = args.max_run_age;
+    config.clone_timeout = args.clone_timeout;
+    config.executor_agent_timeout = args.agent_timeout.map(|d| d.as_secs_f64());
+    config.executor_test_timeout = args.test_timeout.map(|d| d.as_secs_f64());
+    config.max_output_bytes = args.max_output_bytes;
+    for o in &args.cors_origin {
+        let o = o.trim();
+        let lower = o.to_ascii_lowercase();
+        if !(o == "*" || lower.starts_with("https://") || lower.starts_with("http://")) {
+            return Err(format!(
+                "--cors-origin {o:?}: expected `*` or an origin such as https://app.example.com"
+            ));
+        }
+        config.cors_origins.push(o.to_string());
+    }
     let sources = &mut config.sources;
     sources.repo_hosts = args.allow_repo_host.clone();
     sources.registry_prefixes = args.allow_registry.clone();
@@ -274,6 +329,7 @@ async fn serve(args: ServeArgs) -> CliResult {
             std::env::var("ROLLOUT_SERVE_TOKEN_HASHES").ok().as_deref(),
         ),
         AuthArg::Hotkey => Auth::hotkeys(args.hotkeys_file.as_deref()),
+        AuthArg::HotkeyHeader => Auth::hotkey_header(args.hotkeys_file.as_deref()),
     };
     let auth = auth.map_err(CliError::usage)?;
     if args.auth == AuthArg::None && !args.host.is_loopback() {
@@ -284,6 +340,11 @@ async fn serve(args: ServeArgs) -> CliResult {
     }
     let data_dir = std::path::absolute(&args.data_dir)
         .map_err(|e| CliError::usage(format!("--data-dir {}: {e}", args.data_dir.display())))?;
+    if args.auth == AuthArg::HotkeyHeader {
+        eprintln!(
+            "warning: --auth hotkey-header trusts the X-Hotkey header without a signature: anyone who knows an allowed hotkey can submit (prefer --auth hotkey or token)"
+        );
+    }
     let mut config = ServerConfig::new(data_dir);
     config.max_batches = args.max_batches.max(1);
     config.max_concurrent_tasks = args.max_concurrent_tasks.max(1);

@@ -298,6 +298,9 @@ async fn seed_client_flow_streams_events_and_reports_results() {
             Err(_) => break,
         }
     }
+    // The seed's stream ends with `stream_closed`, right after the batch's last event.
+    let closed = events.pop().unwrap();
+    assert_eq!(closed, json!({"event": "stream_closed", "batch_id": id}));
     let names: Vec<&str> = events
         .iter()
         .map(|e| e["event"].as_str().unwrap())
@@ -394,6 +397,9 @@ async fn seed_client_flow_streams_events_and_reports_results() {
     assert_metric(&metrics, "rollout_serve_tasks_failed 1");
     assert_metric(&metrics, "rollout_serve_batches_completed 1");
     assert_metric(&metrics, "rollout_serve_task_duration_seconds_count 2");
+    // The seed's own metric names, for its dashboards.
+    assert_metric(&metrics, "term_executor_tasks_passed 1");
+    assert_metric(&metrics, "term_executor_batches_completed 1");
     let status = get(&server, "/status").await;
     assert_eq!(status["total_batches"], 1);
     assert_eq!(status["tasks_passed"], 1);
@@ -1267,4 +1273,275 @@ async fn register_pushes_lineage_that_the_server_stores_and_answers() {
     );
     // The token never reaches the server's logs.
     assert!(!server.log().contains(token));
+}
+
+/// A deployment configured the term-executor's way (its environment variables, its clients'
+/// `X-Hotkey` header alone) gets what it configured: limits in /status, the seed's timeouts on
+/// the generated tasks, CORS, and the seed's WebSocket messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_deployment_variables_and_hotkey_header_clients_work() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hotkey = hotkey_of(&keypair(3));
+    std::fs::write(tmp.path().join("hotkeys"), format!("{hotkey}\n")).unwrap();
+    let server = Server::start_env(
+        &tmp.path().join("data"),
+        &tmp.path().join("cache"),
+        &[
+            "--auth",
+            "hotkey-header",
+            "--hotkeys-file",
+            tmp.path().join("hotkeys").to_str().unwrap(),
+        ],
+        &[
+            // Flags win over the variables: the helper's `--port 0` beats PORT.
+            ("PORT", "1"),
+            ("MAX_CONCURRENT_TASKS", "3"),
+            ("AGENT_TIMEOUT_SECS", "3"),
+            ("TEST_TIMEOUT_SECS", "20"),
+            ("CLONE_TIMEOUT_SECS", "45"),
+            ("MAX_OUTPUT_BYTES", "4096"),
+            ("MAX_ARCHIVE_BYTES", "5000000"),
+            ("SESSION_TTL_SECS", "7200"),
+            ("ROLLOUT_SERVE_CORS_ORIGINS", "https://dash.example.org"),
+        ],
+    );
+    let status = get(&server, "/status").await;
+    assert_eq!(status["auth"], "hotkey-header");
+    assert_eq!(status["max_concurrent_tasks"], 3);
+    let limits = &status["limits"];
+    assert_eq!(limits["max_archive_bytes"], 5_000_000);
+    assert_eq!(limits["max_output_bytes"], 4096);
+    assert_eq!(limits["agent_timeout_secs"], 3.0);
+    assert_eq!(limits["test_timeout_secs"], 20.0);
+    assert_eq!(limits["clone_timeout_secs"], 45);
+    assert_eq!(limits["session_ttl_secs"], 7200);
+
+    // CORS: the configured origin is answered, another is not.
+    let preflight = |origin: &'static str| {
+        client()
+            .request(reqwest::Method::OPTIONS, server.url("/submit"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "x-hotkey")
+            .send()
+    };
+    let ok = preflight("https://dash.example.org").await.unwrap();
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://dash.example.org"
+    );
+    let other = preflight("https://evil.example").await.unwrap();
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    // The seed's clients send X-Hotkey alone.
+    let archive = executor_archive(tmp.path(), "batch", 30);
+    let (status, body) = submit(&server, &archive, "", &[]).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, body) = submit(
+        &server,
+        &archive,
+        "",
+        &[("x-hotkey", hotkey_of(&keypair(4)))],
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let (status, body) = submit(&server, &archive, "", &[("x-hotkey", hotkey.clone())]).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["batch_id"].as_str().unwrap().to_string();
+
+    // An unknown batch: the socket opens, names the batch, closes.
+    let (mut ws, _) = tokio_tungstenite::connect_async(server.ws_url("/ws?batch_id=nope"))
+        .await
+        .unwrap();
+    match ws.next().await {
+        Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            assert_eq!(v, json!({"error": "batch_not_found", "batch_id": "nope"}));
+        }
+        other => panic!("expected batch_not_found, got {other:?}"),
+    }
+
+    // AGENT_TIMEOUT_SECS=3 against an agent that sleeps 30 s: both tasks time out.
+    let batch = poll(&server, &format!("/batch/{id}"), 300, |b| {
+        b["status"] == "completed" || b["status"] == "failed"
+    })
+    .await;
+    assert_eq!(batch["passed_tasks"], 0, "{batch}");
+    let tasks = get(&server, &format!("/batch/{id}/tasks")).await;
+    for t in tasks["tasks"].as_array().unwrap() {
+        let err = t["error"].to_string();
+        assert!(err.starts_with("\"agent_execution_timeout"), "{t}");
+    }
+    let metrics = metrics(&server).await;
+    assert_metric(&metrics, "term_executor_batches_total 1");
+}
+
+/// SESSION_TTL_SECS (`--max-run-age`): a batch still running past it is cancelled, as the seed's
+/// reaper does, and its containers are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_past_the_seed_session_ttl_are_cancelled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Server::start_env(
+        &tmp.path().join("data"),
+        &tmp.path().join("cache"),
+        &[],
+        &[("SESSION_TTL_SECS", "5")],
+    );
+    let archive = executor_archive(tmp.path(), "slow", 600);
+    let (status, body) = submit(&server, &archive, "", &[]).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["batch_id"].as_str().unwrap().to_string();
+    let batch = poll(&server, &format!("/batch/{id}"), 240, |b| {
+        b["status"] == "cancelled"
+    })
+    .await;
+    assert_eq!(batch["passed_tasks"], 0, "{batch}");
+    assert!(
+        server.log().contains("--max-run-age"),
+        "the reason is logged: {}",
+        server.log()
+    );
+    wait_for("the batch's containers to go", 60, || {
+        containers_of(&id).is_empty()
+    });
+}
+
+/// The service's container image (deploy/serve.Dockerfile, built by scripts/serve-image from
+/// this build's binary) serves the API and runs a job's trials as sibling containers on the
+/// host engine through the mounted socket, configured by the seed's variables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_serve_image_runs_jobs_on_the_host_engine() {
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let tag = format!("rollout-serve:test-{}", std::process::id());
+    let out = Command::new(repo().join("scripts/serve-image"))
+        .arg(&tag)
+        .env("ROLLOUT_BIN", env!("CARGO_BIN_EXE_rollout"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "scripts/serve-image failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    /// Removes the container and the image on every path.
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = Command::new("docker").args(["rm", "-fv", &self.0]).output();
+            let _ = Command::new("docker").args(["rmi", "-f", &self.1]).output();
+        }
+    }
+    let name = format!("rollout-serve-test-{}", std::process::id());
+    let _cleanup = Cleanup(name.clone(), tag.clone());
+    let run = Command::new("docker")
+        .args([
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--label",
+            "io.rollout.test=serve-image",
+        ])
+        .args(["-v", "/var/run/docker.sock:/var/run/docker.sock"])
+        .args(["-p", "127.0.0.1::9090"])
+        .args(["-e", "PORT=9090", "-e", "MAX_CONCURRENT_TASKS=2"])
+        .args(["-e", "ROLLOUT_LOG=info"])
+        .arg(&tag)
+        .args([
+            "--ca-certs",
+            "none",
+            "--executor-image",
+            "debian:bookworm-slim",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let logs = || {
+        let o = Command::new("docker")
+            .args(["logs", &name])
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let port = Command::new("docker")
+        .args(["port", &name, "9090/tcp"])
+        .output()
+        .unwrap();
+    let mapped = String::from_utf8_lossy(&port.stdout);
+    let base = format!("http://{}", mapped.lines().next().unwrap_or("").trim());
+    let get_json = |path: String| {
+        let url = format!("{base}{path}");
+        async move {
+            let r = client().get(url).send().await.ok()?;
+            r.json::<Value>().await.ok()
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(v) = get_json("/status".into()).await {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not answer: {}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // PORT chose the listening port inside; MAX_CONCURRENT_TASKS the limit.
+    assert_eq!(status["max_concurrent_tasks"], 2, "{status}");
+
+    let archive = std::fs::read(harbor_archive(tmp.path())).unwrap();
+    let config = json!({"agents": [{"name": "oracle"}], "datasets": [{"path": "tasks"}]});
+    let (ct, body) = multipart(&[
+        ("config", None, config.to_string().as_bytes()),
+        ("archive", Some("tasks.tar.gz"), &archive),
+    ]);
+    let r = client()
+        .post(format!("{base}/api/v1/jobs"))
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202, "{}", logs());
+    let job: Value = r.json().await.unwrap();
+    let id = job["id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let job = loop {
+        let j = get_json(format!("/api/v1/jobs/{id}"))
+            .await
+            .unwrap_or_default();
+        if matches!(
+            j["status"].as_str(),
+            Some("completed" | "failed" | "cancelled")
+        ) {
+            break j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job did not finish: {j}\n{}",
+            logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(job["status"], "completed", "{job}\n{}", logs());
+    assert_eq!(job["mean_reward"], 1.0, "{job}");
+    // The trial ran as a sibling container, labelled with the job, and was removed.
+    assert_no_containers(&id);
 }
