@@ -193,8 +193,6 @@ fn check_tasks(
     config: &JobConfig,
     tasks: &[rollout_core::Task],
 ) -> Result<(), ApiError> {
-    rollout_core::task::refuse_unenforceable(tasks)
-        .map_err(|e| ApiError::bad_request("unsupported_task", e))?;
     let caps = &state.config.caps;
     let env = &config.environment;
     for t in tasks {

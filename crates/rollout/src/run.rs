@@ -269,10 +269,6 @@ pub fn main(args: RunArgs) -> u8 {
         Ok(t) => t,
         Err(code) => return code,
     };
-    if let Err(e) = rollout_core::task::refuse_unenforceable(&tasks) {
-        eprintln!("error: {e}");
-        return exit::USAGE;
-    }
     if config.environment.kind == EnvironmentType::Kubernetes {
         if let Err(e) = crate::kube_cmd::check(&config, &tasks) {
             eprintln!("error: {e}");
