@@ -103,7 +103,7 @@ fn assert_rewarded(r: &Run) {
     )
     .unwrap_or_default();
     assert_eq!(
-        trial["verifier_result"]["rewards"]["reward"],
+        trial["reward"],
         1.0,
         "checks:\n{checks}\ntrial: {trial}\nstderr:\n{}",
         r.stderr()
