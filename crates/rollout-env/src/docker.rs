@@ -551,7 +551,7 @@ impl DockerProvider {
                 "the allowlist network's gateway {gateway:?} is not an IP address"
             ))
         })?;
-        let clients = rollout_core::allowlist::Allowlist::new(&[subnet.clone()])
+        let clients = rollout_core::allowlist::Allowlist::new(std::slice::from_ref(&subnet))
             .map_err(|e| EnvError::StartFailed(format!("the allowlist network's subnet: {e}")))?;
         crate::egress::EgressProxy::start(gateway, clients, allow)
             .await
