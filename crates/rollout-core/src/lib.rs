@@ -5,6 +5,8 @@
 //! (FORMATS.md §1–2) with errors that name the file, line and field, and how timeouts combine.
 //! It does no I/O beyond reading the files it is asked to parse: no Docker, no network, no writes.
 
+pub mod allowlist;
+pub mod capabilities;
 pub mod compose;
 pub mod digest;
 pub mod envvars;

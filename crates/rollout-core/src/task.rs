@@ -33,23 +33,6 @@ pub struct Task {
     pub invalid: Option<String>,
 }
 
-/// Refuse tasks asking for what rollout's providers cannot enforce, before anything runs: a
-/// `network_mode = "allowlist"` (neither Docker nor Kubernetes restricts egress to a host list,
-/// so the task would run with an open network). `rollout run` and `rollout serve` both call it.
-pub fn refuse_unenforceable(tasks: &[Task]) -> Result<(), String> {
-    match tasks
-        .iter()
-        .find(|t| t.config.environment.network_mode == crate::task_config::NetworkMode::Allowlist)
-    {
-        Some(t) => Err(format!(
-            "task {} asks for network_mode = \"allowlist\", which the Docker provider cannot enforce; \
-             use \"public\" or \"no-network\"",
-            t.name
-        )),
-        None => Ok(()),
-    }
-}
-
 /// The host variables a task's `[environment] env` and `[verifier] env` would expand
 /// (`${VAR}`), as `(field, variable)`. `rollout serve` refuses submitted tasks that have any:
 /// a submitter must not read the server's environment.

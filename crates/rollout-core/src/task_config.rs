@@ -717,6 +717,9 @@ fn parse_raw(raw: RawTaskConfig) -> Result<TaskConfig, FieldError> {
             "network_mode = \"allowlist\" needs a non-empty allowed_hosts list".into(),
         ));
     }
+    if let Err(e) = crate::allowlist::parse(&env.allowed_hosts) {
+        return Err(("environment.allowed_hosts".into(), e));
+    }
     if let Some(image) = &env.docker_image {
         if image.trim().is_empty() {
             return Err((

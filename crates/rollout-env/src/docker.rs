@@ -69,6 +69,7 @@ impl Default for EngineLimits {
 pub struct DockerProvider {
     docker: Docker,
     local: bool,
+    gpus: crate::GpuSupport,
     images: Mutex<HashMap<String, ImageCell>>,
     build_slots: Semaphore,
     create_slots: Semaphore,
@@ -88,9 +89,14 @@ impl DockerProvider {
             .map_err(|e| EnvError::EngineUnreachable(format!("{host}: {e}")))?;
         // A unix socket means the engine runs on this machine and sees its files.
         let local = host.starts_with("unix://") || host.starts_with('/');
+        let gpus = match gpu_problem(&docker, local).await {
+            Some(why) => crate::GpuSupport::None(why),
+            None => crate::GpuSupport::AnyModel,
+        };
         Ok(Self {
             docker,
             local,
+            gpus,
             images: Mutex::new(HashMap::new()),
             build_slots: Semaphore::new(limits.builds.max(1)),
             create_slots: Semaphore::new(limits.creates.max(1)),
@@ -269,13 +275,9 @@ fn gpu_request(count: u32) -> bollard::models::DeviceRequest {
     }
 }
 
-/// Why this engine cannot give containers GPUs, from its `Runtimes` and the host's devices.
-async fn gpu_problem(
-    docker: &Docker,
-    local: bool,
-    gpus: u32,
-    gpu_types: &[String],
-) -> Option<String> {
+/// Why this engine cannot give containers GPUs, from its `Runtimes` and the host's devices
+/// (asked once, when the provider connects).
+async fn gpu_problem(docker: &Docker, local: bool) -> Option<String> {
     let info = match tokio::time::timeout(Duration::from_secs(20), docker.info()).await {
         Ok(Ok(info)) => info,
         Ok(Err(e)) => return Some(format!("cannot ask the Docker engine about GPUs: {e}")),
@@ -290,19 +292,12 @@ async fn gpu_problem(
     let devices = !local
         || std::path::Path::new("/dev/nvidiactl").exists()
         || std::path::Path::new("/dev/nvidia0").exists();
-    if !(nvidia_runtime && devices) {
-        return Some(format!(
-            "the task needs {gpus} GPU(s) (environment.gpus) and this Docker host has none (no nvidia runtime{}); run it on a GPU host or drop the task",
+    (!(nvidia_runtime && devices)).then(|| {
+        format!(
+            "this Docker host has none (no nvidia runtime{}); run it on a GPU host or drop the task",
             if local && !devices { ", no /dev/nvidia*" } else { "" }
-        ));
-    }
-    if !gpu_types.is_empty() {
-        return Some(format!(
-            "the task accepts only GPU types {} (environment.gpu_types) and the Docker provider cannot choose a GPU model",
-            gpu_types.join(", ")
-        ));
-    }
-    None
+        )
+    })
 }
 
 #[async_trait]
@@ -311,8 +306,43 @@ impl Provider for DockerProvider {
         "docker"
     }
 
-    fn host_mounts(&self) -> bool {
-        self.local
+    fn capabilities(&self) -> crate::Capabilities {
+        crate::Capabilities {
+            provider: "docker".into(),
+            network: crate::NetworkCapabilities {
+                public: true,
+                none: true,
+                // Enforced by an internal network and rollout's filtering proxy, which must
+                // listen on the network's gateway: this machine must be the engine's host.
+                allowlist: if self.local {
+                    crate::Capabilities::all_entry_kinds()
+                } else {
+                    Default::default()
+                },
+                allowlist_note: (!self.local).then(|| {
+                    "the engine is remote (DOCKER_HOST), and the allowlist proxy must run on the engine's host".to_string()
+                }),
+                allowlist_compose: false,
+            },
+            host_mounts: self.local,
+            gpus: self.gpus.clone(),
+            pids_limit: true,
+            compose: true,
+            mcp_stdio: true,
+        }
+    }
+
+    async fn gc_orphans(&self, this_host: &str) -> Result<usize, EnvError> {
+        let items = self
+            .gc(
+                this_host,
+                crate::gc::GcOptions {
+                    dry_run: false,
+                    ..Default::default()
+                },
+            )
+            .await?;
+        Ok(items.iter().filter(|i| i.removed).count())
     }
 
     fn forget_failures(&self) {
@@ -365,11 +395,10 @@ impl Provider for DockerProvider {
         image: &PreparedImage,
         spec: &EnvSpec,
     ) -> Result<Box<dyn Environment>, EnvError> {
+        if spec.network == NetworkMode::Allowlist {
+            return Ok(Box::new(self.create_allowlisted(image, spec).await?));
+        }
         Ok(Box::new(self.create_attached(image, spec, None).await?))
-    }
-
-    fn supports_compose(&self) -> bool {
-        true
     }
 
     async fn create_compose(
@@ -380,13 +409,6 @@ impl Provider for DockerProvider {
         options: &crate::compose::ComposeOptions,
     ) -> Result<Box<dyn Environment>, EnvError> {
         crate::compose::start(self, image, spec, project, options).await
-    }
-
-    async fn gpu_support(&self, gpus: u32, gpu_types: &[String]) -> Result<(), String> {
-        match gpu_problem(&self.docker, self.local, gpus, gpu_types).await {
-            Some(why) => Err(why),
-            None => Ok(()),
-        }
     }
 
     async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, EnvError> {
@@ -420,6 +442,126 @@ impl Provider for DockerProvider {
 }
 
 impl DockerProvider {
+    /// Create and start one container whose only way out is an egress proxy allowing
+    /// `spec.allowed_hosts` ([`crate::egress`]): the container joins a new `internal` network
+    /// (no route out), and the proxy listens on that network's gateway. The network is
+    /// labelled like the container (swept with the job, reaped by `rollout gc`) and removed
+    /// with the environment; the proxy stops when the environment is dropped or destroyed.
+    async fn create_allowlisted(
+        &self,
+        image: &PreparedImage,
+        spec: &EnvSpec,
+    ) -> Result<DockerEnvironment, EnvError> {
+        if !self.local {
+            return Err(EnvError::Unsupported(
+                "network_mode = \"allowlist\" needs the Docker engine on this machine (the egress proxy listens on the trial network's gateway); DOCKER_HOST names a remote engine".into(),
+            ));
+        }
+        let allow = rollout_core::allowlist::Allowlist::new(&spec.allowed_hosts)
+            .map_err(|e| EnvError::Unsupported(format!("environment.allowed_hosts: {e}")))?;
+        let name = format!(
+            "rollout-egress-{}-{}",
+            sanitize_name(&spec.name),
+            short_random()
+        );
+        let mut labels: HashMap<String, String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        labels.insert(rollout_core::labels::MANAGED.into(), "true".into());
+        labels.insert(crate::egress::NETWORK_LABEL.into(), "allowlist".into());
+        let network = self
+            .docker
+            .create_network(bollard::models::NetworkCreateRequest {
+                name: name.clone(),
+                driver: Some("bridge".into()),
+                // No route out: the proxy on the gateway is the only way.
+                internal: Some(true),
+                labels: Some(labels),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| classify_start_error("creating the trial's allowlist network", e))?;
+        let network_id = network.id;
+        let remove_network = || async {
+            let _ = retried(|| self.docker.remove_network(&network_id)).await;
+        };
+        let proxy = match self.start_proxy(&network_id, allow).await {
+            Ok(p) => p,
+            Err(e) => {
+                remove_network().await;
+                return Err(e);
+            }
+        };
+        let mut spec = spec.clone();
+        spec.env.extend(proxy.env());
+        let attach = crate::compose::Attach {
+            network: name,
+            aliases: Vec::new(),
+            volumes: Vec::new(),
+            defer_start: false,
+        };
+        match self.create_attached(image, &spec, Some(&attach)).await {
+            Ok(mut env) => {
+                env.egress = Some(Egress {
+                    network: network_id.clone(),
+                    proxy: Mutex::new(Some(proxy)),
+                });
+                Ok(env)
+            }
+            Err(e) => {
+                drop(proxy);
+                remove_network().await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Start the proxy on the gateway of network `id`, serving that network's subnet.
+    async fn start_proxy(
+        &self,
+        id: &str,
+        allow: rollout_core::allowlist::Allowlist,
+    ) -> Result<crate::egress::EgressProxy, EnvError> {
+        let info = self
+            .docker
+            .inspect_network(id, None::<bollard::query_parameters::InspectNetworkOptions>)
+            .await
+            .map_err(|e| EnvError::api("inspecting the trial's allowlist network", e))?;
+        let ipam = info
+            .ipam
+            .and_then(|i| i.config)
+            .and_then(|c| {
+                c.into_iter()
+                    .find(|c| c.gateway.is_some() && c.subnet.is_some())
+            })
+            .ok_or_else(|| {
+                EnvError::StartFailed(
+                    "the trial's allowlist network has no gateway address for the egress proxy"
+                        .into(),
+                )
+            })?;
+        let (subnet, gateway) = (
+            ipam.subnet.unwrap_or_default(),
+            ipam.gateway.unwrap_or_default(),
+        );
+        let gateway: std::net::IpAddr = gateway.parse().map_err(|_| {
+            EnvError::StartFailed(format!(
+                "the allowlist network's gateway {gateway:?} is not an IP address"
+            ))
+        })?;
+        let clients = rollout_core::allowlist::Allowlist::new(std::slice::from_ref(&subnet))
+            .map_err(|e| EnvError::StartFailed(format!("the allowlist network's subnet: {e}")))?;
+        crate::egress::EgressProxy::start(gateway, clients, allow)
+            .await
+            .map_err(|e| {
+                EnvError::StartFailed(format!(
+                    "starting the egress proxy on {gateway} (the allowlist network's gateway): {e}"
+                ))
+            })
+    }
+
     /// Create and start one container; `attach` joins it to a compose trial's network (under
     /// its aliases) with its named volumes, instead of the default network (and may leave it
     /// created but not started).
@@ -508,6 +650,7 @@ impl DockerProvider {
             destroyed: AtomicBool::new(false),
             exec_seq: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            egress: None,
         };
         // A compose trial's main container is started by the compose code, once its
         // dependencies are ready.
@@ -529,6 +672,16 @@ pub struct DockerEnvironment {
     destroyed: AtomicBool,
     exec_seq: AtomicU64,
     restarts: AtomicU64,
+    /// The allowlist network and proxy of a `network_mode = "allowlist"` trial.
+    egress: Option<Egress>,
+}
+
+/// What an allowlisted container has besides itself.
+struct Egress {
+    /// Network id.
+    network: String,
+    /// Taken (stopped) on destroy; dropped with the environment otherwise.
+    proxy: Mutex<Option<crate::egress::EgressProxy>>,
 }
 
 impl DockerEnvironment {
@@ -939,13 +1092,27 @@ impl Environment for DockerEnvironment {
             return Ok(());
         }
         match retried(|| self.docker.remove_container(&self.id, Some(force_remove()))).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_not_found(&e) => Ok(()),
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
             Err(e) => {
                 self.destroyed.store(false, Ordering::SeqCst);
-                Err(EnvError::api(format!("removing container {}", self.id), e))
+                return Err(EnvError::api(format!("removing container {}", self.id), e));
             }
         }
+        if let Some(egress) = &self.egress {
+            drop(egress.proxy.lock().expect("proxy lock poisoned").take());
+            match retried(|| self.docker.remove_network(&egress.network)).await {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    return Err(EnvError::api(
+                        format!("removing the allowlist network {}", egress.network),
+                        e,
+                    ))
+                }
+            }
+        }
+        Ok(())
     }
 }
 

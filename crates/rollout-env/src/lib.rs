@@ -11,6 +11,7 @@ pub mod archive;
 pub mod buildctx;
 pub mod compose;
 pub mod docker;
+pub mod egress;
 pub mod envbuild;
 pub mod error;
 pub mod exec;
@@ -23,6 +24,7 @@ pub use error::EnvError;
 pub use exec::{Captured, ExecOutput, ExecRequest};
 
 use async_trait::async_trait;
+pub use rollout_core::capabilities::{Capabilities, GpuSupport, NetworkCapabilities};
 use rollout_core::task_config::NetworkMode;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -81,6 +83,8 @@ pub struct EnvSpec {
     pub storage_mb: u64,
     pub pids_limit: i64,
     pub network: NetworkMode,
+    /// With [`NetworkMode::Allowlist`]: the task's `allowed_hosts`.
+    pub allowed_hosts: Vec<String>,
     /// Environment of every process.
     pub env: BTreeMap<String, String>,
     /// Default working directory of every command.
@@ -188,9 +192,16 @@ pub trait Provider: Send + Sync {
     /// Short name (`docker`).
     fn name(&self) -> &'static str;
 
+    /// What this provider enforces (network modes, GPUs, compose …): the input of
+    /// [`rollout_core::capabilities::check_enforceable`], which the runner calls for every
+    /// trial before anything is built, whatever the entry point.
+    fn capabilities(&self) -> Capabilities;
+
     /// Whether host paths can be bound into environments (the engine shares this machine's
     /// filesystem). When false, files move only as tar archives.
-    fn host_mounts(&self) -> bool;
+    fn host_mounts(&self) -> bool {
+        self.capabilities().host_mounts
+    }
 
     /// Make sure the image exists: build it once per content hash, or pull it. Concurrent
     /// callers asking for the same image wait for one build.
@@ -210,7 +221,7 @@ pub trait Provider: Send + Sync {
     /// Whether [`Provider::create_compose`] runs compose services (checked before any image is
     /// made, so that a task this provider would refuse costs nothing).
     fn supports_compose(&self) -> bool {
-        false
+        self.capabilities().compose
     }
 
     /// Why this provider cannot run `project` faithfully, if it cannot (checked right after
@@ -251,12 +262,31 @@ pub trait Provider: Send + Sync {
     async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, EnvError>;
 
     /// Whether environments can get `gpus` GPUs of one of `gpu_types` (empty = any); `Err`
-    /// says why not. The default: no GPUs.
+    /// says why not. Derived from [`Provider::capabilities`].
     async fn gpu_support(&self, gpus: u32, gpu_types: &[String]) -> Result<(), String> {
-        let _ = gpu_types;
-        Err(format!(
-            "the task needs {gpus} GPU(s) and the {} provider cannot give environments GPUs",
-            self.name()
-        ))
+        match self.capabilities().gpus {
+            GpuSupport::None(why) => Err(format!("the task needs {gpus} GPU(s): {why}")),
+            GpuSupport::AnyModel if !gpu_types.is_empty() => Err(format!(
+                "the task accepts only GPU types {} (environment.gpu_types) and the {} provider cannot choose a GPU model",
+                gpu_types.join(", "),
+                self.name()
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Remove what rollout processes that are gone left on this provider (containers, pods,
+    /// networks, volumes, policies): those whose owner (pid on `this_host`) no longer runs.
+    /// Returns how many resources were removed. The default removes nothing.
+    async fn gc_orphans(&self, this_host: &str) -> Result<usize, EnvError> {
+        let _ = this_host;
+        Ok(0)
+    }
+
+    /// Remove every environment (and its networks, volumes, policies) of job `job_id`, at once;
+    /// returns how many environments were removed.
+    async fn kill_job(&self, job_id: &str) -> Result<usize, EnvError> {
+        self.remove_labelled(rollout_core::labels::JOB, job_id)
+            .await
     }
 }

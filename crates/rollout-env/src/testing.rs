@@ -708,6 +708,7 @@ mod tests {
             storage_mb: 1024,
             pids_limit: 100,
             network: Default::default(),
+            allowed_hosts: Vec::new(),
             env: BTreeMap::new(),
             workdir: None,
             mounts: Vec::new(),

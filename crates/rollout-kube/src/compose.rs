@@ -323,6 +323,7 @@ mod tests {
             storage_mb: 1024,
             pids_limit: 4096,
             network: NetworkMode::Public,
+            allowed_hosts: Vec::new(),
             env: BTreeMap::from([("A".to_string(), "task".to_string())]),
             workdir: Some("/app".into()),
             mounts: Vec::new(),

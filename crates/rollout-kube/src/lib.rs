@@ -901,16 +901,32 @@ impl Provider for KubeProvider {
 
     /// GPUs become `nvidia.com/gpu` limits (the scheduler places the pod on a node that has
     /// them, or it stays pending until the start timeout); a GPU model cannot be expressed
-    /// portably (node labels differ per cluster), so `gpu_types` is refused.
-    async fn gpu_support(&self, _gpus: u32, gpu_types: &[String]) -> Result<(), String> {
-        if gpu_types.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "the task accepts only GPU types {} (environment.gpu_types) and the Kubernetes provider cannot choose a GPU model (node labels differ per cluster)",
-                gpu_types.join(", ")
-            ))
+    /// portably (node labels differ per cluster), so `gpu_types` is refused. An allowlist is
+    /// refused: no NetworkPolicy for host names is emitted (and a cluster may not enforce
+    /// NetworkPolicy at all).
+    fn capabilities(&self) -> rollout_env::Capabilities {
+        rollout_env::Capabilities {
+            provider: "kubernetes".into(),
+            network: rollout_env::NetworkCapabilities {
+                public: true,
+                none: true,
+                allowlist: Default::default(),
+                allowlist_note: Some(
+                    "host-name egress filtering is not implemented for pods".to_string(),
+                ),
+                allowlist_compose: false,
+            },
+            host_mounts: false,
+            gpus: rollout_env::GpuSupport::AnyModel,
+            pids_limit: false,
+            compose: false,
+            mcp_stdio: false,
         }
+    }
+
+    async fn gc_orphans(&self, this_host: &str) -> Result<usize, EnvError> {
+        let items = self.gc(this_host, false).await?;
+        Ok(items.iter().filter(|i| i.removed).count())
     }
 
     async fn remove_labelled(&self, key: &str, value: &str) -> Result<usize, EnvError> {

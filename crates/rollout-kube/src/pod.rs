@@ -200,6 +200,7 @@ mod tests {
             storage_mb: 1024,
             pids_limit: 4096,
             network,
+            allowed_hosts: Vec::new(),
             env: BTreeMap::from([("A".to_string(), "b".to_string())]),
             workdir: Some("/app".into()),
             mounts: Vec::new(),

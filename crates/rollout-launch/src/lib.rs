@@ -633,16 +633,10 @@ impl Launcher {
 /// Refuse a job whose tasks ask for what the chosen provider cannot enforce, before anything
 /// starts: the one place every entry point checks it.
 pub fn check_enforceable(config: &JobConfig, tasks: &[Task]) -> Result<(), LaunchError> {
-    for t in tasks {
-        enforceable(t).map_err(LaunchError::Unenforceable)?;
-    }
+    // What a task asks of its environment (allowlists, GPUs, compose) is checked per trial by
+    // the runner against the provider's capabilities (`rollout_core::capabilities`), so that
+    // one task the provider cannot serve fails its own trials alike through every door.
     provider::check(config, tasks)
-}
-
-/// Whether the provider can enforce what one task asks for (network allowlists, …): the one
-/// call every check goes through.
-pub fn enforceable(task: &Task) -> Result<(), String> {
-    rollout_core::task::refuse_unenforceable(std::slice::from_ref(task))
 }
 
 /// Run the job's script metrics over its trials' rewards; their metrics go into the job's

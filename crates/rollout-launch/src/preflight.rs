@@ -981,9 +981,6 @@ fn check_trial_input(tasks: &[Candidate], agents: &[ResolvedAgent]) -> Check {
         if t.checksum.is_empty() {
             p.error(format!("{name}: the task's files cannot all be read"));
         }
-        if let Err(e) = crate::enforceable(t) {
-            p.error(format!("{name}: {e}"));
-        }
         for (table, env) in [
             ("[environment] env", &t.config.environment.env),
             ("[verifier] env", &t.config.verifier.env),
@@ -1401,13 +1398,12 @@ async fn check_container(
             .filter(|d| d.is_dir());
     }
     let mut notes = vec![format!("Docker {version} reachable")];
-    for c in tasks.iter().filter(|c| c.task.config.environment.gpus > 0) {
-        let env = &c.task.config.environment;
-        if let Err(why) = provider.gpu_support(env.gpus, &env.gpu_types).await {
-            p.error(format!(
-                "task {}: {why}: its trials end environment_unsupported",
-                c.name()
-            ));
+    // What the provider cannot enforce: the runner's own check, so preflight says what the
+    // trials would.
+    let caps = rollout_env::Provider::capabilities(&provider);
+    for c in tasks.iter() {
+        if let Err(refusal) = rollout_core::capabilities::check_enforceable(&c.task, &caps) {
+            p.error(format!("{refusal}: its trials end environment_unsupported"));
         }
     }
     if tasks.is_empty() {
@@ -1659,6 +1655,7 @@ async fn probe(provider: &DockerProvider, image: &PreparedImage) -> Result<Strin
         storage_mb: 1024,
         pids_limit: 256,
         network: NetworkMode::NoNetwork,
+        allowed_hosts: Vec::new(),
         env: BTreeMap::new(),
         workdir: None,
         mounts: Vec::new(),

@@ -209,6 +209,7 @@ impl TrialRun<'_> {
             storage_mb: env.storage_mb,
             pids_limit: env.pids_limit,
             network: env_cfg.network_mode,
+            allowed_hosts: env_cfg.allowed_hosts.clone(),
             env: self.task_env(),
             workdir: env_cfg.workdir.clone(),
             mounts: Vec::new(),
@@ -501,7 +502,8 @@ impl TrialRun<'_> {
     }
 
     /// Why this trial's task cannot run at all, before any environment starts: its files are
-    /// invalid, it sets keys rollout cannot honour, or it needs GPUs the provider lacks.
+    /// invalid, it sets keys rollout cannot honour, or it asks for what the provider cannot
+    /// enforce ([`rollout_core::capabilities::check_enforceable`]).
     pub(crate) async fn task_refusal(&self) -> Option<ErrorInfo> {
         let task = &self.plan.task;
         if let Some(why) = &task.invalid {
@@ -514,19 +516,13 @@ impl TrialRun<'_> {
                 format!("refused before starting: {}", unsupported.join("; ")),
             ));
         }
-        let env = &task.config.environment;
-        if env.gpus > 0 {
-            if let Err(why) = self
-                .shared
-                .provider
-                .gpu_support(env.gpus, &env.gpu_types)
-                .await
-            {
-                return Some(ErrorInfo::new(
-                    ErrorKind::EnvironmentUnsupported,
-                    format!("refused before starting: {why}"),
-                ));
-            }
+        // The one check of what the provider enforces, identical for every entry point.
+        let caps = self.shared.provider.capabilities();
+        if let Err(refusal) = rollout_core::capabilities::check_enforceable(task, &caps) {
+            return Some(ErrorInfo::new(
+                ErrorKind::EnvironmentUnsupported,
+                format!("refused before starting: {refusal}"),
+            ));
         }
         None
     }

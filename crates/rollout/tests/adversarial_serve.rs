@@ -423,13 +423,6 @@ async fn job_settings_are_validated_like_the_cli_and_capped_by_the_operator() {
             "--max-cpus",
         ),
         (
-            "allowlist",
-            format!("{IMAGE}network_mode = \"allowlist\"\nallowed_hosts = [\"example.com\"]\n"),
-            json!({}),
-            "unsupported_task",
-            "allowlist",
-        ),
-        (
             "many",
             IMAGE.to_string(),
             json!(4),
