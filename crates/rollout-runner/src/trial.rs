@@ -383,6 +383,7 @@ impl TrialRun<'_> {
             schema_version: RESULT_SCHEMA_VERSION.into(),
             id: plan.id.clone(),
             trial_name: plan.name.clone(),
+            trial_uri: file_uri(&self.dir),
             job_id: job.job_id.clone(),
             job_name: job.job_name.clone(),
             task_name: task.name.clone(),
@@ -1047,4 +1048,10 @@ pub(crate) fn agent_error(e: rollout_agents::AgentError) -> ErrorInfo {
 pub(crate) fn code(o: &CommandOutcome) -> String {
     o.exit_code
         .map_or_else(|| "no exit code".into(), |c| c.to_string())
+}
+
+/// `file://` URI of a directory, absolute (Harbor's `trial_uri`).
+fn file_uri(dir: &std::path::Path) -> String {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    format!("file://{}", abs.display())
 }
