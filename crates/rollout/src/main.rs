@@ -46,8 +46,16 @@ fn main() -> ExitCode {
         cli::Command::Jobs(cli::JobsCommand::Resume(args)) => jobs_cmd::resume(args),
         cli::Command::Jobs(cli::JobsCommand::Pause(a)) => jobs_cmd::pause(&a.job_dir),
         cli::Command::Jobs(cli::JobsCommand::Kill(a)) => jobs_cmd::kill(&a.job_dir),
-        cli::Command::Jobs(cli::JobsCommand::List { jobs_dir }) => jobs_cmd::list(&jobs_dir),
-        cli::Command::Jobs(cli::JobsCommand::Show(a)) => jobs_cmd::show(&a.job_dir),
+        cli::Command::Jobs(cli::JobsCommand::List { jobs_dir, json }) => {
+            jobs_cmd::list(&jobs_dir, json)
+        }
+        cli::Command::Jobs(cli::JobsCommand::Show { job_dir, json }) => {
+            jobs_cmd::show(&job_dir, json)
+        }
+        cli::Command::Jobs(cli::JobsCommand::Diff { a, b, json }) => jobs_cmd::diff(&a, &b, json),
+        cli::Command::Jobs(cli::JobsCommand::Export { job_dir, format }) => {
+            jobs_cmd::export(&job_dir, format)
+        }
         cli::Command::Datasets(cli::DatasetsCommand::List { registry }) => {
             sources_cmd::datasets_list(&registry)
         }
@@ -63,6 +71,22 @@ fn main() -> ExitCode {
         cli::Command::Register(args) => prov_cmd::register::main(args),
         cli::Command::Pipeline(cmd) => pipeline_cmd::main(cmd),
         cli::Command::Serve(args) => serve::main(*args),
+        cli::Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = cli::Cli::command();
+            clap_complete::generate(shell, &mut cmd, "rollout", &mut std::io::stdout());
+            exit::OK
+        }
+        cli::Command::Man => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(cli::Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: writing the man page: {e}");
+                    exit::TRIAL_ERRORS
+                }
+            }
+        }
     };
     ExitCode::from(code)
 }

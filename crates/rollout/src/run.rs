@@ -520,6 +520,7 @@ async fn run_plan(
         }
     } else {
         print!("{}", crate::summary::render(&result, &job_dir));
+        crate::jobs_cmd::print_failures(&job_dir);
     }
     if let Some(e) = writer.error() {
         eprintln!("error: writing results to {}: {e}", job_dir.display());
