@@ -31,10 +31,7 @@ fn jobs_show_reads_a_job_written_before_schema_2() {
         "{text}"
     );
     assert!(
-        text.contains(&format!(
-            "{}/hello-world__nop__1/trial.log",
-            job.display()
-        )),
+        text.contains(&format!("{}/hello-world__nop__1/trial.log", job.display())),
         "the failure names its log: {text}"
     );
 
@@ -80,7 +77,12 @@ fn jobs_diff_compares_rewards_per_task() {
     assert!(oracle["reward_b"].is_null(), "B has no oracle trial");
     assert_eq!(d["pass_rate_a"], 0.5);
     assert_eq!(d["pass_rate_b"], 1.0);
-    let o = rollout(&["jobs", "diff", v1_job().to_str().unwrap(), b.to_str().unwrap()]);
+    let o = rollout(&[
+        "jobs",
+        "diff",
+        v1_job().to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
     assert!(stdout(&o).contains("+50.0 pts"), "{}", stdout(&o));
 }
 
@@ -121,5 +123,8 @@ fn completions_and_man_page_come_from_the_cli_definitions() {
     let o = rollout(&["man"]);
     assert!(o.status.success());
     let man = stdout(&o);
-    assert!(man.starts_with(".ie") || man.contains(".TH rollout"), "{man}");
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH rollout"),
+        "{man}"
+    );
 }

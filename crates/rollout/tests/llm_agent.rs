@@ -80,7 +80,10 @@ fn the_agent_solves_hello_world_through_tool_calls() {
     }
     assert_eq!(steps[2]["metrics"]["prompt_tokens"], 100);
     assert_eq!(traj["final_metrics"]["total_prompt_tokens"], 250);
-    assert_eq!(traj["final_metrics"]["extra"]["stop_reason"], "final_answer");
+    assert_eq!(
+        traj["final_metrics"]["extra"]["stop_reason"],
+        "final_answer"
+    );
     let tool = &steps[2]["tool_calls"][0];
     assert_eq!(tool["function_name"], "bash");
     let observation = &steps[2]["observation"]["results"][0];
