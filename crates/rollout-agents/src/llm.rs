@@ -6,7 +6,8 @@
 //! It stops at a final answer (a reply without tool calls), after `max_turns`, when a token or
 //! cost budget is spent, or at the agent timeout; every tool result tells the model how much
 //! time is left. Every request, reply, tool call and result, with token counts and latency, is
-//! written to `agent/trajectory.json` after each turn (so a killed run keeps its trajectory).
+//! written to `agent/trajectory.json` (Harbor's ATIF trajectory format) after each turn (so a
+//! killed run keeps its trajectory).
 //! Rate limits (429), 5xx and connection errors are retried with backoff, honouring
 //! `Retry-After`; what remains is classified (`api_rate_limit`, `api_auth`,
 //! `context_window_exceeded`, `model_not_found`, `api_error`).
@@ -14,6 +15,7 @@
 use crate::mcp::McpSession;
 use crate::{Agent, AgentContext, AgentError};
 use async_trait::async_trait;
+use chrono::Utc;
 use rollout_core::job_config::AgentSpec;
 use rollout_core::result::{AgentInfo, CommandOutcome, ModelUsage};
 use rollout_core::{ErrorKind, Task};
@@ -621,11 +623,31 @@ impl LlmAgent {
         let mut usage = ModelUsage::default();
         let extra_tools = host.extra_tools();
         let mut messages: Vec<Value> = vec![json!({"role": "user", "content": instruction})];
-        let mut steps: Vec<Value> = Vec::new();
+        // The trajectory is Harbor's ATIF (docs/agents.md): a system step, a user step, then
+        // one agent step per model turn (its exact request, response and HTTP attempts in the
+        // step's `extra`).
+        let now = || Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let mut steps: Vec<Value> = vec![
+            json!({"step_id": 1, "timestamp": now(), "source": "system", "message": system_prompt}),
+            json!({"step_id": 2, "timestamp": now(), "source": "user", "message": instruction}),
+        ];
+        let tool_definitions: Vec<Value> = tools_schema()
+            .into_iter()
+            .map(|(n, d, p)| (n.to_string(), d.to_string(), p))
+            .chain(extra_tools.iter().cloned())
+            .map(|(n, d, p)| json!({"type": "function", "function": {"name": n, "description": d, "parameters": p}}))
+            .collect();
+        let api = match self.api {
+            Api::OpenAi { .. } => "openai-chat-completions",
+            Api::Anthropic { .. } => "anthropic-messages",
+        };
         let mut trajectory = json!({
-            "schema_version": "1.0", "agent": self.name, "model": self.model,
-            "api": match self.api { Api::OpenAi { .. } => "openai-chat-completions", Api::Anthropic { .. } => "anthropic-messages" },
-            "system": system_prompt, "instruction": instruction, "steps": [], "usage": {},
+            "schema_version": ATIF_VERSION,
+            "agent": {
+                "name": self.name, "version": env!("CARGO_PKG_VERSION"), "model_name": self.model,
+                "tool_definitions": tool_definitions, "extra": {"api": api},
+            },
+            "steps": [],
         });
         let mut timed_out = false;
         let mut final_text = String::new();
@@ -654,14 +676,21 @@ impl LlmAgent {
             let value = match reply {
                 Ok(v) => v,
                 Err(f) if f.kind == ErrorKind::AgentExecutionTimeout => {
-                    steps.push(json!({"turn": usage.turns, "attempts": attempts, "error": "agent timeout during the model request"}));
+                    steps.push(json!({
+                        "step_id": steps.len() + 1, "timestamp": now(), "source": "agent",
+                        "model_name": self.model, "message": "",
+                        "extra": {"turn": usage.turns, "attempts": attempts, "error": "agent timeout during the model request"},
+                    }));
                     timed_out = true;
                     break "timeout";
                 }
                 Err(f) => {
-                    steps.push(json!({"turn": usage.turns, "request": body, "attempts": attempts, "error": {"type": f.kind, "message": f.message}}));
-                    trajectory["steps"] = Value::Array(steps);
-                    trajectory["usage"] = serde_json::to_value(&usage).unwrap_or_default();
+                    steps.push(json!({
+                        "step_id": steps.len() + 1, "timestamp": now(), "source": "agent",
+                        "model_name": self.model, "message": "",
+                        "extra": {"turn": usage.turns, "request": body, "attempts": attempts, "error": {"type": f.kind, "message": f.message}},
+                    }));
+                    finish_trajectory(&mut trajectory, steps, &usage, None);
                     write_trajectory(trajectory_path, &trajectory);
                     return Err(AgentError::Provider {
                         kind: f.kind,
@@ -678,9 +707,21 @@ impl LlmAgent {
             usage.output_tokens += reply.output_tokens;
             usage.cost_usd = self.cost(&usage);
             messages.push(reply.raw_message.clone());
+            let mut metrics = json!({
+                "prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
+                "extra": {"latency_ms": latency_ms},
+            });
+            if let Some(c) = self.cost(&ModelUsage {
+                input_tokens: reply.input_tokens,
+                output_tokens: reply.output_tokens,
+                ..Default::default()
+            }) {
+                metrics["cost_usd"] = json!(c);
+            }
             let mut step = json!({
-                "turn": usage.turns, "request": body, "response": value, "latency_ms": latency_ms, "attempts": attempts,
-                "input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens, "text": reply.text,
+                "step_id": steps.len() + 1, "timestamp": now(), "source": "agent",
+                "model_name": self.model, "message": reply.text, "metrics": metrics,
+                "extra": {"turn": usage.turns, "request": body, "response": value, "attempts": attempts},
             });
             if reply.calls.is_empty() {
                 final_text = reply.text.clone();
@@ -688,7 +729,9 @@ impl LlmAgent {
                 break "final_answer";
             }
             let mut results = Vec::new();
-            let mut tool_log = Vec::new();
+            let mut tool_calls = Vec::new();
+            let mut observations = Vec::new();
+            let mut tool_seconds = Vec::new();
             for call in &reply.calls {
                 let t = Instant::now();
                 let left = deadline.saturating_duration_since(Instant::now());
@@ -703,14 +746,22 @@ impl LlmAgent {
                 );
                 let left = deadline.saturating_duration_since(Instant::now()).as_secs();
                 out.push_str(&format!("\n[time left: {left} s]"));
-                tool_log.push(json!({"id": call.id, "name": call.name, "input": call.input, "output": out, "seconds": t.elapsed().as_secs_f64()}));
+                // ATIF tool arguments are an object: any other input is kept under `input`.
+                let arguments = match &call.input {
+                    Value::Object(_) => call.input.clone(),
+                    other => json!({ "input": other }),
+                };
+                tool_calls.push(json!({"tool_call_id": call.id, "function_name": call.name, "arguments": arguments}));
+                observations.push(json!({"source_call_id": call.id, "content": out}));
+                tool_seconds.push(json!(t.elapsed().as_secs_f64()));
                 results.push((call.id.clone(), out));
             }
-            step["tool_calls"] = Value::Array(tool_log);
+            step["tool_calls"] = Value::Array(tool_calls);
+            step["observation"] = json!({ "results": observations });
+            step["extra"]["tool_seconds"] = Value::Array(tool_seconds);
             steps.push(step);
             messages.extend(self.tool_messages(&results));
-            trajectory["steps"] = Value::Array(steps.clone());
-            trajectory["usage"] = serde_json::to_value(&usage).unwrap_or_default();
+            finish_trajectory(&mut trajectory, steps.clone(), &usage, None);
             write_trajectory(trajectory_path, &trajectory);
             if self
                 .settings
@@ -726,9 +777,7 @@ impl LlmAgent {
             }
         };
         usage.stop_reason = stop_reason.into();
-        trajectory["steps"] = Value::Array(steps);
-        trajectory["usage"] = serde_json::to_value(&usage).unwrap_or_default();
-        trajectory["stop_reason"] = json!(stop_reason);
+        finish_trajectory(&mut trajectory, steps, &usage, Some(stop_reason));
         write_trajectory(trajectory_path, &trajectory);
         Ok(Conversation {
             usage,
@@ -811,6 +860,33 @@ fn parse_skills(listing: &str) -> Vec<(String, String, String)> {
         ));
     }
     skills
+}
+
+/// ATIF version of the trajectories the agent writes (Harbor's `Trajectory.schema_version`).
+pub const ATIF_VERSION: &str = "ATIF-v1.6";
+
+/// Put the steps and the totals so far into the trajectory: ATIF `final_metrics`, with
+/// requests, turns and the stop reason in its `extra`.
+fn finish_trajectory(
+    trajectory: &mut Value,
+    steps: Vec<Value>,
+    usage: &ModelUsage,
+    stop_reason: Option<&str>,
+) {
+    let mut fm = json!({
+        "total_prompt_tokens": usage.input_tokens,
+        "total_completion_tokens": usage.output_tokens,
+        "total_steps": steps.len(),
+        "extra": {"requests": usage.requests, "turns": usage.turns},
+    });
+    if let Some(c) = usage.cost_usd {
+        fm["total_cost_usd"] = json!(c);
+    }
+    if let Some(r) = stop_reason {
+        fm["extra"]["stop_reason"] = json!(r);
+    }
+    trajectory["steps"] = Value::Array(steps);
+    trajectory["final_metrics"] = fm;
 }
 
 fn write_trajectory(path: &Path, trajectory: &Value) {

@@ -12,6 +12,7 @@ pub mod digest;
 pub mod envvars;
 pub mod error;
 pub mod experiment;
+pub mod harbor_result;
 pub mod job_config;
 pub mod kinds;
 pub mod result;
@@ -53,8 +54,10 @@ pub fn cache_root() -> std::path::PathBuf {
     home.join(".cache/rollout")
 }
 
-/// Version of the result JSON schemas written by this build (`schema_version` fields).
-pub const RESULT_SCHEMA_VERSION: &str = "1.0";
+/// Version of rollout's result JSON schemas written by this build (`rollout_schema_version`
+/// of trial and job `result.json`; their `schema_version` is Harbor's document version 1).
+/// 2.0 added Harbor's result fields and moved rollout's version out of `schema_version`.
+pub const RESULT_SCHEMA_VERSION: &str = "2.0";
 
 /// Label keys put on every resource rollout creates, so that cleanup can find them.
 pub mod labels {

@@ -136,13 +136,25 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// The result of one trial (`<trial>/result.json`).
+///
+/// Serialized with Harbor's `TrialResult` fields next to rollout's own (see
+/// [`crate::harbor_result`] and docs/results.md): `schema_version` is Harbor's document version
+/// (always 1), rollout's own version is `rollout_schema_version`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct TrialResult {
+    /// rollout's result schema version (`rollout_schema_version`; files without it are
+    /// rollout 1.0 files, whose `schema_version` held `"1.0"`).
+    #[serde(rename = "rollout_schema_version", default = "legacy_schema_version")]
     pub schema_version: String,
     /// Unique id of this trial run.
     pub id: String,
     /// Directory name of the trial inside the job directory.
     pub trial_name: String,
+    /// `file://` URI of the trial directory (Harbor's `trial_uri`); empty in files written
+    /// before rollout 2.0.
+    #[serde(default)]
+    pub trial_uri: String,
     pub job_id: String,
     pub job_name: String,
     pub task_name: String,
@@ -179,8 +191,10 @@ pub struct TrialResult {
 
 /// What one step of a multi-step trial did (Harbor's `StepResult`; its `agent_result`,
 /// `verifier_result.rewards`, `exception_info`, `agent_execution` and `verifier` are
-/// `agent_run`, `rewards`, `error` and `phases` here, named like the trial's own fields).
+/// `agent_run`, `rewards`, `error` and `phases` here, named like the trial's own fields, and
+/// are written next to them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct StepResult {
     /// The step's `name` (its directory under `steps/`).
     pub step_name: String,
@@ -294,8 +308,14 @@ pub struct KeyStats {
 }
 
 /// The result of a job (`<job>/result.json`).
+///
+/// Serialized with Harbor's `JobResult` fields next to rollout's own: `schema_version` (1),
+/// `updated_at`, and Harbor's `JobStats` fields inside `stats` (from `harbor_stats`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct JobResult {
+    /// rollout's result schema version (`rollout_schema_version`), as in [`TrialResult`].
+    #[serde(rename = "rollout_schema_version", default = "legacy_schema_version")]
     pub schema_version: String,
     pub id: String,
     pub name: String,
@@ -318,6 +338,66 @@ pub struct JobResult {
     pub by_agent_dataset: BTreeMap<String, Stats>,
     /// Every finished trial: name → reward (null when none).
     pub trials: BTreeMap<String, Option<f64>>,
+    /// Harbor's `JobStats` over the same trials, written inside `stats` (None when read from
+    /// a file written before rollout 2.0).
+    #[serde(skip)]
+    pub harbor_stats: Option<crate::harbor_result::HarborJobStats>,
+}
+
+/// `rollout_schema_version` of files that lack it (written before rollout 2.0).
+fn legacy_schema_version() -> String {
+    "1.0".into()
+}
+
+impl Serialize for TrialResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = TrialResult::serialize(self, serde_json::value::Serializer)
+            .map_err(serde::ser::Error::custom)?;
+        crate::harbor_result::add_trial_fields(self, &mut v);
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for TrialResult {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        TrialResult::deserialize(d)
+    }
+}
+
+impl Serialize for StepResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = StepResult::serialize(self, serde_json::value::Serializer)
+            .map_err(serde::ser::Error::custom)?;
+        crate::harbor_result::add_step_fields(self, &mut v);
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for StepResult {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        StepResult::deserialize(d)
+    }
+}
+
+impl Serialize for JobResult {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut v = JobResult::serialize(self, serde_json::value::Serializer)
+            .map_err(serde::ser::Error::custom)?;
+        crate::harbor_result::add_job_fields(self, &mut v);
+        v.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for JobResult {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        let mut r = JobResult::deserialize(&v).map_err(serde::de::Error::custom)?;
+        r.harbor_stats = v
+            .get("stats")
+            .filter(|s| s.get("n_completed_trials").is_some())
+            .and_then(|s| serde_json::from_value(s.clone()).ok());
+        Ok(r)
+    }
 }
 
 /// Compute aggregates. `pass_at_k` groups trials by (agent, task).
@@ -460,9 +540,10 @@ mod tests {
     ) -> TrialResult {
         let now = Utc::now();
         TrialResult {
-            schema_version: "1.0".into(),
+            schema_version: crate::RESULT_SCHEMA_VERSION.into(),
             id: "x".into(),
             trial_name: format!("{task}__{agent}"),
+            trial_uri: String::new(),
             job_id: "j".into(),
             job_name: "j".into(),
             task_name: task.into(),

@@ -787,7 +787,7 @@ pub async fn run(
         output_cap: opts.output_cap,
     };
     let mut result = PipelineResult {
-        schema_version: rollout_core::RESULT_SCHEMA_VERSION.into(),
+        schema_version: "1.0".into(),
         run_id,
         ok: false,
         cancelled: false,

@@ -12,6 +12,7 @@ pub mod events;
 pub mod fsutil;
 pub mod plan;
 pub mod provenance;
+pub mod report;
 mod runner;
 mod sandbox;
 pub mod session;

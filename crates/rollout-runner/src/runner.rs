@@ -410,6 +410,10 @@ fn job_result(
             .iter()
             .map(|r| (r.trial_name.clone(), r.reward))
             .collect(),
+        harbor_stats: Some(rollout_core::harbor_result::HarborJobStats::from_trials(
+            results,
+            plan.trials.len() + plan.kept.len(),
+        )),
     }
 }
 

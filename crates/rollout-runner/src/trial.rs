@@ -232,6 +232,7 @@ impl TrialRun<'_> {
             schema_version: RESULT_SCHEMA_VERSION.into(),
             id: plan.id.clone(),
             trial_name: plan.name.clone(),
+            trial_uri: file_uri(&self.dir),
             job_id: job.job_id.clone(),
             job_name: job.job_name.clone(),
             task_name: task.name.clone(),
@@ -1136,4 +1137,10 @@ pub(crate) fn instruction_path(config: &rollout_core::JobConfig) -> &str {
         .instruction_path
         .as_deref()
         .unwrap_or(INSTRUCTION_PATH)
+}
+
+/// `file://` URI of a directory, absolute (Harbor's `trial_uri`).
+fn file_uri(dir: &std::path::Path) -> String {
+    let abs = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+    format!("file://{}", abs.display())
 }

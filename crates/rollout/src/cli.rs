@@ -93,6 +93,13 @@ pub enum Command {
     View(rollout_view::ViewArgs),
     /// Write one self-contained HTML report of a job directory.
     Report(rollout_view::ReportArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the rollout(1) man page (roff) on stdout.
+    Man,
 }
 
 #[derive(Subcommand, Debug)]
@@ -128,9 +135,37 @@ pub enum JobsCommand {
         /// The jobs directory.
         #[arg(short = 'o', long = "jobs-dir", default_value = "jobs")]
         jobs_dir: PathBuf,
+        /// Print JSON (one object per job) instead of the table.
+        #[arg(long)]
+        json: bool,
     },
-    /// One job: status, active trials, summary.
-    Show(JobDirArg),
+    /// One job: status, active trials, summary, one row per trial, failures.
+    Show {
+        /// The job directory (`jobs/<name>`).
+        job_dir: PathBuf,
+        /// Print JSON (the job result and every trial result) instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Compare two jobs: mean reward per agent and task, and the pass rates.
+    Diff {
+        /// The earlier job directory.
+        a: PathBuf,
+        /// The later job directory.
+        b: PathBuf,
+        /// Print the comparison as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a job's trials as CSV, JSON Lines or JUnit XML on stdout.
+    Export {
+        /// The job directory (`jobs/<name>`).
+        job_dir: PathBuf,
+        /// csv (one row per trial), jsonl (each trial's result.json), junit (one test case
+        /// per trial).
+        #[arg(long, default_value = "csv")]
+        format: rollout_runner::report::ExportFormat,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -1,4 +1,5 @@
-//! `rollout jobs pause|resume|kill|list|show`: act on a job from another terminal.
+//! `rollout jobs pause|resume|kill|list|show|diff|export`: act on a job from another terminal,
+//! or read it back (the reading is `rollout_runner::report`).
 //!
 //! A running job's `run_control.json` names its process; pause and resume send it SIGUSR1 and
 //! SIGUSR2, kill sends SIGTERM (the same clean cancellation as Ctrl-C) and, if the process does
@@ -170,7 +171,7 @@ fn count_results(dir: &Path) -> usize {
     })
 }
 
-pub fn list(jobs_dir: &Path) -> CliResult {
+pub fn list(jobs_dir: &Path, json: bool) -> CliResult {
     let entries = std::fs::read_dir(jobs_dir)
         .map_err(|_| CliError::usage(format!("cannot read {}", jobs_dir.display())))?;
     let mut dirs: Vec<_> = entries
@@ -179,6 +180,24 @@ pub fn list(jobs_dir: &Path) -> CliResult {
         .filter(|p| p.join("config.json").is_file())
         .collect();
     dirs.sort();
+    if json {
+        let jobs: Vec<serde_json::Value> = dirs
+            .iter()
+            .map(|d| {
+                let (status, control) = status_of(d);
+                let result = job_result(d);
+                serde_json::json!({
+                    "job_dir": d,
+                    "status": status,
+                    "trials_finished": count_results(d),
+                    "n_total_trials": result.as_ref().map(|r| r.n_total_trials),
+                    "mean_reward": result.as_ref().and_then(|r| r.stats.mean_reward),
+                    "started_at": control.map(|c| c.started_at),
+                })
+            })
+            .collect();
+        return Ok(print_json(&jobs));
+    }
     println!(
         "{:<32} {:<28} {:>8} {:>11}  started",
         "job", "status", "trials", "mean reward"
@@ -211,14 +230,80 @@ pub fn list(jobs_dir: &Path) -> CliResult {
     Ok(exit::OK)
 }
 
-pub fn show(dir: &Path) -> CliResult {
+fn print_json(v: &impl serde::Serialize) -> u8 {
+    match serde_json::to_string_pretty(v) {
+        Ok(s) => {
+            println!("{s}");
+            exit::OK
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            exit::TRIAL_ERRORS
+        }
+    }
+}
+
+fn load(dir: &Path) -> Result<rollout_runner::report::JobReport, u8> {
+    rollout_runner::report::JobReport::load(dir).map_err(|e| {
+        eprintln!("error: {e}");
+        exit::USAGE
+    })
+}
+
+/// The failed and errored trials of the job in `dir`, with their error kind and log (printed
+/// at the end of `rollout run`).
+pub fn print_failures(dir: &Path) {
+    if let Ok(r) = rollout_runner::report::JobReport::load(dir) {
+        let f = rollout_runner::report::failures(dir, &r.trials);
+        print!("{}", rollout_runner::report::render_failures(&f));
+    }
+}
+
+pub fn diff(a: &Path, b: &Path, json: bool) -> u8 {
+    let (a, b) = match (load(a), load(b)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(c), _) | (_, Err(c)) => return c,
+    };
+    let d = rollout_runner::report::diff(&a, &b);
+    if json {
+        return print_json(&d);
+    }
+    print!("{}", rollout_runner::report::render_diff(&d));
+    exit::OK
+}
+
+pub fn export(dir: &Path, format: rollout_runner::report::ExportFormat) -> u8 {
+    match load(dir) {
+        Ok(r) => {
+            print!("{}", rollout_runner::report::export(&r, format));
+            exit::OK
+        }
+        Err(c) => c,
+    }
+}
+
+pub fn show(dir: &Path, json: bool) -> CliResult {
     if !dir.join("config.json").is_file() {
         return Err(CliError::usage(format!(
             "{} is not a job directory",
             dir.display()
         )));
     }
+    let report = match load(dir) {
+        Ok(r) => r,
+        Err(c) => return Err(CliError::Exit(c)),
+    };
     let (status, control) = status_of(dir);
+    if json {
+        return Ok(print_json(&serde_json::json!({
+            "job_dir": dir,
+            "status": status,
+            "control": control,
+            "result": report.result,
+            "trials": report.trials,
+            "unreadable": report.unreadable,
+        })));
+    }
     println!("job {}: {status}", dir.display());
     if let Some(c) = &control {
         println!(
@@ -229,12 +314,21 @@ pub fn show(dir: &Path) -> CliResult {
             println!("running: {}", c.active_trials.join(", "));
         }
     }
-    match job_result(dir) {
-        Some(r) => print!("{}", crate::summary::render(&r, dir)),
+    match &report.result {
+        Some(r) => print!("{}", crate::summary::render(r, dir)),
         None => println!(
             "{} trial(s) finished so far; no job result yet",
             count_results(dir)
         ),
     }
+    if !report.trials.is_empty() {
+        println!();
+        print!("{}", rollout_runner::report::render_trials(&report.trials));
+    }
+    for p in &report.unreadable {
+        println!("unreadable: {}", p.display());
+    }
+    let f = rollout_runner::report::failures(dir, &report.trials);
+    print!("{}", rollout_runner::report::render_failures(&f));
     Ok(exit::OK)
 }

@@ -61,10 +61,16 @@ fn main() -> ExitCode {
             error::report(jobs_cmd::pause(&a.job_dir))
         }
         cli::Command::Jobs(cli::JobsCommand::Kill(a)) => error::report(jobs_cmd::kill(&a.job_dir)),
-        cli::Command::Jobs(cli::JobsCommand::List { jobs_dir }) => {
-            error::report(jobs_cmd::list(&jobs_dir))
+        cli::Command::Jobs(cli::JobsCommand::List { jobs_dir, json }) => {
+            error::report(jobs_cmd::list(&jobs_dir, json))
         }
-        cli::Command::Jobs(cli::JobsCommand::Show(a)) => error::report(jobs_cmd::show(&a.job_dir)),
+        cli::Command::Jobs(cli::JobsCommand::Show { job_dir, json }) => {
+            error::report(jobs_cmd::show(&job_dir, json))
+        }
+        cli::Command::Jobs(cli::JobsCommand::Diff { a, b, json }) => jobs_cmd::diff(&a, &b, json),
+        cli::Command::Jobs(cli::JobsCommand::Export { job_dir, format }) => {
+            jobs_cmd::export(&job_dir, format)
+        }
         cli::Command::Datasets(cli::DatasetsCommand::List { registry }) => {
             sources_cmd::datasets_list(&registry)
         }
@@ -82,6 +88,22 @@ fn main() -> ExitCode {
         cli::Command::Serve(args) => error::report(serve::main(*args)),
         cli::Command::View(args) => rollout_view::view_main(args),
         cli::Command::Report(args) => rollout_view::report_main(args),
+        cli::Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = cli::Cli::command();
+            clap_complete::generate(shell, &mut cmd, "rollout", &mut std::io::stdout());
+            exit::OK
+        }
+        cli::Command::Man => {
+            use clap::CommandFactory;
+            match clap_mangen::Man::new(cli::Cli::command()).render(&mut std::io::stdout()) {
+                Ok(()) => exit::OK,
+                Err(e) => {
+                    eprintln!("error: writing the man page: {e}");
+                    exit::TRIAL_ERRORS
+                }
+            }
+        }
     };
     ExitCode::from(code)
 }

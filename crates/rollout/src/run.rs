@@ -189,6 +189,7 @@ fn execute(
             }
         } else {
             print!("{}", crate::summary::render(result, &job_dir));
+            crate::jobs_cmd::print_failures(&job_dir);
         }
         if let Some(e) = done.writer_error {
             eprintln!("error: writing results to {}: {e}", job_dir.display());

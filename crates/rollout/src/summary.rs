@@ -121,6 +121,7 @@ mod tests {
             schema_version: "1.0".into(),
             id: "id".into(),
             trial_name: format!("{task}__{agent}__1"),
+            trial_uri: String::new(),
             job_id: "job".into(),
             job_name: "j".into(),
             task_name: task.into(),
@@ -182,6 +183,7 @@ mod tests {
                 ),
             ]),
             trials: BTreeMap::new(),
+            harbor_stats: None,
         };
         insta::assert_snapshot!(render(&result, Path::new("jobs/j")));
     }
@@ -226,6 +228,7 @@ mod tests {
             by_dataset: BTreeMap::new(),
             by_agent_dataset: BTreeMap::from([("oracle / smoke".to_string(), stats)]),
             trials: BTreeMap::new(),
+            harbor_stats: None,
         };
         insta::assert_snapshot!(render(&result, Path::new("jobs/j")));
     }

@@ -65,17 +65,30 @@ fn the_agent_solves_hello_world_through_tool_calls() {
         &r.trial_dir("hello-world__rollout-agent__1")
             .join("agent/trajectory.json"),
     );
+    // ATIF: the system prompt, the instruction, then one agent step per model turn.
+    assert_eq!(traj["schema_version"], "ATIF-v1.6");
     let steps = traj["steps"].as_array().unwrap();
-    assert_eq!(steps.len(), 2);
-    for (step, sent) in steps.iter().zip(&seen) {
+    assert_eq!(steps.len(), 4);
+    assert_eq!(steps[0]["source"], "system");
+    assert_eq!(steps[1]["source"], "user");
+    for (step, sent) in steps[2..].iter().zip(&seen) {
+        assert_eq!(step["source"], "agent");
         assert_eq!(
-            &step["request"], sent,
+            &step["extra"]["request"], sent,
             "the trajectory records the exact request"
         );
     }
-    let tool = &steps[0]["tool_calls"][0];
-    assert_eq!(tool["name"], "bash");
-    let output = tool["output"].as_str().unwrap();
+    assert_eq!(steps[2]["metrics"]["prompt_tokens"], 100);
+    assert_eq!(traj["final_metrics"]["total_prompt_tokens"], 250);
+    assert_eq!(
+        traj["final_metrics"]["extra"]["stop_reason"],
+        "final_answer"
+    );
+    let tool = &steps[2]["tool_calls"][0];
+    assert_eq!(tool["function_name"], "bash");
+    let observation = &steps[2]["observation"]["results"][0];
+    assert_eq!(observation["source_call_id"], tool["tool_call_id"]);
+    let output = observation["content"].as_str().unwrap();
     assert!(
         output.contains("exit code: 0")
             && output.contains("Hello, world!")
@@ -86,7 +99,7 @@ fn the_agent_solves_hello_world_through_tool_calls() {
     let last = seen[1]["messages"].as_array().unwrap().last().unwrap();
     assert_eq!(last["role"], "tool");
     assert_eq!(last["tool_call_id"], "call-1");
-    assert_eq!(last["content"], tool["output"]);
+    assert_eq!(last["content"], observation["content"]);
     assert!(seen[0]["messages"][0]["content"]
         .as_str()
         .unwrap()
@@ -115,8 +128,8 @@ fn rate_limits_are_retried() {
         &r.trial_dir("hello-world__rollout-agent__1")
             .join("agent/trajectory.json"),
     );
-    assert_eq!(traj["steps"][0]["attempts"][0]["status"], 429);
-    assert_eq!(traj["steps"][0]["attempts"][1]["status"], 200);
+    assert_eq!(traj["steps"][2]["extra"]["attempts"][0]["status"], 429);
+    assert_eq!(traj["steps"][2]["extra"]["attempts"][1]["status"], 200);
 }
 
 #[test]

@@ -18,7 +18,8 @@ fn oracle_scores_one_and_writes_the_job_directory() {
     assert_eq!(t["reward"], 1.0);
     assert_eq!(t["rewards"]["reward"], 1.0);
     assert!(t["error"].is_null());
-    assert_eq!(t["schema_version"], "1.0");
+    assert_eq!(t["rollout_schema_version"], "2.0");
+    assert_eq!(t["schema_version"], 1, "Harbor's document version");
     assert_eq!(t["task_name"], "hello-world");
     assert_eq!(t["agent"]["name"], "oracle");
     assert_eq!(t["attempt"], 1);
