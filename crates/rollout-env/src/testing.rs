@@ -411,6 +411,16 @@ impl Provider for FakeProvider {
         "fake"
     }
 
+    fn capabilities(&self) -> crate::Capabilities {
+        // An in-memory sandbox enforces whatever a task asks of its network (nothing leaves
+        // it); it has no GPUs and runs one container per trial.
+        let mut caps = crate::Capabilities::minimal("fake");
+        caps.network.none = true;
+        caps.network.allowlist = crate::Capabilities::all_entry_kinds();
+        caps.pids_limit = true;
+        caps
+    }
+
     fn host_mounts(&self) -> bool {
         false
     }

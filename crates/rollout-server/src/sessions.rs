@@ -1088,6 +1088,9 @@ fn job_result(id: &str, name: &str, r: &TrialResult) -> rollout_core::result::Jo
             compute_stats(one),
         )]),
         trials: BTreeMap::from([(r.trial_name.clone(), r.reward)]),
+        harbor_stats: Some(rollout_core::harbor_result::HarborJobStats::from_trials(
+            one, 1,
+        )),
     }
 }
 

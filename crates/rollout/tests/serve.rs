@@ -1283,7 +1283,7 @@ async fn seed_deployment_variables_and_hotkey_header_clients_work() {
     let tmp = tempfile::tempdir().unwrap();
     let hotkey = hotkey_of(&keypair(3));
     std::fs::write(tmp.path().join("hotkeys"), format!("{hotkey}\n")).unwrap();
-    let server = Server::start_env(
+    let server = start_server_env(
         &tmp.path().join("data"),
         &tmp.path().join("cache"),
         &[
@@ -1387,7 +1387,7 @@ async fn seed_deployment_variables_and_hotkey_header_clients_work() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_past_the_seed_session_ttl_are_cancelled() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = Server::start_env(
+    let server = start_server_env(
         &tmp.path().join("data"),
         &tmp.path().join("cache"),
         &[],
