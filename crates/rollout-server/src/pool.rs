@@ -49,7 +49,7 @@ impl Template {
             name: t.name.clone(),
             agent_spec: t.agent_spec.clone(),
             agent: t.agent.clone(),
-            timeouts: t.timeouts.clone(),
+            timeouts: t.timeouts,
             config: plan.config.clone(),
         }
     }
@@ -63,7 +63,7 @@ impl Template {
             agent_spec: self.agent_spec.clone(),
             agent: self.agent.clone(),
             attempt: 1,
-            timeouts: self.timeouts.clone(),
+            timeouts: self.timeouts,
         }
     }
 }

@@ -515,7 +515,7 @@ fn register(
     };
     let trial = (config.trial_name.clone(), config.task_name.clone());
     let sandbox = Arc::new(sandbox);
-    if let Err(e) = state.db.insert_run(&run, &[trial.clone()]) {
+    if let Err(e) = state.db.insert_run(&run, std::slice::from_ref(&trial)) {
         let s = sandbox.clone();
         tokio::spawn(async move { s.close().await });
         return Err(e.into());
