@@ -919,7 +919,9 @@ impl Provider for KubeProvider {
             host_mounts: false,
             gpus: rollout_env::GpuSupport::AnyModel,
             pids_limit: false,
-            compose: false,
+            // Services become containers of the trial's pod ([`compose`]); what a pod cannot
+            // express is refused by `compose_unsupported`.
+            compose: true,
             mcp_stdio: false,
         }
     }

@@ -1,6 +1,7 @@
 //! Provenance commands: `rollout trace`, `lineage`, `log`, `status`, `show`, `reproduce`,
 //! `register`, and the store shared by them and by `rollout run` (which records every trial).
 
+pub mod pipeline;
 pub mod register;
 pub mod reproduce;
 

@@ -69,7 +69,7 @@ pub enum Command {
     Preflight(PreflightArgs),
     /// Repo-owned contracts (pipeline.yml + .aider_fsm/): run, validate, scaffold.
     #[command(subcommand)]
-    Pipeline(crate::pipeline_cmd::PipelineCommand),
+    Pipeline(rollout_prov::pipeline::PipelineCommand),
     /// Remove containers whose rollout process is gone (crashes, preserved environments) and
     /// dangling build images. Environment images are kept unless --images.
     Gc(GcArgs),

@@ -4,7 +4,6 @@ mod cli;
 mod error;
 mod gc;
 mod jobs_cmd;
-mod pipeline_cmd;
 mod progress;
 mod run;
 mod serve;
@@ -84,7 +83,7 @@ fn main() -> ExitCode {
         cli::Command::Show(args) => rollout_prov::show(args),
         cli::Command::Reproduce(args) => rollout_prov::reproduce::main(args),
         cli::Command::Register(args) => rollout_prov::register::main(args),
-        cli::Command::Pipeline(cmd) => pipeline_cmd::main(cmd),
+        cli::Command::Pipeline(cmd) => rollout_prov::pipeline::main(cmd),
         cli::Command::Serve(args) => error::report(serve::main(*args)),
         cli::Command::View(args) => rollout_view::view_main(args),
         cli::Command::Report(args) => rollout_view::report_main(args),

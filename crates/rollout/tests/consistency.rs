@@ -1,6 +1,7 @@
 //! One way into the runner (issue 20): the same task gets the same outcome whichever entry point
 //! runs it. Edge tasks (no network, no tests/test.sh, an invalid task.toml, a compose task, a
-//! plain task, a network allowlist the Docker provider cannot enforce) go through `rollout run`,
+//! plain task, a network allowlist (enforced on Docker by the egress proxy), a task asking for a
+//! GPU this machine lacks, refused per trial as `environment_unsupported`) go through `rollout run`,
 //! `rollout jobs resume`, `rollout preflight` and `rollout serve`'s `/api/v1/jobs`; an experiment
 //! goes through run, resume and preflight; an executor archive through `rollout run --archive` and
 //! `rollout serve`'s `/submit`. Against the real Docker engine.
@@ -32,7 +33,7 @@ impl Outcome {
     fn runnable(&self) -> bool {
         match self {
             Outcome::Refused => false,
-            Outcome::Error(kind) => kind != "task_invalid",
+            Outcome::Error(kind) => kind != "task_invalid" && kind != "environment_unsupported",
             Outcome::Reward(_) => true,
         }
     }
@@ -128,6 +129,14 @@ fn edge_tasks(root: &Path) -> BTreeMap<&'static str, PathBuf> {
                 "[environment]\n",
                 "[environment]\nnetwork_mode = \"allowlist\"\nallowed_hosts = [\"example.com\"]\n",
             ),
+        ),
+    );
+    tasks.insert(
+        "gpu",
+        plain_task(
+            root,
+            "gpu",
+            &TOML.replace("[environment]\n", "[environment]\ngpus = 1\n"),
         ),
     );
     tasks
@@ -387,7 +396,8 @@ async fn every_entry_point_gives_each_edge_task_the_same_outcome() {
     let expect = |name: &str| match name {
         "plain" | "no-network" | "compose" => Outcome::Reward("1.0".into()),
         "no-tests" | "bad-toml" => Outcome::Error("task_invalid".into()),
-        "allowlist" => Outcome::Refused,
+        "allowlist" => Outcome::Reward("1.0".into()),
+        "gpu" => Outcome::Error("environment_unsupported".into()),
         _ => unreachable!(),
     };
     for (name, outcome) in &table {

@@ -2,6 +2,7 @@
 //! `.aider_fsm/`), see docs/pipeline.md.
 
 use clap::{Args, Subcommand, ValueEnum};
+use rollout_launch::exit;
 use rollout_pipeline::assist::Assistant;
 use rollout_pipeline::runner::{new_run_id, Mode, RunOptions};
 use rollout_pipeline::{PipelineError, PipelineResult, StageResult, StageStatus, Unattended};
@@ -107,9 +108,16 @@ pub struct ScaffoldArgs {
 }
 
 pub fn main(cmd: PipelineCommand) -> u8 {
-    let rt = match crate::error::runtime(Some(2)) {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
-        Err(e) => return crate::error::report(Err(e)),
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::TRIAL_ERRORS;
+        }
     };
     rt.block_on(async move {
         match cmd {
@@ -206,7 +214,7 @@ fn print_summary(r: &PipelineResult) {
 async fn run(a: RunArgs) -> u8 {
     if a.repair_iters > 0 && a.model.is_none() {
         eprintln!("error: --repair-iters needs a model: add -m MODEL");
-        return crate::exit::USAGE;
+        return exit::USAGE;
     }
     let run_id = new_run_id();
     let mut clone_dir = None;
@@ -220,7 +228,7 @@ async fn run(a: RunArgs) -> u8 {
             Ok(t) => t,
             Err(e) => {
                 eprintln!("error: creating a temporary directory for the clone: {e}");
-                return crate::exit::TRIAL_ERRORS;
+                return exit::TRIAL_ERRORS;
             }
         };
         let cache = rollout_sources::git::GitCache::new(tmp.path().to_path_buf())
@@ -236,11 +244,11 @@ async fn run(a: RunArgs) -> u8 {
             }
             Ok(Err(e)) => {
                 eprintln!("error: {e}");
-                return crate::exit::USAGE;
+                return exit::USAGE;
             }
             Err(e) => {
                 eprintln!("error: the clone task failed: {e}");
-                return crate::exit::TRIAL_ERRORS;
+                return exit::TRIAL_ERRORS;
             }
         }
     };
@@ -278,7 +286,7 @@ async fn run(a: RunArgs) -> u8 {
             }
             Err(e) => {
                 eprintln!("error: {e}");
-                return crate::exit::USAGE;
+                return exit::USAGE;
             }
         }
     }
@@ -301,18 +309,18 @@ async fn run(a: RunArgs) -> u8 {
                 println!("{}", serde_json::to_string_pretty(&r).unwrap_or_default());
             }
             if r.cancelled {
-                crate::exit::CANCELLED
+                exit::CANCELLED
             } else if r.ok {
-                crate::exit::OK
+                exit::OK
             } else {
-                crate::exit::TRIAL_ERRORS
+                exit::TRIAL_ERRORS
             }
         }
         Err(e) => {
             eprintln!("error: {e}");
             match e {
-                PipelineError::Io { .. } => crate::exit::TRIAL_ERRORS,
-                _ => crate::exit::USAGE,
+                PipelineError::Io { .. } => exit::TRIAL_ERRORS,
+                _ => exit::USAGE,
             }
         }
     }
@@ -324,10 +332,10 @@ async fn run(a: RunArgs) -> u8 {
 /// A run with the store switched off records nothing.
 fn record_provenance(r: &PipelineResult) -> Result<(), String> {
     use rollout_store::{Job, JobKind, Session, Store};
-    if rollout_prov::store_disabled() {
+    if crate::store_disabled() {
         return Ok(());
     }
-    let mut store = Store::open(&rollout_prov::store_path()).map_err(|e| e.to_string())?;
+    let mut store = Store::open(&crate::store_path()).map_err(|e| e.to_string())?;
     let git = rollout_store::git::info(&r.repo.path).map(|mut g| {
         if let Some(c) = &r.repo.commit {
             g.commit = c.clone();
@@ -342,7 +350,7 @@ fn record_provenance(r: &PipelineResult) -> Result<(), String> {
         git: git.clone(),
     };
     store.ensure_session(&session).map_err(|e| e.to_string())?;
-    let refs = rollout_prov::file_refs;
+    let refs = crate::file_refs;
     let abs = |p: &Path| {
         if p.is_absolute() {
             p.to_path_buf()
@@ -385,7 +393,7 @@ fn record_provenance(r: &PipelineResult) -> Result<(), String> {
         kind: JobKind::Pipeline,
         command: argv
             .iter()
-            .map(|a| rollout_prov::shell_quote(a))
+            .map(|a| crate::shell_quote(a))
             .collect::<Vec<_>>()
             .join(" "),
         argv,
@@ -421,7 +429,7 @@ async fn validate(a: ValidateArgs) -> u8 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {}: {e}", a.repo.display());
-            return crate::exit::USAGE;
+            return exit::USAGE;
         }
     };
     let r = rollout_pipeline::validate::validate(&repo).await;
@@ -443,9 +451,9 @@ async fn validate(a: ValidateArgs) -> u8 {
         }
     }
     if r.ok {
-        crate::exit::OK
+        exit::OK
     } else {
-        crate::exit::TRIAL_ERRORS
+        exit::TRIAL_ERRORS
     }
 }
 
@@ -454,7 +462,7 @@ async fn scaffold(a: ScaffoldArgs) -> u8 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {}: {e}", a.repo.display());
-            return crate::exit::USAGE;
+            return exit::USAGE;
         }
     };
     let asst = match Assistant::new(
@@ -465,7 +473,7 @@ async fn scaffold(a: ScaffoldArgs) -> u8 {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");
-            return crate::exit::USAGE;
+            return exit::USAGE;
         }
     };
     let dir = repo
@@ -476,7 +484,7 @@ async fn scaffold(a: ScaffoldArgs) -> u8 {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: {e}");
-            return crate::exit::USAGE;
+            return exit::USAGE;
         }
     };
     if a.json {
@@ -497,7 +505,7 @@ async fn scaffold(a: ScaffoldArgs) -> u8 {
     );
     if let Some(e) = &report.error {
         eprintln!("error: scaffold failed: {e}");
-        return crate::exit::TRIAL_ERRORS;
+        return exit::TRIAL_ERRORS;
     }
     let v = rollout_pipeline::validate::validate(&repo).await;
     for p in &v.problems {
@@ -505,8 +513,8 @@ async fn scaffold(a: ScaffoldArgs) -> u8 {
     }
     if v.ok {
         eprintln!("ok: scaffolded stages {}", v.stages.join(", "));
-        crate::exit::OK
+        exit::OK
     } else {
-        crate::exit::TRIAL_ERRORS
+        exit::TRIAL_ERRORS
     }
 }
