@@ -261,10 +261,11 @@ pub struct CheckArgs {
 /// Where environments run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EnvKind {
-    /// The Docker engine (AgentLab's executor name `local_docker` is accepted).
+    // AgentLab's executor name `local_docker` is accepted (a plain comment: documented
+    // variants would switch every --help to the long layout).
     #[value(alias = "local_docker")]
     Docker,
-    /// The host, in a private workspace (AgentLab's `local_process` is accepted).
+    // AgentLab's `local_process` is accepted.
     #[value(alias = "local_process")]
     Local,
     Kubernetes,
@@ -344,8 +345,7 @@ pub struct RunArgs {
     #[arg(short = 'x', long = "exclude-task")]
     pub exclude: Vec<String>,
 
-    /// Run at most this many tasks (after filtering, in name order). AGENTLAB_LIMIT, the
-    /// AgentLab runner's variable, sets it too.
+    /// Run at most this many tasks (after filtering, in name order; AgentLab's AGENTLAB_LIMIT)
     #[arg(short = 'l', long = "n-tasks", env = "AGENTLAB_LIMIT")]
     pub n_tasks: Option<usize>,
 
