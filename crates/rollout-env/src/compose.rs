@@ -138,6 +138,28 @@ impl Environment for ComposeEnvironment {
         self.main.exec(req).await
     }
 
+    // Everything the agent and the verifier do happens in main, so main answers for the
+    // optional capabilities too (MCP stdio servers, reaching sidecars by address, the
+    // sandbox's stop-everything fallback and its restart count).
+    async fn exec_stream(
+        &self,
+        req: crate::ExecRequest,
+    ) -> Result<Option<crate::ExecStream>, EnvError> {
+        self.main.exec_stream(req).await
+    }
+
+    fn host_reaches_network(&self) -> bool {
+        self.main.host_reaches_network()
+    }
+
+    fn restarts(&self) -> u64 {
+        self.main.restarts()
+    }
+
+    async fn stop_all(&self) -> Result<(), EnvError> {
+        self.main.stop_all().await
+    }
+
     async fn upload_tar(&self, tar: Vec<u8>) -> Result<(), EnvError> {
         self.main.upload_tar(tar).await
     }
