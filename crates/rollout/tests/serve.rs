@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::serve::Server;
+use common::serve::{client, multipart, Server};
 use common::*;
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -118,34 +118,6 @@ fn executor_archive(root: &Path, name: &str, agent_sleep: u32) -> PathBuf {
         .unwrap();
     assert!(st.success());
     archive
-}
-
-/// A multipart/form-data body: (field, file name, bytes).
-fn multipart(fields: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
-    let boundary = "rollout-test-boundary-7d1f";
-    let mut body = Vec::new();
-    for (name, file, data) in fields {
-        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-        match file {
-            Some(f) => body.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
-            ),
-            None => body.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes(),
-            ),
-        }
-        body.extend_from_slice(data);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()
-        .unwrap()
 }
 
 async fn submit(
