@@ -143,7 +143,9 @@ fn finished_job(dir: &Path) -> std::path::PathBuf {
         .map(|n| rollout_core::Task::load(&dir.join("tasks").join(n)).unwrap())
         .collect();
     let mut config = rollout_core::JobConfig::parse(
-        "agents:\n  - name: worker\n    execute: work\n",
+        // One trial at a time: the fake's verifier acts are consumed in order, so the
+        // first task (solved) must verify first for the snapshot to be stable.
+        "n_concurrent_trials: 1\nagents:\n  - name: worker\n    execute: work\n",
         Path::new("job.yaml"),
     )
     .unwrap();
