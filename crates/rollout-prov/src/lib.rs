@@ -196,10 +196,17 @@ pub fn trace(args: TraceArgs) -> u8 {
     let duration = t0.elapsed().as_secs_f64();
     let status = t.exit.status();
     if t.unresolved > 0 {
-        eprintln!(
-            "rollout trace: warning: {} file syscall(s) had a path the tracer could not read, so the record may miss files (inside a container, allow process_vm_readv or /proc/<pid>/mem, e.g. --cap-add SYS_PTRACE)",
-            t.unresolved
-        );
+        if t.mechanism == rollout_trace::Mechanism::Fanotify {
+            eprintln!(
+                "rollout trace: warning: {} file event(s) named a directory that was removed before the tracer resolved it, so the record may miss files",
+                t.unresolved
+            );
+        } else {
+            eprintln!(
+                "rollout trace: warning: {} file syscall(s) had a path the tracer could not read, so the record may miss files (inside a container, allow process_vm_readv or /proc/<pid>/mem, e.g. --cap-add SYS_PTRACE)",
+                t.unresolved
+            );
+        }
     }
     if t.timed_out {
         eprintln!(
@@ -337,6 +344,7 @@ fn trace_job(
             "processes": t.processes,
             "syscall_stops": t.stops,
             "tracer": t.mechanism.as_str(),
+            "tracer_fallback": t.fallback,
             "unresolved_syscalls": t.unresolved,
             "timed_out": t.timed_out,
             "signal": match t.exit { rollout_trace::Exit::Signal(s) => Some(s), _ => None },

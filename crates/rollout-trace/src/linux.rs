@@ -393,6 +393,17 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         len: trace_bpf.len() as u16,
         filter: trace_bpf.as_mut_ptr(),
     };
+    let ignore = ignore_list(&opts.ignore_prefixes);
+    // fanotify when asked for and the host allows it; the seccomp mechanisms otherwise.
+    let mut fallback = None;
+    let fan = if opts.mechanism == Mechanism::Fanotify {
+        crate::fanotify::Fan::new(&ignore)
+            .map_err(|why| fallback = Some(format!("fanotify unavailable: {why}")))
+            .ok()
+    } else {
+        None
+    };
+    let use_seccomp = fan.is_none();
     let try_notify = opts.mechanism != Mechanism::Ptrace;
     let spawn_err = |step: &'static str, source: io::Error| TraceError::Spawn {
         program: program_name.clone(),
@@ -531,12 +542,12 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
                 }
                 r
             };
-            let listener = if try_notify {
+            let listener = if use_seccomp && try_notify {
                 install(libc::SECCOMP_FILTER_FLAG_NEW_LISTENER, &notify_prog)
             } else {
                 -1
             };
-            if listener < 0 && install(0, &trace_prog) != 0 {
+            if use_seccomp && listener < 0 && install(0, &trace_prog) != 0 {
                 fail(err_w, 4);
             }
             let byte = if listener >= 0 {
@@ -630,7 +641,6 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
             source,
         });
     }
-    let ignore = ignore_list(&opts.ignore_prefixes);
     // The supervisor runs before the child goes on: the child's execve already waits for it.
     let lifecycle = Arc::new(Lifecycle::default());
     let supervisor = {
@@ -649,6 +659,46 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
             }
             restore();
             return Err(spawn_err("starting the supervisor thread", source));
+        }
+    };
+    // Every pid of the traced tree, dead ones included, for the fanotify reader's filter: a
+    // process is added before it runs (at its fork event or first stop), so before it can
+    // cause an event.
+    let seen = Arc::new(Mutex::new(HashSet::from([pid])));
+    let fan_reader = match fan {
+        None => None,
+        Some(fan) => {
+            let reader = crate::fanotify::Reader::new(
+                fan,
+                seen.clone(),
+                Tracer::new(ignore.clone(), lifecycle.clone()),
+            );
+            // SAFETY: a fresh pipe, both ends close-on-exec.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                let source = io::Error::last_os_error();
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
+                    libc::waitpid(pid, &mut status, WALL);
+                }
+                restore();
+                return Err(spawn_err("pipe", source));
+            }
+            // SAFETY: fresh fds owned from here on.
+            let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+            match std::thread::Builder::new()
+                .name("rollout-trace-fanotify".into())
+                .spawn(move || reader.run(r))
+            {
+                Ok(h) => Some((h, w)),
+                Err(source) => {
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, &mut status, WALL);
+                    }
+                    restore();
+                    return Err(spawn_err("starting the fanotify reader thread", source));
+                }
+            }
         }
     };
     ptrace_cont(pid, 0);
@@ -726,6 +776,7 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
                             &mut child as *mut libc::c_ulong as *mut c_void,
                         )
                     };
+                    seen.lock().expect("seen set").insert(child as pid_t);
                     if alive.lock().expect("alive set").insert(child as pid_t) {
                         processes += 1;
                         lifecycle.post(child as pid_t);
@@ -738,6 +789,7 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         }
         if started.insert(p) {
             // A new process's first stop (its fork event may come before or after).
+            seen.lock().expect("seen set").insert(p);
             if alive.lock().expect("alive set").insert(p) {
                 processes += 1;
                 lifecycle.post(p);
@@ -767,6 +819,12 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     // SAFETY: a one-byte write to our own pipe.
     unsafe { libc::write(stop_w.as_raw_fd(), b"x".as_ptr() as *const c_void, 1) };
     let notified = supervisor.join().ok().flatten();
+    // Every event of the tree is queued by now: the reader drains the rest and stops.
+    let fanotified = fan_reader.and_then(|(h, w)| {
+        // SAFETY: a one-byte write to our own pipe.
+        unsafe { libc::write(w.as_raw_fd(), b"x".as_ptr() as *const c_void, 1) };
+        h.join().ok()
+    });
     restore();
     let spawn_failure = child_error();
     drop(notify_bpf);
@@ -774,9 +832,17 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     if let Some(e) = spawn_failure {
         return Err(e);
     }
-    let (mechanism, tracer) = match notified {
-        Some(t) => (Mechanism::UserNotif, t),
-        None => (Mechanism::Ptrace, tracer),
+    let mut fan_unresolved = 0;
+    let (mechanism, tracer) = match (fanotified, notified) {
+        (Some((t, events, unresolved)), _) => {
+            fan_unresolved = unresolved;
+            let mut t = t;
+            // Nothing stopped: count the events instead, as the measure of tracing work.
+            t.stops = events;
+            (Mechanism::Fanotify, t)
+        }
+        (None, Some(t)) => (Mechanism::UserNotif, t),
+        (None, None) => (Mechanism::Ptrace, tracer),
     };
     let Tracer {
         reads,
@@ -797,7 +863,8 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         execs: sorted(execs),
         processes,
         stops,
-        unresolved: resolver.unresolved,
+        unresolved: resolver.unresolved + fan_unresolved,
+        fallback,
         mechanism,
     })
 }
@@ -835,7 +902,7 @@ enum Event {
 
 /// The recorded sets, updated in syscall order (hash sets while tracing: cheaper than
 /// component-wise path comparisons; sorted once at the end).
-struct Tracer {
+pub(crate) struct Tracer {
     ignore: Vec<Vec<u8>>,
     resolver: Resolver,
     reads: HashSet<PathBuf>,
@@ -849,7 +916,7 @@ const PATH_MAX: usize = 4096;
 const AT_FDCWD: i32 = -100;
 
 impl Tracer {
-    fn new(ignore: Vec<Vec<u8>>, lifecycle: Arc<Lifecycle>) -> Self {
+    pub(crate) fn new(ignore: Vec<Vec<u8>>, lifecycle: Arc<Lifecycle>) -> Self {
         Tracer {
             ignore,
             resolver: Resolver::new(lifecycle),
@@ -881,7 +948,7 @@ impl Tracer {
         })
     }
 
-    fn record(&mut self, p: PathBuf, op: Op) {
+    pub(crate) fn record(&mut self, p: PathBuf, op: Op) {
         if op == Op::Exec {
             self.execs.insert(p.clone());
         }
@@ -1268,7 +1335,7 @@ impl Resolver {
 const KCMP_FILE: libc::c_ulong = 0;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Op {
+pub(crate) enum Op {
     Read,
     Write,
     Remove,
