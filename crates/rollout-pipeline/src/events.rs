@@ -80,3 +80,60 @@ impl PipelineSink for Recorder {
         self.0.lock().expect("recorder lock").push(event.clone());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runner::{run, RunOptions};
+    use tokio_util::sync::CancellationToken;
+
+    #[tokio::test]
+    async fn a_run_tells_its_subscribers_every_step_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(
+            d.path().join("pipeline.yml"),
+            "version: 1\ntests:\n  cmds: [\"echo one\", \"exit 3\"]\nevaluation:\n  run_cmds: [\"true\"]\n",
+        )
+        .unwrap();
+        let rec = Arc::new(Recorder::default());
+        let mut opts = RunOptions::new(d.path().to_path_buf());
+        opts.subscribers.push(rec.clone());
+        let c = CancellationToken::new();
+        let r = run(&opts, &c, &c).await.unwrap();
+        assert!(!r.ok);
+        let seen: Vec<String> = rec
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| match e {
+                PipelineEvent::RunStarted { environment, .. } => format!("run:{environment}"),
+                PipelineEvent::StageStarted { stage, .. } => format!("start:{stage}"),
+                PipelineEvent::CommandFinished { index, attempt, .. } => {
+                    format!("cmd{index}:{}", attempt.rc)
+                }
+                PipelineEvent::StageFinished { result } => {
+                    format!("end:{}:{:?}", result.stage, result.status)
+                }
+                PipelineEvent::RepairFinished { .. } => "repair".into(),
+                PipelineEvent::RunFinished {
+                    ok, failed_stage, ..
+                } => {
+                    format!("done:{ok}:{}", failed_stage.as_deref().unwrap_or("-"))
+                }
+            })
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                "run:local",
+                "start:tests",
+                "cmd1:0",
+                "cmd2:3",
+                "end:tests:Failed",
+                "end:evaluation:Skipped",
+                "done:false:tests"
+            ]
+        );
+    }
+}

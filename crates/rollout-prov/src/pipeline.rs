@@ -71,7 +71,8 @@ pub struct RunArgs {
     /// N times per stage.
     #[arg(long, default_value_t = 0)]
     pub repair_iters: u32,
-    /// Model for repairs; also exported to the stages as AIDER_LLM_MODEL and ROLLOUT_MODEL.
+    /// Model for repairs and for scaffolding a missing pipeline.yml; also exported to the
+    /// stages as AIDER_LLM_MODEL and ROLLOUT_MODEL.
     #[arg(short = 'm', long = "model")]
     pub model: Option<String>,
     #[arg(long, value_enum, default_value = "strict")]
