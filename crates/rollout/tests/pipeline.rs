@@ -1030,3 +1030,64 @@ fn docker_copy_out_refuses_links_and_stops_at_the_cap() {
         .is_err());
     assert_no_containers(&format!("pipeline-{}", r["run_id"].as_str().unwrap()));
 }
+
+#[test]
+fn docker_ctrl_c_stops_the_stage_tears_down_and_removes_the_container() {
+    use std::io::BufRead;
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("slow");
+    write_files(
+        &dir,
+        &[(
+            "pipeline.yml",
+            "version: 1\ndeploy:\n  setup_cmds: [\"echo '{}' > .aider_fsm/runtime_env.json\"]\n  teardown_cmds: [\"echo down\"]\nrollout:\n  run_cmds: [\"sleep 300\"]\n",
+        )],
+    );
+    let mut child = rollout_cmd()
+        .args([
+            "pipeline",
+            "run",
+            dir.to_str().unwrap(),
+            "--json",
+            "--env",
+            "docker",
+            "--ca-certs",
+            "none",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once deploy setup is reported, the rollout stage is next (or already running): Ctrl-C.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.contains("deploy_setup");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("deploy_setup")),
+        "no progress line for deploy setup: {seen:?}"
+    );
+    // SAFETY: kill(2) on the pid of the child we spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{seen:?} {rest:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["cancelled"], true);
+    assert_eq!(r["teardown"]["status"], "passed", "{r:#}");
+    assert!(r["failure"]
+        .as_str()
+        .unwrap()
+        .starts_with("rollout.cancelled"));
+    assert_eq!(r["environment"]["removed"], true);
+    assert_no_containers(&format!("pipeline-{}", r["run_id"].as_str().unwrap()));
+}
