@@ -3,7 +3,9 @@
 //! An [`Environment`] is one sandbox (a container) that runs commands with a timeout and an
 //! output cap, takes files in as tar and gives directories back. A [`Provider`] makes images and
 //! environments and cleans up after them. The Docker provider ([`docker::DockerProvider`]) speaks
-//! the Engine API through bollard; it never shells out to the `docker` CLI.
+//! the Engine API through bollard; it never shells out to the `docker` CLI. The `local` provider
+//! ([`local::LocalProvider`]) runs commands on the host with no isolation (repo-owned pipeline
+//! contracts).
 //!
 //! Not here: what runs inside (agents), when (the runner), or where results go.
 
@@ -17,6 +19,7 @@ pub mod error;
 pub mod exec;
 pub mod gc;
 pub mod health;
+pub mod local;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 

@@ -374,9 +374,19 @@ pub struct Assistant {
     pub security: crate::spec::SecuritySection,
 }
 
+/// `OPENAI_BASE_URL` from `OPENAI_API_BASE` when only the latter is set (non-empty).
+pub fn base_url_alias(var: impl Fn(&str) -> Option<String>) -> BTreeMap<String, String> {
+    let set = |k: &str| var(k).filter(|v| !v.is_empty());
+    match (set("OPENAI_BASE_URL"), set("OPENAI_API_BASE")) {
+        (None, Some(alias)) => BTreeMap::from([("OPENAI_BASE_URL".to_string(), alias)]),
+        _ => BTreeMap::new(),
+    }
+}
+
 impl Assistant {
     /// The built-in agent for `model` (endpoint from `OPENAI_BASE_URL`/`OPENAI_API_KEY`, as for
-    /// trials); `max_turns` per session.
+    /// trials; `OPENAI_API_BASE`, the seed's name, is an alias used when `OPENAI_BASE_URL` is
+    /// unset); `max_turns` per session.
     pub fn new(model: &str, max_turns: u64, session_timeout: Duration) -> Result<Self, String> {
         let mut kwargs = BTreeMap::new();
         kwargs.insert("max_turns".to_string(), json!(max_turns));
@@ -384,6 +394,7 @@ impl Assistant {
             name: "rollout-agent".into(),
             model_name: Some(model.to_string()),
             kwargs,
+            env: base_url_alias(|k| std::env::var(k).ok()),
             ..Default::default()
         })?;
         Ok(Self {

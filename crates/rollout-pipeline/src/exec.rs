@@ -1,11 +1,13 @@
-//! One contract command on the host: `bash -c CMD` in its own process group, stdin closed, with a
-//! deadline (the whole group is killed on expiry or cancellation) and capped output (the tail of
-//! each stream is kept; the byte counts say how much there was).
+//! One contract command: `bash -c CMD` through an [`rollout_env::Environment`] (the host's
+//! `local` environment, or a container), stdin closed, with a deadline (the whole process group
+//! is killed on expiry or cancellation) and capped output (the tail of each stream is kept; the
+//! byte counts say how much there was).
 
+use crate::sandbox::Sandbox;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
+use std::time::Duration;
+#[cfg(test)]
+use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// Exit status reported for a command killed at its deadline.
@@ -14,6 +16,10 @@ pub const RC_TIMEOUT: i32 = 124;
 pub const RC_BLOCKED: i32 = 126;
 /// Exit status reported for a command stopped by Ctrl-C / SIGTERM.
 pub const RC_CANCELLED: i32 = 130;
+/// Exit status reported for a command killed for writing more than [`MAX_OUTPUT`].
+pub const RC_OUTPUT_LIMIT: i32 = 137;
+/// Bytes one command may write to either stream before it is killed.
+pub const MAX_OUTPUT: u64 = rollout_env::exec::DEFAULT_MAX_OUTPUT;
 /// Default bytes kept of each stream.
 pub const DEFAULT_OUTPUT_CAP: usize = 2 << 20;
 
@@ -36,6 +42,8 @@ pub struct CmdOutput {
     pub rc: i32,
     pub timed_out: bool,
     pub cancelled: bool,
+    /// Killed for writing more than [`MAX_OUTPUT`] bytes.
+    pub output_limit_exceeded: bool,
     pub seconds: f64,
     /// The last `output_cap` bytes of each stream.
     pub stdout: Vec<u8>,
@@ -45,110 +53,10 @@ pub struct CmdOutput {
     pub stderr_bytes: u64,
 }
 
-async fn read_capped<R: tokio::io::AsyncRead + Unpin>(r: Option<R>, cap: usize) -> (Vec<u8>, u64) {
-    let mut kept = Vec::new();
-    let mut total = 0u64;
-    if let Some(mut r) = r {
-        let mut buf = vec![0u8; 16 * 1024];
-        loop {
-            match r.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    total += n as u64;
-                    kept.extend_from_slice(&buf[..n]);
-                    if kept.len() > 2 * cap.max(1) {
-                        kept.drain(..kept.len() - cap);
-                    }
-                }
-            }
-        }
-    }
-    if kept.len() > cap {
-        kept.drain(..kept.len() - cap);
-    }
-    (kept, total)
-}
-
-fn kill_group(pid: Option<u32>) {
-    if let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) {
-        // SAFETY: kill(2) on the negative pid signals the process group the child leads
-        // (process_group(0) made its pid the group id); no memory is involved.
-        unsafe {
-            libc::kill(-pid, libc::SIGKILL);
-        }
-    }
-}
-
-/// Run one command; an error only when it could not be started.
+/// Run one command on the host (a [`Sandbox::host`]); an error only when it could not be
+/// started.
 pub async fn run(spec: &CmdSpec<'_>, cancel: &CancellationToken) -> std::io::Result<CmdOutput> {
-    let started = Instant::now();
-    let mut cmd = tokio::process::Command::new("bash");
-    cmd.arg("-c")
-        .arg(spec.cmd)
-        .current_dir(spec.workdir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .stdin(if spec.inherit_stdin {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
-        .process_group(0)
-        .kill_on_drop(true);
-    for (k, v) in spec.env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn()?;
-    let pid = child.id();
-    let cap = spec.output_cap;
-    let out = tokio::spawn(read_capped(child.stdout.take(), cap));
-    let err = tokio::spawn(read_capped(child.stderr.take(), cap));
-    let (mut timed_out, mut cancelled) = (false, false);
-    let status = tokio::select! {
-        s = child.wait() => s.ok(),
-        _ = tokio::time::sleep(spec.timeout) => { timed_out = true; None }
-        _ = cancel.cancelled() => { cancelled = true; None }
-    };
-    let status = match status {
-        Some(s) => Some(s),
-        None => {
-            kill_group(pid);
-            let _ = child.kill().await;
-            child.wait().await.ok();
-            None
-        }
-    };
-    // A background process the command started may keep the pipes open: do not wait for it.
-    let grace = Duration::from_secs(if status.is_some() { 5 } else { 1 });
-    let (stdout, stdout_bytes) = tokio::time::timeout(grace, out)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let (stderr, stderr_bytes) = tokio::time::timeout(grace, err)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    let rc = match status {
-        _ if timed_out => RC_TIMEOUT,
-        _ if cancelled => RC_CANCELLED,
-        Some(s) => {
-            use std::os::unix::process::ExitStatusExt;
-            s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0))
-        }
-        None => RC_CANCELLED,
-    };
-    Ok(CmdOutput {
-        rc,
-        timed_out,
-        cancelled,
-        seconds: started.elapsed().as_secs_f64(),
-        stdout,
-        stderr,
-        stdout_bytes,
-        stderr_bytes,
-    })
+    Sandbox::host().run(spec, cancel).await
 }
 
 #[cfg(test)]

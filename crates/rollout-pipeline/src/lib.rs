@@ -1,20 +1,26 @@
 //! Repo-owned pipeline contracts (the OpenCode-FSM seed): the repository under evaluation says in
 //! `pipeline.yml` (+ `.aider_fsm/`) how to deploy it, roll it out and measure it; this crate runs
-//! that contract on the host under a security policy, keeps the evidence of every command, and
-//! refuses placeholder success (missing metrics keys, `ok: false`, rollouts without samples).
+//! that contract through an [`rollout_env::Environment`] (the host's `local` one, or a Docker
+//! container: [`sandbox`]) under a security policy, keeps the evidence of every command, tells
+//! subscribers what happens ([`events`]), and refuses placeholder success (missing metrics keys,
+//! `ok: false`, rollouts without samples).
 //!
-//! Not for: running tasks in containers (that is `rollout-runner`), or recording runs in the
-//! provenance store ([`PipelineResult`] carries what a recorder needs; the CLI wires it).
+//! Not for: running Harbor tasks (that is `rollout-runner`), or recording runs in the
+//! provenance store ([`PipelineResult`] carries what a recorder needs; `rollout-prov` records it).
 
 pub mod assist;
+pub mod events;
 pub mod exec;
 pub mod runner;
+pub mod sandbox;
 pub mod security;
 pub mod spec;
 pub mod validate;
 pub mod verify;
 
-pub use runner::{run, Mode, RunOptions, StageResult, StageStatus};
+pub use events::{PipelineEvent, PipelineSink};
+pub use runner::{run, Mode, RunOptions, RuntimeHints, StageResult, StageStatus};
+pub use sandbox::{DockerOptions, EnvChoice, EnvironmentInfo};
 pub use security::Unattended;
 pub use spec::{ContractError, PipelineSpec};
 
@@ -86,6 +92,13 @@ pub struct PipelineResult {
     pub metrics: Option<serde_json::Value>,
     /// Repair attempts, with the files each changed.
     pub repairs: Vec<assist::RepairReport>,
+    /// What deploy's `runtime_env.json` said about the inference endpoint, model and service
+    /// (exported to later stages as `AIDER_FSM_INFERENCE_BASE_URL` …).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime: Option<RuntimeHints>,
+    /// Where the stages ran (`local`, or `docker` with the image and container).
+    #[serde(default)]
+    pub environment: Option<EnvironmentInfo>,
     pub started_at: String,
     pub finished_at: String,
     pub duration_seconds: f64,

@@ -1,7 +1,9 @@
 //! Running a contract: bootstrap, actions, the stages in order, repair attempts, teardown, and
 //! the evidence of every command.
 
+use crate::events::{PipelineEvent, Subscribers};
 use crate::exec::{self, CmdSpec, RC_BLOCKED};
+use crate::sandbox::{EnvChoice, Sandbox};
 use crate::security::{is_secret_name, Blocked, Policy, Unattended};
 use crate::spec::{
     confine, ActionKind, ActionsSpec, BootstrapSpec, PipelineSpec, Stage, StageName,
@@ -69,6 +71,12 @@ pub struct RunOptions {
     pub repairer: Option<Box<dyn Repairer>>,
     /// Bytes kept of each command's stdout and stderr.
     pub output_cap: usize,
+    /// Where the stages run (`--env`).
+    pub environment: EnvChoice,
+    /// Who hears the run's events (progress, logs, streaming).
+    pub subscribers: Subscribers,
+    /// Rollout must leave at least one valid sample (`--require-samples`, default true).
+    pub require_samples: bool,
 }
 
 impl RunOptions {
@@ -86,6 +94,9 @@ impl RunOptions {
             repair_iters: 0,
             repairer: None,
             output_cap: exec::DEFAULT_OUTPUT_CAP,
+            environment: EnvChoice::Local,
+            subscribers: Subscribers::default(),
+            require_samples: true,
         }
     }
 }
@@ -297,6 +308,43 @@ struct Ctx<'a> {
     base_env: BTreeMap<String, String>,
     opts: &'a RunOptions,
     output_cap: usize,
+    sandbox: &'a Sandbox,
+    /// What deploy's runtime_env.json says (exported to later stages).
+    runtime: RuntimeHints,
+}
+
+/// The seed's use of `runtime_env.json`: `inference.openai_base_url` (or `inference.base_url`),
+/// `inference.model` and `service.base_url`, read after deploy setup passed.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RuntimeHints {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inference_base_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub inference_model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_base_url: Option<String>,
+}
+
+impl RuntimeHints {
+    /// From a runtime_env.json object.
+    pub fn from_runtime_env(v: &Value) -> Self {
+        let s = |p: &str| {
+            v.pointer(p)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+        };
+        Self {
+            inference_base_url: s("/inference/openai_base_url")
+                .or_else(|| s("/inference/base_url")),
+            inference_model: s("/inference/model"),
+            service_base_url: s("/service/base_url"),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Ctx<'_> {
@@ -330,9 +378,40 @@ impl Ctx<'_> {
             "AIDER_RUNTIME_ENV_PATH".into(),
             abs(&self.repo.join(RUNTIME_ENV_FILE)),
         );
-        if let Some(m) = &self.opts.model {
+        let model = self
+            .opts
+            .model
+            .clone()
+            .or_else(|| self.runtime.inference_model.clone());
+        if let Some(m) = model {
             vars.insert("AIDER_LLM_MODEL".into(), m.clone());
-            vars.insert("ROLLOUT_MODEL".into(), m.clone());
+            vars.insert("ROLLOUT_MODEL".into(), m);
+        }
+        let rt = &self.runtime;
+        if let Some(u) = &rt.inference_base_url {
+            vars.insert("AIDER_FSM_INFERENCE_BASE_URL".into(), u.clone());
+            // The endpoint deploy started, unless the user named one.
+            let named = ["OPENAI_BASE_URL", "OPENAI_API_BASE"]
+                .iter()
+                .any(|k| lookup(k).is_some_and(|v| !v.is_empty()));
+            if !named {
+                vars.insert("OPENAI_BASE_URL".into(), u.clone());
+                vars.insert("OPENAI_API_BASE".into(), u.clone());
+            }
+        }
+        if let Some(m) = &rt.inference_model {
+            vars.insert("AIDER_FSM_INFERENCE_MODEL".into(), m.clone());
+        }
+        if let Some(u) = &rt.service_base_url {
+            vars.insert("AIDER_FSM_SERVICE_BASE_URL".into(), u.clone());
+        }
+        // A container inherits nothing from the host: pass the switches the runner reads.
+        if !self.sandbox.is_host() {
+            for k in ["AIDER_FSM_REQUIRE_HINTS"] {
+                if let Some(v) = lookup(k) {
+                    vars.entry(k.into()).or_insert(v);
+                }
+            }
         }
         if self.policy.unattended == Unattended::Strict {
             for (k, v) in [
@@ -459,23 +538,29 @@ async fn run_commands(
                     cancelled: true,
                     ..Default::default()
                 },
-                None => exec::run(
-                    &CmdSpec {
-                        cmd: &c.cmd,
-                        workdir: &workdir,
-                        env: &env,
-                        timeout: Duration::from_secs_f64(timeout),
-                        inherit_stdin: stage.interactive
-                            && ctx.policy.unattended == Unattended::Guided,
-                        output_cap: ctx.output_cap,
-                    },
-                    cancel,
-                )
-                .await
-                .map_err(|e| PipelineError::Io {
-                    context: format!("starting `bash -c` for {name} command {}", i + 1),
-                    message: format!("{e}; is bash installed?"),
-                })?,
+                None => ctx
+                    .sandbox
+                    .run(
+                        &CmdSpec {
+                            cmd: &c.cmd,
+                            workdir: &workdir,
+                            env: &env,
+                            timeout: Duration::from_secs_f64(timeout),
+                            inherit_stdin: stage.interactive
+                                && ctx.policy.unattended == Unattended::Guided,
+                            output_cap: ctx.output_cap,
+                        },
+                        cancel,
+                    )
+                    .await
+                    .map_err(|e| PipelineError::Io {
+                        context: format!(
+                            "starting `bash -c` for {name} command {} ({} environment)",
+                            i + 1,
+                            ctx.sandbox.provider()
+                        ),
+                        message: format!("{e}; is bash installed there?"),
+                    })?,
             };
             let mut stderr = redact(&out.stderr, &secrets);
             if let Some(b) = &blocked {
@@ -499,7 +584,7 @@ async fn run_commands(
                 }),
             )?;
             rec.rc = out.rc;
-            rec.attempts.push(AttemptRecord {
+            let attempt_record = AttemptRecord {
                 attempt,
                 rc: out.rc,
                 timed_out: out.timed_out,
@@ -508,7 +593,15 @@ async fn run_commands(
                 timeout_seconds: timeout,
                 blocked: blocked.as_ref().map(BlockedRecord::from),
                 evidence: prefix,
+            };
+            ctx.opts.subscribers.emit(PipelineEvent::CommandFinished {
+                stage: name.to_string(),
+                round,
+                index: i + 1,
+                cmd: String::from_utf8_lossy(&redact(c.cmd.as_bytes(), &secrets)).into_owned(),
+                attempt: attempt_record.clone(),
             });
+            rec.attempts.push(attempt_record);
             let short: String = c.cmd.chars().take(120).collect();
             failure = if let Some(b) = &blocked {
                 Some(format!("{name}.blocked: command {} {b}", i + 1))
@@ -516,6 +609,12 @@ async fn run_commands(
                 Some(format!(
                     "{name}.cancelled: command {} `{short}` was stopped (Ctrl-C / SIGTERM)",
                     i + 1
+                ))
+            } else if out.output_limit_exceeded {
+                Some(format!(
+                    "{name}.output_limit: command {} `{short}` was killed after writing more than {} bytes",
+                    i + 1,
+                    exec::MAX_OUTPUT
                 ))
             } else if out.timed_out {
                 Some(format!(
@@ -575,18 +674,36 @@ async fn run_stage(
         }
         _ => Vec::new(),
     };
+    ctx.opts.subscribers.emit(PipelineEvent::StageStarted {
+        stage: stage.name.as_str().into(),
+        round,
+    });
     let set_aside: Vec<String> = outputs
         .iter()
         .filter_map(|o| set_aside(ctx, stage.name, o))
         .collect();
+    if !ctx.sandbox.is_host() {
+        for o in &outputs {
+            if confine(&ctx.repo, o).is_ok() {
+                ctx.sandbox.remove(&ctx.repo.join(o)).await;
+            }
+        }
+    }
     let (commands, mut reason) = run_commands(ctx, stage, round, 0, cancel).await?;
     let mut verification = None;
+    if reason.is_none() {
+        if let Err(e) = pull_outputs(ctx, stage).await {
+            reason = Some(format!("{}.copy_out: {e}", stage.name));
+        }
+    }
     if reason.is_none() {
         let checked = match stage.name {
             StageName::DeploySetup => {
                 verify::runtime_env(&ctx.repo).map(|v| json!({"runtime_env": v}))
             }
-            StageName::Rollout => verify::rollout(&ctx.repo).map(|r| json!(r)),
+            StageName::Rollout => {
+                verify::rollout(&ctx.repo, ctx.opts.require_samples).map(|r| json!(r))
+            }
             StageName::Evaluation | StageName::Benchmark => {
                 let rel = stage.metrics_path.as_deref().unwrap_or_default();
                 match confine(&ctx.repo, rel) {
@@ -594,6 +711,12 @@ async fn run_stage(
                     Ok(_) => {
                         verify::metrics(stage.name.as_str(), &ctx.repo, rel, &stage.required_keys)
                             .map(|m| json!({"metrics_path": rel, "metrics": m}))
+                            .and_then(|mut v| {
+                                if stage.name == StageName::Evaluation {
+                                    hints_audit(ctx, &mut v)?;
+                                }
+                                Ok(v)
+                            })
                     }
                 }
             }
@@ -633,7 +756,71 @@ async fn run_stage(
             .join(format!("{}{suffix}_summary.json", stage.name)),
         &res,
     )?;
+    ctx.opts.subscribers.emit(PipelineEvent::StageFinished {
+        result: res.clone(),
+    });
     Ok(res)
+}
+
+/// In a container: copy back the files this stage's verification reads.
+async fn pull_outputs(ctx: &Ctx<'_>, stage: &Stage) -> Result<(), String> {
+    if ctx.sandbox.is_host() {
+        return Ok(());
+    }
+    let sb = ctx.sandbox;
+    match stage.name {
+        StageName::DeploySetup => sb.pull(&ctx.repo, RUNTIME_ENV_FILE).await,
+        StageName::Rollout => {
+            sb.pull(&ctx.repo, ROLLOUT_FILE).await?;
+            let named = std::fs::read_to_string(ctx.repo.join(ROLLOUT_FILE))
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| {
+                    v.pointer("/paths/samples_jsonl")
+                        .and_then(Value::as_str)
+                        .map(String::from)
+                });
+            match named {
+                Some(rel) if !rel.is_empty() => sb.pull(&ctx.repo, &rel).await,
+                _ => Ok(()),
+            }
+        }
+        StageName::Evaluation | StageName::Benchmark => {
+            if let Some(rel) = &stage.metrics_path {
+                sb.pull(&ctx.repo, rel).await?;
+            }
+            if stage.name == StageName::Evaluation {
+                sb.pull(&ctx.repo, verify::HINTS_USED_FILE).await?;
+                sb.pull(&ctx.repo, verify::HINTS_RUN_FILE).await?;
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The hints audit of evaluation: with `AIDER_FSM_REQUIRE_HINTS=1` a `hints_used.json` showing a
+/// hint that ran is required; `hints_used.json` and `hints_run.json`, when present, are kept in
+/// the evidence and named in the verification.
+fn hints_audit(ctx: &Ctx<'_>, v: &mut Value) -> Result<(), String> {
+    let required = ctx.host_lookup()("AIDER_FSM_REQUIRE_HINTS").as_deref() == Some("1");
+    for (rel, key) in [
+        (verify::HINTS_USED_FILE, "hints_used"),
+        (verify::HINTS_RUN_FILE, "hints_run"),
+    ] {
+        let p = ctx.repo.join(rel);
+        if p.is_file() {
+            let dest = ctx.artifacts.join(format!("evaluation_{key}.json"));
+            let _ = std::fs::copy(&p, &dest);
+            v[key] = json!(dest);
+        }
+    }
+    if required {
+        let used = verify::hints_used(&ctx.repo)?;
+        v["hints_required"] = json!(true);
+        v["hints"] = used;
+    }
+    Ok(())
 }
 
 /// Apply `.aider_fsm/actions.yml`: each action in order (commands under the policy, files
@@ -644,6 +831,10 @@ async fn run_actions(
     cancel: &CancellationToken,
 ) -> Result<StageResult, PipelineError> {
     let t0 = Instant::now();
+    ctx.opts.subscribers.emit(PipelineEvent::StageStarted {
+        stage: "actions".into(),
+        round: 1,
+    });
     let src = ctx.repo.join(ACTIONS_FILE);
     let _ = std::fs::copy(&src, ctx.artifacts.join("actions.yml"));
     let mut commands = Vec::new();
@@ -654,13 +845,19 @@ async fn run_actions(
         match a.kind {
             ActionKind::WriteFile => {
                 let rel = a.path.as_deref().unwrap_or_default();
-                let r = confine(&ctx.repo, rel).and_then(|p| {
+                let content = a.content.as_deref().unwrap_or_default();
+                let mut r = confine(&ctx.repo, rel).and_then(|p| {
                     if let Some(parent) = p.parent() {
                         std::fs::create_dir_all(parent).map_err(|e| e.to_string())?;
                     }
-                    std::fs::write(&p, a.content.as_deref().unwrap_or_default())
-                        .map_err(|e| e.to_string())
+                    std::fs::write(&p, content).map_err(|e| e.to_string())?;
+                    Ok(p)
                 });
+                if let Ok(p) = &r {
+                    if let Err(e) = ctx.sandbox.write_file(p, content.as_bytes()).await {
+                        r = Err(e);
+                    }
+                }
                 log.push(json!({"id": id, "kind": "write_file", "path": rel, "ok": r.is_ok(), "error": r.as_ref().err()}));
                 if let Err(e) = r {
                     reason = Some(format!("actions.write_failed: {id}: {e}"));
@@ -707,6 +904,9 @@ async fn run_actions(
         round: 1,
     };
     write_json(&ctx.artifacts.join("actions_summary.json"), &res)?;
+    ctx.opts.subscribers.emit(PipelineEvent::StageFinished {
+        result: res.clone(),
+    });
     Ok(res)
 }
 
@@ -758,7 +958,8 @@ pub async fn run(
     let bootstrap = BootstrapSpec::load(&repo)?;
     let actions = ActionsSpec::load(&repo)?;
     let stages = select(&spec, &opts.stages)?;
-    let policy = Policy::new(&spec.security, opts.unattended).map_err(PipelineError::Contract)?;
+    // The policy compiles before anything is created.
+    Policy::new(&spec.security, opts.unattended).map_err(PipelineError::Contract)?;
     let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
     let artifacts = match &opts.artifacts {
         Some(a) => a.clone(),
@@ -776,15 +977,83 @@ pub async fn run(
     let artifacts = artifacts.canonicalize().unwrap_or(artifacts);
     let contract = contract_files(&repo);
     let _ = std::fs::copy(repo.join(PIPELINE_FILE), artifacts.join("pipeline.yml"));
+    if matches!(opts.environment, EnvChoice::Docker(_))
+        && opts.unattended == Unattended::Guided
+        && stages.iter().any(|s| s.interactive)
+    {
+        return Err(PipelineError::Usage(
+            "--unattended guided gives interactive commands this terminal, which a container does not have: run them with --env local".into(),
+        ));
+    }
+    let sandbox = Sandbox::open(&opts.environment, &repo, &artifacts, &run_id).await?;
+    let outcome = run_in(
+        opts,
+        cancel,
+        abort,
+        &sandbox,
+        &spec,
+        stages,
+        bootstrap,
+        actions,
+        repo,
+        run_id,
+        artifacts.clone(),
+        contract,
+        started_at,
+        t0,
+    )
+    .await;
+    // The container goes on every path (a failed run, an error, Ctrl-C).
+    let info = sandbox.close().await;
+    let mut result = outcome?;
+    result.environment = Some(info);
+    write_json(&artifacts.join("pipeline_result.json"), &result)?;
+    opts.subscribers.emit(PipelineEvent::RunFinished {
+        run_id: result.run_id.clone(),
+        ok: result.ok,
+        cancelled: result.cancelled,
+        failed_stage: result.failed_stage.clone(),
+        failure: result.failure.clone(),
+    });
+    Ok(result)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_in(
+    opts: &RunOptions,
+    cancel: &CancellationToken,
+    abort: &CancellationToken,
+    sandbox: &Sandbox,
+    spec: &PipelineSpec,
+    stages: Vec<Stage>,
+    bootstrap: Option<BootstrapSpec>,
+    actions: Option<ActionsSpec>,
+    repo: PathBuf,
+    run_id: String,
+    artifacts: PathBuf,
+    contract: Vec<FileDigest>,
+    started_at: String,
+    t0: Instant,
+) -> Result<PipelineResult, PipelineError> {
+    let policy = Policy::new(&spec.security, opts.unattended).map_err(PipelineError::Contract)?;
+    opts.subscribers.emit(PipelineEvent::RunStarted {
+        run_id: run_id.clone(),
+        repo: repo.clone(),
+        artifacts_dir: artifacts.clone(),
+        environment: sandbox.provider().into(),
+        stages: stages.iter().map(|s| s.name.as_str().to_string()).collect(),
+    });
     let mut ctx = Ctx {
         repo: repo.clone(),
         run_id: run_id.clone(),
         artifacts: artifacts.clone(),
         policy,
-        spec: &spec,
+        spec,
         base_env: BTreeMap::new(),
         opts,
         output_cap: opts.output_cap,
+        sandbox,
+        runtime: RuntimeHints::default(),
     };
     let mut result = PipelineResult {
         schema_version: "1.0".into(),
@@ -811,6 +1080,8 @@ pub async fn run(
         metrics_path: None,
         metrics: None,
         repairs: Vec::new(),
+        runtime: None,
+        environment: None,
         started_at,
         finished_at: String::new(),
         duration_seconds: 0.0,
@@ -850,18 +1121,29 @@ pub async fn run(
     for stage in &stages {
         if failed.is_some() {
             let r = StageResult::skipped(stage.name, "an earlier stage failed");
+            opts.subscribers
+                .emit(PipelineEvent::StageFinished { result: r.clone() });
             result.stages.push(r);
             continue;
         }
         if stage.cmds.is_empty() {
-            result
-                .stages
-                .push(StageResult::skipped(stage.name, "no commands"));
+            let r = StageResult::skipped(stage.name, "no commands");
+            opts.subscribers
+                .emit(PipelineEvent::StageFinished { result: r.clone() });
+            result.stages.push(r);
             continue;
         }
         deploy_started |= stage.name == StageName::DeploySetup;
         let r = run_with_repairs(&ctx, stage, cancel, &mut result).await?;
         record_outputs(&mut result, &r, &repo);
+        if r.status == StageStatus::Passed && stage.name == StageName::DeploySetup {
+            if let Some(v) = r.verification.as_ref().map(|v| &v["runtime_env"]) {
+                ctx.runtime = RuntimeHints::from_runtime_env(v);
+                if !ctx.runtime.is_empty() {
+                    result.runtime = Some(ctx.runtime.clone());
+                }
+            }
+        }
         if r.status == StageStatus::Failed {
             failed = Some(r);
         }
@@ -893,13 +1175,15 @@ pub async fn run(
             } else {
                 format!("teardown_policy {policy:?} (pipeline ok: {ok})")
             };
-            StageResult::skipped(StageName::DeployTeardown, &why)
+            let r = StageResult::skipped(StageName::DeployTeardown, &why);
+            opts.subscribers
+                .emit(PipelineEvent::StageFinished { result: r.clone() });
+            r
         });
     }
     result.ok = ok && !result.cancelled;
     result.finished_at = now();
     result.duration_seconds = t0.elapsed().as_secs_f64();
-    write_json(&artifacts.join("pipeline_result.json"), &result)?;
     Ok(result)
 }
 
@@ -953,7 +1237,11 @@ async fn run_with_repairs(
             result.stages.push(r.clone());
             let report = repairer.repair(&ctx.repo, &r, round, &dir).await;
             write_json(&dir.join("repair_provenance.json"), &report)?;
+            ctx.opts.subscribers.emit(PipelineEvent::RepairFinished {
+                report: report.clone(),
+            });
             result.repairs.push(report);
+            ctx.sandbox.push_contract(&ctx.repo).await?;
             round += 1;
             r = run_stage(ctx, stage, round, cancel).await?;
         }

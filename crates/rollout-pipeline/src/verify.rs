@@ -36,7 +36,8 @@ pub fn runtime_env(repo: &Path) -> Result<Value, String> {
 #[derive(Debug, Clone, Serialize)]
 pub struct RolloutCheck {
     pub rollout_path: PathBuf,
-    pub samples_path: PathBuf,
+    /// None when samples are not required and `paths.samples_jsonl` is absent.
+    pub samples_path: Option<PathBuf>,
     pub valid_samples: u64,
     pub invalid_lines: u64,
     /// The first invalid line and why.
@@ -64,9 +65,35 @@ fn sample_problem(line: &str) -> Option<String> {
 
 /// Rollout must have written `.aider_fsm/rollout.json` with `paths.samples_jsonl` naming a JSONL
 /// file (relative to the repository) with at least one `{prompt, completion, reward}` line.
-pub fn rollout(repo: &Path) -> Result<RolloutCheck, String> {
+/// With `require_samples` false (`--require-samples false`, the seed's `require_samples=False`)
+/// only `rollout.json` is required; samples, when named and readable, are still counted.
+pub fn rollout(repo: &Path, require_samples: bool) -> Result<RolloutCheck, String> {
     let rollout_path = repo.join(ROLLOUT_FILE);
     let v = json_object("rollout", "rollout_json", &rollout_path, ROLLOUT_FILE)?;
+    match samples(repo, &v) {
+        Ok((samples_path, valid, invalid, first_invalid)) => Ok(RolloutCheck {
+            rollout_path,
+            samples_path: Some(samples_path),
+            valid_samples: valid,
+            invalid_lines: invalid,
+            first_invalid,
+        }),
+        Err(_) if !require_samples => Ok(RolloutCheck {
+            rollout_path,
+            samples_path: v
+                .pointer("/paths/samples_jsonl")
+                .and_then(Value::as_str)
+                .map(|r| repo.join(r)),
+            valid_samples: 0,
+            invalid_lines: 0,
+            first_invalid: None,
+        }),
+        Err(e) => Err(e),
+    }
+}
+
+/// The samples `rollout.json` names: (path, valid, invalid lines, first problem).
+fn samples(repo: &Path, v: &Value) -> Result<(PathBuf, u64, u64, Option<String>), String> {
     let rel = v
         .pointer("/paths/samples_jsonl")
         .and_then(Value::as_str)
@@ -102,13 +129,40 @@ pub fn rollout(repo: &Path) -> Result<RolloutCheck, String> {
                 .unwrap_or_default()
         ));
     }
-    Ok(RolloutCheck {
-        rollout_path,
-        samples_path,
-        valid_samples: valid,
-        invalid_lines: invalid,
-        first_invalid,
-    })
+    Ok((samples_path, valid, invalid, first_invalid))
+}
+
+/// `.aider_fsm/hints_used.json`: proof that at least one official/hinted command ran.
+pub const HINTS_USED_FILE: &str = ".aider_fsm/hints_used.json";
+/// `.aider_fsm/hints_run.json`: the trace of the hints tried (optional).
+pub const HINTS_RUN_FILE: &str = ".aider_fsm/hints_run.json";
+
+/// With `AIDER_FSM_REQUIRE_HINTS=1`, evaluation must leave `hints_used.json`: an object with
+/// `ok: true` and a non-empty `used_anchors` or `commands` list (`reason` says why otherwise).
+pub fn hints_used(repo: &Path) -> Result<Value, String> {
+    let v = json_object(
+        "evaluation",
+        "hints",
+        &repo.join(HINTS_USED_FILE),
+        HINTS_USED_FILE,
+    )?;
+    let non_empty = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty())
+    };
+    if v.get("ok") != Some(&Value::Bool(true))
+        || !(non_empty("used_anchors") || non_empty("commands"))
+    {
+        let why = v
+            .get("reason")
+            .and_then(Value::as_str)
+            .unwrap_or("no reason given");
+        return Err(format!(
+            "evaluation.hints_not_used: AIDER_FSM_REQUIRE_HINTS=1 and {HINTS_USED_FILE} does not show a hint that ran (ok: true with used_anchors or commands): {why}"
+        ));
+    }
+    Ok(v)
 }
 
 /// Evaluation or benchmark metrics: a JSON object holding every required key; `ok`, when
@@ -171,10 +225,10 @@ mod tests {
     #[test]
     fn rollout_needs_one_valid_sample() {
         let d = repo();
-        let e = rollout(d.path()).unwrap_err();
+        let e = rollout(d.path(), true).unwrap_err();
         assert!(e.starts_with("rollout.rollout_json_missing"), "{e}");
         std::fs::write(d.path().join(ROLLOUT_FILE), r#"{"paths": {}}"#).unwrap();
-        assert!(rollout(d.path())
+        assert!(rollout(d.path(), true)
             .unwrap_err()
             .starts_with("rollout.samples_path_missing"));
         std::fs::write(
@@ -187,7 +241,7 @@ mod tests {
             "{\"prompt\": \"p\", \"completion\": \"c\", \"reward\": \"1\"}\n",
         )
         .unwrap();
-        let e = rollout(d.path()).unwrap_err();
+        let e = rollout(d.path(), true).unwrap_err();
         assert!(
             e.contains("no_valid_samples") && e.contains("line 1: `reward`"),
             "{e}"
@@ -197,7 +251,37 @@ mod tests {
             "{\"prompt\": \"p\", \"completion\": \"c\", \"reward\": 1}\n\nnot json\n",
         )
         .unwrap();
-        let r = rollout(d.path()).unwrap();
+        let r = rollout(d.path(), true).unwrap();
         assert_eq!((r.valid_samples, r.invalid_lines), (1, 1));
+    }
+
+    #[test]
+    fn samples_can_be_optional_and_hints_must_show_a_command() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join(".aider_fsm")).unwrap();
+        std::fs::write(d.path().join(ROLLOUT_FILE), r#"{"paths": {}}"#).unwrap();
+        assert!(rollout(d.path(), true)
+            .unwrap_err()
+            .starts_with("rollout.samples_path_missing"));
+        let r = rollout(d.path(), false).unwrap();
+        assert_eq!((r.valid_samples, r.samples_path), (0, None));
+        assert!(hints_used(d.path())
+            .unwrap_err()
+            .starts_with("evaluation.hints_missing"));
+        let hints = d.path().join(HINTS_USED_FILE);
+        std::fs::write(
+            &hints,
+            r#"{"ok": true, "used_anchors": [], "commands": [], "reason": "no hint ran"}"#,
+        )
+        .unwrap();
+        let e = hints_used(d.path()).unwrap_err();
+        assert!(
+            e.starts_with("evaluation.hints_not_used") && e.contains("no hint ran"),
+            "{e}"
+        );
+        std::fs::write(&hints, r#"{"ok": false, "commands": ["make test"]}"#).unwrap();
+        assert!(hints_used(d.path()).is_err());
+        std::fs::write(&hints, r#"{"ok": true, "commands": ["make test"]}"#).unwrap();
+        assert!(hints_used(d.path()).is_ok());
     }
 }

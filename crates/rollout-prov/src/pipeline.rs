@@ -1,12 +1,16 @@
 //! `rollout pipeline run|validate|scaffold`: repo-owned contracts (`pipeline.yml` +
 //! `.aider_fsm/`), see docs/pipeline.md.
 
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Subcommand, ValueEnum};
 use rollout_launch::exit;
 use rollout_pipeline::assist::Assistant;
+use rollout_pipeline::events::{PipelineEvent, PipelineSink};
 use rollout_pipeline::runner::{new_run_id, Mode, RunOptions};
-use rollout_pipeline::{PipelineError, PipelineResult, StageResult, StageStatus, Unattended};
+use rollout_pipeline::{
+    DockerOptions, EnvChoice, PipelineError, PipelineResult, StageResult, StageStatus, Unattended,
+};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +33,12 @@ pub enum PipelineCommand {
 pub enum ModeArg {
     Smoke,
     Full,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq)]
+pub enum EnvArg {
+    Local,
+    Docker,
 }
 
 #[derive(ValueEnum, Debug, Clone, Copy)]
@@ -61,7 +71,8 @@ pub struct RunArgs {
     /// N times per stage.
     #[arg(long, default_value_t = 0)]
     pub repair_iters: u32,
-    /// Model for repairs; also exported to the stages as AIDER_LLM_MODEL and ROLLOUT_MODEL.
+    /// Model for repairs and for scaffolding a missing pipeline.yml; also exported to the
+    /// stages as AIDER_LLM_MODEL and ROLLOUT_MODEL.
     #[arg(short = 'm', long = "model")]
     pub model: Option<String>,
     #[arg(long, value_enum, default_value = "strict")]
@@ -75,9 +86,27 @@ pub struct RunArgs {
     /// Turns per repair session.
     #[arg(long, default_value_t = 30)]
     pub max_turns: u64,
-    /// Seconds per repair session.
+    /// Seconds per repair session (and for scaffolding a missing pipeline.yml).
     #[arg(long, default_value_t = 900.0)]
     pub repair_timeout: f64,
+    /// Where the stages run: local = this machine, no isolation; docker = a container holding a
+    /// copy of the repository (outputs and evidence are copied back).
+    #[arg(long = "env", value_enum, default_value = "local")]
+    pub env: EnvArg,
+    /// Image of the --env docker container (default debian:bookworm-slim).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Extra certificate authorities the container trusts: auto (the host's
+    /// /usr/local/share/ca-certificates), none, or a PEM file or directory.
+    #[arg(long, default_value = "auto")]
+    pub ca_certs: rollout_launch::ca::CaCerts,
+    /// With --env docker: MiB copied out at most, per output file and for the artifacts
+    /// directory.
+    #[arg(long, default_value_t = 256)]
+    pub copy_out_mb: u64,
+    /// Rollout must leave at least one valid sample; false: rollout.json is enough.
+    #[arg(long, default_value_t = true, action = ArgAction::Set)]
+    pub require_samples: bool,
 }
 
 #[derive(Args, Debug)]
@@ -170,27 +199,39 @@ fn status_line(r: &StageResult) -> String {
     )
 }
 
+/// Renders a run's events on stderr as they happen.
+struct Progress;
+
+impl PipelineSink for Progress {
+    fn event(&self, e: &PipelineEvent) {
+        match e {
+            PipelineEvent::RunStarted {
+                run_id,
+                repo,
+                environment,
+                ..
+            } => eprintln!(
+                "pipeline run {run_id} in {} ({environment} environment)",
+                repo.display()
+            ),
+            PipelineEvent::StageFinished { result } => eprintln!("{}", status_line(result)),
+            PipelineEvent::RepairFinished { report: rep } => eprintln!(
+                "  repair {} of {}: {} file(s) changed, {} refused{}",
+                rep.attempt,
+                rep.stage.as_deref().unwrap_or("?"),
+                rep.changed_files.len(),
+                rep.refused.len(),
+                rep.error
+                    .as_deref()
+                    .map(|e| format!(", error: {e}"))
+                    .unwrap_or_default()
+            ),
+            _ => {}
+        }
+    }
+}
+
 fn print_summary(r: &PipelineResult) {
-    eprintln!("pipeline run {} in {}", r.run_id, r.repo.path.display());
-    for s in &r.stages {
-        eprintln!("{}", status_line(s));
-    }
-    if let Some(t) = &r.teardown {
-        eprintln!("{}", status_line(t));
-    }
-    for rep in &r.repairs {
-        eprintln!(
-            "  repair {} of {}: {} file(s) changed, {} refused{}",
-            rep.attempt,
-            rep.stage.as_deref().unwrap_or("?"),
-            rep.changed_files.len(),
-            rep.refused.len(),
-            rep.error
-                .as_deref()
-                .map(|e| format!(", error: {e}"))
-                .unwrap_or_default()
-        );
-    }
     if let Some(n) = r.samples {
         eprintln!("  samples: {n} valid");
     }
@@ -252,6 +293,11 @@ async fn run(a: RunArgs) -> u8 {
             }
         }
     };
+    if !repo.join(rollout_pipeline::spec::PIPELINE_FILE).is_file() {
+        if let Some(code) = scaffold_missing(&a, &repo).await {
+            return code;
+        }
+    }
     let artifacts = a.artifacts.clone().or_else(|| {
         url.as_ref()
             .map(|_| PathBuf::from("pipeline-artifacts").join(&run_id))
@@ -272,6 +318,23 @@ async fn run(a: RunArgs) -> u8 {
     };
     opts.model = a.model.clone();
     opts.repair_iters = a.repair_iters;
+    opts.require_samples = a.require_samples;
+    opts.subscribers.push(Arc::new(Progress));
+    if a.env == EnvArg::Docker {
+        let mut d = DockerOptions::new(a.image.clone(), rollout_runner::host_name());
+        d.copy_out_cap = a.copy_out_mb.max(1) << 20;
+        d.ca_bundle = match rollout_launch::ca::bundle(&a.ca_certs) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("error: --ca-certs: {e}");
+                return exit::USAGE;
+            }
+        };
+        opts.environment = EnvChoice::Docker(d);
+    } else if a.image.is_some() {
+        eprintln!("error: --image needs --env docker");
+        return exit::USAGE;
+    }
     if let (Some(m), true) = (&a.model, a.repair_iters > 0) {
         match Assistant::new(
             m,
@@ -301,7 +364,7 @@ async fn run(a: RunArgs) -> u8 {
     }
     match res {
         Ok(r) => {
-            if let Err(e) = record_provenance(&r) {
+            if let Err(e) = record_run(&r) {
                 eprintln!("warning: provenance: the pipeline run was not recorded: {e}");
             }
             print_summary(&r);
@@ -329,8 +392,9 @@ async fn run(a: RunArgs) -> u8 {
 /// Record a pipeline run in the provenance store (docs/provenance.md) as a `pipeline` job:
 /// inputs are the contract files (and the repository's commit, in the job's git facts), outputs
 /// the files the run verified (runtime env, rollout, samples, metrics) and `pipeline_result.json`.
-/// A run with the store switched off records nothing.
-fn record_provenance(r: &PipelineResult) -> Result<(), String> {
+/// A run with the store switched off records nothing. Every entry point that runs a contract
+/// (the CLI, the Python bridge through it) records through this.
+pub fn record_run(r: &PipelineResult) -> Result<(), String> {
     use rollout_store::{Job, JobKind, Session, Store};
     if crate::store_disabled() {
         return Ok(());
@@ -416,6 +480,7 @@ fn record_provenance(r: &PipelineResult) -> Result<(), String> {
             "samples": r.samples,
             "artifacts_dir": r.artifacts_dir,
             "repairs": r.repairs.len(),
+            "environment": r.environment,
         }),
         host: rollout_runner::host_name(),
         inputs,
@@ -455,6 +520,31 @@ async fn validate(a: ValidateArgs) -> u8 {
     } else {
         exit::TRIAL_ERRORS
     }
+}
+
+/// `pipeline run` on a repository without pipeline.yml: scaffold it first (as the seed does),
+/// with the model of -m. Returns an exit status when the run cannot go on.
+async fn scaffold_missing(a: &RunArgs, repo: &Path) -> Option<u8> {
+    let Some(model) = &a.model else {
+        eprintln!(
+            "error: {} has no pipeline.yml; pass -m MODEL to have the built-in agent scaffold one (or write it: docs/pipeline.md)",
+            repo.display()
+        );
+        return Some(exit::USAGE);
+    };
+    eprintln!(
+        "rollout: {} has no pipeline.yml: scaffolding one with {model}",
+        repo.display()
+    );
+    let code = scaffold(ScaffoldArgs {
+        repo: repo.to_path_buf(),
+        model: model.clone(),
+        max_turns: a.max_turns,
+        timeout: a.repair_timeout,
+        json: false,
+    })
+    .await;
+    (code != exit::OK).then_some(code)
 }
 
 async fn scaffold(a: ScaffoldArgs) -> u8 {

@@ -734,3 +734,360 @@ fn a_pipeline_run_is_recorded_in_the_provenance_store() {
     let lineage = String::from_utf8_lossy(&show.stdout);
     assert!(lineage.contains("pipeline.yml"), "{lineage}");
 }
+
+/// `rollout pipeline ARGS` with OPENAI_BASE_URL/OPENAI_API_BASE cleared (the tests set them).
+fn pipeline_clean(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = rollout_cmd();
+    c.arg("pipeline")
+        .args(args)
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_BASE")
+        .env_remove("AIDER_FSM_REQUIRE_HINTS");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+fn run_clean(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, Value, String) {
+    let mut all = vec!["run", dir.to_str().unwrap(), "--json"];
+    all.extend_from_slice(args);
+    let o = pipeline_clean(&all, env);
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("no JSON on stdout ({e}); stderr:\n{}", stderr(&o)));
+    (o.status.code().unwrap_or(-1), v, stderr(&o))
+}
+
+fn write_files(dir: &Path, files: &[(&str, &str)]) {
+    for (rel, content) in files {
+        let p = dir.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, content).unwrap();
+    }
+}
+
+#[test]
+fn run_without_a_contract_scaffolds_it_with_the_model_or_asks_for_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("bare");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("README.md"), "# bare\n").unwrap();
+    // No model: a usage error naming -m, nothing written.
+    let o = pipeline_clean(&["run", dir.to_str().unwrap()], &[]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no pipeline.yml") && stderr(&o).contains("pass -m MODEL"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!dir.join("pipeline.yml").exists());
+    // With -m: scaffolded (the endpoint given by the seed's OPENAI_API_BASE), then run.
+    let contract = "version: 1\nevaluation:\n  run_cmds: [bash .aider_fsm/stages/evaluation.sh]\n  required_keys: [score]\n";
+    let script = Script::ok(vec![
+        write_call("c1", "pipeline.yml", contract),
+        write_call(
+            "c2",
+            ".aider_fsm/stages/evaluation.sh",
+            "#!/usr/bin/env bash\necho '{\"ok\": true, \"score\": 3}' > .aider_fsm/metrics.json\n",
+        ),
+        final_answer("wrote the contract"),
+    ]);
+    let url = serve(script.clone());
+    let (code, r, err) = run_clean(
+        &dir,
+        &["-m", "fake-model"],
+        &[("OPENAI_API_BASE", url.as_str()), ("OPENAI_API_KEY", "k")],
+    );
+    assert_eq!(code, 0, "{err}\n{r:#}");
+    assert!(err.contains("scaffolding one with fake-model"), "{err}");
+    assert_eq!(r["metrics"]["score"], 3);
+    assert_eq!(text(&dir.join("pipeline.yml")), contract);
+    assert_eq!(
+        script.seen().len(),
+        3,
+        "the alias reached the scripted endpoint"
+    );
+}
+
+#[test]
+fn hints_samples_and_runtime_env_follow_the_seed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("seedish");
+    write_files(
+        &dir,
+        &[
+            (
+                "pipeline.yml",
+                "version: 1\ndeploy:\n  setup_cmds: [bash .aider_fsm/stages/deploy_setup.sh]\nrollout:\n  run_cmds: [bash .aider_fsm/stages/rollout.sh]\nevaluation:\n  run_cmds: [bash .aider_fsm/stages/evaluation.sh]\n  required_keys: [score]\n",
+            ),
+            (
+                ".aider_fsm/stages/deploy_setup.sh",
+                "echo '{\"inference\": {\"openai_base_url\": \"http://127.0.0.1:9/v1\", \"model\": \"served-m\"}, \"service\": {\"base_url\": \"http://svc:1\"}}' > .aider_fsm/runtime_env.json\n",
+            ),
+            (
+                ".aider_fsm/stages/rollout.sh",
+                "echo \"api=$OPENAI_API_BASE base=$OPENAI_BASE_URL model=$AIDER_LLM_MODEL svc=$AIDER_FSM_SERVICE_BASE_URL\"\necho '{\"paths\": {}}' > .aider_fsm/rollout.json\n",
+            ),
+            (
+                ".aider_fsm/stages/evaluation.sh",
+                "echo '{\"ok\": true, \"score\": 1}' > .aider_fsm/metrics.json\nif [ \"${HINT_RAN:-0}\" = 1 ]; then c='[\"make test\"]'; else c='[]'; fi\necho \"{\\\"ok\\\": true, \\\"used_anchors\\\": [], \\\"commands\\\": $c, \\\"reason\\\": \\\"tried\\\"}\" > .aider_fsm/hints_used.json\necho '{\"tried\": [\"make test\"]}' > .aider_fsm/hints_run.json\n",
+            ),
+        ],
+    );
+    // Samples are required by default.
+    let (code, r, _) = run_clean(&dir, &[], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        r["failure"]
+            .as_str()
+            .unwrap()
+            .starts_with("rollout.samples_path_missing"),
+        "{r:#}"
+    );
+    // require_samples off: rollout.json is enough; runtime_env's inference/service reach the
+    // later stages.
+    let (code, r, err) = run_clean(&dir, &["--require-samples", "false"], &[]);
+    assert_eq!(code, 0, "{err}\n{r:#}");
+    assert!(err.contains("ok   evaluation"), "progress lines: {err}");
+    let out = text(&evidence(&r, "rollout_cmd01_try01_stdout.txt"));
+    assert_eq!(
+        out.trim(),
+        "api=http://127.0.0.1:9/v1 base=http://127.0.0.1:9/v1 model=served-m svc=http://svc:1"
+    );
+    assert_eq!(r["runtime"]["inference_model"], "served-m");
+    assert_eq!(r["runtime"]["service_base_url"], "http://svc:1");
+    // -m and a user-named endpoint win over runtime_env.
+    let (_, r, _) = run_clean(
+        &dir,
+        &["--require-samples", "false", "-m", "mine"],
+        &[("OPENAI_BASE_URL", "http://user:2/v1")],
+    );
+    let out = text(&evidence(&r, "rollout_cmd01_try01_stdout.txt"));
+    assert!(
+        out.contains("base=http://user:2/v1") && out.contains("model=mine"),
+        "{out}"
+    );
+    // AIDER_FSM_REQUIRE_HINTS=1: a hints_used.json without a command that ran fails.
+    let (code, r, _) = run_clean(
+        &dir,
+        &["--require-samples", "false"],
+        &[("AIDER_FSM_REQUIRE_HINTS", "1")],
+    );
+    assert_eq!(code, 1, "{r:#}");
+    let f = r["failure"].as_str().unwrap();
+    assert!(
+        f.starts_with("evaluation.hints_not_used") && f.contains("tried"),
+        "{f}"
+    );
+    let (code, r, _) = run_clean(
+        &dir,
+        &["--require-samples", "false"],
+        &[("AIDER_FSM_REQUIRE_HINTS", "1"), ("HINT_RAN", "1")],
+    );
+    assert_eq!(code, 0, "{r:#}");
+    let eval = r["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage"] == "evaluation")
+        .unwrap();
+    let v = &eval["verification"];
+    assert_eq!(v["hints"]["commands"][0], "make test", "{v:#}");
+    assert_eq!(
+        read_json(&evidence(&r, "evaluation_hints_run.json"))["tried"][0],
+        "make test"
+    );
+    // Without the switch, hints are kept as evidence but not required.
+    std::fs::remove_file(dir.join(".aider_fsm/stages/evaluation.sh")).unwrap();
+    write_files(
+        &dir,
+        &[(
+            ".aider_fsm/stages/evaluation.sh",
+            "echo '{\"ok\": true, \"score\": 1}' > .aider_fsm/metrics.json\nrm -f .aider_fsm/hints_used.json\n",
+        )],
+    );
+    let (code, r, _) = run_clean(&dir, &["--require-samples", "false"], &[]);
+    assert_eq!(code, 0, "{r:#}");
+}
+
+#[test]
+fn docker_runs_the_contract_in_a_container_and_copies_outputs_back() {
+    require_docker();
+    let (_t, dir) = repo("passing");
+    let (code, r, err) = run_clean(&dir, &["--env", "docker", "--ca-certs", "none"], &[]);
+    assert_eq!(code, 0, "{err}\n{r:#}");
+    assert!(err.contains("(docker environment)"), "{err}");
+    assert_eq!(
+        stage_names(&r),
+        [
+            "bootstrap:passed",
+            "actions:passed",
+            "tests:passed",
+            "deploy_setup:passed",
+            "deploy_health:passed",
+            "rollout:passed",
+            "evaluation:passed"
+        ]
+    );
+    assert_eq!(r["teardown"]["status"], "passed");
+    // Tests ran in the container (not on the host) and the metrics were read back.
+    assert_eq!(r["samples"], 2);
+    assert_eq!(r["metrics"]["score"], 0.5);
+    assert_eq!(
+        read_json(&dir.join(".aider_fsm/metrics.json"))["n"],
+        2,
+        "metrics copied back into the host repository"
+    );
+    assert!(dir.join(".aider_fsm/out/samples.jsonl").is_file());
+    assert!(
+        !dir.join(".aider_fsm/teardown.marker").exists(),
+        "teardown ran in the container, not on the host"
+    );
+    let env = &r["environment"];
+    assert_eq!(env["provider"], "docker");
+    assert_eq!(env["image"], "debian:bookworm-slim");
+    assert_eq!(env["removed"], true);
+    assert_no_containers(&format!("pipeline-{}", r["run_id"].as_str().unwrap()));
+    let out = text(&evidence(&r, "tests_cmd01_try01_stdout.txt"));
+    assert!(out.contains("greeting: hello from bootstrap"), "{out}");
+}
+
+#[test]
+fn docker_copy_out_refuses_links_and_stops_at_the_cap() {
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("hostile");
+    write_files(
+        &dir,
+        &[
+            (
+                "pipeline.yml",
+                "version: 1\nrollout:\n  run_cmds: [bash .aider_fsm/stages/rollout.sh]\nevaluation:\n  run_cmds: [bash .aider_fsm/stages/evaluation.sh]\n  required_keys: [score]\n",
+            ),
+            (
+                ".aider_fsm/stages/rollout.sh",
+                "mkdir -p out\nln -sf /etc/hostname out/samples.jsonl\necho '{\"paths\": {\"samples_jsonl\": \"out/samples.jsonl\"}}' > .aider_fsm/rollout.json\nhead -c 3000000 /dev/zero > \"$AIDER_FSM_ARTIFACTS_DIR/big.bin\"\nln -s / \"$AIDER_FSM_ARTIFACTS_DIR/root\"\n",
+            ),
+            (
+                ".aider_fsm/stages/evaluation.sh",
+                "ln -sf /etc/passwd .aider_fsm/metrics.json\n",
+            ),
+        ],
+    );
+    // A samples "file" that is a link into the container's system is not copied out.
+    let (code, r, err) = run_clean(
+        &dir,
+        &[
+            "--env",
+            "docker",
+            "--ca-certs",
+            "none",
+            "--copy-out-mb",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}\n{r:#}");
+    let f = r["failure"].as_str().unwrap();
+    assert!(
+        f.starts_with("rollout.copy_out") && f.contains("symbolic link"),
+        "{f}"
+    );
+    assert!(dir.join("out/samples.jsonl").symlink_metadata().is_err());
+    let copied = &r["environment"]["artifacts_copied"];
+    assert_eq!(copied["truncated"], true, "{copied:#}");
+    assert!(copied["bytes"].as_u64().unwrap() <= 1 << 20, "{copied:#}");
+    let host = PathBuf::from(copied["dir"].as_str().unwrap());
+    assert!(host.join("root").symlink_metadata().is_err());
+    let on_disk: u64 = std::fs::read_dir(&host)
+        .map(|d| d.flatten().map(|e| e.metadata().unwrap().len()).sum())
+        .unwrap_or(0);
+    assert!(on_disk <= 1 << 20, "{on_disk} bytes copied out");
+    assert_eq!(r["environment"]["removed"], true);
+    assert_no_containers(&format!("pipeline-{}", r["run_id"].as_str().unwrap()));
+    // Metrics that are a link fail evaluation; the host file is not written through it.
+    let (code, r, _) = run_clean(
+        &dir,
+        &[
+            "--env",
+            "docker",
+            "--ca-certs",
+            "none",
+            "--stages",
+            "evaluation",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{r:#}");
+    let f = r["failure"].as_str().unwrap();
+    assert!(
+        f.starts_with("evaluation.copy_out") && f.contains("symbolic link"),
+        "{f}"
+    );
+    assert!(dir
+        .join(".aider_fsm/metrics.json")
+        .symlink_metadata()
+        .is_err());
+    assert_no_containers(&format!("pipeline-{}", r["run_id"].as_str().unwrap()));
+}
+
+#[test]
+fn docker_ctrl_c_stops_the_stage_tears_down_and_removes_the_container() {
+    use std::io::BufRead;
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("slow");
+    write_files(
+        &dir,
+        &[(
+            "pipeline.yml",
+            "version: 1\ndeploy:\n  setup_cmds: [\"echo '{}' > .aider_fsm/runtime_env.json\"]\n  teardown_cmds: [\"echo down\"]\nrollout:\n  run_cmds: [\"sleep 300\"]\n",
+        )],
+    );
+    let mut child = rollout_cmd()
+        .args([
+            "pipeline",
+            "run",
+            dir.to_str().unwrap(),
+            "--json",
+            "--env",
+            "docker",
+            "--ca-certs",
+            "none",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once deploy setup is reported, the rollout stage is next (or already running): Ctrl-C.
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let done = line.contains("deploy_setup");
+        seen.push(line);
+        if done {
+            break;
+        }
+    }
+    assert!(
+        seen.iter().any(|l| l.contains("deploy_setup")),
+        "no progress line for deploy setup: {seen:?}"
+    );
+    // SAFETY: kill(2) on the pid of the child we spawned.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{seen:?} {rest:?}");
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["cancelled"], true);
+    assert_eq!(r["teardown"]["status"], "passed", "{r:#}");
+    assert!(r["failure"]
+        .as_str()
+        .unwrap()
+        .starts_with("rollout.cancelled"));
+    assert_eq!(r["environment"]["removed"], true);
+    assert_no_containers(&format!("pipeline-{}", r["run_id"].as_str().unwrap()));
+}
