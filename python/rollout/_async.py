@@ -101,9 +101,14 @@ class AsyncClient:
         if self._pool is not None:
             self._pool.shutdown(wait=False)
 
-    async def open(self, task: str, dataset: Optional[Mapping[str, Any]] = None) -> AsyncSession:
-        s = await self._run(self._sync.open, task, dataset)
+    async def open(
+        self, task: Optional[str] = None, dataset: Optional[Mapping[str, Any]] = None, *, archive: Any = None
+    ) -> AsyncSession:
+        s = await self._run(self._sync.open, task, dataset, archive=archive)
         return AsyncSession(self, s)
+
+    async def open_archive(self, archive: Any, task: Optional[str] = None) -> AsyncSession:
+        return await self.open(task, archive=archive)
 
     session = open
 

@@ -144,6 +144,7 @@ class _Http:
         raw: Optional[bytes] = None,
         timeout: Optional[float] = None,
         expect_json: bool = True,
+        content_type: str = "application/octet-stream",
     ) -> Any:
         headers = {"Accept": "application/json"}
         if self.token:
@@ -151,7 +152,7 @@ class _Http:
         data: Optional[bytes] = None
         if raw is not None:
             data = raw
-            headers["Content-Type"] = "application/octet-stream"
+            headers["Content-Type"] = content_type
         elif body is not None:
             data = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
@@ -183,6 +184,41 @@ class _Http:
         if not expect_json:
             return payload, dict(resp.getheaders())
         return json.loads(payload or b"null")
+
+
+def _archive_bytes(archive: Union[str, bytes, os.PathLike]) -> "tuple[bytes, str]":
+    """An archive to upload and its content type: a directory is packed as tar.gz (regular
+    files and directories only: a link or special file is refused, never followed)."""
+    if isinstance(archive, (bytes, bytearray)):
+        return bytes(archive), "application/octet-stream"
+    p = os.fspath(archive)
+    if os.path.isdir(p):
+        import io
+        import tarfile
+
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            root = os.path.basename(os.path.normpath(p)) or "task"
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames.sort()
+                rel = os.path.relpath(dirpath, p)
+                for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                    full = os.path.join(dirpath, name)
+                    if os.path.islink(full) or not os.path.isfile(full):
+                        raise ValueError(
+                            f"{full}: not a regular file (a link or a special file); a task archive holds "
+                            "regular files and directories only: replace it with the file it stands for"
+                        )
+                    arc = os.path.normpath(os.path.join(root, rel, name))
+                    tar.add(full, arcname=arc, recursive=False)
+        return buf.getvalue(), "application/gzip"
+    with open(p, "rb") as f:
+        data = f.read()
+    if p.endswith(".zip"):
+        return data, "application/zip"
+    if p.endswith(".tar"):
+        return data, "application/x-tar"
+    return data, "application/gzip"
 
 
 def _quote_path(path: str) -> str:
@@ -374,14 +410,39 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
-    def open(self, task: str, dataset: Optional[Mapping[str, Any]] = None) -> Session:
+    def open(
+        self,
+        task: Optional[str] = None,
+        dataset: Optional[Mapping[str, Any]] = None,
+        *,
+        archive: Optional[Union[str, bytes, os.PathLike]] = None,
+    ) -> Session:
         """Open a session on ``task``: a task directory on the server (under its
         --allow-local-paths, or a warm pool's) or a warm pool's task name; with ``dataset`` (a
-        registry dataset as in a job configuration), the name of a task in it."""
+        registry dataset as in a job configuration), the name of a task in it.
+
+        ``archive=`` uploads the task instead: a local task directory (packed here as tar.gz),
+        a ``.tar.gz``/``.tar``/``.zip`` file of one, or the archive's bytes. ``task`` then names
+        the task when the archive holds several."""
+        if archive is not None:
+            if dataset is not None:
+                raise ValueError("give either archive= or dataset=, not both")
+            data, content_type = _archive_bytes(archive)
+            path = "/api/v1/sessions"
+            if task:
+                path += "?" + urllib.parse.urlencode({"task": os.fspath(task)})
+            info = self._http.request("POST", path, raw=data, content_type=content_type)
+            return Session(self, info)
+        if task is None:
+            raise ValueError("give a task (or archive=)")
         body: Dict[str, Any] = {"task": os.fspath(task)}
         if dataset is not None:
             body["dataset"] = dict(dataset)
         return Session(self, self._http.request("POST", "/api/v1/sessions", body))
+
+    def open_archive(self, archive: Union[str, bytes, os.PathLike], task: Optional[str] = None) -> Session:
+        """``open(task, archive=archive)``: a session on an uploaded task."""
+        return self.open(task, archive=archive)
 
     session = open
 

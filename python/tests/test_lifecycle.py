@@ -37,10 +37,6 @@ def test_an_idle_session_expires_and_its_container_goes(tasks, tmp_path):
         assert "expired" in (trial["error"] or ""), trial
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="seen once: a container of the killed server was still listed right after the restart's sweep (gone moments later); under investigation",
-)
 def test_kill_9_then_restart_leaves_no_container(tasks, tmp_path):
     data = tmp_path / "d"
     server = rollout.Server(allow_local_paths=[tasks], warm_pool={tasks / "answer": 1}, data_dir=data)

@@ -201,3 +201,73 @@ def test_async_sessions_run_concurrently(server, tasks):
             return await asyncio.gather(*(episode(c, i % 2 == 0) for i in range(4)))
 
     assert asyncio.run(main()) == [1.0, 0.0, 1.0, 0.0]
+
+
+def _tar_gz(entries) -> bytes:
+    """A tar.gz of (name, TarInfo type, data or link target) entries, built here."""
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, kind, data in entries:
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.REGTYPE:
+                info.size = len(data)
+                info.mode = 0o755
+                tar.addfile(info, io.BytesIO(data))
+            else:
+                info.linkname = data or ""
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def test_a_session_opens_on_an_uploaded_task_directory_or_archive(client, tasks, tmp_path):
+    # A task that exists only on the client: packed from its directory, or sent as a tar.gz.
+    mine = write_task(tmp_path / "mine", "uploaded", ANSWER_TEST, instruction="Only here: write done.\n")
+    with client.open(archive=mine) as s:
+        assert s.instruction == "Only here: write done.\n"
+        assert s.info["task_name"] == "uploaded"
+        s.exec("echo done > /app/answer.txt")
+        assert s.grade().reward == 1.0
+    import shutil
+
+    tgz = shutil.make_archive(str(tmp_path / "ds"), "gztar", root_dir=tasks)
+    with pytest.raises(rollout.RequestError) as e:
+        client.open(archive=tgz)  # a directory of three tasks, none named
+    assert "exactly one" in e.value.message, e.value.message
+    with client.open("multi", archive=Path(tgz)) as s:
+        assert s.info["task_name"] == "multi"
+        s.exec("touch /app/a")
+        assert s.grade() == {"reward": 1.0, "style": 0.5}
+
+
+def test_a_hostile_task_archive_is_refused_with_the_reason(client, tmp_path):
+    import tarfile
+
+    ok = [
+        ("t/task.toml", tarfile.REGTYPE, b'version = "1.0"\n'),
+        ("t/instruction.md", tarfile.REGTYPE, b"x\n"),
+        ("t/environment/Dockerfile", tarfile.REGTYPE, b"FROM debian:bookworm-slim\n"),
+        ("t/tests/test.sh", tarfile.REGTYPE, b"#!/bin/bash\necho 1 > /logs/verifier/reward.txt\n"),
+    ]
+    cases = {
+        "escapes the destination": ok + [("t/../../evil.sh", tarfile.REGTYPE, b"x")],
+        "points outside the destination": ok + [("t/tests/passwd", tarfile.SYMTYPE, "/etc/passwd")],
+        "is a fifo": ok + [("t/tests/pipe", tarfile.FIFOTYPE, None)],
+        "character device": ok + [("t/tests/tty", tarfile.CHRTYPE, None)],
+    }
+    before = {s["id"] for s in client.sessions()}
+    for says, entries in cases.items():
+        with pytest.raises(rollout.RequestError) as e:
+            client.open(archive=_tar_gz(entries))
+        assert e.value.code == "invalid_archive", e.value
+        assert says in e.value.message, e.value.message
+    # A link on the client side is refused before anything is sent.
+    d = tmp_path / "linked"
+    write_task(tmp_path, "linked", ANSWER_TEST)
+    (d / "tests" / "secret").symlink_to("/etc/passwd")
+    with pytest.raises(ValueError, match="not a regular file"):
+        client.open(archive=d)
+    assert {s["id"] for s in client.sessions()} == before

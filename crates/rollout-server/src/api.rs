@@ -182,10 +182,15 @@ fn sanitize(
     mut c: JobConfig,
     root: Option<&std::path::Path>,
 ) -> Result<JobConfig, ApiError> {
-    if c.environment.kind != EnvironmentType::Docker {
+    let kind = state.config.environment;
+    if c.environment.kind != kind {
+        let name = match kind {
+            EnvironmentType::Kubernetes => "kubernetes",
+            _ => "docker",
+        };
         return Err(ApiError::bad_request(
             "invalid_job",
-            "environment.type must be docker on this server",
+            format!("environment.type must be {name} on this server (it runs its environments there: rollout serve --env {name})"),
         ));
     }
     if !c.archives.is_empty() {

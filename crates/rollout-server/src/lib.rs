@@ -28,6 +28,7 @@ pub mod runs;
 pub mod seed;
 pub mod sessions;
 pub mod stream;
+pub mod upload;
 
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post, MethodRouter};
@@ -96,6 +97,9 @@ pub struct ServerConfig {
     pub max_output_bytes: Option<usize>,
     /// Origins browsers may call the API from (`--cors-origin`; `*`: any). Empty: no CORS.
     pub cors_origins: Vec<String>,
+    /// Where environments run (`--env`): the provider's kind. Sessions and pools run there;
+    /// a submitted job must name it as its `environment.type`.
+    pub environment: rollout_core::job_config::EnvironmentType,
 }
 
 /// Operator limits on what one submission may ask for (`--max-memory-mb` …). A submission over
@@ -167,6 +171,7 @@ impl ServerConfig {
             executor_test_timeout: None,
             max_output_bytes: None,
             cors_origins: Vec::new(),
+            environment: rollout_core::job_config::EnvironmentType::Docker,
         }
     }
     pub fn db_path(&self) -> PathBuf {
@@ -460,8 +465,22 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     stop: CancellationToken,
 ) -> Result<(), ServeError> {
+    serve_with(state, listener, stop, || {}).await
+}
+
+/// [`serve`], calling `ready` once the server is ready for clients: what a previous run of it
+/// left (containers of its sessions and pools, unfinished runs) has been swept or recovered.
+/// A client told the server is up before that (the binary's "listening on" line) could see
+/// the predecessor's containers still there, or have its new ones swept.
+pub async fn serve_with(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    stop: CancellationToken,
+    ready: impl FnOnce(),
+) -> Result<(), ServeError> {
     sessions::startup(&state).await;
     runs::recover(&state).await;
+    ready();
     runs::spawn_reaper(state.clone());
     sessions::spawn_reaper(state.clone());
     let app = router(state.clone());

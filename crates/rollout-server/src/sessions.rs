@@ -20,6 +20,7 @@ use crate::db::{RunKind, RunRow, RunStatus, TaskStatus};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::pool::{Pool, Template};
+use crate::upload;
 use crate::AppState;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -51,6 +52,8 @@ pub const SESSION_LABEL: &str = "io.rollout.session";
 pub const JOB_PREFIX: &str = "session-";
 /// Bytes of each stream kept per exec step in the trajectory.
 const TRAJECTORY_OUTPUT: usize = 16 << 10;
+/// Passes of the start-up sweep of a previous run's containers, at most.
+const STARTUP_SWEEPS: usize = 4;
 /// Ended sessions remembered (to answer "expired" rather than "unknown").
 const ENDED_KEPT: usize = 4096;
 
@@ -108,6 +111,9 @@ pub struct Session {
     /// The grade, once asked (a session is graded once; exec and upload end there).
     graded: tokio::sync::Mutex<Option<Value>>,
     config: Arc<Value>,
+    /// The uploaded task archive's files, when the session was opened on one (removed when
+    /// the session ends).
+    upload: Mutex<Option<upload::UploadDir>>,
 }
 
 /// Why a session ended, remembered for a while.
@@ -351,6 +357,9 @@ pub(crate) async fn load_template(
     mut config: JobConfig,
 ) -> Result<Arc<Template>, ApiError> {
     let id = uuid::Uuid::new_v4().to_string();
+    // The server's provider: the trial records it, and a cluster's checks apply (a task built
+    // from a Dockerfile needs a registry) before anything starts.
+    config.environment.kind = state.config.environment;
     config.agents = vec![AgentSpec {
         name: "nop".into(),
         ..Default::default()
@@ -450,18 +459,62 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// `POST /api/v1/sessions?task=NAME`: the task to open in an uploaded archive holding several.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenQuery {
+    pub task: Option<String>,
+}
+
+/// How the request gives its task.
+fn is_upload(headers: &HeaderMap) -> Option<bool> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let ct = ct.split(';').next().unwrap_or("").trim().to_string();
+    match ct.as_str() {
+        "multipart/form-data" => Some(true),
+        "application/gzip"
+        | "application/x-gzip"
+        | "application/zip"
+        | "application/x-tar"
+        | "application/octet-stream" => Some(false),
+        _ => None,
+    }
+}
+
 pub async fn open_session(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
-    body: Bytes,
+    Query(q): Query<OpenQuery>,
+    req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
     let who = principal(&state, &headers)?;
     crate::seed::accepting(&state)?;
-    let req: OpenRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_session", format!("the request body: {e}")))?;
-    let reservation = Reservation::take(&state, &who)?;
+    let reservation;
     let t0 = Instant::now();
-    let (template, pool) = resolve(&state, req).await?;
+    let (template, pool, upload) = match is_upload(&headers) {
+        Some(multipart) => {
+            reservation = Reservation::take(&state, &who)?;
+            let (template, dir) = upload::template(&state, multipart, q.task, req).await?;
+            (template, None, Some(dir))
+        }
+        None => {
+            let body = axum::body::to_bytes(req.into_body(), 1 << 20)
+                .await
+                .map_err(|e| {
+                    ApiError::bad_request("invalid_session", format!("the request body: {e}"))
+                })?;
+            let req: OpenRequest = serde_json::from_slice(&body).map_err(|e| {
+                ApiError::bad_request("invalid_session", format!("the request body: {e} (a task archive is sent as multipart `archive`, or as the body with Content-Type application/gzip, application/zip or application/x-tar)"))
+            })?;
+            reservation = Reservation::take(&state, &who)?;
+            let (template, pool) = resolve(&state, req).await?;
+            (template, pool, None)
+        }
+    };
     let warm = pool.as_ref().and_then(|p| p.take(&state));
     let was_warm = warm.is_some();
     let (sandbox, id) = match warm {
@@ -474,7 +527,7 @@ pub async fn open_session(
         sandbox.close().await;
         return Err(ApiError::unavailable("the server is shutting down"));
     }
-    let session = register(&state, sandbox, &id, &who, was_warm)?;
+    let session = register(&state, sandbox, &id, &who, was_warm, upload)?;
     drop(reservation);
     tracing::info!(
         session = %id,
@@ -492,6 +545,7 @@ fn register(
     id: &str,
     who: &str,
     warm: bool,
+    upload: Option<upload::UploadDir>,
 ) -> Result<Arc<Session>, ApiError> {
     let config = sandbox.config().clone();
     let job_name = config.job_name.clone();
@@ -554,6 +608,7 @@ fn register(
         steps: Mutex::new(Vec::new()),
         graded: tokio::sync::Mutex::new(None),
         config: config_value,
+        upload: Mutex::new(upload),
     });
     lock(&state.sessions.open).insert(id.to_string(), session.clone());
     Ok(session)
@@ -1004,6 +1059,10 @@ pub(crate) async fn end(
         tracing::warn!(session = %s.id, "writing the trajectory: {e}");
     }
     let result = s.sandbox.close().await;
+    let upload = lock(&s.upload).take();
+    if let Some(dir) = upload {
+        let _ = tokio::task::spawn_blocking(move || drop(dir)).await;
+    }
     let result = Arc::new(result);
     lock(&state.sessions.open).remove(&s.id);
     let finished = Event::TrialFinished {
@@ -1101,10 +1160,22 @@ fn job_result(id: &str, name: &str, r: &TrialResult) -> rollout_core::result::Jo
 /// mark its open sessions interrupted, drop the files of pool environments never handed out.
 pub async fn startup(state: &Arc<AppState>) {
     let id = &state.sessions.server_id;
-    match state.provider.remove_labelled(SERVER_LABEL, id).await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!("removed {n} container(s) a previous run of this server left"),
-        Err(e) => tracing::warn!("removing this server's leftover containers: {e}"),
+    // Sweep until a pass finds nothing (a few passes at most): a create the killed server had
+    // sent is finished by the engine on its own, and its container may appear only after the
+    // first listing. The label is set at create, so every such container is found.
+    let mut total = 0;
+    for _ in 0..STARTUP_SWEEPS {
+        match state.provider.remove_labelled(SERVER_LABEL, id).await {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) => {
+                tracing::warn!("removing this server's leftover containers: {e}");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!("removed {total} container(s) a previous run of this server left");
     }
     let runs = state
         .db
@@ -1135,6 +1206,7 @@ pub async fn startup(state: &Arc<AppState>) {
             }
         }
     }
+    upload::remove_leftovers(state);
     crate::pool::start_configured(state).await;
 }
 
@@ -1246,8 +1318,22 @@ pub fn openapi_paths() -> Vec<(&'static str, &'static str, Value)> {
     );
     put_file["requestBody"] =
         json!({"required": true, "content": {"application/octet-stream": {}}});
+    let mut open = op("Open a session on a task (a task on the server, or an uploaded task archive): its environment is started and its instruction returned", vec![], Some(r("SessionOpen")), "201", r("Session"), &["400", "401", "403", "413", "422", "429", "502", "503"]);
+    let archive = json!({"type": "string", "format": "binary"});
+    open["requestBody"]["content"]["multipart/form-data"] = json!({"schema": {"type": "object", "required": ["archive"], "properties": {
+        "archive": {"type": "string", "format": "binary", "description": "a tar.gz, tar or zip of the task directory (or of a directory of tasks)"},
+        "task": {"type": "string", "description": "the task's name, when the archive holds several"}}}});
+    for ct in [
+        "application/gzip",
+        "application/zip",
+        "application/x-tar",
+        "application/octet-stream",
+    ] {
+        open["requestBody"]["content"][ct] = json!({"schema": archive.clone()});
+    }
+    open["parameters"] = json!([{"name": "task", "in": "query", "required": false, "schema": {"type": "string"}, "description": "with an archive body: the task's name, when the archive holds several"}]);
     vec![
-        ("post", "/api/v1/sessions", op("Open a session on a task: its environment is started and its instruction returned", vec![], Some(r("SessionOpen")), "201", r("Session"), &["400", "401", "403", "422", "429", "502", "503"])),
+        ("post", "/api/v1/sessions", open),
         ("get", "/api/v1/sessions", op("The caller's open sessions", vec![], None, "200", json!({"type": "object", "required": ["sessions"], "properties": {"sessions": {"type": "array", "items": r("Session")}}}), &["401", "403"])),
         ("get", "/api/v1/sessions/{id}", op("One open session", vec!["id"], None, "200", r("Session"), &["401", "403", "404", "410"])),
         ("delete", "/api/v1/sessions/{id}", op("Close a session: its environment is removed and its trial recorded", vec!["id"], None, "200", r("SessionClosed"), &["401", "403", "404", "410"])),

@@ -173,6 +173,18 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub cors_origin: Vec<String>,
+    /// Where sessions, warm pools and submitted jobs run: the Docker engine (default) or the
+    /// Kubernetes cluster of ROLLOUT_K8S_* / the kubeconfig (submitted jobs must then say
+    /// environment.type: kubernetes).
+    #[arg(long = "env", value_enum, default_value = "docker")]
+    pub env: ServeEnv,
+}
+
+/// Where a server's environments run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServeEnv {
+    Docker,
+    Kubernetes,
 }
 
 fn parse_warm_pool(s: &str) -> Result<(PathBuf, usize), String> {
@@ -376,28 +388,42 @@ async fn serve(args: ServeArgs) -> CliResult {
         Some(rollout_prov::store_flag().unwrap_or_else(|| config.data_dir.join("rollout.db")))
     };
     config.ca_bundle = rollout_launch::ca::bundle(&args.ca_certs).map_err(CliError::Usage)?;
-    // A server runs on the local Docker engine (submitted jobs must say `environment.type:
-    // docker`), picked where every command picks its provider.
-    let provider: Arc<dyn Provider> = Arc::new(
-        rollout_launch::provider::docker()
-            .await
-            .map_err(CliError::failed)?,
-    );
+    // The local Docker engine or a cluster (submitted jobs must name it as their
+    // `environment.type`), picked where every command picks its provider.
+    let provider: Arc<dyn Provider> = match args.env {
+        ServeEnv::Docker => Arc::new(
+            rollout_launch::provider::docker()
+                .await
+                .map_err(CliError::failed)?,
+        ),
+        ServeEnv::Kubernetes => {
+            config.environment = rollout_core::job_config::EnvironmentType::Kubernetes;
+            let mut job = rollout_core::JobConfig::default();
+            job.environment.kind = config.environment;
+            Arc::new(
+                rollout_launch::provider::kube(&job)
+                    .await
+                    .map_err(CliError::failed)?,
+            )
+        }
+    };
     let state = AppState::new(config, auth, provider).map_err(CliError::usage)?;
     let addr = SocketAddr::new(args.host, args.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| CliError::usage(format!("cannot listen on {addr}: {e}")))?;
-    match listener.local_addr() {
-        Ok(a) => println!("rollout serve listening on http://{a}"),
-        Err(e) => eprintln!("warning: {e}"),
-    }
+    let local = listener.local_addr();
     let stop = CancellationToken::new();
     rollout_launch::signals::shutdown_on_signal(
         stop.clone(),
         "shutting down: finishing or cancelling running trials",
     );
-    rollout_server::serve(state, listener, stop)
+    // "listening" only once a previous run's leftovers are swept (clients wait for this line).
+    let ready = move || match local {
+        Ok(a) => println!("rollout serve listening on http://{a}"),
+        Err(e) => eprintln!("warning: {e}"),
+    };
+    rollout_server::serve_with(state, listener, stop, ready)
         .await
         .map_err(CliError::failed)?;
     eprintln!("rollout serve stopped");

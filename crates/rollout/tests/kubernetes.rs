@@ -889,3 +889,186 @@ fn jobs_kill_removes_the_pods_of_a_job_on_the_cluster() {
     );
     assert_no_pods(&id);
 }
+
+/// The names of the pods carrying label `key=value` in the default namespace.
+async fn pods_labelled(key: &str, value: &str) -> Vec<String> {
+    let kubeconfig = cluster()["KUBECONFIG"].clone();
+    let selector = format!("{key}={value}");
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let kc = kube::config::Kubeconfig::read_from(&kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    let client = kube::Client::try_from(config).unwrap();
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    pods.list(&ListParams::default().labels(&selector))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sessions_and_a_warm_pool_run_on_pods_of_the_cluster() {
+    use common::serve::{client, Server};
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    let tasks = root.join("tasks");
+    let d = tasks.join("answer");
+    std::fs::create_dir_all(d.join("environment")).unwrap();
+    std::fs::create_dir_all(d.join("tests")).unwrap();
+    std::fs::write(
+        d.join("environment/Dockerfile"),
+        "FROM debian:bookworm-slim\nWORKDIR /app\nLABEL io.rollout.test=k8s-sessions\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("instruction.md"),
+        "Write done into /app/answer.txt\n",
+    )
+    .unwrap();
+    // Small: the pool's pod and the session's fit on the test node's 2 CPUs at once.
+    std::fs::write(
+        d.join("task.toml"),
+        "version = \"1.0\"\n[environment]\ncpus = 0.25\nmemory_mb = 256\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("tests/test.sh"),
+        "#!/bin/bash\n[ \"$(cat /app/answer.txt)\" = done ] && echo 1 > /logs/verifier/reward.txt || echo 0 > /logs/verifier/reward.txt\n",
+    )
+    .unwrap();
+    let env: Vec<(String, String)> = cluster()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let warm = format!("{}=1", tasks.join("answer").display());
+    // SIGTERM on every path (a failed assertion too): the server removes its pods.
+    struct Stop(Server);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while self.0.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let mut server = Stop(Server::spawn(
+        &root.join("data"),
+        &root.join("cache"),
+        &root.join("server.log"),
+        &[
+            "--env",
+            "kubernetes",
+            "--allow-local-paths",
+            tasks.to_str().unwrap(),
+            "--warm-pool",
+            &warm,
+        ],
+        &env,
+    ));
+    let server_id = std::fs::read_to_string(root.join("data/server-id")).unwrap();
+    let c = client();
+    let pool_ready = |c: reqwest::Client, url: String| async move {
+        let pools: Value = c.get(url).send().await.unwrap().json().await.unwrap();
+        let p = &pools["pools"][0];
+        (p["ready"].as_u64() == Some(1), p.clone())
+    };
+    let pools_url = server.0.url("/api/v1/pools");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let (ready, p) = pool_ready(c.clone(), pools_url.clone()).await;
+        if ready {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the warm pool did not fill in 300 s: {p}\n{}",
+            server.0.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pooled = pods_labelled("io.rollout.server", &server_id).await;
+    assert_eq!(
+        pooled.len(),
+        1,
+        "the pool's environment is a pod: {pooled:?}"
+    );
+
+    // Open (warm: the pool's pod), exec, grade, close.
+    let resp = c
+        .post(server.0.url("/api/v1/sessions"))
+        .json(&serde_json::json!({"task": tasks.join("answer")}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    let s: Value = resp.json().await.unwrap();
+    assert_eq!(s["warm"], true, "{s}");
+    let pod = s["container_id"].as_str().unwrap().to_string();
+    assert_eq!(pooled, vec![pod.clone()], "the session took the pool's pod");
+    let id = s["id"].as_str().unwrap();
+    let out: Value = c
+        .post(server.0.url(&format!("/api/v1/sessions/{id}/exec")))
+        .json(&serde_json::json!({"command": "echo done > /app/answer.txt; hostname"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(out["exit_code"], 0, "{out}");
+    let grade: Value = c
+        .post(server.0.url(&format!("/api/v1/sessions/{id}/grade")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(grade["reward"], 1.0, "{grade}");
+    let closed = c
+        .delete(server.0.url(&format!("/api/v1/sessions/{id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(closed.status().as_u16(), 200);
+    let job: Value = c
+        .get(server.0.url(&format!("/api/v1/jobs/{id}/trials")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let trial = &job["trials"][0];
+    assert_eq!(trial["reward"], 1.0, "{job}");
+
+    // Close removed the pod; the pool refilled with a new one.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let now = pods_labelled("io.rollout.server", &server_id).await;
+        let (ready, p) = pool_ready(c.clone(), pools_url.clone()).await;
+        if ready && now.len() == 1 && !now.contains(&pod) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after close: pods {now:?}, pool {p}\n{}",
+            server.0.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // SIGTERM: the pool's pod goes too.
+    server.0.signal(libc::SIGTERM);
+    server.0.wait_exit(120);
+    assert_eq!(
+        pods_labelled("io.rollout.server", &server_id).await,
+        Vec::<String>::new()
+    );
+}
