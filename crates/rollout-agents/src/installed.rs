@@ -1068,6 +1068,50 @@ mod tests {
     }
 
     #[test]
+    fn gemini_cli_selects_the_api_key_auth_method_when_a_key_is_set() {
+        let r = recipe("gemini-cli").unwrap();
+        let run = |setup: &NativeSetup, env: &[(&str, &str)]| {
+            let home = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&setup.script)
+                .env("HOME", home.path())
+                .env_remove("GEMINI_API_KEY")
+                .env_remove("GOOGLE_GENAI_USE_VERTEXAI")
+                .envs(env.iter().copied())
+                .status()
+                .unwrap();
+            assert!(status.success(), "{}", setup.script);
+            let file = home.path().join(".gemini/settings.json");
+            file.exists().then(|| json_at(file))
+        };
+        let bare = native_setup(r, &[], None).unwrap();
+        let s = run(&bare, &[("GEMINI_API_KEY", "k")]).unwrap();
+        assert_eq!(
+            s,
+            serde_json::json!({"security": {"auth": {"selectedType": "gemini-api-key"}}})
+        );
+        assert_eq!(run(&bare, &[]), None, "no key: gemini-cli's own choice");
+        assert_eq!(
+            run(
+                &bare,
+                &[
+                    ("GEMINI_API_KEY", "k"),
+                    ("GOOGLE_GENAI_USE_VERTEXAI", "true")
+                ]
+            ),
+            None
+        );
+        let with_mcp = native_setup(r, &servers(), None).unwrap();
+        let s = run(&with_mcp, &[("GEMINI_API_KEY", "k")]).unwrap();
+        assert_eq!(s["security"]["auth"]["selectedType"], "gemini-api-key");
+        assert_eq!(s["mcpServers"]["files"]["command"], "npx");
+        assert!(r
+            .fixed_env
+            .contains(&("GEMINI_CLI_TRUST_WORKSPACE", "true")));
+    }
+
+    #[test]
     fn gemini_and_opencode_get_their_settings_files() {
         let setup = native_setup(recipe("gemini-cli").unwrap(), &servers(), None).unwrap();
         let home = apply(&setup);
@@ -1130,6 +1174,26 @@ mod tests {
                 native_setup(recipe(name).unwrap(), &[], Some("/skills")).unwrap(),
                 NativeSetup::default()
             );
+        }
+    }
+
+    #[test]
+    fn agents_outside_the_registries_are_refused_by_name() {
+        for (name, why) in [("goose", "goose-ai"), ("cursor-cli", "cursor.com")] {
+            let spec = AgentSpec {
+                name: name.into(),
+                ..Default::default()
+            };
+            let e = InstalledAgent::from_spec(&spec).unwrap().err().unwrap();
+            assert!(
+                e.starts_with(&format!("agent {name}: rollout cannot install it: "))
+                    && e.contains(why),
+                "{e}"
+            );
+        }
+        let runnable = RECIPES.iter().filter(|r| r.unavailable.is_empty());
+        for r in runnable {
+            assert!(!r.package.is_empty(), "{}", r.name);
         }
     }
 
