@@ -171,7 +171,9 @@ pub const RECIPES: [Recipe; 9] = [
         name: "openhands",
         runtime: Runtime::Python,
         package: "openhands-ai",
-        command: "python -m openhands.core.main --task {instruction}",
+        // openhands-ai 1.x (1.11.0 measured) ships only the server, without the headless
+        // `openhands.core.main`: say so instead of a Python traceback.
+        command: "if python -c 'import openhands.core.main' 2>/dev/null; then python -m openhands.core.main --task {instruction}; else echo \"rollout: the installed openhands-ai ($(python -m pip show openhands-ai 2>/dev/null | sed -n 's/^Version: //p')) has no headless entry point openhands.core.main (openhands-ai 1.x ships only the server): pin --agent-version to a release that has it\" >&2; false; fi",
         model_flag: "",
         env_keys: &["LLM_API_KEY", "LLM_MODEL", "LLM_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"],
         fixed_env: &[("RUNTIME", "local"), ("SANDBOX_USER_ID", "0")],
@@ -932,6 +934,28 @@ mod tests {
         assert!(
             message.contains("needs Python 99.0 or later (the Requires-Python of openhands-ai); this image has Python 3."),
             "{message}"
+        );
+    }
+
+    #[test]
+    fn openhands_without_its_headless_entry_point_says_so() {
+        let s = run_script(recipe("openhands").unwrap(), None, "/i");
+        assert!(
+            s.contains("if python -c 'import openhands.core.main' 2>/dev/null; then python -m openhands.core.main --task \"$(cat \"$ROLLOUT_TASK_INSTRUCTION\")\"; else"),
+            "{s}"
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("python() {{ return 1; }}\n{s}"))
+            .env("HOME", "/nonexistent")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("has no headless entry point openhands.core.main"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 
