@@ -51,10 +51,17 @@ pub struct Recipe {
     /// fix (refused credentials, unknown model): the agent is stopped as soon as it appears,
     /// instead of spending its whole budget on retries. Empty: never.
     pub fatal: &'static str,
+    /// Why rollout refuses to run this agent (empty: it runs): the agent is only distributed
+    /// outside the package registries rollout installs from.
+    pub unavailable: &'static str,
+    /// The oldest Python the package accepts (its `Requires-Python`), as `3.12`; empty: any
+    /// Python 3. An older image Python fails the install with a message instead of letting
+    /// pip pick an old release that still accepts it.
+    pub min_python: &'static str,
 }
 
 /// The known CLI agents.
-pub const RECIPES: [Recipe; 8] = [
+pub const RECIPES: [Recipe; 9] = [
     Recipe {
         name: "claude-code",
         runtime: Runtime::Node,
@@ -66,6 +73,8 @@ pub const RECIPES: [Recipe; 8] = [
         logs: &["$HOME/.claude/projects"],
         stream_log: "claude-code.txt",
         fatal: r#""subtype":"api_retry".*"error_status":(401|403|404)[,}]"#,
+        unavailable: "",
+        min_python: "",
     },
     Recipe {
         name: "codex",
@@ -78,6 +87,8 @@ pub const RECIPES: [Recipe; 8] = [
         logs: &["$HOME/.codex/sessions"],
         stream_log: "",
         fatal: "",
+        unavailable: "",
+        min_python: "",
     },
     Recipe {
         name: "aider",
@@ -90,6 +101,8 @@ pub const RECIPES: [Recipe; 8] = [
         logs: &[".aider.chat.history.md", ".aider.input.history"],
         stream_log: "",
         fatal: "",
+        unavailable: "",
+        min_python: "",
     },
     Recipe {
         name: "opencode",
@@ -102,23 +115,30 @@ pub const RECIPES: [Recipe; 8] = [
         logs: &["$HOME/.local/share/opencode"],
         stream_log: "",
         fatal: "",
+        unavailable: "",
+        min_python: "",
     },
     Recipe {
         name: "gemini-cli",
         runtime: Runtime::Node,
         package: "@google/gemini-cli",
-        command: "gemini --yolo {model_flag} --prompt {instruction}",
+        command: "gemini --yolo --output-format stream-json {model_flag} --prompt {instruction}",
         model_flag: "--model {model}",
-        env_keys: &["GEMINI_API_KEY", "GOOGLE_API_KEY", "GOOGLE_CLOUD_PROJECT"],
-        fixed_env: &[],
+        env_keys: &["GEMINI_API_KEY", "GOOGLE_GEMINI_BASE_URL", "GOOGLE_API_KEY", "GOOGLE_GENAI_USE_VERTEXAI", "GOOGLE_CLOUD_PROJECT", "GOOGLE_CLOUD_LOCATION"],
+        // Unattended: the task's workdir is trusted (an untrusted folder turns --yolo back into
+        // asking for approval).
+        fixed_env: &[("GEMINI_CLI_TRUST_WORKSPACE", "true")],
         logs: &["$HOME/.gemini/tmp"],
-        stream_log: "",
+        stream_log: "gemini-cli.txt",
         fatal: "",
+        unavailable: "",
+        min_python: "",
     },
     Recipe {
         name: "goose",
         runtime: Runtime::Python,
-        package: "goose-ai",
+        // Not on any registry rollout installs from (see `unavailable`).
+        package: "",
         command: "goose run --no-session --text {instruction}",
         model_flag: "",
         env_keys: &["GOOSE_PROVIDER", "GOOSE_MODEL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"],
@@ -126,6 +146,12 @@ pub const RECIPES: [Recipe; 8] = [
         logs: &["$HOME/.local/share/goose/sessions"],
         stream_log: "",
         fatal: "",
+        unavailable: "block's goose CLI is distributed only as GitHub release binaries (its \
+                      download_cli.sh script), which rollout does not fetch; PyPI's `goose-ai` is \
+                      an unrelated package and `goose-sdk` holds library bindings, not the CLI. \
+                      Run goose as a command agent (`install:`/`execute:` in a job file) from an \
+                      image that already has it",
+        min_python: "",
     },
     Recipe {
         name: "mini-swe-agent",
@@ -138,18 +164,41 @@ pub const RECIPES: [Recipe; 8] = [
         logs: &[],
         stream_log: "",
         fatal: "",
+        unavailable: "",
+        min_python: "",
     },
     Recipe {
         name: "openhands",
         runtime: Runtime::Python,
         package: "openhands-ai",
-        command: "python -m openhands.core.main --task {instruction}",
+        // openhands-ai 1.x (1.11.0 measured) ships only the server, without the headless
+        // `openhands.core.main`: say so instead of a Python traceback.
+        command: "if python -c 'import openhands.core.main' 2>/dev/null; then python -m openhands.core.main --task {instruction}; else echo \"rollout: the installed openhands-ai ($(python -m pip show openhands-ai 2>/dev/null | sed -n 's/^Version: //p')) has no headless entry point openhands.core.main (openhands-ai 1.x ships only the server): pin --agent-version to a release that has it\" >&2; false; fi",
         model_flag: "",
         env_keys: &["LLM_API_KEY", "LLM_MODEL", "LLM_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"],
         fixed_env: &[("RUNTIME", "local"), ("SANDBOX_USER_ID", "0")],
         logs: &["$HOME/.openhands/sessions"],
         stream_log: "",
         fatal: "",
+        unavailable: "",
+        min_python: "3.12",
+    },
+    Recipe {
+        name: "cursor-cli",
+        runtime: Runtime::Node,
+        package: "",
+        command: "cursor-agent --print --force --output-format stream-json {model_flag} {instruction}",
+        model_flag: "--model {model}",
+        env_keys: &["CURSOR_API_KEY"],
+        fixed_env: &[],
+        logs: &[],
+        stream_log: "",
+        fatal: "",
+        unavailable: "Cursor's CLI (cursor-agent) is published on no package registry (npm has no \
+                      official package); it installs only through the script at cursor.com, \
+                      which rollout does not fetch. Run it as a command agent (`install:`/\
+                      `execute:` in a job file) from an image that already has it",
+        min_python: "",
     },
 ];
 
@@ -252,10 +301,27 @@ pub fn install_script(
                else echo 'rollout: no supported package manager (apt, apk, dnf, yum) to install the {name} runtime' >&2; exit 1\n\
                fi\n\
              fi\n\
+             {python_floor}\
              python3 -m venv /opt/rollout-agent && /opt/rollout-agent/bin/pip install --no-cache-dir --disable-pip-version-check {package} \
-             && for f in /opt/rollout-agent/bin/*; do case \"$(basename \"$f\")\" in python*|pip*|activate*|Activate*) ;; *) ln -sf \"$f\" /usr/local/bin/ ;; esac; done\n"
+             && for f in /opt/rollout-agent/bin/*; do case \"$(basename \"$f\")\" in python*|pip*|activate*|Activate*) ;; *) ln -sf \"$f\" /usr/local/bin/ ;; esac; done\n",
+            python_floor = python_floor(recipe),
         ),
     }
+}
+
+/// The shell line refusing an image Python older than the recipe's `min_python` (empty when
+/// any Python 3 will do).
+fn python_floor(recipe: &Recipe) -> String {
+    let Some((major, minor)) = recipe.min_python.split_once('.') else {
+        return String::new();
+    };
+    format!(
+        "if ! python3 -c 'import sys; sys.exit(0 if sys.version_info >= ({major}, {minor}) else 1)'; then \
+         echo \"rollout: {name} needs Python {min} or later (the Requires-Python of {package}); this image has $(python3 --version 2>&1): use an image with Python {min}+\" >&2; exit 1; fi\n",
+        name = recipe.name,
+        min = recipe.min_python,
+        package = recipe.package,
+    )
 }
 
 /// The shell script that runs the agent, then copies its own logs into `/logs/agent`.
@@ -384,6 +450,9 @@ pub fn native_setup(
         ))
     };
     let mut setup = NativeSetup::default();
+    // gemini-cli's settings: the task's MCP servers, and the API-key auth method.
+    let mut gemini_settings = Map::new();
+    let mut mcp = false;
     for server in servers {
         for v in server.headers.values() {
             setup.env_refs.extend(var_refs(v));
@@ -485,6 +554,7 @@ pub fn native_setup(
                 ));
             }
             "gemini-cli" => {
+                mcp = true;
                 let mut map = Map::new();
                 for s in servers {
                     let mut entry = match s.transport {
@@ -497,11 +567,7 @@ pub fn native_setup(
                     }
                     map.insert(s.name.clone(), entry);
                 }
-                setup.script.push_str(&write_file(
-                    "$HOME/.gemini",
-                    "settings.json",
-                    &serde_json::to_string_pretty(&json!({"mcpServers": map})).unwrap_or_default(),
-                ));
+                gemini_settings.insert("mcpServers".into(), Value::Object(map));
             }
             "opencode" => {
                 let mut map = Map::new();
@@ -585,6 +651,35 @@ pub fn native_setup(
             }
         }
     }
+    if agent == "gemini-cli" {
+        // gemini-cli treats GOOGLE_GEMINI_BASE_URL alone as a "gateway" auth method that its
+        // non-interactive mode then rejects; with GEMINI_API_KEY set, the API-key method is
+        // selected explicitly (it still honours GOOGLE_GEMINI_BASE_URL). Vertex AI users
+        // (GOOGLE_GENAI_USE_VERTEXAI) keep gemini-cli's own choice.
+        let plain = Value::Object(gemini_settings.clone());
+        let mut keyed = gemini_settings;
+        keyed.insert(
+            "security".into(),
+            json!({"auth": {"selectedType": "gemini-api-key"}}),
+        );
+        let write = |v: &Value| {
+            write_file(
+                "$HOME/.gemini",
+                "settings.json",
+                &serde_json::to_string_pretty(v).unwrap_or_default(),
+            )
+        };
+        let otherwise = if mcp {
+            write(&plain)
+        } else {
+            ":\n".to_string()
+        };
+        setup.script.push_str(&format!(
+            "if [ -n \"${{GEMINI_API_KEY:-}}\" ] && [ \"${{GOOGLE_GENAI_USE_VERTEXAI:-}}\" != true ]; then\n{}else\n{}fi\n",
+            write(&Value::Object(keyed)),
+            otherwise
+        ));
+    }
     if let (Some(dir), Some(target)) = (skills_dir, skills_target) {
         setup.script.push_str(&format!(
             "mkdir -p \"{target}\" && (cp -r {}/. \"{target}/\" 2>/dev/null || true)\n",
@@ -606,6 +701,12 @@ impl InstalledAgent {
     /// The installed agent a job-file entry names, if it names one.
     pub fn from_spec(spec: &AgentSpec) -> Option<Result<Self, String>> {
         let recipe = recipe(&spec.name)?;
+        if !recipe.unavailable.is_empty() {
+            return Some(Err(format!(
+                "agent {}: rollout cannot install it: {}",
+                recipe.name, recipe.unavailable
+            )));
+        }
         let package = match spec.kwargs.get("package") {
             None => None,
             Some(v) => match v.as_str().map(PathBuf::from) {
@@ -760,7 +861,8 @@ impl InstalledAgent {
         .user(Some("0".into()));
         req.output_cap = STREAM_CAP;
         let text = ctx.env.exec(req).await?.stdout.to_text();
-        let report = crate::streams::claude_code(
+        let report = crate::streams::parse(
+            self.recipe.name,
             &text,
             &ctx.task.instruction,
             self.spec.version.as_deref(),
@@ -802,6 +904,58 @@ mod tests {
         assert!(
             install_script(aider, None, Some("/rollout/agent-package/x.whl"))
                 .contains("/rollout/agent-package/x.whl")
+        );
+    }
+
+    #[test]
+    fn python_agents_refuse_an_image_python_older_than_the_package_accepts() {
+        let openhands = install_script(recipe("openhands").unwrap(), None, None);
+        assert!(
+            openhands.contains("sys.version_info >= (3, 12)")
+                && openhands.contains("openhands needs Python 3.12 or later"),
+            "{openhands}"
+        );
+        assert!(!install_script(recipe("aider").unwrap(), None, None).contains("version_info"));
+        let run = |min: &'static str| {
+            let r = Recipe {
+                min_python: min,
+                ..*recipe("openhands").unwrap()
+            };
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(python_floor(&r))
+                .output()
+                .unwrap()
+        };
+        assert!(run("3.0").status.success());
+        let old = run("99.0");
+        assert!(!old.status.success());
+        let message = String::from_utf8_lossy(&old.stderr);
+        assert!(
+            message.contains("needs Python 99.0 or later (the Requires-Python of openhands-ai); this image has Python 3."),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn openhands_without_its_headless_entry_point_says_so() {
+        let s = run_script(recipe("openhands").unwrap(), None, "/i");
+        assert!(
+            s.contains("if python -c 'import openhands.core.main' 2>/dev/null; then python -m openhands.core.main --task \"$(cat \"$ROLLOUT_TASK_INSTRUCTION\")\"; else"),
+            "{s}"
+        );
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("python() {{ return 1; }}\n{s}"))
+            .env("HOME", "/nonexistent")
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr)
+                .contains("has no headless entry point openhands.core.main"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
         );
     }
 
@@ -938,6 +1092,50 @@ mod tests {
     }
 
     #[test]
+    fn gemini_cli_selects_the_api_key_auth_method_when_a_key_is_set() {
+        let r = recipe("gemini-cli").unwrap();
+        let run = |setup: &NativeSetup, env: &[(&str, &str)]| {
+            let home = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&setup.script)
+                .env("HOME", home.path())
+                .env_remove("GEMINI_API_KEY")
+                .env_remove("GOOGLE_GENAI_USE_VERTEXAI")
+                .envs(env.iter().copied())
+                .status()
+                .unwrap();
+            assert!(status.success(), "{}", setup.script);
+            let file = home.path().join(".gemini/settings.json");
+            file.exists().then(|| json_at(file))
+        };
+        let bare = native_setup(r, &[], None).unwrap();
+        let s = run(&bare, &[("GEMINI_API_KEY", "k")]).unwrap();
+        assert_eq!(
+            s,
+            serde_json::json!({"security": {"auth": {"selectedType": "gemini-api-key"}}})
+        );
+        assert_eq!(run(&bare, &[]), None, "no key: gemini-cli's own choice");
+        assert_eq!(
+            run(
+                &bare,
+                &[
+                    ("GEMINI_API_KEY", "k"),
+                    ("GOOGLE_GENAI_USE_VERTEXAI", "true")
+                ]
+            ),
+            None
+        );
+        let with_mcp = native_setup(r, &servers(), None).unwrap();
+        let s = run(&with_mcp, &[("GEMINI_API_KEY", "k")]).unwrap();
+        assert_eq!(s["security"]["auth"]["selectedType"], "gemini-api-key");
+        assert_eq!(s["mcpServers"]["files"]["command"], "npx");
+        assert!(r
+            .fixed_env
+            .contains(&("GEMINI_CLI_TRUST_WORKSPACE", "true")));
+    }
+
+    #[test]
     fn gemini_and_opencode_get_their_settings_files() {
         let setup = native_setup(recipe("gemini-cli").unwrap(), &servers(), None).unwrap();
         let home = apply(&setup);
@@ -1000,6 +1198,26 @@ mod tests {
                 native_setup(recipe(name).unwrap(), &[], Some("/skills")).unwrap(),
                 NativeSetup::default()
             );
+        }
+    }
+
+    #[test]
+    fn agents_outside_the_registries_are_refused_by_name() {
+        for (name, why) in [("goose", "goose-ai"), ("cursor-cli", "cursor.com")] {
+            let spec = AgentSpec {
+                name: name.into(),
+                ..Default::default()
+            };
+            let e = InstalledAgent::from_spec(&spec).unwrap().err().unwrap();
+            assert!(
+                e.starts_with(&format!("agent {name}: rollout cannot install it: "))
+                    && e.contains(why),
+                "{e}"
+            );
+        }
+        let runnable = RECIPES.iter().filter(|r| r.unavailable.is_empty());
+        for r in runnable {
+            assert!(!r.package.is_empty(), "{}", r.name);
         }
     }
 

@@ -1,6 +1,7 @@
 //! What installed agents report about themselves: their machine-readable event streams
-//! (claude-code's `--output-format stream-json`) read for model usage, provider failures and
-//! the trajectory, which is written in Harbor's ATIF format (`agent/trajectory.json`).
+//! (claude-code's and gemini-cli's `--output-format stream-json`) read for model usage,
+//! provider failures and the trajectory, which is written in Harbor's ATIF format
+//! (`agent/trajectory.json`).
 
 use rollout_core::result::ModelUsage;
 use rollout_core::ErrorKind;
@@ -31,6 +32,13 @@ pub fn kind_of_status(status: u64) -> ErrorKind {
 /// The error kind a provider's error type or message names, if any.
 pub fn kind_of_text(text: &str) -> Option<ErrorKind> {
     let t = text.to_ascii_lowercase();
+    if t.contains("api key not valid")
+        || t.contains("api_key_invalid")
+        || t.contains("permission_denied")
+        || t.contains("unauthenticated")
+    {
+        return Some(ErrorKind::ApiAuth);
+    }
     if t.contains("prompt is too long")
         || t.contains("prompt_too_long")
         || t.contains("context window")
@@ -329,6 +337,210 @@ pub fn claude_code(
     report
 }
 
+/// Read an installed agent's event stream in the format its recipe names (`stream_log`).
+pub fn parse(
+    agent: &str,
+    text: &str,
+    instruction: &str,
+    version: Option<&str>,
+    model: Option<&str>,
+) -> StreamReport {
+    match agent {
+        "gemini-cli" => gemini_cli(text, instruction, version, model),
+        _ => claude_code(text, instruction, version, model),
+    }
+}
+
+/// The HTTP status inside a provider error text (`"code":401`, `status: 403`), if any.
+fn status_in(text: &str) -> u64 {
+    for key in ["\"code\":", "\"status\":", "status: "] {
+        if let Some(i) = text.find(key) {
+            let digits: String = text[i + key.len()..]
+                .trim_start()
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            if let Ok(n) = digits.parse::<u64>() {
+                if (400..600).contains(&n) {
+                    return n;
+                }
+            }
+        }
+    }
+    0
+}
+
+/// Read gemini-cli's `--output-format stream-json` output (events `init`, `message`,
+/// `tool_use`, `tool_result`, `error`, `result`). Assistant text arrives as deltas; a step
+/// ends with its tool results. Usage is the final `result`'s `stats` (gemini-cli reports no
+/// cost).
+pub fn gemini_cli(
+    text: &str,
+    instruction: &str,
+    version: Option<&str>,
+    model: Option<&str>,
+) -> StreamReport {
+    let mut report = StreamReport::default();
+    let mut session_id: Option<String> = None;
+    let mut model_name = model.map(str::to_string);
+    let mut steps: Vec<Value> = vec![json!({
+        "step_id": 1,
+        "source": "user",
+        "message": instruction,
+    })];
+    // Whether the last step is an agent step still receiving text and calls.
+    let mut open = false;
+    let mut result: Option<Value> = None;
+    let mut events = 0usize;
+    for line in text.lines() {
+        let Ok(event) = serde_json::from_str::<Value>(line.trim()) else {
+            continue;
+        };
+        events += 1;
+        let kind = event
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let agent_step = |steps: &mut Vec<Value>, open: &mut bool| {
+            if !*open {
+                let mut step = json!({
+                    "step_id": steps.len() + 1,
+                    "source": "agent",
+                    "message": "",
+                });
+                if let Some(ts) = event.get("timestamp") {
+                    step["timestamp"] = ts.clone();
+                }
+                if let Some(m) = &model_name {
+                    step["model_name"] = json!(m);
+                }
+                steps.push(step);
+                *open = true;
+            }
+        };
+        match kind {
+            "init" => {
+                session_id = event
+                    .get("session_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                if let Some(m) = event.get("model").and_then(Value::as_str) {
+                    model_name = Some(m.to_string());
+                }
+            }
+            "message" if event["role"] == "assistant" => {
+                agent_step(&mut steps, &mut open);
+                let step = steps.last_mut().expect("an agent step is open");
+                let text = event["content"].as_str().unwrap_or_default();
+                let old = step["message"].as_str().unwrap_or_default();
+                step["message"] = json!(format!("{old}{text}"));
+            }
+            "tool_use" => {
+                agent_step(&mut steps, &mut open);
+                let step = steps.last_mut().expect("an agent step is open");
+                let call = json!({
+                    "tool_call_id": event["tool_id"],
+                    "function_name": event["tool_name"],
+                    "arguments": if event["parameters"].is_object() { event["parameters"].clone() } else { json!({}) },
+                });
+                match step["tool_calls"].as_array_mut() {
+                    Some(calls) => calls.push(call),
+                    None => step["tool_calls"] = json!([call]),
+                }
+            }
+            "tool_result" => {
+                let call_id = event["tool_id"].clone();
+                let mut content = event["output"].as_str().unwrap_or_default().to_string();
+                let mut obs = json!({"source_call_id": call_id});
+                if event["status"] == "error" {
+                    if let Some(m) = event["error"]["message"].as_str() {
+                        content = if content.is_empty() {
+                            m.to_string()
+                        } else {
+                            format!("{content}\n{m}")
+                        };
+                    }
+                    obs["extra"] = json!({"is_error": true});
+                }
+                obs["content"] = json!(content);
+                let owner = steps.iter_mut().rev().find(|s| {
+                    s["tool_calls"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["tool_call_id"] == call_id))
+                });
+                if let Some(step) = owner {
+                    match step["observation"]["results"].as_array_mut() {
+                        Some(results) => results.push(obs),
+                        None => step["observation"] = json!({"results": [obs]}),
+                    }
+                }
+                open = false;
+            }
+            "result" => result = Some(event),
+            _ => {}
+        }
+    }
+    if events == 0 {
+        return report;
+    }
+    let mut final_metrics = json!({"total_steps": steps.len()});
+    if let Some(r) = &result {
+        let stats = &r["stats"];
+        let input = u64_at(stats, "input_tokens");
+        let output = u64_at(stats, "output_tokens");
+        let cached = u64_at(stats, "cached");
+        let requests = steps.iter().filter(|s| s["source"] == "agent").count() as u64;
+        report.usage = Some(ModelUsage {
+            requests,
+            turns: requests,
+            input_tokens: input,
+            output_tokens: output,
+            cost_usd: None,
+            stop_reason: r["status"].as_str().unwrap_or_default().to_string(),
+        });
+        final_metrics = json!({
+            "total_prompt_tokens": input,
+            "total_completion_tokens": output,
+            "total_cached_tokens": cached,
+            "total_steps": steps.len(),
+        });
+        if r["status"] == "error" {
+            let message = r["error"]["message"]
+                .as_str()
+                .unwrap_or("gemini-cli ended with an error");
+            let status = status_in(message);
+            let kind = kind_of_text(message).or_else(|| {
+                (status > 0 || message.contains("API Error")).then(|| kind_of_status(status))
+            });
+            if let Some(kind) = kind {
+                let status = if status > 0 {
+                    format!(" (HTTP {status})")
+                } else {
+                    String::new()
+                };
+                report.failure = Some((
+                    kind,
+                    format!("gemini-cli: the model provider failed{status}: {message}"),
+                ));
+            }
+        }
+    }
+    let mut agent = Map::new();
+    agent.insert("name".into(), json!("gemini-cli"));
+    agent.insert("version".into(), json!(version.unwrap_or("unknown")));
+    if let Some(m) = &model_name {
+        agent.insert("model_name".into(), json!(m));
+    }
+    report.trajectory = Some(json!({
+        "schema_version": "ATIF-v1.6",
+        "session_id": session_id,
+        "agent": agent,
+        "steps": steps,
+        "final_metrics": final_metrics,
+    }));
+    report
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -444,5 +656,105 @@ mod tests {
     fn garbage_and_empty_streams_give_nothing() {
         let r = claude_code("not json\n\n{broken", "i", None, None);
         assert_eq!(r, StreamReport::default());
+    }
+
+    const GEMINI_SOLVED: &str = include_str!("../testdata/gemini-cli-solved.jsonl");
+    const GEMINI_BAD_KEY: &str = include_str!("../testdata/gemini-cli-bad-key.jsonl");
+
+    #[test]
+    fn a_solved_gemini_cli_run_gives_usage_and_an_atif_trajectory() {
+        let r = gemini_cli(GEMINI_SOLVED, "Write hello.txt", Some("0.61.0"), None);
+        assert_eq!(r.failure, None);
+        let u = r.usage.unwrap();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.requests, u.cost_usd),
+            (240, 60, 2, None)
+        );
+        assert_eq!(u.stop_reason, "success");
+        let t = r.trajectory.unwrap();
+        assert_eq!(t["schema_version"], "ATIF-v1.6");
+        assert_eq!(t["agent"]["name"], "gemini-cli");
+        assert_eq!(t["agent"]["version"], "0.61.0");
+        assert_eq!(t["agent"]["model_name"], "gemini-scripted-1");
+        assert!(t["session_id"].as_str().unwrap().len() > 10);
+        let steps = t["steps"].as_array().unwrap();
+        assert_eq!(steps.len(), 3, "{t:#}");
+        assert_eq!(steps[0]["message"], "Write hello.txt");
+        assert_eq!(steps[1]["source"], "agent");
+        assert_eq!(steps[1]["message"], "I will write the file.");
+        let call = &steps[1]["tool_calls"][0];
+        assert_eq!(call["function_name"], "run_shell_command");
+        assert_eq!(
+            call["arguments"]["command"],
+            "printf 'Hello, world!\\n' > /app/hello.txt"
+        );
+        let obs = &steps[1]["observation"]["results"][0];
+        assert_eq!(obs["source_call_id"], call["tool_call_id"]);
+        assert_eq!(obs["content"], "");
+        assert_eq!(
+            steps[2]["message"],
+            "Done: /app/hello.txt holds the greeting."
+        );
+        assert_eq!(steps[2]["step_id"], 3);
+        assert_eq!(t["final_metrics"]["total_prompt_tokens"], 240);
+        assert_eq!(t["final_metrics"]["total_completion_tokens"], 60);
+        assert_eq!(
+            parse(
+                "gemini-cli",
+                GEMINI_SOLVED,
+                "Write hello.txt",
+                Some("0.61.0"),
+                None
+            ),
+            gemini_cli(GEMINI_SOLVED, "Write hello.txt", Some("0.61.0"), None)
+        );
+    }
+
+    #[test]
+    fn gemini_cli_provider_failures_are_classified() {
+        let r = gemini_cli(GEMINI_BAD_KEY, "i", None, None);
+        let (kind, message) = r.failure.unwrap();
+        assert_eq!(kind, ErrorKind::ApiAuth, "{message}");
+        assert!(
+            message.contains("API key not valid") && message.contains("HTTP 400"),
+            "{message}"
+        );
+        assert_eq!(r.usage.unwrap().input_tokens, 0);
+        let ended = |message: &str| {
+            let line = json!({"type": "result", "status": "error", "error": {"type": "unknown", "message": message}, "stats": {}});
+            gemini_cli(&line.to_string(), "i", None, None)
+                .failure
+                .map(|f| f.0)
+        };
+        assert_eq!(
+            ended(
+                r#"[API Error: {"error":{"code":403,"message":"denied","status":"PERMISSION_DENIED"}}]"#
+            ),
+            Some(ErrorKind::ApiAuth)
+        );
+        assert_eq!(
+            ended(
+                r#"[API Error: {"error":{"code":429,"message":"Resource has been exhausted","status":"RESOURCE_EXHAUSTED"}}]"#
+            ),
+            Some(ErrorKind::ApiRateLimit)
+        );
+        assert_eq!(
+            ended(
+                r#"[API Error: {"error":{"code":404,"message":"models/x is not found","status":"NOT_FOUND"}}]"#
+            ),
+            Some(ErrorKind::ModelNotFound)
+        );
+        assert_eq!(
+            ended(
+                r#"[API Error: {"error":{"code":500,"message":"internal","status":"INTERNAL"}}]"#
+            ),
+            Some(ErrorKind::ApiError)
+        );
+        // An error that is not the provider's is not blamed on it.
+        assert_eq!(
+            ended("Tool execution failed: permission to write outside the workspace"),
+            None
+        );
+        assert_eq!(gemini_cli("", "i", None, None), StreamReport::default());
     }
 }

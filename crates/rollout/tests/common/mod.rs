@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod agent_task;
 pub mod compose_task;
 pub mod fake_llm;
 pub mod serve;
