@@ -1,6 +1,8 @@
 //! Provenance commands: `rollout trace`, `lineage`, `log`, `status`, `show`, `reproduce`,
 //! `register`, and the store shared by them and by `rollout run` (which records every trial).
 
+pub mod context;
+pub mod group;
 pub mod pipeline;
 pub mod register;
 pub mod reproduce;
@@ -14,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+pub use group::ProvCommand;
 pub use register::RegisterArgs;
 pub use reproduce::ReproduceArgs;
 
@@ -57,15 +60,31 @@ fn open_store() -> Result<Store, u8> {
 }
 
 /// `.rollout/provenance.toml` next to the store: optional settings.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ProvConfig {
     /// Also record sha256 digests of files.
     pub sha256: bool,
+    /// Record the active Python interpreter's packages with each traced command (default on).
+    pub capture_packages: bool,
     /// Paths under these prefixes are never inputs or outputs (replaces the default list).
     pub ignore_prefixes: Option<Vec<String>>,
     /// More regular expressions whose matches `rollout register` redacts.
     pub redact_patterns: Vec<String>,
+    /// Variables set for every traced command (`rollout prov env`).
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for ProvConfig {
+    fn default() -> Self {
+        Self {
+            sha256: false,
+            capture_packages: true,
+            ignore_prefixes: None,
+            redact_patterns: Vec::new(),
+            env: Default::default(),
+        }
+    }
 }
 
 impl ProvConfig {
@@ -182,6 +201,13 @@ pub fn trace(args: TraceArgs) -> u8 {
         ignore.push(dir);
     }
     let mut opts = rollout_trace::TraceOptions::new(args.command.clone());
+    if !config.env.is_empty() {
+        let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+            .filter(|(k, _)| !config.env.contains_key(&*k.to_string_lossy()))
+            .collect();
+        env.extend(config.env.iter().map(|(k, v)| (k.into(), v.into())));
+        opts.env = Some(env);
+    }
     opts.timeout = Some(Duration::from_secs_f64(args.timeout));
     opts.ignore_prefixes = ignore;
     let started_at = rollout_store::now();
@@ -337,8 +363,10 @@ fn trace_job(
                     v.to_string_lossy().into_owned(),
                 )
             })
+            .chain(config.env.clone())
             .collect(),
         metadata: serde_json::json!({
+            "context": context::capture(config.capture_packages, &config.env),
             "execs": t.execs.iter().filter(|p| p.is_file()).collect::<Vec<_>>(),
             "removed": t.removed,
             "processes": t.processes,

@@ -424,6 +424,42 @@ impl Db {
         Ok(())
     }
 
+    /// The trials of a run become `trials` (trial name, task id), all in `status`: a batch's
+    /// per-task rows, known at submission, become the planned trials once its tasks are cloned.
+    pub fn replace_trials(
+        &self,
+        run: &str,
+        trials: &[(String, String)],
+        status: TaskStatus,
+    ) -> Result<(), DbError> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM trials WHERE run_id = ?1", [run])?;
+        for (seq, (trial, task)) in trials.iter().enumerate() {
+            tx.execute(
+                "INSERT INTO trials (run_id, trial_name, task_id, seq, status) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![run, trial, task, seq as i64, status.as_str()],
+            )?;
+        }
+        tx.execute(
+            "UPDATE runs SET total_tasks = ?2 WHERE id = ?1",
+            params![run, trials.len() as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The configuration a run was planned with.
+    pub fn set_run_config(&self, id: &str, config: &serde_json::Value) -> Result<(), DbError> {
+        self.with(|c| {
+            c.execute(
+                "UPDATE runs SET config = ?2 WHERE id = ?1",
+                params![id, config.to_string()],
+            )
+        })?;
+        Ok(())
+    }
+
     pub fn set_run_result(&self, id: &str, result: &serde_json::Value) -> Result<(), DbError> {
         self.with(|c| {
             c.execute(

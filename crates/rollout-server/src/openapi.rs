@@ -161,7 +161,7 @@ pub fn document() -> Value {
             true,
         ),
     );
-    add("get", "/ws", op("WebSocket of a batch's events: snapshot, batch_started, task_started, task_complete, batch_complete", vec![param("batch_id", "query", "batch id")], merge(json!({"101": {"description": "switching protocols"}}), errors(&["400", "404"])), false));
+    add("get", "/ws", op("WebSocket of a batch's events: snapshot, batch_status (extracting), task_status (each change of a task's status: cloning_repo, installing_deps, running_agent, running_tests), batch_started, task_started, task_complete, batch_complete", vec![param("batch_id", "query", "batch id")], merge(json!({"101": {"description": "switching protocols"}}), errors(&["400", "404"])), false));
     add(
         "get",
         "/api/v1/openapi.json",
@@ -395,7 +395,7 @@ pub fn document() -> Value {
         "Artifact": {"type": "object", "required": ["hash", "size", "kind"], "properties": {"hash": {"type": "string"}, "size": {"type": "integer"}, "kind": {"type": "string"}}},
         "LineageNode": {"type": "object", "required": ["hash"], "properties": {"hash": {"type": "string"}}},
         "StreamEvent": {"type": "object", "required": ["seq", "event", "job_id", "data", "emitted_at"], "properties": {
-            "seq": {"type": "integer"}, "event": {"type": "string", "enum": ["job_started", "trial_started", "phase_started", "phase_finished", "trial_finished", "cancelling", "note", "job_finished"]},
+            "seq": {"type": "integer"}, "event": {"type": "string", "enum": ["job_status", "task_status", "job_started", "trial_started", "phase_started", "phase_finished", "trial_finished", "cancelling", "note", "job_finished"]},
             "job_id": {"type": "string"}, "trial": {"type": "string"}, "task_id": {"type": "string"}, "data": {"type": "object"},
             "emitted_at": {"type": "string", "format": "date-time"}}},
     });

@@ -31,6 +31,7 @@ const CHECK_OUTPUT_CAP: usize = 16 << 10;
 pub struct StreamEvent {
     /// Position in the run's stream, from 1.
     pub seq: u64,
+    /// `job_status` (`extracting`), `task_status` (each change of a task's status),
     /// `job_started`, `trial_started`, `phase_started`, `phase_finished`, `trial_finished`,
     /// `cancelling`, `job_finished`.
     pub event: &'static str,
@@ -52,6 +53,8 @@ impl StreamEvent {
             "trial_started" => "task_started",
             "trial_finished" => "task_complete",
             "job_finished" => "batch_complete",
+            "task_status" => "task_status",
+            "job_status" => "batch_status",
             _ => return None,
         })
     }
@@ -253,11 +256,56 @@ pub fn start(
     };
     state.db.insert_run(&run, &trials)?;
     Metrics::inc(&state.metrics.batches_total);
-    launch(state, id, plan);
+    launch(state, id, Work::Planned(plan));
     Ok(run)
 }
 
-fn launch(state: &Arc<AppState>, id: &str, plan: JobPlan) {
+/// What a run starts from: a plan (a job submitted through the native API, a resumed run), or
+/// a batch's configuration, planned (its archive unpacked, its repositories cloned) once the
+/// run has a slot.
+enum Work {
+    Planned(JobPlan),
+    ToPlan(JobConfig),
+}
+
+/// Record a new batch and start it: its tasks (`task_ids`, from the archive, not yet cloned)
+/// are its rows until it is planned; it waits for a slot, then reports `extracting` and, per
+/// task, `cloning_repo` while it unpacks the archive and clones. A task whose repository cannot
+/// be cloned fails alone; the others run.
+pub fn start_batch(
+    state: &Arc<AppState>,
+    id: &str,
+    config: JobConfig,
+    task_ids: &[String],
+    work_dir: &Path,
+) -> Result<RunRow, ApiError> {
+    let trials: Vec<(String, String)> = task_ids.iter().map(|t| (t.clone(), t.clone())).collect();
+    let run = RunRow {
+        id: id.to_string(),
+        kind: RunKind::Batch,
+        status: RunStatus::Pending,
+        created_at: Utc::now(),
+        started_at: None,
+        finished_at: None,
+        concurrent_tasks: config.concurrency() as u32,
+        total_tasks: trials.len() as u32,
+        error: None,
+        config: serde_json::to_value(&config).unwrap_or_default(),
+        job_dir: config
+            .jobs_dir
+            .clone()
+            .unwrap_or_else(|| "jobs".into())
+            .join(id),
+        work_dir: work_dir.to_path_buf(),
+        result: None,
+    };
+    state.db.insert_run(&run, &trials)?;
+    Metrics::inc(&state.metrics.batches_total);
+    launch(state, id, Work::ToPlan(config));
+    Ok(run)
+}
+
+fn launch(state: &Arc<AppState>, id: &str, work: Work) {
     let live = LiveRun::new(id);
     state
         .live
@@ -265,10 +313,94 @@ fn launch(state: &Arc<AppState>, id: &str, plan: JobPlan) {
         .unwrap_or_else(|p| p.into_inner())
         .insert(id.to_string(), live.clone());
     let state2 = state.clone();
-    state.tasks.spawn(execute(state2, live, plan));
+    state.tasks.spawn(execute(state2, live, work));
 }
 
-async fn execute(state: Arc<AppState>, live: Arc<LiveRun>, plan: JobPlan) {
+/// A task's status changed: in the database and on the stream (`task_status`).
+fn task_status(state: &AppState, live: &LiveRun, trial: &str, task: &str, status: TaskStatus) {
+    let _ = state.db.set_trial_status(&live.id, trial, status);
+    live.emit(
+        "task_status",
+        Some(trial),
+        Some(task),
+        serde_json::json!({"task_id": task, "trial": trial, "status": status}),
+    );
+}
+
+/// Plan a batch that has its slot: `extracting`, each task `cloning_repo`, then the planned
+/// trials replace the task rows. Tasks whose clone failed are planned as invalid: their trials
+/// fail with the clone's error. None (the run recorded as failed) when nothing can run.
+async fn plan_batch(
+    state: &Arc<AppState>,
+    live: &Arc<LiveRun>,
+    config: JobConfig,
+) -> Option<JobPlan> {
+    let id = live.id.clone();
+    let _ = state.db.set_run_status(&id, RunStatus::Extracting, None);
+    live.emit(
+        "job_status",
+        None,
+        None,
+        serde_json::json!({"status": RunStatus::Extracting}),
+    );
+    for t in state.db.list_trials(&id).unwrap_or_default() {
+        task_status(
+            state,
+            live,
+            &t.trial_name,
+            &t.task_id,
+            TaskStatus::CloningRepo,
+        );
+    }
+    let st = state.clone();
+    let pid = id.clone();
+    let planned = tokio::task::spawn_blocking(move || plan(&st, &pid, config))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))
+        .and_then(|r| r);
+    match planned {
+        Ok(p) => {
+            let trials: Vec<(String, String)> = p
+                .trials
+                .iter()
+                .map(|t| (t.name.clone(), t.task.name.clone()))
+                .collect();
+            let _ = state
+                .db
+                .replace_trials(&id, &trials, TaskStatus::CloningRepo);
+            let _ = state
+                .db
+                .set_run_config(&id, &serde_json::to_value(&p.config).unwrap_or_default());
+            Some(p)
+        }
+        Err(e) => {
+            tracing::warn!(run = %id, "planning the batch failed: {}", e.message);
+            let message = format!("{}: {}", e.code, e.message);
+            for t in state.db.list_trials(&id).unwrap_or_default() {
+                let _ = state.db.finish_trial(
+                    &id,
+                    &t.trial_name,
+                    &TrialEnd {
+                        status: TaskStatus::Failed,
+                        reward: None,
+                        passed: false,
+                        error: Some(message.clone()),
+                        duration_ms: 0,
+                        test_output: String::new(),
+                        test_results: serde_json::json!([]),
+                        result: serde_json::Value::Null,
+                    },
+                );
+            }
+            let _ = state
+                .db
+                .set_run_status(&id, RunStatus::Extracting, Some(&message));
+            None
+        }
+    }
+}
+
+async fn execute(state: Arc<AppState>, live: Arc<LiveRun>, work: Work) {
     let id = live.id.clone();
     Metrics::inc(&state.metrics.batches_queued);
     let permit = tokio::select! {
@@ -279,6 +411,16 @@ async fn execute(state: Arc<AppState>, live: Arc<LiveRun>, plan: JobPlan) {
     let Some(_permit) = permit else {
         finish(&state, &live, None, Instant::now()).await;
         return;
+    };
+    let plan = match work {
+        Work::Planned(p) => p,
+        Work::ToPlan(config) => match plan_batch(&state, &live, config).await {
+            Some(p) if !live.cancel.is_cancelled() => p,
+            _ => {
+                finish(&state, &live, None, Instant::now()).await;
+                return;
+            }
+        },
     };
     if let Err(e) = state.db.set_run_status(&id, RunStatus::Running, None) {
         tracing::error!(run = %id, "{e}");
@@ -484,7 +626,13 @@ impl EventSink for Sink {
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .insert(config.trial_name.clone(), config.task_name.clone());
-                let _ = db.set_trial_status(id, &config.trial_name, TaskStatus::InstallingDeps);
+                task_status(
+                    &self.state,
+                    &self.live,
+                    &config.trial_name,
+                    &config.task_name,
+                    TaskStatus::InstallingDeps,
+                );
                 self.live.emit(
                     "trial_started",
                     Some(&config.trial_name),
@@ -493,10 +641,16 @@ impl EventSink for Sink {
                 );
             }
             Event::PhaseStarted { trial, phase } => {
-                if let Some(s) = phase_status(*phase) {
-                    let _ = db.set_trial_status(id, trial, s);
-                }
                 let task = self.task_of(trial);
+                if let Some(s) = phase_status(*phase) {
+                    task_status(
+                        &self.state,
+                        &self.live,
+                        trial,
+                        task.as_deref().unwrap_or(trial),
+                        s,
+                    );
+                }
                 self.live.emit(
                     "phase_started",
                     Some(trial),
@@ -676,12 +830,29 @@ pub async fn recover(state: &Arc<AppState>) {
                 Ok(p) => {
                     tracing::info!(run = %run.id, "resuming interrupted run");
                     let _ = state.db.set_run_status(&run.id, RunStatus::Pending, None);
+                    // A batch stopped before it was planned has one row per task: its trials
+                    // replace them.
+                    let rows = state.db.list_trials(&run.id).unwrap_or_default();
+                    if !p
+                        .trials
+                        .iter()
+                        .any(|t| rows.iter().any(|r| r.trial_name == t.name))
+                    {
+                        let trials: Vec<(String, String)> = p
+                            .trials
+                            .iter()
+                            .map(|t| (t.name.clone(), t.task.name.clone()))
+                            .collect();
+                        let _ = state
+                            .db
+                            .replace_trials(&run.id, &trials, TaskStatus::Queued);
+                    }
                     for t in &p.trials {
                         let _ = state
                             .db
                             .set_trial_status(&run.id, &t.name, TaskStatus::Queued);
                     }
-                    launch(state, &run.id, p);
+                    launch(state, &run.id, Work::Planned(p));
                     continue;
                 }
                 Err(e) => {

@@ -253,6 +253,41 @@ async fn submit_inner(
             "no multipart field `archive` (or `file`) in the request",
         ));
     }
+    // Checked before the answer, nothing cloned: the archive unpacks within the limits, every
+    // task parses, there is an agent, and every repository is one this server may clone. The
+    // clones come after the 202 (`extracting`, `cloning_repo`), and one that fails fails its
+    // own task only.
+    let limits = state.config.limits.clone();
+    let policy = state.config.sources.clone();
+    let scratch = new.dir.join("inspect");
+    let a = archive.clone();
+    let seen = tokio::task::spawn_blocking(move || {
+        rollout_sources::executor::inspect(&a, &limits, &scratch)
+            .map_err(|e| ApiError::bad_request("invalid_archive", e.to_string()))
+            .and_then(|i| {
+                for (id, ws) in &i.tasks {
+                    policy.check_repo(&ws.repo).map_err(|m| {
+                        ApiError::bad_request("source_refused", format!("task {id}: {m}"))
+                    })?;
+                }
+                Ok(i)
+            })
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))??;
+    if !seen.has_agent_code {
+        return Err(ApiError::bad_request(
+            "missing_agent_code",
+            "the archive has no agent_code/ directory: there is no agent to evaluate",
+        ));
+    }
+    let max = state.config.caps.max_trials_per_job;
+    if seen.tasks.len() > max {
+        return Err(ApiError::bad_request(
+            "over_limit",
+            format!("the batch has {} tasks, over this server's limit of {max} trials (--max-trials-per-job): split it, or ask the operator to raise it", seen.tasks.len()),
+        ));
+    }
     let config = JobConfig {
         name: Some(new.id.clone()),
         jobs_dir: Some(state.config.jobs_dir()),
@@ -261,23 +296,8 @@ async fn submit_inner(
         executor_image: state.config.executor_image.clone(),
         ..Default::default()
     };
-    let st = state.clone();
-    let id = new.id.clone();
-    let plan = tokio::task::spawn_blocking(move || runs::plan(&st, &id, config))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))??;
-    if !plan
-        .config
-        .agents
-        .iter()
-        .any(|a| a.name.starts_with("code:"))
-    {
-        return Err(ApiError::bad_request(
-            "missing_agent_code",
-            "the archive has no agent_code/ directory: there is no agent to evaluate",
-        ));
-    }
-    let run = runs::start(state, RunKind::Batch, &new.id, plan, &new.dir)?;
+    let ids: Vec<String> = seen.tasks.into_iter().map(|(id, _)| id).collect();
+    let run = runs::start_batch(state, &new.id, config, &ids, &new.dir)?;
     new.keep();
     Ok(run)
 }

@@ -146,12 +146,22 @@ pub fn load(
             opts,
             &name,
         );
-        if let Err(e) = built {
-            let _ = std::fs::remove_dir_all(&staging);
-            return Err(e);
+        let all_cloned = match built {
+            Ok(all) => all,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Err(e);
+            }
+        };
+        // A failed clone is not cached: the next load of the archive tries again.
+        if all_cloned {
+            std::fs::write(staging.join(".complete"), b"")
+                .map_err(io("marking the archive unpacked"))?;
         }
-        std::fs::write(staging.join(".complete"), b"")
-            .map_err(io("marking the archive unpacked"))?;
+        // An earlier unpacking with failed clones is replaced.
+        if root.is_dir() && !root.join(".complete").is_file() {
+            let _ = std::fs::remove_dir_all(&root);
+        }
         if std::fs::rename(&staging, &root).is_err() {
             // Another process unpacked the same archive first: use theirs.
             let _ = std::fs::remove_dir_all(&staging);
@@ -166,6 +176,23 @@ pub fn load(
         .collect();
     ids.sort();
     for dir in ids {
+        if let Ok(why) = std::fs::read_to_string(dir.join(CLONE_FAILED)) {
+            tasks.push(Task {
+                name: dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                checksum: String::new(),
+                config: Default::default(),
+                instruction: std::fs::read_to_string(dir.join("instruction.md"))
+                    .unwrap_or_default(),
+                step_instructions: Vec::new(),
+                dir,
+                dataset: Some(name.clone()),
+                invalid: Some(why),
+            });
+            continue;
+        }
         let mut task = Task::load(&dir).map_err(|e| invalid(&dir, e.to_string()))?;
         task.dataset = Some(name.clone());
         tasks.push(task);
@@ -200,18 +227,12 @@ fn find_root(extracted: &Path) -> Option<PathBuf> {
     }
 }
 
-fn generate(
+/// The tasks of an extracted archive: the directory holding `tasks/`, and each task's
+/// directory with its parsed `workspace.yaml` (sorted by id).
+fn parse_tasks(
     archive: &Path,
     extracted: &Path,
-    out: &Path,
-    cache: &GitCache,
-    opts: &ExecutorOptions,
-    name: &str,
-) -> Result<(), ExecutorError> {
-    extract_file(archive, extracted, &opts.limits).map_err(|source| ExecutorError::Archive {
-        archive: archive.to_path_buf(),
-        source,
-    })?;
+) -> Result<(PathBuf, Vec<(PathBuf, Workspace)>), ExecutorError> {
     let base = find_root(extracted).ok_or_else(|| invalid(archive, "no tasks/ directory at the top of the archive (or inside its single top-level directory)"))?;
     let tasks_src = extracted.join(&base).join("tasks");
     let mut task_dirs: Vec<PathBuf> = std::fs::read_dir(&tasks_src)
@@ -243,6 +264,65 @@ fn generate(
         }
         parsed.push((dir.clone(), ws));
     }
+    Ok((base, parsed))
+}
+
+/// What an archive holds, checked without cloning anything: its task ids with their
+/// `workspace.yaml`, and whether it has `agent_code/`. `scratch` (created, then removed) is
+/// where it is extracted. `rollout serve` answers a submission with this, then clones.
+#[derive(Debug)]
+pub struct Inspection {
+    pub tasks: Vec<(String, Workspace)>,
+    pub has_agent_code: bool,
+}
+
+pub fn inspect(
+    archive: &Path,
+    limits: &Limits,
+    scratch: &Path,
+) -> Result<Inspection, ExecutorError> {
+    let _ = std::fs::remove_dir_all(scratch);
+    let result = (|| {
+        extract_file(archive, scratch, limits).map_err(|source| ExecutorError::Archive {
+            archive: archive.to_path_buf(),
+            source,
+        })?;
+        let (base, parsed) = parse_tasks(archive, scratch)?;
+        Ok(Inspection {
+            has_agent_code: scratch.join(&base).join("agent_code").is_dir(),
+            tasks: parsed
+                .into_iter()
+                .map(|(dir, ws)| {
+                    let id = dir
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    (id, ws)
+                })
+                .collect(),
+        })
+    })();
+    let _ = std::fs::remove_dir_all(scratch);
+    result
+}
+
+/// The file in a generated task directory that says its repository could not be cloned (the
+/// task's trials fail with it; the archive's other tasks run).
+const CLONE_FAILED: &str = "clone-failed.txt";
+
+fn generate(
+    archive: &Path,
+    extracted: &Path,
+    out: &Path,
+    cache: &GitCache,
+    opts: &ExecutorOptions,
+    name: &str,
+) -> Result<bool, ExecutorError> {
+    extract_file(archive, extracted, &opts.limits).map_err(|source| ExecutorError::Archive {
+        archive: archive.to_path_buf(),
+        source,
+    })?;
+    let (base, parsed) = parse_tasks(archive, extracted)?;
     let requests: Vec<(String, Option<String>)> = parsed
         .iter()
         .map(|(_, ws)| {
@@ -260,13 +340,29 @@ fn generate(
                 .ok()
                 .map(|(_, l)| l)
         });
+    let mut all_cloned = true;
     for ((dir, ws), checkout) in parsed.iter().zip(checkouts) {
-        let checkout = checkout?;
         let id = dir
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let task = out.join("tasks").join(&id);
+        let checkout = match checkout {
+            Ok(c) => c,
+            // A refusal of the source policy refuses the archive; any other failure to clone
+            // fails this task alone.
+            Err(e) if e.to_string().contains(crate::policy::REFUSED) => return Err(e.into()),
+            Err(e) => {
+                all_cloned = false;
+                std::fs::create_dir_all(&task)
+                    .map_err(io(format!("creating {}", task.display())))?;
+                std::fs::copy(dir.join("prompt.md"), task.join("instruction.md"))
+                    .map_err(io("copying prompt.md"))?;
+                std::fs::write(task.join(CLONE_FAILED), format!("git clone failed: {e}"))
+                    .map_err(io("recording a failed clone"))?;
+                continue;
+            }
+        };
         write_task(
             dir,
             ws,
@@ -278,7 +374,7 @@ fn generate(
             agent_language,
         )?;
     }
-    Ok(())
+    Ok(all_cloned)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -11,6 +11,7 @@
 //! It is not the job directory (that stays the human-readable record of a run) and does not run
 //! anything: tracing is `rollout-trace`, reproduction is the CLI.
 
+mod collections;
 mod hash;
 mod model;
 mod query;
@@ -19,6 +20,7 @@ mod schema;
 
 pub mod git;
 
+pub use collections::{Collection, Member};
 pub use hash::{file_digest, tree_digest, FileDigest};
 pub use model::*;
 pub use redact::{Redactor, DEFAULT_REDACT_PATTERNS, REDACTED};
@@ -65,6 +67,10 @@ pub enum StoreError {
     AmbiguousHash { prefix: String, n: usize },
     #[error("no job {0} in the provenance store")]
     UnknownJob(String),
+    #[error("no collection {0:?} in the provenance store (create it with `rollout prov collection create`)")]
+    UnknownCollection(String),
+    #[error("collection {0:?} already exists")]
+    CollectionExists(String),
     #[error("stored JSON of {what} is invalid: {source}")]
     Json {
         what: String,

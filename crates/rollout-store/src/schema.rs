@@ -83,6 +83,21 @@ const MIGRATIONS: &[&str] = &[
         INSERT INTO jobs_fts(jobs_fts, rowid, command) VALUES ('delete', old.id, old.command);
     END;
     ",
+    // 2: collections, named groups of artifacts and jobs.
+    "
+    CREATE TABLE collections (
+        name TEXT PRIMARY KEY,
+        description TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE collection_members (
+        collection TEXT NOT NULL REFERENCES collections(name) ON DELETE CASCADE,
+        kind TEXT NOT NULL,
+        ref TEXT NOT NULL,
+        added_at TEXT NOT NULL,
+        PRIMARY KEY (collection, kind, ref)
+    );
+    ",
 ];
 
 /// The schema version this build writes.

@@ -1,5 +1,5 @@
-//! A file-access tracer for Linux x86_64: runs a command and records which files its whole
-//! process tree read, wrote, removed and executed.
+//! A file-access tracer for Linux x86_64 and aarch64: runs a command and records which files
+//! its whole process tree read, wrote, removed and executed.
 //!
 //! Where the host allows it (root with `CAP_SYS_ADMIN`, Linux ≥ 5.9), fanotify filesystem marks
 //! report the accesses without stopping the program (see [`Mechanism::Fanotify`]); ptrace then
@@ -14,12 +14,18 @@
 //! decided afterwards by the caller (a read of a path that is not a regular file when the command
 //! ends is not an input).
 //!
-//! Not for: 32-bit or x32 tracees (their syscalls are not stopped), other architectures, or a
+//! Not for: 32-bit, x32 or arm32 compat tracees (their syscalls are not stopped), other architectures, or a
 //! process that has other children of its own while tracing (the tracer waits for any child).
 
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod fanotify;
-#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod linux;
 
 use std::collections::BTreeSet;
@@ -160,7 +166,7 @@ pub enum TraceError {
         #[source]
         source: std::io::Error,
     },
-    #[error("tracing is only available on Linux x86_64")]
+    #[error("tracing is only available on Linux x86_64 and aarch64")]
     Unsupported,
 }
 
@@ -171,7 +177,10 @@ pub fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     if opts.argv.is_empty() {
         return Err(TraceError::NoCommand);
     }
-    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
     {
         // The tracer waits for any child of the process: two traces at once would steal each
         // other's events, so they take turns.
@@ -179,7 +188,10 @@ pub fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         linux::trace(opts)
     }
-    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
     {
         Err(TraceError::Unsupported)
     }
@@ -201,7 +213,11 @@ pub fn normalize(path: &std::path::Path) -> PathBuf {
     out
 }
 
-#[cfg(all(test, target_os = "linux", target_arch = "x86_64"))]
+#[cfg(all(
+    test,
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
 mod tests {
     use super::*;
     use std::fs;

@@ -1,4 +1,4 @@
-//! The seccomp + ptrace implementation (Linux x86_64). Raw libc.
+//! The seccomp + ptrace implementation (Linux x86_64 and aarch64). Raw libc.
 //!
 //! Two mechanisms share one seccomp-bpf filter (the file syscalls in [`TRACED`]):
 //!
@@ -9,7 +9,7 @@
 //!   the bookkeeping happens after the tracee is resumed.
 //! - **ptrace stops** (fallback, when the kernel or an enclosing sandbox refuses a listener, or
 //!   on request): the filter returns `SECCOMP_RET_TRACE` and the ptrace loop handles each stop
-//!   with `PTRACE_GETREGS`.
+//!   with `PTRACE_GETREGSET` (`NT_PRSTATUS`).
 //!
 //! In both, ptrace follows fork/vfork/clone/exec and collects exit statuses, so the whole
 //! process tree is seen and killed on timeout (and if the tracer dies, `PTRACE_O_EXITKILL`).
@@ -37,7 +37,6 @@ const EVENT_CLONE: c_int = 3;
 const EVENT_SECCOMP: c_int = 7;
 const WALL: c_int = 0x4000_0000;
 
-const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
 /// `SECCOMP_IOCTL_NOTIF_SET_FLAGS` value: wake the supervisor on the notifying CPU (Linux ≥ 6.6;
 /// older kernels refuse it and the notification still works).
 const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: libc::c_ulong = 1;
@@ -46,36 +45,59 @@ const SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP: libc::c_ulong = 1;
 const MSG_LISTENER: u8 = b'N';
 const MSG_PTRACE: u8 = b'P';
 
-// x86_64 syscall numbers.
-const OPEN: u64 = 2;
-const TRUNCATE: u64 = 76;
-const CHDIR: u64 = 80;
-const FCHDIR: u64 = 81;
-const RENAME: u64 = 82;
-const CREAT: u64 = 85;
-const LINK: u64 = 86;
-const UNLINK: u64 = 87;
-const SYMLINK: u64 = 88;
-const EXECVE: u64 = 59;
-const OPENAT: u64 = 257;
-const UNLINKAT: u64 = 263;
-const RENAMEAT: u64 = 264;
-const LINKAT: u64 = 265;
-const SYMLINKAT: u64 = 266;
-const RENAMEAT2: u64 = 316;
-const EXECVEAT: u64 = 322;
-const OPENAT2: u64 = 437;
+// Syscall numbers of the architecture. aarch64 (the asm-generic table) has no `open`, `creat`,
+// `rename`, `link`, `symlink` or `unlink`: its libc calls the `*at` forms, so those constants get
+// values no syscall has and stay out of [`TRACED`].
+#[cfg(target_arch = "x86_64")]
+mod nr {
+    pub const AUDIT_ARCH: u32 = 0xc000_003e; // AUDIT_ARCH_X86_64
+    pub const OPEN: u64 = libc::SYS_open as u64;
+    pub const CREAT: u64 = libc::SYS_creat as u64;
+    pub const RENAME: u64 = libc::SYS_rename as u64;
+    pub const LINK: u64 = libc::SYS_link as u64;
+    pub const SYMLINK: u64 = libc::SYS_symlink as u64;
+    pub const UNLINK: u64 = libc::SYS_unlink as u64;
+}
+#[cfg(target_arch = "aarch64")]
+mod nr {
+    pub const AUDIT_ARCH: u32 = 0xc000_00b7; // AUDIT_ARCH_AARCH64
+    pub const OPEN: u64 = u64::MAX;
+    pub const CREAT: u64 = u64::MAX - 1;
+    pub const RENAME: u64 = u64::MAX - 2;
+    pub const LINK: u64 = u64::MAX - 3;
+    pub const SYMLINK: u64 = u64::MAX - 4;
+    pub const UNLINK: u64 = u64::MAX - 5;
+}
+use nr::{AUDIT_ARCH, CREAT, LINK, OPEN, RENAME, SYMLINK, UNLINK};
+const TRUNCATE: u64 = libc::SYS_truncate as u64;
+const CHDIR: u64 = libc::SYS_chdir as u64;
+const FCHDIR: u64 = libc::SYS_fchdir as u64;
+const EXECVE: u64 = libc::SYS_execve as u64;
+const OPENAT: u64 = libc::SYS_openat as u64;
+const UNLINKAT: u64 = libc::SYS_unlinkat as u64;
+const RENAMEAT: u64 = libc::SYS_renameat as u64;
+const LINKAT: u64 = libc::SYS_linkat as u64;
+const SYMLINKAT: u64 = libc::SYS_symlinkat as u64;
+const RENAMEAT2: u64 = libc::SYS_renameat2 as u64;
+const EXECVEAT: u64 = libc::SYS_execveat as u64;
+const OPENAT2: u64 = libc::SYS_openat2 as u64;
 
 /// The syscalls the tracer sees; every other one runs untraced.
-const TRACED: [u64; 18] = [
+#[cfg(target_arch = "x86_64")]
+const TRACED: &[u64] = &[
     OPEN, CREAT, OPENAT, OPENAT2, RENAME, RENAMEAT, RENAMEAT2, LINK, LINKAT, SYMLINK, SYMLINKAT,
     UNLINK, UNLINKAT, TRUNCATE, EXECVE, EXECVEAT, CHDIR, FCHDIR,
+];
+#[cfg(target_arch = "aarch64")]
+const TRACED: &[u64] = &[
+    OPENAT, OPENAT2, RENAMEAT, RENAMEAT2, LINKAT, SYMLINKAT, UNLINKAT, TRUNCATE, EXECVE, EXECVEAT,
+    CHDIR, FCHDIR,
 ];
 
 /// Open flags that make an open uninteresting (no file content is read or written).
 const OPEN_SKIP_FLAGS: u32 = (libc::O_PATH | libc::O_DIRECTORY) as u32;
 
-/// The BPF program: x86_64 syscalls in [`TRACED`] → `action`, the rest → ALLOW; `open` and
+/// The BPF program: the native architecture's syscalls in [`TRACED`] → `action`, the rest → ALLOW; `open` and
 /// `openat` with `O_PATH` or `O_DIRECTORY` (directory walks) are allowed without a round trip.
 fn filter(action: u32) -> Vec<libc::sock_filter> {
     const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
@@ -97,11 +119,11 @@ fn filter(action: u32) -> Vec<libc::sock_filter> {
     let allow2 = act + 1;
     let mut f = vec![
         ins(LD_W_ABS, 0, 0, 4), // seccomp_data.arch
-        ins(JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        ins(JEQ_K, 1, 0, AUDIT_ARCH),
         ins(RET_K, 0, 0, libc::SECCOMP_RET_ALLOW),
         ins(LD_W_ABS, 0, 0, 0), // seccomp_data.nr
     ];
-    for nr in TRACED {
+    for &nr in TRACED {
         let target = match nr {
             OPEN => open_flags,
             OPENAT => openat_flags,
@@ -171,7 +193,7 @@ fn ptrace_cont(pid: pid_t, sig: c_int) {
     }
 }
 
-/// Room for one `SCM_RIGHTS` control message carrying one fd (`CMSG_SPACE(4)` is 24 on x86_64).
+/// Room for one `SCM_RIGHTS` control message carrying one fd (`CMSG_SPACE(4)` is 24 on 64-bit Linux).
 #[repr(C, align(8))]
 struct CmsgBuf([u8; 32]);
 
@@ -871,20 +893,44 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
 
 /// The syscall number and arguments of a tracee in a seccomp stop.
 fn syscall_regs(pid: pid_t) -> Option<(u64, [u64; 6])> {
+    // SAFETY: user_regs_struct is plain integers.
     let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
-    // SAFETY: the tracee is in a seccomp stop; regs is a valid buffer.
+    let mut iov = libc::iovec {
+        iov_base: &mut regs as *mut libc::user_regs_struct as *mut c_void,
+        iov_len: std::mem::size_of::<libc::user_regs_struct>(),
+    };
+    // SAFETY: the tracee is in a seccomp stop; iov describes a valid buffer of the
+    // architecture's general-purpose register set (NT_PRSTATUS).
     let r = unsafe {
         libc::ptrace(
-            libc::PTRACE_GETREGS,
+            libc::PTRACE_GETREGSET,
             pid,
-            std::ptr::null_mut::<c_void>(),
-            &mut regs as *mut libc::user_regs_struct as *mut c_void,
+            libc::NT_PRSTATUS as usize as *mut c_void,
+            &mut iov as *mut libc::iovec as *mut c_void,
         )
     };
-    (r == 0).then_some((
+    if r != 0 {
+        return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    let out = (
         regs.orig_rax,
         [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9],
-    ))
+    );
+    // At a seccomp stop x8 holds the syscall number and x0–x5 the arguments.
+    #[cfg(target_arch = "aarch64")]
+    let out = (
+        regs.regs[8],
+        [
+            regs.regs[0],
+            regs.regs[1],
+            regs.regs[2],
+            regs.regs[3],
+            regs.regs[4],
+            regs.regs[5],
+        ],
+    );
+    Some(out)
 }
 
 fn ignore_list(prefixes: &[PathBuf]) -> Vec<Vec<u8>> {

@@ -73,19 +73,25 @@ pub enum Command {
     /// Remove containers whose rollout process is gone (crashes, preserved environments) and
     /// dangling build images. Environment images are kept unless --images.
     Gc(GcArgs),
-    /// Run a command under the syscall tracer and record the files it read and wrote.
+    /// Provenance: trace commands, query lineage, reproduce and register artifacts, manage the
+    /// store (init, config, env, pop, reset) and collections.
+    #[command(subcommand)]
+    Prov(rollout_prov::ProvCommand),
+    // The provenance commands' former top-level names, kept working (hidden: `rollout prov`
+    // lists them).
+    #[command(hide = true)]
     Trace(rollout_prov::TraceArgs),
-    /// The jobs and artifacts upstream of an artifact, as a tree.
+    #[command(hide = true)]
     Lineage(rollout_prov::LineageArgs),
-    /// Recently recorded jobs (traced commands, build steps, trials).
+    #[command(hide = true)]
     Log(rollout_prov::LogArgs),
-    /// Recorded files changed since last recorded, and stale steps.
+    #[command(hide = true)]
     Status(rollout_prov::StatusArgs),
-    /// What the store knows about a trial directory, a file, a hash or a job.
+    #[command(hide = true)]
     Show(rollout_prov::ShowArgs),
-    /// Show how an artifact was made and, with --run, make it again and compare.
+    #[command(hide = true)]
     Reproduce(rollout_prov::ReproduceArgs),
-    /// Push an artifact's lineage to a remote `rollout serve`.
+    #[command(hide = true)]
     Register(rollout_prov::RegisterArgs),
     /// Serve the evaluation executor over HTTP: the term-executor API and the /api/v1 job API.
     Serve(Box<crate::serve::ServeArgs>),

@@ -76,6 +76,7 @@ fn main() -> ExitCode {
         cli::Command::Cache(cmd) => sources_cmd::cache(cmd),
         cli::Command::Gc(args) => error::report(gc::main(args)),
         cli::Command::Preflight(args) => error::report(run::preflight(args)),
+        cli::Command::Prov(cmd) => rollout_prov::group::main(cmd),
         cli::Command::Trace(args) => rollout_prov::trace(args),
         cli::Command::Lineage(args) => rollout_prov::lineage(args),
         cli::Command::Log(args) => rollout_prov::log(args),

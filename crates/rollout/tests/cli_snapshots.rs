@@ -73,6 +73,7 @@ fn help_of_the_main_commands() {
         ("help_jobs", vec!["jobs", "--help"]),
         ("help_tasks", vec!["tasks", "--help"]),
         ("help_gc", vec!["gc", "--help"]),
+        ("help_prov", vec!["prov", "--help"]),
     ] {
         let text = run_in(tmp.path(), &args);
         assert!(text.starts_with("exit: 0\n"), "{text}");

@@ -666,3 +666,205 @@ fn tracing_works_in_a_container_under_the_default_seccomp_profile() {
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
     assert!(lineage.to_string().contains("/w/d/in.txt"), "{lineage}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// `rollout prov`: the group, the store's housekeeping, collections, recorded context
+
+/// `rollout prov …` and the former top-level names reach the same commands and the same store.
+#[test]
+fn prov_group_holds_every_provenance_command_and_the_old_names_still_work() {
+    let p = Project::new();
+    let out = p.rollout(&["prov", "init"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("created provenance store"));
+    assert!(p.store.is_file());
+    assert!(p.store.with_file_name("provenance.toml").is_file());
+    let again = p.rollout(&["prov", "init"]);
+    assert!(text(&again.stdout).starts_with("existing provenance store"));
+    p.write("in.txt", "x\n");
+    let out = p.rollout(&["prov", "trace", "--", "sh", "-c", "cat in.txt > out.txt"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    p.trace_sh("cat out.txt > out2.txt"); // the hidden alias
+    let grouped = p.json(&["prov", "log", "--json"]);
+    assert_eq!(grouped, p.json(&["log", "--json"]));
+    assert_eq!(grouped.as_array().unwrap().len(), 2);
+    let lineage = p.json(&["prov", "lineage", "out2.txt", "--json"]);
+    assert_eq!(lineage, p.json(&["lineage", "out2.txt", "--json"]));
+    // `rollout --help` lists the group, not the aliases.
+    let help = text(&p.rollout(&["--help"]).stdout);
+    assert!(help.contains("prov "), "{help}");
+    assert!(!help.contains("\n  trace "), "{help}");
+}
+
+#[test]
+fn prov_config_env_pop_and_reset_manage_the_store() {
+    let p = Project::new();
+    // config: set, read back, refuse what is not a setting or not a value.
+    let out = p.rollout(&["prov", "config", "sha256", "true"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&p.rollout(&["prov", "config", "sha256"]).stdout),
+        "true\n"
+    );
+    let out = p.rollout(&["prov", "config", "sha256", "maybe"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = p.rollout(&["prov", "config", "colour", "red"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("unknown setting"));
+    // env: set for every traced command, and recorded.
+    let out = p.rollout(&["prov", "env", "set", "SEED=42", "MODE=fast"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&p.rollout(&["prov", "env", "list"]).stdout),
+        "MODE=fast\nSEED=42\n"
+    );
+    assert_eq!(
+        p.rollout(&["prov", "env", "set", "1BAD=x"]).status.code(),
+        Some(2)
+    );
+    p.trace_sh("echo $SEED > seed.txt");
+    assert_eq!(std::fs::read_to_string(p.path("seed.txt")).unwrap(), "42\n");
+    let job = p.last_job();
+    assert_eq!(job["env"]["SEED"], "42");
+    // sha256 = true took effect.
+    assert!(job["outputs"][0]["sha256"].is_string(), "{job}");
+    p.rollout(&["prov", "env", "unset", "SEED"]);
+    p.trace_sh("echo ${SEED:-none} > seed2.txt");
+    assert_eq!(
+        std::fs::read_to_string(p.path("seed2.txt")).unwrap(),
+        "none\n"
+    );
+    // pop: the newest job goes, the older stays.
+    let before = p.json(&["prov", "log", "--json"]);
+    assert_eq!(before.as_array().unwrap().len(), 2);
+    let out = p.rollout(&["prov", "pop"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let uid = before[0]["uid"].as_str().unwrap();
+    assert!(
+        text(&out.stdout).contains(&uid[..8]),
+        "{}",
+        text(&out.stdout)
+    );
+    let after = p.json(&["prov", "log", "--json"]);
+    assert_eq!(after.as_array().unwrap().len(), 1);
+    assert_eq!(after[0]["uid"], before[1]["uid"]);
+    p.rollout(&["prov", "pop"]);
+    assert_eq!(p.rollout(&["prov", "pop"]).status.code(), Some(2));
+    // reset: only with --yes; the settings stay.
+    let out = p.rollout(&["prov", "reset"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(p.store.is_file());
+    let out = p.rollout(&["prov", "reset", "--yes"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(!p.store.exists());
+    assert!(p.store.with_file_name("provenance.toml").is_file());
+}
+
+#[test]
+fn prov_collections_group_recorded_artifacts_and_jobs() {
+    let p = Project::new();
+    p.write("in.txt", "x\n");
+    p.trace_sh("cat in.txt > out.txt");
+    let job = p.last_job();
+    let uid = job["uid"].as_str().unwrap().to_string();
+    let ok = |args: &[&str]| {
+        let out = p.rollout(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        out
+    };
+    ok(&[
+        "prov",
+        "collection",
+        "create",
+        "eval-v1",
+        "--description",
+        "first",
+    ]);
+    let dup = p.rollout(&["prov", "collection", "create", "eval-v1"]);
+    assert_eq!(dup.status.code(), Some(2));
+    assert!(text(&dup.stderr).contains("already exists"));
+    // An unknown item refuses the whole add.
+    let bad = p.rollout(&[
+        "prov",
+        "collection",
+        "add",
+        "eval-v1",
+        "out.txt",
+        "nope-nope",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let missing = p.rollout(&["prov", "collection", "add", "nope", "out.txt"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(text(&missing.stderr).contains("no collection"));
+    assert_eq!(
+        p.json(&["prov", "collection", "show", "eval-v1", "--json"]),
+        serde_json::json!([])
+    );
+    ok(&["prov", "collection", "add", "eval-v1", "out.txt", &uid[..8]]);
+    ok(&["prov", "collection", "add", "eval-v1", "out.txt"]);
+    let members = p.json(&["prov", "collection", "show", "eval-v1", "--json"]);
+    let members = members.as_array().unwrap();
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert_eq!(members[0]["kind"], "artifact");
+    assert_eq!(members[0]["reference"], job["outputs"][0]["hash"]);
+    assert_eq!(members[1]["kind"], "job");
+    assert_eq!(members[1]["reference"], uid.as_str());
+    let list = p.json(&["prov", "collection", "list", "--json"]);
+    assert_eq!(list[0]["name"], "eval-v1");
+    assert_eq!(list[0]["members"], 2);
+    assert_eq!(list[0]["description"], "first");
+    // A popped job leaves its collections.
+    ok(&["prov", "pop"]);
+    let list = p.json(&["prov", "collection", "list", "--json"]);
+    assert_eq!(list[0]["members"], 1);
+}
+
+/// A traced job records the experiment-tracker runs of its environment and the active
+/// interpreter's packages (here a stand-in interpreter in a virtual environment).
+#[test]
+fn prov_trace_records_tracker_links_and_python_packages() {
+    let p = Project::new();
+    let venv = p.path("venv");
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    let python = venv.join("bin/python");
+    std::fs::write(
+        &python,
+        "#!/bin/sh\necho '{\"version\": \"3.99.0\", \"packages\": {\"torch\": \"2.5.0\", \"Numpy\": \"2.1.0\"}}'\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = p
+        .cmd()
+        .args(["prov", "trace", "--", "true"])
+        .env("VIRTUAL_ENV", &venv)
+        .env("WANDB_RUN_ID", "run7")
+        .env("WANDB_PROJECT", "proj")
+        .env("WANDB_ENTITY", "team")
+        .env("WANDB_API_KEY", "key-must-not-be-in-context")
+        .env("MLFLOW_RUN_ID", "m1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let job = p.last_job();
+    let ctx = &job["metadata"]["context"];
+    assert_eq!(
+        ctx["trackers"]["wandb"]["url"],
+        "https://wandb.ai/team/proj/runs/run7"
+    );
+    assert_eq!(ctx["trackers"]["mlflow"]["run_id"], "m1");
+    assert!(!ctx.to_string().contains("key-must-not-be-in-context"));
+    assert_eq!(ctx["python"]["interpreter"], python.to_str().unwrap());
+    assert_eq!(ctx["python"]["version"], "3.99.0");
+    assert_eq!(ctx["python"]["packages"]["torch"], "2.5.0");
+    // Switched off: no package listing.
+    p.rollout(&["prov", "config", "capture_packages", "false"]);
+    let out = p
+        .cmd()
+        .args(["prov", "trace", "--", "true"])
+        .env("VIRTUAL_ENV", &venv)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(p.last_job()["metadata"]["context"].get("python").is_none());
+}

@@ -1517,3 +1517,165 @@ async fn the_serve_image_runs_jobs_on_the_host_engine() {
     // The trial ran as a sibling container, labelled with the job, and was removed.
     assert_no_containers(&id);
 }
+
+/// The seed's order: a batch is answered 202 before any repository is cloned; then it reports
+/// `extracting` and, per task, `cloning_repo`, and a repository that cannot be cloned fails its
+/// own task (with the clone's error) while the other task runs and scores.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_answers_before_cloning_and_a_failed_clone_fails_only_its_task() {
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    // The unclonable repository: a git "server" whose listener never answers, so the clone of
+    // `bad` hangs until the test closes it (then it fails).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = start_server(
+        &tmp.path().join("data"),
+        &tmp.path().join("cache"),
+        &["--allow-repo-host", "127.0.0.1"],
+    );
+    let repo = tmp.path().join("proj");
+    std::fs::create_dir_all(&repo).unwrap();
+    git(&repo, &["init", "-q"]);
+    std::fs::write(repo.join("README.md"), "project\n").unwrap();
+    git(&repo, &["add", "-A"]);
+    git(&repo, &["commit", "-q", "-m", "init"]);
+    let src = tmp.path().join("src");
+    let bad_url = format!("http://127.0.0.1:{port}/bad.git");
+    for (id, url) in [
+        ("bad", bad_url.clone()),
+        ("good", format!("file://{}", repo.display())),
+    ] {
+        let t = src.join("tasks").join(id);
+        std::fs::create_dir_all(t.join("tests")).unwrap();
+        std::fs::write(
+            t.join("workspace.yaml"),
+            format!("repo: {url}\nversion: \"1\"\nlanguage: bash\n"),
+        )
+        .unwrap();
+        std::fs::write(t.join("prompt.md"), "Create solved.txt.\n").unwrap();
+        std::fs::write(t.join("tests/test_main.sh"), "grep -q solved solved.txt\n").unwrap();
+    }
+    std::fs::create_dir_all(src.join("agent_code")).unwrap();
+    std::fs::write(
+        src.join("agent_code/agent.sh"),
+        "cd \"$REPO_DIR\" && echo solved > solved.txt\n",
+    )
+    .unwrap();
+    let archive = tmp.path().join("batch.tar.gz");
+    let st = Command::new("tar")
+        .args([
+            "czf",
+            archive.to_str().unwrap(),
+            "-C",
+            src.to_str().unwrap(),
+        ])
+        .args(["tasks", "agent_code"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+
+    // Answered while the clone of `bad` cannot have finished (its server has not answered).
+    let (status, body) = submit(&server, &archive, "", &[]).await;
+    assert_eq!(status, 202, "{body}\n{}", server.log());
+    assert_eq!(body["total_tasks"], 2);
+    let id = body["batch_id"].as_str().unwrap().to_string();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(server.ws_url(&format!("/ws?batch_id={id}")))
+            .await
+            .unwrap();
+    // The batch is unpacking and `bad` is cloning, for as long as its server stays silent.
+    poll(&server, &format!("/batch/{id}/task/bad"), 120, |t| {
+        t["status"] == "cloning_repo"
+    })
+    .await;
+    assert_eq!(
+        get(&server, &format!("/batch/{id}")).await["status"],
+        "extracting"
+    );
+    assert_eq!(
+        get(&server, &format!("/batch/{id}/task/good")).await["status"],
+        "cloning_repo"
+    );
+    drop(listener); // the pending connection is reset: the clone fails
+
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+    while let Ok(Some(msg)) = tokio::time::timeout_at(deadline, ws.next()).await {
+        match msg {
+            Ok(tokio_tungstenite::tungstenite::Message::Text(t)) => {
+                events.push(serde_json::from_str::<Value>(&t).unwrap())
+            }
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    assert_eq!(
+        events.last().unwrap()["event"],
+        "stream_closed",
+        "{events:?}\n{}",
+        server.log()
+    );
+    // Each task's statuses as the stream reported them: the snapshot's, then every change.
+    let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for t in events[0]["data"]["tasks"].as_array().unwrap() {
+        seen.entry(t["task_id"].as_str().unwrap().into())
+            .or_default()
+            .push(t["status"].as_str().unwrap().into());
+    }
+    for e in &events[1..] {
+        let status = match e["event"].as_str().unwrap() {
+            "task_status" | "task_complete" => e["data"]["status"].as_str().unwrap(),
+            _ => continue,
+        };
+        let list = seen
+            .entry(e["task_id"].as_str().unwrap().into())
+            .or_default();
+        if list.last().map(String::as_str) != Some(status) {
+            list.push(status.into());
+        }
+    }
+    let strip =
+        |v: &Vec<String>| -> Vec<String> { v.iter().filter(|s| *s != "queued").cloned().collect() };
+    assert_eq!(
+        strip(&seen["good"]),
+        [
+            "cloning_repo",
+            "installing_deps",
+            "running_agent",
+            "running_tests",
+            "completed"
+        ],
+        "{events:?}"
+    );
+    let bad = strip(&seen["bad"]);
+    assert_eq!(
+        bad.first().map(String::as_str),
+        Some("cloning_repo"),
+        "{bad:?}"
+    );
+    assert_eq!(bad.last().map(String::as_str), Some("failed"), "{bad:?}");
+    assert!(
+        !bad.iter()
+            .any(|s| s == "running_agent" || s == "running_tests"),
+        "{bad:?}"
+    );
+
+    let batch = get(&server, &format!("/batch/{id}")).await;
+    assert_eq!(batch["status"], "completed", "{batch}");
+    assert_eq!(batch["total_tasks"], 2);
+    assert_eq!(batch["passed_tasks"], 1);
+    assert_eq!(batch["failed_tasks"], 1);
+    assert_eq!(batch["aggregate_reward"], 0.5);
+    let good = get(&server, &format!("/batch/{id}/task/good")).await;
+    assert_eq!(good["status"], "completed", "{good}");
+    assert_eq!(good["reward"], 1.0);
+    let bad = get(&server, &format!("/batch/{id}/task/bad")).await;
+    assert_eq!(bad["status"], "failed", "{bad}");
+    assert_eq!(bad["passed"], false);
+    let error = bad["error"].as_str().unwrap();
+    assert!(
+        error.contains("git clone failed") && error.contains(&bad_url),
+        "{error}"
+    );
+}
