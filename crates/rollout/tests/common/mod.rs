@@ -171,7 +171,8 @@ pub fn run_task(path: &Path, agent: &str, extra: &[&str]) -> Run {
     run(&args)
 }
 
-/// `git ARGS` in `dir` as a fixed test identity; its trimmed stdout (fails the test on an error).
+/// `git ARGS` in `dir` as a fixed test identity and date (so that commits are reproducible);
+/// its trimmed stdout (fails the test on an error).
 pub fn git(dir: &Path, args: &[&str]) -> String {
     let out = Command::new("git")
         .args([
@@ -183,6 +184,8 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
             "init.defaultBranch=main",
         ])
         .args(args)
+        .env("GIT_AUTHOR_DATE", "2024-01-01T00:00:00Z")
+        .env("GIT_COMMITTER_DATE", "2024-01-01T00:00:00Z")
         .current_dir(dir)
         .output()
         .unwrap();
