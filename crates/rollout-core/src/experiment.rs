@@ -14,7 +14,7 @@
 //!   policy:
 //!     timeout_ms: 600000
 //!     sandbox: {mode: container}                  # container (default) | local
-//!     network: {mode: none}                       # none | full
+//!     network: {mode: none}                       # none | full | allowlist (+ allowed_hosts)
 //!     resources: {cpus: 2, memory_mb: 4096}
 //! benchmark:
 //!   adapter: {command: [python3, grade.py]}       # run per trial after the agent
@@ -55,6 +55,9 @@ pub enum ExperimentNetwork {
     None,
     /// The container's default network.
     Full,
+    /// Only [`Experiment::allowed_hosts`]: the tasks' `network_mode = "allowlist"`, enforced (or
+    /// refused per trial) by the provider exactly as for any task.
+    Allowlist,
 }
 
 /// Exact boundary message of FORMATS.md §5: per-task images need a container sandbox.
@@ -90,6 +93,9 @@ pub struct Experiment {
     pub timeout_ms: Option<u64>,
     pub sandbox: SandboxMode,
     pub network: ExperimentNetwork,
+    /// `runtime.policy.network.allowed_hosts` (with `mode: allowlist`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
     pub cpus: Option<f64>,
     pub memory_mb: Option<u64>,
     /// `benchmark.adapter.command` as one shell command line: the grader run per trial.
@@ -314,17 +320,40 @@ pub fn parse(doc: &Value, file: &Path) -> Result<Experiment, ExperimentError> {
     {
         None | Some("none") => ExperimentNetwork::None,
         Some("full") => ExperimentNetwork::Full,
-        Some("allowlist") | Some("allowlist_enforced") => {
-            r.err("/runtime/policy/network/mode 'allowlist' cannot be enforced by the Docker provider; use 'none' or 'full'");
-            ExperimentNetwork::None
-        }
+        Some("allowlist") | Some("allowlist_enforced") => ExperimentNetwork::Allowlist,
         Some(other) => {
             r.err(format!(
-                "/runtime/policy/network/mode must be 'none' or 'full', found '{other}'"
+                "/runtime/policy/network/mode must be 'none', 'full' or 'allowlist', found '{other}'"
             ));
             ExperimentNetwork::None
         }
     };
+    let allowed_hosts = match network_obj.get("allowed_hosts") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_string)
+            .collect(),
+        Some(_) => {
+            r.err("/runtime/policy/network/allowed_hosts must be a list of host names, addresses or CIDR ranges");
+            Vec::new()
+        }
+    };
+    match network {
+        ExperimentNetwork::Allowlist if allowed_hosts.is_empty() => r.err(
+            "/runtime/policy/network/allowed_hosts is required (a non-empty list) when /runtime/policy/network/mode is 'allowlist'",
+        ),
+        ExperimentNetwork::Allowlist => {
+            if let Err(e) = crate::allowlist::parse(&allowed_hosts) {
+                r.err(format!("/runtime/policy/network/allowed_hosts: {e}"));
+            }
+        }
+        _ if !allowed_hosts.is_empty() => r.err(
+            "/runtime/policy/network/allowed_hosts is only read with /runtime/policy/network/mode 'allowlist'",
+        ),
+        _ => {}
+    }
     let resources = r.object(policy, "/runtime/policy/resources");
     r.keys(
         "/runtime/policy/resources",
@@ -410,6 +439,7 @@ pub fn parse(doc: &Value, file: &Path) -> Result<Experiment, ExperimentError> {
         timeout_ms,
         sandbox,
         network,
+        allowed_hosts,
         cpus,
         memory_mb,
         grader,
@@ -589,6 +619,25 @@ mod tests {
             (Some(2.0), Some(1024), Some(90000))
         );
         assert_eq!(e.grader.as_deref(), Some("python3 grade.py"));
+    }
+
+    #[test]
+    fn an_allowlist_policy_needs_valid_hosts_and_keeps_them() {
+        let mut v = minimal();
+        v["runtime"]["policy"]["network"] =
+            json!({"mode": "allowlist", "allowed_hosts": ["example.com", "10.0.0.0/8"]});
+        let e = parse_json(v.clone()).unwrap();
+        assert_eq!(e.network, ExperimentNetwork::Allowlist);
+        assert_eq!(e.allowed_hosts, ["example.com", "10.0.0.0/8"]);
+        v["runtime"]["policy"]["network"] = json!({"mode": "allowlist"});
+        let e = parse_json(v.clone()).unwrap_err();
+        assert!(
+            e.errors[0].starts_with("/runtime/policy/network/allowed_hosts is required"),
+            "{e}"
+        );
+        v["runtime"]["policy"]["network"] = json!({"mode": "full", "allowed_hosts": ["a.com"]});
+        let e = parse_json(v).unwrap_err();
+        assert!(e.errors[0].contains("only read with"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,14 @@
 //! Docker engine, tagged by the environment's content hash and pushed once to `image_registry`.
 //! The kubeconfig is found the usual way (`KUBECONFIG`, `~/.kube/config`, in-cluster).
 
+/// Why `network_mode = "allowlist"` is refused on Kubernetes (shown in the refusal). A
+/// NetworkPolicy cannot name host names, so an allowlist would need, as on Docker, an egress
+/// proxy that is the pod's only way out, and only a NetworkPolicy can make it the only way:
+/// that holds only where the cluster's CNI plugin enforces NetworkPolicy, which rollout cannot
+/// tell from the API (the local test cluster, dockershim without a CNI plugin, does not; Debian
+/// ships no plugin that does).
+pub const ALLOWLIST_REFUSAL: &str = "pods get no egress proxy: a NetworkPolicy cannot name host names, and one confining the pod to a proxy holds only where the cluster's CNI plugin enforces NetworkPolicy (Calico, Cilium …), which rollout cannot check; run allowlist tasks with --env docker";
+
 pub mod compose;
 mod env;
 pub mod gc;
@@ -902,8 +910,7 @@ impl Provider for KubeProvider {
     /// GPUs become `nvidia.com/gpu` limits (the scheduler places the pod on a node that has
     /// them, or it stays pending until the start timeout); a GPU model cannot be expressed
     /// portably (node labels differ per cluster), so `gpu_types` is refused. An allowlist is
-    /// refused: no NetworkPolicy for host names is emitted (and a cluster may not enforce
-    /// NetworkPolicy at all).
+    /// refused ([`ALLOWLIST_REFUSAL`]).
     fn capabilities(&self) -> rollout_env::Capabilities {
         rollout_env::Capabilities {
             provider: "kubernetes".into(),
@@ -911,9 +918,7 @@ impl Provider for KubeProvider {
                 public: true,
                 none: true,
                 allowlist: Default::default(),
-                allowlist_note: Some(
-                    "host-name egress filtering is not implemented for pods".to_string(),
-                ),
+                allowlist_note: Some(ALLOWLIST_REFUSAL.to_string()),
                 allowlist_compose: false,
             },
             host_mounts: false,

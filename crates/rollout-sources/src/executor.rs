@@ -12,7 +12,8 @@
 //! runtime, the repository checked out at `base_commit` (through the git cache), and the
 //! `install` commands run as build steps. Its generated `tests/test.sh` writes the test files into
 //! the repository, runs every check from the repository, and writes `reward.json`: reward 1 only
-//! when every check passes and there is at least one (the seed's `.all()` of nothing is a bug).
+//! when every check passes. A task without any check gets no `tests/test.sh`, so its trial ends
+//! `task_invalid` before anything runs (the seed's `.all()` of nothing scored 1: a bug).
 //! The unpacked archive lives in rollout's cache, keyed by its content, so a job that uses it can
 //! be resumed.
 
@@ -193,7 +194,7 @@ pub fn load(
             });
             continue;
         }
-        let mut task = Task::load(&dir).map_err(|e| invalid(&dir, e.to_string()))?;
+        let mut task = Task::load_or_invalid(&dir).map_err(|e| invalid(&dir, e.to_string()))?;
         task.dataset = Some(name.clone());
         tasks.push(task);
     }
@@ -454,7 +455,7 @@ fn write_task(
 }
 
 /// Checks (`tests/*.sh`, else `checks.txt` lines) and the other test files, plus the
-/// generated `test.sh` that runs them.
+/// generated `test.sh` that runs them (none when there is no check).
 fn write_tests(src: &Path, tests: &Path) -> Result<(), ExecutorError> {
     let checks_dir = tests.join("checks");
     let files_dir = tests.join("files");
@@ -493,10 +494,15 @@ fn write_tests(src: &Path, tests: &Path) -> Result<(), ExecutorError> {
                     format!("#!/bin/bash\n{line}\n"),
                 )
                 .map_err(io("writing a check"))?;
+                n_checks += 1;
             }
         }
     }
-    std::fs::write(tests.join("test.sh"), TEST_SH).map_err(io("writing test.sh"))?;
+    // A task without checks cannot be scored: like a task directory without tests/test.sh, its
+    // trial ends task_invalid before anything runs (the seed's `.all()` of nothing scored 1).
+    if n_checks > 0 {
+        std::fs::write(tests.join("test.sh"), TEST_SH).map_err(io("writing test.sh"))?;
+    }
     Ok(())
 }
 
@@ -557,6 +563,15 @@ mod tests {
             .collect();
         checks.sort();
         assert_eq!(checks, ["check-001.sh", "check-002.sh"]);
+        assert!(out.path().join("test.sh").is_file());
+
+        // No check at all: no test.sh, so the task is invalid rather than scored.
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join("tests")).unwrap();
+        std::fs::write(src.path().join("tests/data.txt"), "x").unwrap();
+        let out = tempfile::tempdir().unwrap();
+        write_tests(src.path(), out.path()).unwrap();
+        assert!(!out.path().join("test.sh").exists());
     }
 
     #[test]

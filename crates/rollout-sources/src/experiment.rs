@@ -6,6 +6,7 @@
 use crate::jsonl::{self, Materialize, TaskRow};
 use rollout_core::experiment::{Experiment, ExperimentNetwork, ImageSource, AGENT_DIR};
 use rollout_core::job_config::{AgentSpec, DatasetSpec};
+use rollout_core::task_config::NetworkMode;
 use rollout_core::JobConfig;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -56,7 +57,12 @@ pub fn options(exp: &Experiment, row: &TaskRow) -> Materialize {
         env,
         cpus: exp.cpus,
         memory_mb: exp.memory_mb,
-        no_network: Some(exp.network == ExperimentNetwork::None),
+        network_mode: Some(match exp.network {
+            ExperimentNetwork::None => NetworkMode::NoNetwork,
+            ExperimentNetwork::Full => NetworkMode::Public,
+            ExperimentNetwork::Allowlist => NetworkMode::Allowlist,
+        }),
+        allowed_hosts: exp.allowed_hosts.clone(),
     }
 }
 

@@ -54,7 +54,9 @@ fn main() -> ExitCode {
     let code = match cli.command {
         cli::Command::Run(args) => error::report(run::main(*args)),
         cli::Command::Tasks(cli::TasksCommand::Check(args)) => tasks_cmd::check(args),
-        cli::Command::Tasks(cli::TasksCommand::Init(args)) => sources_cmd::tasks_init(args),
+        cli::Command::Tasks(cli::TasksCommand::Init(args)) => {
+            error::report(sources_cmd::tasks_init(args))
+        }
         cli::Command::Jobs(cli::JobsCommand::Resume(args)) => error::report(jobs_cmd::resume(args)),
         cli::Command::Jobs(cli::JobsCommand::Pause(a)) => {
             error::report(jobs_cmd::pause(&a.job_dir))
@@ -71,9 +73,9 @@ fn main() -> ExitCode {
             jobs_cmd::export(&job_dir, format)
         }
         cli::Command::Datasets(cli::DatasetsCommand::List { registry }) => {
-            sources_cmd::datasets_list(&registry)
+            error::report(sources_cmd::datasets_list(&registry))
         }
-        cli::Command::Cache(cmd) => sources_cmd::cache(cmd),
+        cli::Command::Cache(cmd) => error::report(sources_cmd::cache(cmd)),
         cli::Command::Gc(args) => error::report(gc::main(args)),
         cli::Command::Preflight(args) => error::report(run::preflight(args)),
         cli::Command::Prov(cmd) => rollout_prov::group::main(cmd),

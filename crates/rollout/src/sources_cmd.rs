@@ -1,18 +1,13 @@
 //! `rollout datasets list`, `rollout cache ls|clean`, `rollout tasks init`.
 
 use crate::cli::{CacheCommand, InitArgs};
+use crate::error::{CliError, CliResult};
 use crate::exit;
 use rollout_sources::git::GitCache;
 use rollout_sources::registry::Registry;
 
-pub fn datasets_list(registry: &str) -> u8 {
-    let reg = match Registry::load(registry) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return exit::USAGE;
-        }
-    };
+pub fn datasets_list(registry: &str) -> CliResult {
+    let reg = Registry::load(registry).map_err(CliError::usage)?;
     let width = reg
         .datasets
         .iter()
@@ -33,32 +28,25 @@ pub fn datasets_list(registry: &str) -> u8 {
             d.description
         );
     }
-    exit::OK
+    Ok(exit::OK)
 }
 
 fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
 
-pub fn cache(cmd: CacheCommand) -> u8 {
+pub fn cache(cmd: CacheCommand) -> CliResult {
     let root = rollout_core::cache_root();
     let git = GitCache::new(GitCache::default_root());
     let others = ["archives", "jsonl", "code-agents"];
     match cmd {
         CacheCommand::Ls => {
             println!("cache: {}", root.display());
-            match git.list() {
-                Ok(entries) => {
-                    for e in &entries {
-                        println!("git       {}  {}  {}", e.url, e.commit, mib(e.bytes));
-                    }
-                    println!("git: {} checkout(s)", entries.len());
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::TRIAL_ERRORS;
-                }
+            let entries = git.list().map_err(CliError::failed)?;
+            for e in &entries {
+                println!("git       {}  {}  {}", e.url, e.commit, mib(e.bytes));
             }
+            println!("git: {} checkout(s)", entries.len());
             for d in others {
                 let dir = root.join(d);
                 let n = std::fs::read_dir(&dir).map(|r| r.count()).unwrap_or(0);
@@ -68,37 +56,30 @@ pub fn cache(cmd: CacheCommand) -> u8 {
                     mib(rollout_core::digest::tree_bytes(&dir))
                 );
             }
-            exit::OK
+            Ok(exit::OK)
         }
         CacheCommand::Clean => {
-            let mut freed = match git.clean() {
-                Ok(b) => b,
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return exit::TRIAL_ERRORS;
-                }
-            };
+            let mut freed = git.clean().map_err(CliError::failed)?;
             for d in others {
                 let dir = root.join(d);
                 freed += rollout_core::digest::tree_bytes(&dir);
-                if let Err(e) = std::fs::remove_dir_all(&dir) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        eprintln!("error: removing {}: {e}", dir.display());
-                        return exit::TRIAL_ERRORS;
+                match std::fs::remove_dir_all(&dir) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(CliError::failed(format!("removing {}: {e}", dir.display())))
                     }
+                    _ => {}
                 }
             }
             println!("freed {}", mib(freed));
-            exit::OK
+            Ok(exit::OK)
         }
     }
 }
 
-pub fn tasks_init(args: InitArgs) -> u8 {
+pub fn tasks_init(args: InitArgs) -> CliResult {
     let dir = args.dir.join(&args.name);
     if dir.exists() {
-        eprintln!("error: {} already exists", dir.display());
-        return exit::USAGE;
+        return Err(CliError::usage(format!("{} already exists", dir.display())));
     }
     let files: [(&str, String, bool); 5] = [
         ("instruction.md", format!("# {}\n\nDescribe the task for the agent here.\n", args.name), false),
@@ -132,11 +113,8 @@ pub fn tasks_init(args: InitArgs) -> u8 {
                 let mode = if exec { 0o755 } else { 0o644 };
                 std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
             });
-        if let Err(e) = res {
-            eprintln!("error: writing {}: {e}", path.display());
-            return exit::TRIAL_ERRORS;
-        }
+        res.map_err(|e| CliError::failed(format!("writing {}: {e}", path.display())))?;
     }
     println!("created {}: edit instruction.md, solution/solve.sh and tests/test.sh, then `rollout tasks check {}`", dir.display(), dir.display());
-    exit::OK
+    Ok(exit::OK)
 }

@@ -462,27 +462,7 @@ fn start_server(data: &Path) -> Server {
 /// An executor archive with one task (`check` is its test script) and `agent` as the agent.
 fn executor_archive(root: &Path, agent: &str, check: &str) -> PathBuf {
     let src = root.join("src");
-    let repo = root.join("proj");
-    std::fs::create_dir_all(&repo).unwrap();
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-            .args(args)
-            .current_dir(&repo)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    git(&["init", "-q"]);
-    std::fs::write(repo.join("README.md"), "project\n").unwrap();
-    git(&["add", "-A"]);
-    git(&["commit", "-q", "-m", "init"]);
-    let commit = git(&["rev-parse", "HEAD"]);
+    let (repo, commit) = git_repo(&root.join("proj"));
     let t = src.join("tasks/hostile");
     std::fs::create_dir_all(t.join("tests")).unwrap();
     std::fs::write(

@@ -1,10 +1,14 @@
 //! One way into the runner (issue 20): the same task gets the same outcome whichever entry point
-//! runs it. Edge tasks (no network, no tests/test.sh, an invalid task.toml, a compose task, a
-//! plain task, a network allowlist (enforced on Docker by the egress proxy), a task asking for a
-//! GPU this machine lacks, refused per trial as `environment_unsupported`) go through `rollout run`,
-//! `rollout jobs resume`, `rollout preflight` and `rollout serve`'s `/api/v1/jobs`; an experiment
-//! goes through run, resume and preflight; an executor archive through `rollout run --archive` and
-//! `rollout serve`'s `/submit`. Against the real Docker engine.
+//! runs it. Six edge tasks (a network allowlist, enforced on Docker by the egress proxy; no
+//! network; no tests/test.sh; an invalid task.toml; a compose task; a plain task), and a task
+//! asking for a GPU this machine lacks (refused per trial as `environment_unsupported`), go
+//! through `rollout run`, `rollout jobs resume`, `rollout preflight`, an experiment file
+//! (`rollout run exp.yaml` and `rollout preflight exp.yaml`), `rollout serve`'s `/submit`
+//! (term-executor archive) and its `/api/v1/jobs`. Against the real Docker engine.
+//!
+//! The experiment and executor formats cannot say everything a task directory can; each such
+//! case goes through its closest equivalent, and [`experiment_case`] and [`executor_case`] say
+//! why. A well-formed task always gets the same outcome through every door.
 
 mod common;
 
@@ -247,6 +251,19 @@ async fn get(server: &Server, path: &str) -> Value {
         .unwrap()
 }
 
+/// POST a multipart body to the server: the status and the JSON answer.
+async fn post(server: &Server, path: &str, fields: &[(&str, Option<&str>, &[u8])]) -> (u16, Value) {
+    let (ct, body) = multipart(fields);
+    let r = client()
+        .post(server.url(path))
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 /// Poll the job (bounded) until it is final; its trials' results.
 async fn finished_trials(server: &Server, job_path: &str, trials_path: &str) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(600);
@@ -287,23 +304,19 @@ async fn via_api(server: &Server, task: &Path, scratch: &Path, name: &str) -> Ou
     let archive = scratch.join(format!("api-{name}.tar.gz"));
     tar_gz(&src, &["tasks"], &archive);
     let config = json!({"agents": [{"name": "oracle"}], "datasets": [{"path": "tasks"}]});
-    let (ct, body) = multipart(&[
-        ("config", None, config.to_string().as_bytes()),
-        (
-            "archive",
-            Some("tasks.tar.gz"),
-            &std::fs::read(&archive).unwrap(),
-        ),
-    ]);
-    let r = client()
-        .post(server.url("/api/v1/jobs"))
-        .header("content-type", ct)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let v: Value = r.json().await.unwrap();
+    let (status, v) = post(
+        server,
+        "/api/v1/jobs",
+        &[
+            ("config", None, config.to_string().as_bytes()),
+            (
+                "archive",
+                Some("tasks.tar.gz"),
+                &std::fs::read(&archive).unwrap(),
+            ),
+        ],
+    )
+    .await;
     if status == 400 {
         return Outcome::Refused;
     }
@@ -319,19 +332,206 @@ async fn via_api(server: &Server, task: &Path, scratch: &Path, name: &str) -> Ou
     trial_outcome(&trials[0]["result"])
 }
 
+/// The grader of the plain rows and checks: the agent wrote `ok` to answer.txt.
+const ANSWER_CHECK: &str = "[ \"$(cat answer.txt 2>/dev/null)\" = ok ]";
+/// Exits 0 only when nothing outside answers (the no-network task's own test, as a check).
+const NO_NETWORK_CHECK: &str =
+    "if timeout 10 bash -c 'exec 3<>/dev/tcp/deb.debian.org/80' 2>/dev/null; then exit 1; fi";
+
+/// The experiment equivalent of an edge task: a `task_boundary_v2` row and the experiment's
+/// network policy (YAML). AgentLab's shape sets the network per experiment
+/// (`runtime.policy.network`), not per row, so each task is its own one-row experiment; rows name
+/// an image rather than an environment directory, so:
+/// - `compose`: a row cannot describe services; its closest equivalent is the plain row.
+/// - `bad-toml`: a row has no task.toml; its equivalent is a malformed row, and the format checks
+///   its dataset file whole (FORMATS.md §5, as `rollout run rows.jsonl`): the experiment is
+///   refused before anything runs (exit 2, no run directory) where run ends the task's trial
+///   `task_invalid`. Both are "not runnable", which preflight reports alike.
+/// - `no-tests`: a row without a grader (and no benchmark adapter): a task without
+///   tests/test.sh, `task_invalid` like the directory.
+/// - `gpu`: the experiment has no GPU setting (`resources` are cpus and memory): not a case.
+fn experiment_case(name: &str) -> Option<(Value, &'static str)> {
+    let row = |extra: Value| {
+        let mut task = json!({"id": name, "instruction": "Write ok to answer.txt."});
+        task.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        json!({"schema_version": "task_boundary_v2", "task": task,
+               "workspace_files": {"README.md": "edge task\n"}})
+    };
+    let graded = row(json!({"grader": ANSWER_CHECK}));
+    Some(match name {
+        "plain" | "compose" => (graded, "{mode: full}"),
+        "no-network" => (row(json!({"grader": NO_NETWORK_CHECK})), "{mode: none}"),
+        "allowlist" => (graded, "{mode: allowlist, allowed_hosts: [example.com]}"),
+        "no-tests" => (row(json!({})), "{mode: full}"),
+        "bad-toml" => (
+            row(json!({"grader": ANSWER_CHECK, "workspace": "../outside"})),
+            "{mode: full}",
+        ),
+        _ => return None,
+    })
+}
+
+/// `rollout run exp.yaml` of the one-row experiment of `name`, and whether `rollout preflight
+/// exp.yaml` passes.
+fn via_experiment(name: &str, root: &Path) -> Option<(Outcome, bool)> {
+    let (row, network) = experiment_case(name)?;
+    let dir = root.join(format!("exp-{name}"));
+    write(&dir, "rows.jsonl", &format!("{row}\n"));
+    let exp = dir.join("experiment.yaml");
+    write(
+        &dir,
+        "experiment.yaml",
+        &format!(
+            "experiment: {{id: {name}}}\ndataset: {{path: rows.jsonl}}\n\
+             design: {{replications: 1, max_concurrency: 1}}\n\
+             runtime:\n  agent:\n    command: echo ok > answer.txt\n    image: debian:bookworm-slim\n\
+             \x20 policy:\n    timeout_ms: 120000\n    network: {network}\n    resources: {{cpus: 1, memory_mb: 512}}\n"
+        ),
+    );
+    let (preflight_ok, _) = via_preflight(&[exp.to_str().unwrap()], root);
+    let runs = root.join("runs");
+    let job = format!("exp-{name}");
+    let out = rollout_cmd()
+        .current_dir(root)
+        .args(["run", exp.to_str().unwrap(), "-o", runs.to_str().unwrap()])
+        .args(["--job-name", &job])
+        .output()
+        .unwrap();
+    let outcome = job_outcome(out.status.code(), &runs.join(&job), &out);
+    if outcome == Outcome::Refused {
+        assert!(
+            !runs.join(&job).exists(),
+            "a refused run leaves no directory"
+        );
+    }
+    Some((outcome, preflight_ok))
+}
+
+/// The executor-archive equivalent of an edge task: its `tasks/<id>/` files (term-executor's
+/// format, FORMATS.md §4) as (relative path, content). The format has no network policy and no
+/// services: a batch's tasks run with the default network in one container each, so
+/// `no-network`, `allowlist` and `compose` have as closest equivalent the plain task (a check
+/// that needs no network), which must then score as those tasks do. `no-tests` is a task without
+/// any check (`task_invalid`, like the directory). `bad-toml` is a task whose workspace.yaml
+/// lacks the required `repo`: `/submit` checks an archive whole and answers 400 (the archive is
+/// refused, as an invalid task.toml makes the task not runnable). No GPU setting: `gpu` is not
+/// a case.
+fn executor_case(name: &str, repo: &Path, commit: &str) -> Option<Vec<(String, String)>> {
+    let workspace = format!(
+        "repo: file://{}\nversion: \"1\"\nbase_commit: {commit}\nlanguage: bash\n",
+        repo.display()
+    );
+    let mut files = vec![(
+        "prompt.md".to_string(),
+        "Write ok to answer.txt.\n".to_string(),
+    )];
+    match name {
+        "plain" | "no-network" | "allowlist" | "compose" => {
+            files.push(("workspace.yaml".into(), workspace));
+            files.push(("tests/test_answer.sh".into(), format!("{ANSWER_CHECK}\n")));
+        }
+        "no-tests" => files.push(("workspace.yaml".into(), workspace)),
+        "bad-toml" => {
+            files.push(("workspace.yaml".into(), "version: \"1\"\n".into()));
+            files.push(("tests/test_answer.sh".into(), format!("{ANSWER_CHECK}\n")));
+        }
+        _ => return None,
+    }
+    Some(files)
+}
+
+/// `POST /submit` of an archive holding the executor equivalents of `names` and an agent that
+/// writes `ok`: each task's outcome (all [`Outcome::Refused`] on a 400).
+async fn via_submit(
+    server: &Server,
+    names: &[&str],
+    root: &Path,
+    label: &str,
+) -> BTreeMap<String, Outcome> {
+    let (repo, commit) = git_repo(&root.join(format!("repo-{label}")));
+    let src = root.join(format!("submit-{label}"));
+    for name in names {
+        for (rel, content) in executor_case(name, &repo, &commit).unwrap() {
+            write(&src.join("tasks").join(name), &rel, &content);
+        }
+    }
+    write(
+        &src,
+        "agent_code/agent.sh",
+        "cd \"$REPO_DIR\" && echo ok > answer.txt\n",
+    );
+    let archive = root.join(format!("submit-{label}.tar.gz"));
+    tar_gz(&src, &["tasks", "agent_code"], &archive);
+    match submit(server, &archive).await {
+        Some(id) => batch_outcomes(server, &id).await,
+        None => names
+            .iter()
+            .map(|n| (n.to_string(), Outcome::Refused))
+            .collect(),
+    }
+}
+
+/// `POST /submit` of `archive`: the batch id, or None when the archive is refused (400).
+async fn submit(server: &Server, archive: &Path) -> Option<String> {
+    let archive = std::fs::read(archive).unwrap();
+    let (status, v) = post(
+        server,
+        "/submit",
+        &[("archive", Some("batch.tar.gz"), archive.as_slice())],
+    )
+    .await;
+    if status == 400 {
+        return None;
+    }
+    assert_eq!(status, 202, "{v}\n{}", server.log());
+    Some(v["batch_id"].as_str().unwrap().to_string())
+}
+
+/// The outcome of every task of the batch `id`, once it is final.
+async fn batch_outcomes(server: &Server, id: &str) -> BTreeMap<String, Outcome> {
+    finished_trials(
+        server,
+        &format!("/api/v1/jobs/{id}"),
+        &format!("/api/v1/jobs/{id}/trials"),
+    )
+    .await
+    .iter()
+    .map(|t| {
+        (
+            t["task_name"].as_str().unwrap().to_string(),
+            trial_outcome(&t["result"]),
+        )
+    })
+    .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_entry_point_gives_each_edge_task_the_same_outcome() {
     require_docker();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
     let tasks = edge_tasks(&root.join("tasks"));
+    let parent = root.to_str().unwrap().to_string();
     let server = Server::spawn(
         &root.join("data"),
         &root.join("cache"),
         &root.join("server.log"),
-        &[],
+        // The executor archives' repositories are local.
+        &["--allow-local-paths", parent.as_str()],
         &[],
     );
+    // `/submit`: the well-formed tasks in one archive (their trials run side by side, each
+    // scored alone), the malformed one in another.
+    let well_formed: Vec<&str> = tasks
+        .keys()
+        .copied()
+        .filter(|n| executor_case(n, root, "0").is_some() && *n != "bad-toml")
+        .collect();
+    let mut by_submit = via_submit(&server, &well_formed, root, "batch").await;
+    by_submit.extend(via_submit(&server, &["bad-toml"], root, "bad").await);
+    assert_eq!(by_submit.len(), 6, "{by_submit:?}");
     let mut table = Vec::new();
     for (name, task) in &tasks {
         let (t, j) = (task.clone(), root.join("jobs"));
@@ -353,8 +553,13 @@ async fn every_entry_point_gives_each_edge_task_the_same_outcome() {
         .await
         .unwrap();
         let api = via_api(&server, task, root, name).await;
+        let (n, r) = (name.to_string(), root.to_path_buf());
+        let experiment = tokio::task::spawn_blocking(move || via_experiment(&n, &r))
+            .await
+            .unwrap();
+        let submit = by_submit.get(*name).cloned();
         eprintln!(
-            "{name:<12} run {run:?}  resume {resume:?}  api {api:?}  preflight ok {preflight_ok}"
+            "{name:<12} run {run:?}  resume {resume:?}  api {api:?}  preflight ok {preflight_ok}  experiment {experiment:?}  submit {submit:?}"
         );
         assert_eq!(resume, run, "{name}: resume and run disagree");
         assert_eq!(api, run, "{name}: serve /api/v1/jobs and run disagree");
@@ -363,6 +568,29 @@ async fn every_entry_point_gives_each_edge_task_the_same_outcome() {
             run.runnable(),
             "{name}: preflight and run disagree ({run:?}): {report:#}"
         );
+        // The experiment and the executor archive: the same outcome, except that a malformed
+        // entry refuses its whole file (see experiment_case, executor_case); preflight agrees.
+        let same_or_refused = |other: &Outcome| {
+            if name == &"bad-toml" {
+                assert_eq!(run, Outcome::Error("task_invalid".into()));
+                assert_eq!(other, &Outcome::Refused, "{name}");
+            } else {
+                assert_eq!(other, &run, "{name}: {other:?} and run {run:?} disagree");
+            }
+        };
+        match (&experiment, &submit) {
+            (Some((outcome, preflight_ok)), Some(submitted)) => {
+                same_or_refused(outcome);
+                same_or_refused(submitted);
+                assert_eq!(
+                    *preflight_ok,
+                    run.runnable(),
+                    "{name}: preflight of the experiment and run disagree"
+                );
+            }
+            (None, None) => assert_eq!(name, &"gpu", "only gpu has no equivalent"),
+            other => panic!("{name}: {other:?}"),
+        }
         table.push((*name, run));
     }
     // And each outcome is the one the task asks for.
@@ -378,34 +606,12 @@ async fn every_entry_point_gives_each_edge_task_the_same_outcome() {
     }
 }
 
-/// A git repository for executor archives to check out.
-fn git_repo(root: &Path) -> (PathBuf, String) {
-    let repo = root.join("proj");
-    std::fs::create_dir_all(&repo).unwrap();
-    let git = |args: &[&str]| {
-        let out = Command::new("git")
-            .args(["-c", "user.name=t", "-c", "user.email=t@t"])
-            .args(args)
-            .current_dir(&repo)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}: {}", text(&out));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
-    git(&["init", "-q"]);
-    std::fs::write(repo.join("README.md"), "project\n").unwrap();
-    git(&["add", "-A"]);
-    git(&["commit", "-q", "-m", "init"]);
-    let commit = git(&["rev-parse", "HEAD"]);
-    (repo, commit)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_executor_archive_scores_the_same_through_run_and_submit() {
     require_docker();
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path();
-    let (repo, commit) = git_repo(root);
+    let (repo, commit) = git_repo(&root.join("proj"));
     let src = root.join("src");
     for (id, check) in [
         ("solvable", "grep -q solved solved.txt\n"),
@@ -451,17 +657,7 @@ async fn an_executor_archive_scores_the_same_through_run_and_submit() {
         "a reward of 0 is no error: {}",
         text(&out)
     );
-    let mut by_run = BTreeMap::new();
-    for e in std::fs::read_dir(jobs.join("run")).unwrap() {
-        let p = e.unwrap().path().join("result.json");
-        if p.is_file() {
-            let r = read_json(&p);
-            by_run.insert(
-                r["task_name"].as_str().unwrap().to_string(),
-                trial_outcome(&r),
-            );
-        }
-    }
+    let by_run = experiment_outcomes(&jobs.join("run"));
 
     // rollout serve: POST /submit
     let parent = root.to_str().unwrap().to_string();
@@ -472,36 +668,10 @@ async fn an_executor_archive_scores_the_same_through_run_and_submit() {
         &["--allow-local-paths", parent.as_str()],
         &[],
     );
-    let (ct, body) = multipart(&[(
-        "archive",
-        Some("batch.tar.gz"),
-        &std::fs::read(&archive).unwrap(),
-    )]);
-    let r = client()
-        .post(server.url("/submit"))
-        .header("content-type", ct)
-        .body(body)
-        .send()
+    let id = submit(&server, &archive)
         .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 202, "{}", server.log());
-    let v: Value = r.json().await.unwrap();
-    let id = v["batch_id"].as_str().unwrap().to_string();
-    let trials = finished_trials(
-        &server,
-        &format!("/api/v1/jobs/{id}"),
-        &format!("/api/v1/jobs/{id}/trials"),
-    )
-    .await;
-    let by_submit: BTreeMap<String, Outcome> = trials
-        .iter()
-        .map(|t| {
-            (
-                t["task_name"].as_str().unwrap().to_string(),
-                trial_outcome(&t["result"]),
-            )
-        })
-        .collect();
+        .expect("the archive is accepted");
+    let by_submit = batch_outcomes(&server, &id).await;
     eprintln!("run {by_run:?}\nsubmit {by_submit:?}");
     assert_eq!(by_submit, by_run);
     assert_eq!(by_run["solvable"], Outcome::Reward("1.0".into()));
@@ -512,7 +682,7 @@ fn agentlab(name: &str) -> PathBuf {
     repo().join("tests/fixtures/agentlab").join(name)
 }
 
-/// The experiment's trials as outcomes, by task id (from the seed's layout).
+/// The trials of the job (or experiment run) directory `run` as outcomes, by task name.
 fn experiment_outcomes(run: &Path) -> BTreeMap<String, Outcome> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(run).unwrap() {
@@ -572,7 +742,7 @@ fn an_experiment_gets_the_same_outcome_through_run_resume_and_preflight() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(experiment_outcomes(&run), by_run);
 
-    // A network policy no provider here can enforce: refused by preflight and by run alike.
+    // An allowlist policy without its hosts: refused by preflight and by run alike.
     let text_of = std::fs::read_to_string(&exp).unwrap();
     let allow = dir.join("allowlist.yaml");
     std::fs::write(&allow, text_of.replace("mode: none", "mode: allowlist")).unwrap();
@@ -584,5 +754,11 @@ fn an_experiment_gets_the_same_outcome_through_run_resume_and_preflight() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/runtime/policy/network/allowed_hosts is required"),
+        "{}",
+        text(&out)
+    );
     assert!(!tmp.path().join(".lab/runs/refused").exists());
 }

@@ -749,6 +749,42 @@ fn outcomes(run: &Run) -> BTreeMap<String, (Value, Option<String>)> {
 }
 
 #[test]
+fn an_allowlist_task_is_refused_on_the_cluster_naming_why() {
+    // This cluster does not enforce NetworkPolicy (docs/kubernetes.md): an allowlist must be
+    // refused, never run with the network it did not ask for.
+    let tmp = tempfile::tempdir().unwrap();
+    let t = tmp.path().join("allowlist");
+    let write = common::compose_task::write;
+    write(&t, "instruction.md", "Nothing to do.\n");
+    write(
+        &t,
+        "task.toml",
+        "version = \"1.0\"\n[environment]\ndocker_image = \"debian:bookworm-slim\"\nnetwork_mode = \"allowlist\"\nallowed_hosts = [\"example.com\"]\n",
+    );
+    write(&t, "solution/solve.sh", "#!/bin/bash\ntrue\n");
+    write(
+        &t,
+        "tests/test.sh",
+        "#!/bin/bash\necho 1 > /logs/verifier/reward.txt\n",
+    );
+    let run = run_k8s(&["-p", t.to_str().unwrap(), "-a", "oracle"], &[]);
+    let trial = run.trial();
+    assert_eq!(
+        error_type(&trial),
+        Some("environment_unsupported"),
+        "{trial}"
+    );
+    let message = trial["error"]["message"].as_str().unwrap();
+    assert!(
+        message
+            .contains("network_mode = \"allowlist\" cannot be enforced by the kubernetes provider")
+            && message.contains(rollout_kube::ALLOWLIST_REFUSAL),
+        "{message}"
+    );
+    assert_no_pods(&job_id(&run.job_dir));
+}
+
+#[test]
 fn docker_and_the_cluster_give_the_same_outcome_trial_by_trial() {
     // One set of tasks, run on Docker and on the cluster: a normal task, one whose verifier
     // installs from the package mirrors (apt's index from deb.debian.org, a small pure-Python
