@@ -61,7 +61,7 @@ pub struct Recipe {
 }
 
 /// The known CLI agents.
-pub const RECIPES: [Recipe; 9] = [
+pub const RECIPES: [Recipe; 10] = [
     Recipe {
         name: "claude-code",
         runtime: Runtime::Node,
@@ -80,13 +80,14 @@ pub const RECIPES: [Recipe; 9] = [
         name: "codex",
         runtime: Runtime::Node,
         package: "@openai/codex",
-        command: "codex exec --full-auto --skip-git-repo-check {model_flag} -- {instruction}",
+        // "$@": the model provider flags of `provider_setup` (OPENAI_BASE_URL).
+        command: "codex exec --json --dangerously-bypass-approvals-and-sandbox --skip-git-repo-check \"$@\" {model_flag} -- {instruction}",
         model_flag: "--model {model}",
         env_keys: &["OPENAI_API_KEY", "OPENAI_BASE_URL"],
         fixed_env: &[],
         logs: &["$HOME/.codex/sessions"],
-        stream_log: "",
-        fatal: "",
+        stream_log: "codex.jsonl",
+        fatal: r"unexpected status (401|403|404) ",
         unavailable: "",
         min_python: "",
     },
@@ -94,12 +95,12 @@ pub const RECIPES: [Recipe; 9] = [
         name: "aider",
         runtime: Runtime::Python,
         package: "aider-chat",
-        command: "aider --yes-always --no-auto-commits --no-check-update --no-pretty {model_flag} --message {instruction}",
+        command: "aider --yes-always --no-auto-commits --no-git --no-check-update --no-pretty --no-show-model-warnings --no-analytics --analytics-log /logs/agent/aider.analytics.jsonl {model_flag} --message {instruction}",
         model_flag: "--model {model}",
         env_keys: &["OPENAI_API_KEY", "OPENAI_API_BASE", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY", "DEEPSEEK_API_KEY"],
         fixed_env: &[],
         logs: &[".aider.chat.history.md", ".aider.input.history"],
-        stream_log: "",
+        stream_log: "aider.txt",
         fatal: "",
         unavailable: "",
         min_python: "",
@@ -108,12 +109,13 @@ pub const RECIPES: [Recipe; 9] = [
         name: "opencode",
         runtime: Runtime::Node,
         package: "opencode-ai",
-        command: "opencode run {model_flag} -- {instruction}",
-        model_flag: "--model {model}",
-        env_keys: &["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY"],
+        // "$@": `--model`, set by `provider_setup` (which registers OPENAI_BASE_URL's provider).
+        command: "opencode run --format json --auto \"$@\" -- {instruction}",
+        model_flag: "",
+        env_keys: &["OPENAI_API_KEY", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY"],
         fixed_env: &[],
         logs: &["$HOME/.local/share/opencode"],
-        stream_log: "",
+        stream_log: "opencode.jsonl",
         fatal: "",
         unavailable: "",
         min_python: "",
@@ -159,10 +161,10 @@ pub const RECIPES: [Recipe; 9] = [
         package: "mini-swe-agent",
         command: "mini --yolo --exit-immediately {model_flag} --output /logs/agent/mini-swe-agent.traj.json --task {instruction}",
         model_flag: "--model {model}",
-        env_keys: &["OPENAI_API_KEY", "ANTHROPIC_API_KEY", "MSWEA_MODEL_NAME", "OPENROUTER_API_KEY"],
-        fixed_env: &[("MSWEA_CONFIGURED", "true")],
+        env_keys: &["OPENAI_API_KEY", "OPENAI_API_BASE", "OPENAI_BASE_URL", "ANTHROPIC_API_KEY", "MSWEA_MODEL_NAME", "OPENROUTER_API_KEY"],
+        fixed_env: &[("MSWEA_CONFIGURED", "true"), ("MSWEA_COST_TRACKING", "ignore_errors")],
         logs: &[],
-        stream_log: "",
+        stream_log: "mini-swe-agent.txt",
         fatal: "",
         unavailable: "",
         min_python: "",
@@ -198,6 +200,21 @@ pub const RECIPES: [Recipe; 9] = [
                       official package); it installs only through the script at cursor.com, \
                       which rollout does not fetch. Run it as a command agent (`install:`/\
                       `execute:` in a job file) from an image that already has it",
+        min_python: "",
+    },
+    Recipe {
+        name: "qwen-code",
+        runtime: Runtime::Node,
+        package: "@qwen-code/qwen-code",
+        // The prompt is positional (its `--prompt` is deprecated; `--` is not accepted).
+        command: "qwen --yolo --auth-type openai --output-format stream-json {model_flag} {instruction}",
+        model_flag: "--model {model}",
+        env_keys: &["OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_MODEL"],
+        fixed_env: &[("QWEN_CODE_SUPPRESS_YOLO_WARNING", "1")],
+        logs: &["$HOME/.qwen/projects"],
+        stream_log: "qwen-code.txt",
+        fatal: "",
+        unavailable: "",
         min_python: "",
     },
 ];
@@ -355,25 +372,46 @@ pub fn run_script_with(
         format!("{command}\nstatus=$?\n")
     } else {
         let stream = format!("/logs/agent/{}", recipe.stream_log);
-        let watch = if recipe.fatal.is_empty() {
+        let done = done_marker(recipe.name);
+        let watch = if recipe.fatal.is_empty() && done.is_empty() {
             String::new()
         } else {
-            format!(
-                "while kill -0 \"$pid\" 2>/dev/null; do\n\
-                 \x20 if grep -Eq {fatal} {stream} 2>/dev/null; then\n\
-                 \x20   echo 'rollout: {name} reported a provider failure that retrying cannot fix (see {stream}); stopping it' >&2\n\
-                 \x20   kill \"$pid\" 2>/dev/null || true\n\
-                 \x20   (sleep 5; kill -9 \"$pid\" 2>/dev/null || true) &\n\
-                 \x20   break\n\
-                 \x20 fi\n\
-                 \x20 sleep 1\n\
-                 done\n",
-                fatal = shell_quote(recipe.fatal),
-                name = recipe.name,
-            )
+            let fatal = if recipe.fatal.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "\x20 if grep -Eq {fatal} {stream} 2>/dev/null; then\n\
+                     \x20   echo 'rollout: {name} reported a provider failure that retrying cannot fix (see {stream}); stopping it' >&2\n\
+                     \x20   kill \"$pid\" 2>/dev/null || true\n\
+                     \x20   (sleep 5; kill -9 \"$pid\" 2>/dev/null || true) &\n\
+                     \x20   break\n\
+                     \x20 fi\n",
+                    fatal = shell_quote(recipe.fatal),
+                    name = recipe.name,
+                )
+            };
+            let done = if done.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "\x20 if grep -Eq {done} {stream} 2>/dev/null; then\n\
+                     \x20   for _ in 1 2 3 4 5; do kill -0 \"$pid\" 2>/dev/null || break; sleep 1; done\n\
+                     \x20   if kill -0 \"$pid\" 2>/dev/null; then\n\
+                     \x20     echo 'rollout: {name} wrote its final event but did not exit; stopping it' >&2\n\
+                     \x20     kill \"$pid\" 2>/dev/null || true\n\
+                     \x20     (sleep 5; kill -9 \"$pid\" 2>/dev/null || true) &\n\
+                     \x20     finished=1\n\
+                     \x20   fi\n\
+                     \x20   break\n\
+                     \x20 fi\n",
+                    done = shell_quote(done),
+                    name = recipe.name,
+                )
+            };
+            format!("while kill -0 \"$pid\" 2>/dev/null; do\n{fatal}{done}\x20 sleep 1\ndone\n")
         };
         format!(
-            "mkdir -p /logs/agent 2>/dev/null || true\n{command} > {stream} < /dev/null &\npid=$!\n{watch}wait \"$pid\"\nstatus=$?\n"
+            "mkdir -p /logs/agent 2>/dev/null || true\nfinished=0\n{command} > {stream} < /dev/null &\npid=$!\n{watch}wait \"$pid\"\nstatus=$?\nif [ \"$finished\" = 1 ]; then status=0; fi\n"
         )
     };
     let mut script = format!("export PATH=\"/usr/local/bin:/opt/rollout-agent/bin:$PATH\"\nexport ROLLOUT_TASK_INSTRUCTION=\"${{ROLLOUT_TASK_INSTRUCTION:-{instruction_path}}}\"\n{}{run}", setup.script);
@@ -464,6 +502,7 @@ pub fn native_setup(
         "gemini-cli" => Some("$HOME/.gemini/skills"),
         "opencode" => Some("$HOME/.config/opencode/skills"),
         "goose" => Some("$HOME/.config/goose/skills"),
+        "qwen-code" => Some("$HOME/.qwen/skills"),
         _ => None,
     };
     if !servers.is_empty() {
@@ -689,6 +728,51 @@ pub fn native_setup(
     Ok(setup)
 }
 
+/// Shell lines pointing `recipe` at the OpenAI-compatible endpoint in `OPENAI_BASE_URL` when it
+/// is set (run before the agent, in its shell; they may set the positional parameters `"$@"`
+/// that the agent's command passes on), for agents that do not read the variable themselves.
+///
+/// - codex: a model provider `rollout` (`-c model_provider=…`, Responses API, key from
+///   `OPENAI_API_KEY`); codex's built-in `openai` provider ignores the variable.
+/// - opencode: a provider `rollout` (`@ai-sdk/openai-compatible`, Chat Completions) merged into
+///   `~/.config/opencode/opencode.json`, registering the model given (without any
+///   `provider/` prefix) as `rollout/MODEL`; without the variable `--model` is passed as given.
+pub fn provider_setup(recipe: &Recipe, model: Option<&str>) -> String {
+    match recipe.name {
+        "codex" => "if [ -n \"${OPENAI_BASE_URL:-}\" ]; then set -- -c 'model_provider=\"rollout\"' \
+             -c \"model_providers.rollout={name=\\\"rollout\\\",base_url=\\\"$OPENAI_BASE_URL\\\",env_key=\\\"OPENAI_API_KEY\\\",wire_api=\\\"responses\\\"}\"; fi\n"
+            .to_string(),
+        "opencode" => {
+            let bare = model.map(|m| m.split_once('/').map_or(m, |(_, name)| name));
+            let merge = r#"const fs=require("fs"),path=require("path");const f=path.join(process.env.HOME,".config/opencode/opencode.json");let c={};try{c=JSON.parse(fs.readFileSync(f,"utf8"))}catch(e){}c["$schema"]="https://opencode.ai/config.json";c.autoupdate=false;c.share="disabled";c.provider=c.provider||{};const m=process.env.ROLLOUT_OPENCODE_MODEL||"";const models={};if(m)models[m]={name:m};c.provider.rollout={npm:"@ai-sdk/openai-compatible",name:"rollout (OPENAI_BASE_URL)",options:{baseURL:"{env:OPENAI_BASE_URL}",apiKey:"{env:OPENAI_API_KEY}"},models};fs.mkdirSync(path.dirname(f),{recursive:true});fs.writeFileSync(f,JSON.stringify(c,null,2));"#;
+            let with_base = match bare {
+                Some(b) => format!("set -- --model {}", shell_quote(&format!("rollout/{b}"))),
+                None => "set --".into(),
+            };
+            let without = match model {
+                Some(m) => format!("set -- --model {}", shell_quote(m)),
+                None => "set --".into(),
+            };
+            format!(
+                "if [ -n \"${{OPENAI_BASE_URL:-}}\" ]; then ROLLOUT_OPENCODE_MODEL={} node -e {} || exit 1; {with_base}; else {without}; fi\n",
+                shell_quote(bare.unwrap_or_default()),
+                shell_quote(merge),
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// Extended regular expression over the stream log meaning the agent wrote its final event: an
+/// agent that then does not exit within 5 s is stopped, and its run counts as finished (qwen-code
+/// 0.24 can stay alive for minutes after its `result` event). Empty: never.
+fn done_marker(name: &str) -> &'static str {
+    match name {
+        "qwen-code" => r#"^\{"type":"result""#,
+        _ => "",
+    }
+}
+
 /// A known CLI agent.
 pub struct InstalledAgent {
     recipe: &'static Recipe,
@@ -816,8 +900,12 @@ impl Agent for InstalledAgent {
 
     async fn run(&self, ctx: &AgentContext<'_>) -> Result<CommandOutcome, AgentError> {
         let env = &ctx.task.config.environment;
-        let setup = native_setup(self.recipe, &env.mcp_servers, env.skills_dir.as_deref())
+        let mut setup = native_setup(self.recipe, &env.mcp_servers, env.skills_dir.as_deref())
             .map_err(AgentError::Config)?;
+        setup.script.push_str(&provider_setup(
+            self.recipe,
+            self.spec.model_name.as_deref(),
+        ));
         let script = run_script_with(
             self.recipe,
             self.spec.model_name.as_deref(),
@@ -853,17 +941,30 @@ impl InstalledAgent {
         ctx: &AgentContext<'_>,
         mut outcome: CommandOutcome,
     ) -> Result<CommandOutcome, AgentError> {
-        let path = format!("/logs/agent/{}", self.recipe.stream_log);
-        let mut req = ExecRequest::bash(
-            format!("cat {} 2>/dev/null || true", shell_quote(&path)),
-            std::time::Duration::from_secs(60),
-        )
-        .user(Some("0".into()));
-        req.output_cap = STREAM_CAP;
-        let text = ctx.env.exec(req).await?.stdout.to_text();
-        let report = crate::streams::parse(
+        let read = |file: &str| {
+            let path = format!("/logs/agent/{file}");
+            let mut req = ExecRequest::bash(
+                format!("cat {} 2>/dev/null || true", shell_quote(&path)),
+                std::time::Duration::from_secs(60),
+            )
+            .user(Some("0".into()));
+            req.output_cap = STREAM_CAP;
+            req
+        };
+        let text = ctx
+            .env
+            .exec(read(self.recipe.stream_log))
+            .await?
+            .stdout
+            .to_text();
+        let mut native = Vec::new();
+        for file in crate::agent_logs::native_files(self.recipe.name) {
+            native.push(ctx.env.exec(read(file)).await?.stdout.to_text());
+        }
+        let report = crate::agent_logs::report(
             self.recipe.name,
             &text,
+            &native,
             &ctx.task.instruction,
             self.spec.version.as_deref(),
             self.spec.model_name.as_deref(),
@@ -1199,6 +1300,84 @@ mod tests {
                 NativeSetup::default()
             );
         }
+    }
+
+    /// Run `script` with sh and `env`; returns its stdout.
+    fn sh(script: &str, env: &[(&str, &str)]) -> String {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .env_remove("OPENAI_BASE_URL")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    #[test]
+    fn codex_gets_a_model_provider_for_openai_base_url() {
+        let r = recipe("codex").unwrap();
+        let setup = provider_setup(r, Some("gpt-x"));
+        let args = format!("{setup}for a in \"$@\"; do echo \"$a\"; done\n");
+        assert_eq!(
+            sh(&args, &[]),
+            "",
+            "without the variable, codex's own provider"
+        );
+        let got = sh(&args, &[("OPENAI_BASE_URL", "http://llm:8080/v1")]);
+        assert_eq!(
+            got,
+            "-c\nmodel_provider=\"rollout\"\n-c\nmodel_providers.rollout={name=\"rollout\",base_url=\"http://llm:8080/v1\",env_key=\"OPENAI_API_KEY\",wire_api=\"responses\"}\n"
+        );
+        let s = run_script_with(
+            r,
+            Some("gpt-x"),
+            "/i",
+            &NativeSetup {
+                script: setup,
+                ..Default::default()
+            },
+        );
+        assert!(
+            s.contains("--skip-git-repo-check \"$@\" --model gpt-x -- "),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn opencode_model_is_passed_through_its_provider() {
+        let r = recipe("opencode").unwrap();
+        let setup = provider_setup(r, Some("openai/gpt-x"));
+        let args = format!("{setup}echo \"$*\"\n");
+        assert_eq!(sh(&args, &[]), "--model openai/gpt-x\n");
+        assert!(
+            setup.contains("ROLLOUT_OPENCODE_MODEL=gpt-x node -e"),
+            "{setup}"
+        );
+        assert!(setup.contains("set -- --model rollout/gpt-x"), "{setup}");
+        assert!(setup.contains("@ai-sdk/openai-compatible"));
+    }
+
+    #[test]
+    fn qwen_code_is_stopped_after_its_final_event_and_counted_as_finished() {
+        let r = recipe("qwen-code").unwrap();
+        assert_eq!(r.package, "@qwen-code/qwen-code");
+        let s = run_script(r, Some("qwen3"), "/i");
+        assert!(
+            s.contains("--output-format stream-json --model qwen3 \"$(cat"),
+            "{s}"
+        );
+        assert!(s.contains("> /logs/agent/qwen-code.txt"), "{s}");
+        assert!(
+            s.contains(r#"grep -Eq '^\{"type":"result"' /logs/agent/qwen-code.txt"#),
+            "{s}"
+        );
+        assert!(
+            s.contains("if [ \"$finished\" = 1 ]; then status=0; fi"),
+            "{s}"
+        );
+        // Agents without a final-event marker or fatal pattern are not watched.
+        assert!(!run_script(recipe("aider").unwrap(), None, "/i").contains("while kill -0"));
     }
 
     #[test]

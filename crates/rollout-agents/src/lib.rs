@@ -5,6 +5,7 @@
 //! defined in the job file (`install` and `execute` shell scripts). Agents only run commands through
 //! the [`Environment`]; the runner decides what their outcome means.
 
+pub mod agent_logs;
 pub mod code;
 pub mod installed;
 pub mod llm;
@@ -403,7 +404,7 @@ pub fn from_spec(spec: &AgentSpec) -> Result<Arc<dyn Agent>, String> {
         "oracle" => Ok(Arc::new(Oracle)),
         "nop" => Ok(Arc::new(Nop)),
         other => Err(format!(
-            "unknown agent {other:?}: built-in agents are `oracle`, `nop`, `rollout-agent` (-m MODEL) and the installed CLI agents claude-code, codex, aider, opencode, gemini-cli, mini-swe-agent, openhands (goose and cursor-cli are known and refused: not on a package registry); use `code:PATH` for a program, or \
+            "unknown agent {other:?}: built-in agents are `oracle`, `nop`, `rollout-agent` (-m MODEL) and the installed CLI agents claude-code, codex, aider, opencode, gemini-cli, mini-swe-agent, openhands, qwen-code (goose and cursor-cli are known and refused: not on a package registry); use `code:PATH` for a program, or \
              define a command agent in the job file with `name`, `install` and `execute`"
         )),
     }

@@ -49,6 +49,8 @@ pub fn kind_of_text(text: &str) -> Option<ErrorKind> {
     } else if t.contains("authentication")
         || t.contains("invalid api key")
         || t.contains("invalid x-api-key")
+        || t.contains("incorrect api key")
+        || t.contains("invalid_api_key")
         || t.contains("permission_error")
         || t.contains("unauthorized")
     {
@@ -83,6 +85,17 @@ fn content_text(v: &Value) -> String {
 /// Read claude-code's `stream-json` output. `instruction` becomes the first (user) step;
 /// `version` and `model` describe the agent when the stream does not.
 pub fn claude_code(
+    text: &str,
+    instruction: &str,
+    version: Option<&str>,
+    model: Option<&str>,
+) -> StreamReport {
+    claude_stream("claude-code", text, instruction, version, model)
+}
+
+/// Read a claude-code-format `stream-json` output of agent `agent` (claude-code, qwen-code).
+pub fn claude_stream(
+    agent: &str,
     text: &str,
     instruction: &str,
     version: Option<&str>,
@@ -259,8 +272,20 @@ pub fn claude_code(
         if r.get("is_error").and_then(Value::as_bool) == Some(true) {
             let message = r["result"]
                 .as_str()
-                .unwrap_or("claude-code ended with an error");
-            let status = u64_at(r, "api_error_status");
+                .or_else(|| r["error"]["message"].as_str())
+                .unwrap_or("the agent ended with an error");
+            let mut status = u64_at(r, "api_error_status");
+            if status == 0 {
+                // qwen-code: "[API Error: 401 Incorrect API key …]"
+                if let Some(rest) = message.split("API Error: ").nth(1) {
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    status = digits
+                        .parse()
+                        .ok()
+                        .filter(|s| (400..600).contains(s))
+                        .unwrap_or(0);
+                }
+            }
             let typed = [
                 r.get("terminal_reason").and_then(Value::as_str),
                 r.get("api_error_type").and_then(Value::as_str),
@@ -286,7 +311,7 @@ pub fn claude_code(
                 };
                 report.failure = Some((
                     kind,
-                    format!("claude-code: the model provider failed{status}: {message}"),
+                    format!("{agent}: the model provider failed{status}: {message}"),
                 ));
             }
         }
@@ -304,15 +329,16 @@ pub fn claude_code(
         // No result: the run was stopped (or died) while retrying a failing request.
         report.failure = Some((
             if status > 0 { kind_of_status(status) } else { kind_of_text(&error).unwrap_or(ErrorKind::ApiError) },
-            format!("claude-code: the model provider kept failing (HTTP {status}, {error}); the agent was stopped while retrying"),
+            format!("{agent}: the model provider kept failing (HTTP {status}, {error}); the agent was stopped while retrying"),
         ));
     }
     if events == 0 {
         report.trajectory = None;
         return report;
     }
+    let agent_name = agent;
     let mut agent = Map::new();
-    agent.insert("name".into(), json!("claude-code"));
+    agent.insert("name".into(), json!(agent_name));
     agent.insert("version".into(), json!(version.unwrap_or("unknown")));
     if let Some(m) = &model_name {
         agent.insert("model_name".into(), json!(m));

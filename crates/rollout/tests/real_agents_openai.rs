@@ -1,0 +1,323 @@
+//! The installed CLI agents that speak OpenAI protocols, for real: codex (Responses API),
+//! aider, mini-swe-agent, opencode and qwen-code (Chat Completions), each installed from its
+//! registry (npm, PyPI) in the task's container by rollout's recipe, talking to a scripted
+//! provider (tests/fixtures/scripted-providers/openai.py) that runs as a compose service of the
+//! task, so no model traffic leaves the trial.
+//!
+//! Each agent has two tests: it solves hello-world through its own tools (reward 1, usage and
+//! an ATIF trajectory recorded from its native log), and a wrong key (the provider answers 401
+//! `invalid_api_key`) ends its run quickly as `api_auth`. They need the package registries
+//! (through `--ca-certs auto`, as every rollout run) and take minutes each: the install is real.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn write(root: &Path, rel: &str, text: &str) {
+    let p = root.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(&p, text).unwrap();
+    if rel.ends_with(".sh") {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+const KEY: &str = "sk-scripted-4711";
+
+/// hello-world with the scripted OpenAI provider as service `llm` (port 8080) next to the main
+/// container, accepting only `KEY`, playing `play` (tools, mini or aider).
+fn task_with_provider(root: &Path, play: &str) -> PathBuf {
+    let t = root.join("hello-scripted");
+    let hello = example("hello-world");
+    for rel in ["instruction.md", "tests/test.sh", "environment/Dockerfile"] {
+        write(&t, rel, &std::fs::read_to_string(hello.join(rel)).unwrap());
+    }
+    write(
+        &t,
+        "task.toml",
+        "version = \"1.0\"\n[agent]\ntimeout_sec = 600.0\ninstall_timeout_sec = 1200.0\n\
+         [verifier]\ntimeout_sec = 60.0\n\
+         [environment]\nworkdir = \"/app\"\nmemory_mb = 4096\nbuild_timeout_sec = 600.0\n",
+    );
+    write(
+        &t,
+        "environment/docker-compose.yaml",
+        &format!(
+            r#"services:
+  main:
+    depends_on:
+      llm:
+        condition: service_healthy
+  llm:
+    build:
+      context: ./llm
+    expose:
+      - "8080"
+    environment:
+      - API_KEY={KEY}
+      - PLAY={play}
+    healthcheck:
+      test: ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen('http://localhost:8080/health')"]
+      interval: 1s
+      timeout: 5s
+      retries: 60
+"#
+        ),
+    );
+    write(
+        &t,
+        "environment/llm/Dockerfile",
+        "FROM debian:bookworm-slim\n\
+         RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 && rm -rf /var/lib/apt/lists/*\n\
+         COPY openai.py /srv/provider.py\n\
+         CMD [\"python3\", \"-u\", \"/srv/provider.py\"]\n",
+    );
+    write(
+        &t,
+        "environment/llm/openai.py",
+        &std::fs::read_to_string(repo().join("tests/fixtures/scripted-providers/openai.py"))
+            .unwrap(),
+    );
+    t
+}
+
+/// One agent's way to the scripted provider.
+struct Agent {
+    name: &'static str,
+    play: &'static str,
+    /// The variable naming the provider's base URL.
+    base_var: &'static str,
+    model: &'static str,
+}
+
+const CODEX: Agent = Agent {
+    name: "codex",
+    play: "tools",
+    base_var: "OPENAI_BASE_URL",
+    model: "gpt-scripted",
+};
+const AIDER: Agent = Agent {
+    name: "aider",
+    play: "aider",
+    base_var: "OPENAI_API_BASE",
+    model: "openai/gpt-scripted",
+};
+const MINI: Agent = Agent {
+    name: "mini-swe-agent",
+    play: "mini",
+    base_var: "OPENAI_API_BASE",
+    model: "openai/gpt-scripted",
+};
+const OPENCODE: Agent = Agent {
+    name: "opencode",
+    play: "tools",
+    base_var: "OPENAI_BASE_URL",
+    model: "gpt-scripted",
+};
+const QWEN: Agent = Agent {
+    name: "qwen-code",
+    play: "tools",
+    base_var: "OPENAI_BASE_URL",
+    model: "gpt-scripted",
+};
+
+/// Run `agent` on the scripted-provider task with `key`; returns the run, the trial directory
+/// and its result.
+fn run(agent: &Agent, key: &str) -> (Run, PathBuf, Value, tempfile::TempDir) {
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let task = task_with_provider(tmp.path(), agent.play);
+    let out = tempfile::tempdir().unwrap();
+    let mut cmd = rollout_cmd();
+    for var in [
+        "OPENAI_BASE_URL",
+        "OPENAI_API_BASE",
+        "OPENAI_MODEL",
+        "ANTHROPIC_API_KEY",
+        "GEMINI_API_KEY",
+        "OPENROUTER_API_KEY",
+        "DEEPSEEK_API_KEY",
+        "MSWEA_MODEL_NAME",
+    ] {
+        cmd.env_remove(var);
+    }
+    let output = cmd
+        .env(agent.base_var, "http://llm:8080/v1")
+        .env("OPENAI_API_KEY", key)
+        .args(["run", "-p", task.to_str().unwrap(), "-a", agent.name])
+        .args(["-m", agent.model])
+        .args(["-o", out.path().to_str().unwrap(), "--job-name", "job"])
+        .output()
+        .unwrap();
+    let run = Run {
+        output,
+        job_dir: out.path().join("job"),
+        _tmp: out,
+    };
+    let trial = run
+        .job_dir
+        .join(format!("hello-scripted__{}__1", agent.name));
+    let result = trial.join("result.json");
+    assert!(
+        result.is_file(),
+        "no trial result\nstdout:\n{}\nstderr:\n{}",
+        run.stdout(),
+        run.stderr()
+    );
+    let r = read_json(&result);
+    (run, trial, r, tmp)
+}
+
+/// The agent solved the task through its own tools; usage and the trajectory are recorded.
+/// Returns the trajectory.
+fn assert_solved(agent: &Agent) -> Value {
+    let (run, trial, r, _task) = run(agent, KEY);
+    let setup = std::fs::read_to_string(trial.join("agent/setup/stdout.txt")).unwrap_or_default();
+    assert_eq!(
+        r["reward"],
+        1.0,
+        "{r:#}\nstderr:\n{}\nsetup:\n{setup}",
+        run.stderr()
+    );
+    assert_eq!(r["error"], Value::Null, "{r:#}");
+    let usage = &r["agent_run"]["usage"];
+    assert!(
+        usage["input_tokens"].as_u64().unwrap_or(0) > 0
+            && usage["output_tokens"].as_u64().unwrap_or(0) > 0,
+        "usage recorded: {r:#}"
+    );
+    let t = read_json(&trial.join("agent/trajectory.json"));
+    assert_eq!(t["schema_version"], "ATIF-v1.6");
+    assert_eq!(t["agent"]["name"], agent.name);
+    assert!(
+        t["steps"].as_array().map_or(0, Vec::len) >= 2,
+        "steps: {t:#}"
+    );
+    assert_eq!(
+        t["final_metrics"]["total_prompt_tokens"], usage["input_tokens"],
+        "{t:#}"
+    );
+    t
+}
+
+/// The first tool call of a trajectory.
+fn first_call(t: &Value) -> &Value {
+    t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|s| s["tool_calls"].as_array().and_then(|c| c.first()))
+        .unwrap_or_else(|| panic!("a tool call in {t:#}"))
+}
+
+/// The scripted usage is 100 prompt and 20 completion tokens per model response.
+fn assert_scripted_usage(t: &Value, responses: u64) {
+    assert_eq!(
+        t["final_metrics"]["total_prompt_tokens"],
+        100 * responses,
+        "{t:#}"
+    );
+    assert_eq!(
+        t["final_metrics"]["total_completion_tokens"],
+        20 * responses,
+        "{t:#}"
+    );
+}
+
+/// A refused key ends the agent phase quickly with `api_auth`; the verifier still runs.
+fn assert_refused_key_is_api_auth(agent: &Agent) {
+    let (run, _trial, r, _task) = run(agent, "sk-wrong");
+    assert_eq!(
+        r["error"]["type"],
+        "api_auth",
+        "{r:#}\nstderr:\n{}",
+        run.stderr()
+    );
+    let seconds = r["phases"]["agent_run"]["seconds"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("agent_run timing in {r:#}"));
+    assert!(
+        seconds < 30.0,
+        "a refused key stops the agent instead of retrying for its whole budget: {seconds} s"
+    );
+    assert_eq!(r["reward"], 0.0, "the verifier still ran: {r:#}");
+}
+
+#[test]
+fn codex_installs_for_real_and_solves_hello_world_over_the_responses_api() {
+    let t = assert_solved(&CODEX);
+    let call = first_call(&t);
+    assert_eq!(call["function_name"], "shell");
+    assert!(call["arguments"]["command"]
+        .as_str()
+        .unwrap()
+        .contains("/app/hello.txt"));
+    assert_scripted_usage(&t, 2);
+}
+
+#[test]
+fn codex_with_a_wrong_key_ends_quickly_as_api_auth() {
+    assert_refused_key_is_api_auth(&CODEX);
+}
+
+#[test]
+fn qwen_code_installs_for_real_and_solves_hello_world_over_chat_completions() {
+    let t = assert_solved(&QWEN);
+    assert_eq!(first_call(&t)["function_name"], "run_shell_command");
+    assert_scripted_usage(&t, 2);
+}
+
+#[test]
+fn qwen_code_with_a_wrong_key_ends_quickly_as_api_auth() {
+    assert_refused_key_is_api_auth(&QWEN);
+}
+
+#[test]
+fn opencode_installs_for_real_and_solves_hello_world_over_chat_completions() {
+    let t = assert_solved(&OPENCODE);
+    assert_eq!(first_call(&t)["function_name"], "bash");
+    assert_scripted_usage(&t, 2);
+}
+
+#[test]
+fn opencode_with_a_wrong_key_ends_quickly_as_api_auth() {
+    assert_refused_key_is_api_auth(&OPENCODE);
+}
+
+#[test]
+fn mini_swe_agent_installs_for_real_and_solves_hello_world_through_litellm() {
+    let t = assert_solved(&MINI);
+    assert_eq!(first_call(&t)["function_name"], "bash");
+    assert_scripted_usage(&t, 2);
+}
+
+#[test]
+fn mini_swe_agent_with_a_wrong_key_ends_quickly_as_api_auth() {
+    assert_refused_key_is_api_auth(&MINI);
+}
+
+#[test]
+fn aider_installs_for_real_and_solves_hello_world_with_its_whole_file_edits() {
+    let t = assert_solved(&AIDER);
+    // aider edits through text, not tool calls: its own note says the edit was applied.
+    let notes: Vec<&str> = t["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["message"].as_str())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|m| m.contains("Applied edit to hello.txt")),
+        "{t:#}"
+    );
+}
+
+#[test]
+fn aider_with_a_wrong_key_ends_quickly_as_api_auth() {
+    assert_refused_key_is_api_auth(&AIDER);
+}
