@@ -5,7 +5,7 @@ use crate::exit;
 use rollout_sources::git::GitCache;
 use rollout_sources::registry::Registry;
 
-pub fn datasets_list(registry: &str) -> u8 {
+pub fn datasets_list(registry: &str, json: bool) -> u8 {
     let reg = match Registry::load(registry) {
         Ok(r) => r,
         Err(e) => {
@@ -13,6 +13,20 @@ pub fn datasets_list(registry: &str) -> u8 {
             return exit::USAGE;
         }
     };
+    if json {
+        let datasets: Vec<_> = reg
+            .datasets
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "name": d.name, "version": d.version, "description": d.description,
+                    "n_tasks": d.tasks.len(), "tasks": d.tasks, "metrics": d.metrics,
+                })
+            })
+            .collect();
+        crate::print_json(&serde_json::json!({ "registry": registry, "datasets": datasets }));
+        return exit::OK;
+    }
     let width = reg
         .datasets
         .iter()
@@ -45,27 +59,43 @@ pub fn cache(cmd: CacheCommand) -> u8 {
     let git = GitCache::new(GitCache::default_root());
     let others = ["archives", "jsonl", "code-agents"];
     match cmd {
-        CacheCommand::Ls => {
-            println!("cache: {}", root.display());
-            match git.list() {
-                Ok(entries) => {
-                    for e in &entries {
-                        println!("git       {}  {}  {}", e.url, e.commit, mib(e.bytes));
-                    }
-                    println!("git: {} checkout(s)", entries.len());
-                }
+        CacheCommand::Ls { json } => {
+            let entries = match git.list() {
+                Ok(e) => e,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return exit::TRIAL_ERRORS;
                 }
-            }
-            for d in others {
+            };
+            let dirs = others.map(|d| {
                 let dir = root.join(d);
                 let n = std::fs::read_dir(&dir).map(|r| r.count()).unwrap_or(0);
+                (d, dir.clone(), n, rollout_core::digest::tree_bytes(&dir))
+            });
+            if json {
+                let dirs: Vec<_> = dirs
+                    .iter()
+                    .map(|(name, dir, n, bytes)| {
+                        serde_json::json!({
+                            "name": name, "dir": dir, "entries": n, "bytes": bytes,
+                        })
+                    })
+                    .collect();
+                crate::print_json(
+                    &serde_json::json!({ "root": root, "git": entries, "dirs": dirs }),
+                );
+                return exit::OK;
+            }
+            println!("cache: {}", root.display());
+            for e in &entries {
+                println!("git       {}  {}  {}", e.url, e.commit, mib(e.bytes));
+            }
+            println!("git: {} checkout(s)", entries.len());
+            for (d, _, n, bytes) in dirs {
                 println!(
                     "{d}: {n} entr{}, {}",
                     if n == 1 { "y" } else { "ies" },
-                    mib(rollout_core::digest::tree_bytes(&dir))
+                    mib(bytes)
                 );
             }
             exit::OK
