@@ -132,6 +132,7 @@ fn add_alias(schema: &mut Schema, def: &str, canonical: &str, alias: &str) {
     if let Some(props) = t.get_mut("properties").and_then(|p| p.as_object_mut()) {
         if let Some(p) = props.get(canonical).cloned() {
             props.insert(alias.to_string(), p);
+            require_one_of(t, canonical, alias);
             return;
         }
     }
@@ -160,6 +161,33 @@ fn add_alias(schema: &mut Schema, def: &str, canonical: &str, alias: &str) {
         }
     }
     panic!("schema alias: {canonical:?} not found in {def:?}");
+}
+
+/// A required property with an alias: one of the spellings is required.
+fn require_one_of(t: &mut serde_json::Map<String, serde_json::Value>, canonical: &str, alias: &str) {
+    let mut removed = false;
+    if let Some(req) = t.get_mut("required").and_then(|r| r.as_array_mut()) {
+        let was = req.len();
+        req.retain(|r| r != canonical);
+        removed = req.len() != was;
+        if req.is_empty() {
+            t.remove("required");
+        }
+    }
+    let list = t
+        .entry("anyOf")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()))
+        .as_array_mut()
+        .expect("anyOf is a list");
+    if removed {
+        list.push(serde_json::json!({ "required": [canonical] }));
+    }
+    if removed || list.iter().any(|v| v["required"][0] == canonical) {
+        list.push(serde_json::json!({ "required": [alias] }));
+    }
+    if list.is_empty() {
+        t.remove("anyOf");
+    }
 }
 
 pub(crate) fn generator() -> schemars::SchemaGenerator {

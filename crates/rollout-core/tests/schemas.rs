@@ -40,10 +40,14 @@ fn toml_json(text: &str, what: &str) -> Value {
 fn committed_schemas_are_what_the_code_generates() {
     for doc in Document::ALL {
         let path = repo().join("docs/schemas").join(doc.file_name());
+        if std::env::var_os("ROLLOUT_UPDATE_SCHEMAS").is_some() {
+            std::fs::write(&path, doc.to_pretty_json()).unwrap();
+        }
         let committed = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
             committed == doc.to_pretty_json(),
             "{} differs from `rollout schema {}`; regenerate the committed schemas with\n  \
+             ROLLOUT_UPDATE_SCHEMAS=1 cargo test -p rollout-core --test schemas, or\n  \
              for s in job task result job-result; do cargo run -q -p rollout -- schema $s > docs/schemas/$s.schema.json; done",
             path.display(),
             doc.name()
@@ -140,6 +144,12 @@ fn task_schema_refuses_what_the_parser_refuses_by_type() {
     let ok = "version = 1.0\n[environment]\nmemory = \"2G\"\nallow_internet = false\n\
               [environment.healthcheck]\ncmd = [\"true\"]\n[agent]\nsetup_timeout_sec = 5\nuser = 1000\n";
     assert_valid(&v, &toml_json(ok, ok), ok);
+    for hc in ["command = \"true\"", "test = \"true\"", "cmd = \"true\""] {
+        let t = format!("[environment.healthcheck]\n{hc}\n");
+        assert_valid(&v, &toml_json(&t, &t), &t);
+    }
+    let none = "[environment.healthcheck]\nretries = 2\n";
+    assert!(!v.is_valid(&toml_json(none, none)), "a healthcheck needs its command");
     rollout_core::TaskConfig::parse(ok, Path::new("task.toml")).unwrap();
 }
 
