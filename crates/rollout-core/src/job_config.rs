@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// Every field is optional in the file; [`JobConfig::validate`] checks that there is at least one
 /// task source. Relative paths are resolved against the directory of the job file by
 /// [`JobConfig::load`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct JobConfig {
     /// Job name; default: the start time `YYYY-MM-DD__HH-MM-SS`.
@@ -67,7 +67,7 @@ pub struct JobConfig {
 }
 
 /// `log_level:` (the Rollout seed's key).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Error,
@@ -123,7 +123,7 @@ pub fn check_instruction_path(p: &str) -> Result<(), String> {
 /// (`max_retries`, `min_wait_sec`, `max_wait_sec`, `multiplier`) or the Rollout seed's
 /// (`max_attempts` retries, `initial_delay_ms`, `max_delay_ms`, `multiplier`; `max_attempts`
 /// defaults to 3 there), not both for one setting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "RetryRepr")]
 pub struct RetryConfig {
     pub max_retries: u32,
@@ -144,7 +144,7 @@ impl RetryConfig {
 }
 
 /// Both spellings of `retry:`.
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 struct RetryRepr {
     max_retries: Option<u32>,
@@ -217,7 +217,7 @@ impl Default for RetryConfig {
 }
 
 /// Harbor's `orchestrator:` block.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(default)]
 pub struct OrchestratorConfig {
     #[serde(rename = "type")]
@@ -228,7 +228,9 @@ pub struct OrchestratorConfig {
 }
 
 /// Where environments run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EnvironmentType {
     #[default]
@@ -238,7 +240,9 @@ pub enum EnvironmentType {
 }
 
 /// When to keep a trial's container after it ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum PreserveEnv {
     #[default]
@@ -248,7 +252,9 @@ pub enum PreserveEnv {
 }
 
 /// When to refresh the base images a Dockerfile names from their registry before building.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum PullPolicy {
     /// Pull every base first, as `docker build --pull` does.
@@ -282,7 +288,7 @@ impl std::str::FromStr for PullPolicy {
 }
 
 /// `environment:` block of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(default)]
 pub struct EnvironmentSpec {
     #[serde(rename = "type")]
@@ -316,7 +322,7 @@ impl EnvironmentSpec {
 }
 
 /// `verifier:` block of a job.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct VerifierSpec {
     pub override_timeout_sec: Option<f64>,
@@ -325,7 +331,7 @@ pub struct VerifierSpec {
 }
 
 /// One entry of `metrics:`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricSpec {
     #[serde(rename = "type")]
@@ -336,7 +342,7 @@ pub struct MetricSpec {
 }
 
 /// Aggregate over trial rewards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MetricKind {
     Mean,
@@ -350,7 +356,7 @@ pub enum MetricKind {
 }
 
 /// One agent of a job: a built-in (`oracle`, `nop`), or a command agent (`install`/`execute`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct AgentSpec {
     /// Agent name (`oracle`, `nop`, or any name for a command agent).
@@ -380,7 +386,7 @@ pub struct AgentSpec {
 }
 
 /// One entry of `datasets:`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct DatasetSpec {
     /// A directory of task directories.
@@ -398,7 +404,7 @@ pub struct DatasetSpec {
 }
 
 /// Where a registry lives.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct RegistrySpec {
     pub path: Option<PathBuf>,
@@ -406,7 +412,7 @@ pub struct RegistrySpec {
 }
 
 /// One entry of `tasks:`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct TaskSpec {
     pub path: PathBuf,

@@ -5,7 +5,19 @@ use std::fmt;
 
 /// Why a trial did not produce a clean result. Serialised in snake_case (`agent_execution_timeout`),
 /// which is the `error.type` field of a trial result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
     /// Building the task's `environment/` failed (Dockerfile error, bad context …).

@@ -17,6 +17,7 @@ pub mod job_config;
 pub mod kinds;
 pub mod result;
 pub mod reward;
+pub mod schema;
 pub mod task;
 pub mod task_config;
 pub mod timeouts;

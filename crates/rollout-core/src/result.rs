@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// An error a trial ended with.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorInfo {
     /// One of the documented kinds.
     #[serde(rename = "type")]
@@ -25,7 +25,7 @@ impl ErrorInfo {
 }
 
 /// Start, end and duration of one phase.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct PhaseTiming {
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -33,7 +33,19 @@ pub struct PhaseTiming {
 }
 
 /// The phases of a trial, in order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     EnvironmentSetup,
@@ -61,7 +73,7 @@ impl Phase {
 }
 
 /// Which agent ran a trial.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct AgentInfo {
     pub name: String,
     pub version: Option<String>,
@@ -69,7 +81,7 @@ pub struct AgentInfo {
 }
 
 /// Exit status and output bookkeeping of one command.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct CommandOutcome {
     /// None when the command was killed (timeout) before it exited.
     pub exit_code: Option<i64>,
@@ -89,7 +101,7 @@ pub struct CommandOutcome {
 }
 
 /// What an agent spent on its model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct ModelUsage {
     pub requests: u64,
     pub turns: u64,
@@ -102,7 +114,7 @@ pub struct ModelUsage {
 }
 
 /// Where a trial ran.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct EnvironmentInfo {
     /// Provider (`docker`).
     #[serde(rename = "type")]
@@ -140,7 +152,7 @@ fn is_zero(n: &u64) -> bool {
 /// Serialized with Harbor's `TrialResult` fields next to rollout's own (see
 /// [`crate::harbor_result`] and docs/results.md): `schema_version` is Harbor's document version
 /// (always 1), rollout's own version is `rollout_schema_version`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(remote = "Self")]
 pub struct TrialResult {
     /// rollout's result schema version (`rollout_schema_version`; files without it are
@@ -193,7 +205,7 @@ pub struct TrialResult {
 /// `verifier_result.rewards`, `exception_info`, `agent_execution` and `verifier` are
 /// `agent_run`, `rewards`, `error` and `phases` here, named like the trial's own fields, and
 /// are written next to them).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(remote = "Self")]
 pub struct StepResult {
     /// The step's `name` (its directory under `steps/`).
@@ -220,7 +232,7 @@ pub struct StepResult {
 }
 
 /// One earlier try of a trial.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TryRecord {
     /// 1-based try number.
     #[serde(rename = "try")]
@@ -263,7 +275,7 @@ pub fn main_reward(rewards: &BTreeMap<String, f64>) -> Option<f64> {
 }
 
 /// Aggregates over a set of trials.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct Stats {
     /// Trials counted (not cancelled).
     pub n_trials: usize,
@@ -295,7 +307,7 @@ pub struct Stats {
 }
 
 /// Aggregates of one reward key.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub struct KeyStats {
     /// Counted trials whose rewards hold this key.
     pub n_present: usize,
@@ -311,7 +323,7 @@ pub struct KeyStats {
 ///
 /// Serialized with Harbor's `JobResult` fields next to rollout's own: `schema_version` (1),
 /// `updated_at`, and Harbor's `JobStats` fields inside `stats` (from `harbor_stats`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(remote = "Self")]
 pub struct JobResult {
     /// rollout's result schema version (`rollout_schema_version`), as in [`TrialResult`].

@@ -424,6 +424,72 @@ pub fn step_findings(dir: &Path, config: &TaskConfig) -> Vec<Finding> {
     out
 }
 
+/// What `rollout tasks check` found over some paths (its `--json` shape, docs/cli-json.md).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckReport {
+    /// Whether no task has an error (the exit status is 1 otherwise).
+    pub ok: bool,
+    /// Tasks without an error.
+    pub n_ok: usize,
+    /// Errors in all (task findings and paths that could not be read).
+    pub n_errors: usize,
+    pub n_warnings: usize,
+    /// Every task found, in the order of the paths, then by name.
+    pub tasks: Vec<TaskCheck>,
+    /// Paths (or tasks in them) that could not be loaded at all, one message each.
+    pub load_errors: Vec<String>,
+}
+
+/// One task of a [`CheckReport`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskCheck {
+    pub name: String,
+    pub dir: PathBuf,
+    /// Whether it has no error finding (warnings allowed).
+    pub ok: bool,
+    pub findings: Vec<Finding>,
+}
+
+/// Check the tasks at each path (as `rollout tasks check`).
+pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
+    let mut r = CheckReport {
+        ok: true,
+        n_ok: 0,
+        n_errors: 0,
+        n_warnings: 0,
+        tasks: Vec::new(),
+        load_errors: Vec::new(),
+    };
+    for path in paths {
+        match discover(path) {
+            Ok(tasks) => {
+                for t in tasks {
+                    let findings = t.findings();
+                    let errors = findings
+                        .iter()
+                        .filter(|f| f.severity == Severity::Error)
+                        .count();
+                    r.n_errors += errors;
+                    r.n_warnings += findings.len() - errors;
+                    r.n_ok += usize::from(errors == 0);
+                    r.tasks.push(TaskCheck {
+                        name: t.name.clone(),
+                        dir: t.dir.clone(),
+                        ok: errors == 0,
+                        findings,
+                    });
+                }
+            }
+            Err(errs) => {
+                r.n_errors += errs.len();
+                r.load_errors.extend(errs.iter().map(|e| e.to_string()));
+            }
+        }
+    }
+    r.ok = r.n_errors == 0;
+    r
+}
+
 /// The tasks at `path`: the task itself if `path` is a task directory, otherwise every task
 /// directory directly inside it (a dataset), sorted by name. Errors list every bad task.
 pub fn discover(path: &Path) -> Result<Vec<Task>, Vec<ConfigError>> {

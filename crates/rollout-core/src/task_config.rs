@@ -91,7 +91,7 @@ impl<'de> Deserialize<'de> for Author {
 }
 
 /// `[task]`: the newer Harbor package identity.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TaskIdentity {
     pub name: Option<String>,
     pub version: Option<String>,
@@ -125,7 +125,9 @@ pub struct AgentConfig {
 }
 
 /// Network access of the environment.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum NetworkMode {
     /// Full outbound access (default).
@@ -171,7 +173,7 @@ pub struct EnvironmentConfig {
 }
 
 /// One `[[environment.mcp_servers]]` entry (Harbor's `MCPServerConfig`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct McpServerConfig {
     /// Name the agent knows the server by.
     pub name: String,
@@ -193,7 +195,9 @@ pub struct McpServerConfig {
 }
 
 /// Transport of an MCP server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum McpTransport {
     Stdio,
@@ -249,7 +253,9 @@ pub enum MinReward {
 }
 
 /// How a multi-step trial's reward is derived from its steps' rewards.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MultiStepRewardStrategy {
     /// Per-key mean over the steps that were verified (missing keys count 0).
@@ -316,9 +322,76 @@ impl TaskConfig {
     }
 }
 
+// ---- JSON Schema of the file as written (`rollout schema task`) -----------------------------
+
+/// JSON Schema of `task.toml` as written (read as TOML, checked as JSON): generated from the
+/// types the file is parsed into, so it cannot drift from the parser. Unknown keys are allowed
+/// (rollout keeps them), as the parser does.
+pub fn task_toml_schema() -> schemars::Schema {
+    let mut s = crate::schema::generator().into_root_schema_for::<RawTaskConfig>();
+    s.insert("title".into(), "rollout task.toml".into());
+    s.insert(
+        "description".into(),
+        "A task's task.toml (Harbor's format), as the JSON TOML reads into. Keys rollout does \
+         not interpret are allowed and kept."
+            .into(),
+    );
+    s
+}
+
+macro_rules! hand_schema {
+    ($ty:ty, $name:literal, $json:tt) => {
+        impl schemars::JsonSchema for $ty {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::Schema::try_from(serde_json::json!($json)).expect("a schema object")
+            }
+        }
+    };
+}
+
+hand_schema!(Version, "Version", {
+    "description": "A version such as \"1.0\" (a number is accepted).",
+    "type": ["string", "number"]
+});
+hand_schema!(Seconds, "Seconds", {
+    "description": "Non-negative seconds.",
+    "type": "number", "minimum": 0
+});
+hand_schema!(SizeMb, "Size", {
+    "description": "A size such as \"2G\", \"512M\" or \"1.5Gi\", or a number of MiB.",
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": "^\\s*[0-9.]+\\s*([kKmMgGtT][iI]?[bB]?)?\\s*$"}
+    ]
+});
+hand_schema!(User, "User", {
+    "description": "A user name or a numeric UID.",
+    "anyOf": [{"type": "string"}, {"type": "integer", "minimum": 0}]
+});
+hand_schema!(CommandText, "Command", {
+    "description": "A shell command, or an argv array (joined with shell quoting).",
+    "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]
+});
+hand_schema!(Author, "Author", {
+    "description": "An author: a name, or { name, email }.",
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "object",
+            "properties": {"name": {"type": "string"}, "email": {"type": ["string", "null"]}},
+            "required": ["name"],
+            "additionalProperties": false
+        }
+    ]
+});
+
 // ---- raw (as written) form -------------------------------------------------------------------
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "TaskToml")]
 struct RawTaskConfig {
     version: Option<Version>,
     schema_version: Option<Version>,
@@ -341,15 +414,17 @@ struct RawTaskConfig {
     multi_step_reward_strategy: Option<MultiStepRewardStrategy>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Solution")]
 struct RawSolution {
     #[serde(default)]
     env: BTreeMap<String, String>,
 }
 
 /// `"path"` or `{source, destination, exclude, service}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
+#[schemars(rename = "Artifact")]
 enum RawArtifact {
     Path(String),
     Full {
@@ -385,7 +460,8 @@ impl From<RawArtifact> for ArtifactSpec {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Step")]
 struct RawStep {
     name: String,
     #[serde(default)]
@@ -398,8 +474,9 @@ struct RawStep {
     artifacts: Vec<RawArtifact>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(untagged)]
+#[schemars(rename = "MinReward")]
 enum RawMinReward {
     Reward(f64),
     PerKey(BTreeMap<String, f64>),
@@ -495,7 +572,8 @@ pub fn parse_size_mb(s: &str) -> Option<u64> {
     Some(mb.round() as u64)
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Verifier")]
 struct RawVerifier {
     timeout_sec: Option<Seconds>,
     #[serde(default)]
@@ -504,12 +582,15 @@ struct RawVerifier {
     network_mode: Option<NetworkMode>,
     allowed_hosts: Option<Vec<String>>,
     environment_mode: Option<VerifierEnvironmentMode>,
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     environment: Option<toml::Table>,
     #[serde(default)]
+    #[schemars(with = "Vec<BTreeMap<String, serde_json::Value>>")]
     collect: Vec<toml::Table>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Agent")]
 struct RawAgent {
     timeout_sec: Option<Seconds>,
     #[serde(alias = "setup_timeout_sec")]
@@ -520,7 +601,7 @@ struct RawAgent {
 }
 
 /// `[verifier] environment_mode`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum VerifierEnvironmentMode {
     Shared,
@@ -548,7 +629,8 @@ impl<'de> Deserialize<'de> for User {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Environment")]
 struct RawEnvironment {
     build_timeout_sec: Option<Seconds>,
     docker_image: Option<String>,
@@ -572,10 +654,12 @@ struct RawEnvironment {
     mcp_servers: Vec<McpServerConfig>,
     skills_dir: Option<String>,
     os: Option<String>,
+    #[schemars(with = "Option<BTreeMap<String, serde_json::Value>>")]
     tpu: Option<toml::Table>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[schemars(rename = "Healthcheck")]
 struct RawHealthcheck {
     #[serde(alias = "cmd", alias = "test")]
     command: CommandText,

@@ -12,7 +12,7 @@ use rollout_core::labels;
 use std::collections::HashMap;
 
 /// One thing `gc` found.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct GcItem {
     /// `container`, `network`, `volume` or `image`.
     pub kind: &'static str,

@@ -140,6 +140,7 @@ impl Job {
             return changed || had;
         };
         let mut seen = std::collections::HashSet::new();
+        let mut todo: Vec<(String, PathBuf, Option<Stamp>)> = Vec::new();
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_dir()) {
@@ -161,14 +162,11 @@ impl Job {
                     continue;
                 }
             }
-            let row = match s.and_then(|_| model::read_json(&result)) {
-                Some(v) => model::trial_row(&name, &v),
-                None => {
-                    model::running_row(&name, model::read_json(&dir.join("config.json")).as_ref())
-                }
-            };
-            st.trials.insert(name, CachedTrial { stamp: s, row });
-            changed = true;
+            todo.push((name, dir, s));
+        }
+        changed |= !todo.is_empty();
+        for (name, stamp, row) in read_rows(todo) {
+            st.trials.insert(name, CachedTrial { stamp, row });
         }
         let before = st.trials.len();
         st.trials.retain(|k, _| seen.contains(k));
@@ -312,6 +310,43 @@ fn host_name() -> String {
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| "unknown".into())
+}
+
+/// Parse the rows of these trial directories, on a few threads when there are many (the first
+/// look at a large job reads every `result.json`).
+fn read_rows(
+    todo: Vec<(String, PathBuf, Option<Stamp>)>,
+) -> Vec<(String, Option<Stamp>, TrialRow)> {
+    fn one((name, dir, s): (String, PathBuf, Option<Stamp>)) -> (String, Option<Stamp>, TrialRow) {
+        let row = s
+            .and_then(|_| model::read_trial_row(&name, &dir.join("result.json")))
+            .unwrap_or_else(|| {
+                model::running_row(&name, model::read_json(&dir.join("config.json")).as_ref())
+            });
+        (name, s, row)
+    }
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if threads < 2 || todo.len() < 256 {
+        return todo.into_iter().map(one).collect();
+    }
+    let per = todo.len().div_ceil(threads);
+    let mut chunks: Vec<Vec<_>> = Vec::new();
+    let mut it = todo.into_iter().peekable();
+    while it.peek().is_some() {
+        chunks.push(it.by_ref().take(per).collect());
+    }
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|c| scope.spawn(move || c.into_iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a trial reader panicked"))
+            .collect()
+    })
 }
 
 /// Whether `dir` is a job directory (rollout's or Harbor's), not a trial directory.

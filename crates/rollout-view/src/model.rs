@@ -87,6 +87,102 @@ pub fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
+/// The top-level keys of a trial's `result.json` that [`trial_row`] reads; the rest of the file
+/// (command outputs, environment, Harbor's copies) is skipped while parsing, never built.
+#[derive(serde::Deserialize)]
+struct RowFields {
+    #[serde(default)]
+    task_name: Value,
+    #[serde(default)]
+    task_id: Value,
+    #[serde(default)]
+    agent: Value,
+    #[serde(default)]
+    agent_info: Value,
+    #[serde(default)]
+    config: Value,
+    #[serde(default)]
+    dataset: Value,
+    #[serde(default)]
+    source: Value,
+    #[serde(default)]
+    attempt: Value,
+    #[serde(default)]
+    reward: Value,
+    #[serde(default)]
+    rewards: Value,
+    #[serde(default)]
+    verifier_result: Value,
+    #[serde(default)]
+    error: Value,
+    #[serde(default)]
+    exception_info: Value,
+    #[serde(default)]
+    phases: Value,
+    #[serde(default)]
+    environment_setup: Value,
+    #[serde(default)]
+    agent_setup: Value,
+    #[serde(default)]
+    agent_execution: Value,
+    #[serde(default)]
+    verifier: Value,
+    #[serde(default)]
+    started_at: Value,
+    #[serde(default)]
+    finished_at: Value,
+    #[serde(default)]
+    seconds: Value,
+}
+
+/// The trial row of the `result.json` at `path` (bounded as [`read_json`]); `None` when it
+/// cannot be read. Parses only the keys the row needs; a file that does not fit that shape
+/// (duplicate keys …) is read whole, so the row is the same as `trial_row(read_json(path))`.
+pub fn read_trial_row(dir_name: &str, path: &Path) -> Option<TrialRow> {
+    let meta = std::fs::metadata(path).ok()?;
+    if !meta.is_file() || meta.len() > MAX_JSON_BYTES {
+        return None;
+    }
+    let bytes = std::fs::read(path).ok()?;
+    let v = match serde_json::from_slice::<RowFields>(&bytes) {
+        Ok(f) => {
+            let pairs = [
+                ("task_name", f.task_name),
+                ("task_id", f.task_id),
+                ("agent", f.agent),
+                ("agent_info", f.agent_info),
+                ("config", f.config),
+                ("dataset", f.dataset),
+                ("source", f.source),
+                ("attempt", f.attempt),
+                ("reward", f.reward),
+                ("rewards", f.rewards),
+                ("verifier_result", f.verifier_result),
+                ("error", f.error),
+                ("exception_info", f.exception_info),
+                ("phases", f.phases),
+                ("environment_setup", f.environment_setup),
+                ("agent_setup", f.agent_setup),
+                ("agent_execution", f.agent_execution),
+                ("verifier", f.verifier),
+                ("started_at", f.started_at),
+                ("finished_at", f.finished_at),
+                ("seconds", f.seconds),
+            ];
+            Value::Object(
+                pairs
+                    .into_iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            )
+        }
+        Err(_) => serde_json::from_slice(&bytes).ok()?,
+    };
+    // A file that is JSON but not an object gives the row of an empty object, as before.
+    Some(trial_row(dir_name, &v))
+}
+
 /// The numeric rewards of a trial: rollout's `rewards`, else Harbor's `verifier_result.rewards`.
 fn rewards_of(v: &Value) -> BTreeMap<String, f64> {
     let map = v.get("rewards").and_then(Value::as_object).or_else(|| {
@@ -439,6 +535,38 @@ pub fn trajectory(v: &Value, file: &str) -> Option<Trajectory> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn reading_only_the_row_keys_gives_the_row_of_the_whole_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let full = json!({"trial_name": "t__1", "task_name": "hello",
+            "agent": {"name": "oracle", "model_name": "m"}, "dataset": "d", "attempt": 2,
+            "rewards": {"reward": 0.5, "style": true}, "reward": 0.5,
+            "error": {"type": "verifier_timeout", "message": "slow"}, "seconds": 2.5,
+            "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:02.5Z",
+            "phases": {"verify": {"seconds": 1.5}},
+            "agent_run": {"stdout": "x".repeat(10_000)}, "environment": {"type": "docker"},
+            "agent_info": {"name": "oracle", "model_info": {"name": "m"}},
+            "verifier_result": {"rewards": {"reward": 0.5}}, "exception_info": null,
+            "agent_execution": {"started_at": "2026-01-01T00:00:00", "finished_at": "2026-01-01T00:00:01"}});
+        let dup = r#"{"task_name": "a", "task_name": "b", "reward": 1}"#;
+        for (i, text) in [
+            full.to_string(),
+            dup.to_string(),
+            "[1, 2]".into(),
+            "{\"task_name\": 3, \"reward\": \"x\"}".into(),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let p = dir.path().join(format!("{i}.json"));
+            std::fs::write(&p, text).unwrap();
+            let whole = read_json(&p).map(|v| trial_row("t", &v));
+            assert_eq!(read_trial_row("t", &p), whole, "{text}");
+        }
+        std::fs::write(dir.path().join("bad.json"), "{").unwrap();
+        assert_eq!(read_trial_row("t", &dir.path().join("bad.json")), None);
+    }
 
     #[test]
     fn rollout_and_harbor_trials_read_alike() {

@@ -5,7 +5,6 @@
 use crate::detail::{self, Caps};
 use crate::index::Job;
 use crate::{assets, model};
-use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::path::Path;
 
@@ -37,33 +36,46 @@ pub fn render(dir: &Path) -> (String, Written) {
     let view = Job::new(id, dir.to_path_buf()).view();
     let mut order: Vec<&model::TrialRow> = view.trials.iter().collect();
     order.sort_by_key(|t| (t.error_kind.is_none(), t.name.clone()));
-    let mut details = Map::new();
+    // The data is assembled as JSON text: each part is serialized once (a detail's size is
+    // known from its text), never built as a `Value` tree first.
+    let mut details = String::from("{");
+    let mut n_details = 0usize;
     let mut used = 0usize;
     for t in order {
         if used >= DETAIL_BUDGET {
             break;
         }
         if let Some(d) = detail::trial_detail(dir, &t.name, Caps::REPORT) {
-            let v = serde_json::to_value(&d).unwrap_or(Value::Null);
-            let size = serde_json::to_string(&v).map(|s| s.len()).unwrap_or(0);
-            if used + size > DETAIL_BUDGET {
+            let Ok(text) = serde_json::to_string(&d) else {
+                continue;
+            };
+            if used + text.len() > DETAIL_BUDGET {
                 continue;
             }
-            used += size;
-            details.insert(t.name.clone(), v);
+            used += text.len();
+            if n_details > 0 {
+                details.push(',');
+            }
+            details.push_str(&serde_json::to_string(&t.name).unwrap_or_default());
+            details.push(':');
+            details.push_str(&text);
+            n_details += 1;
         }
     }
+    details.push('}');
     let written = Written {
         trials: view.trials.len(),
-        detailed: details.len(),
+        detailed: n_details,
         bytes: 0,
     };
-    let data = json!({ "mode": "report", "generated_at": chrono::Utc::now().to_rfc3339(), "job": &*view, "details": details });
+    let job = serde_json::to_string(&*view).unwrap_or_else(|_| "null".into());
+    let data = format!(
+        "{{\"mode\":\"report\",\"generated_at\":{},\"job\":{job},\"details\":{details}}}",
+        serde_json::to_string(&chrono::Utc::now().to_rfc3339()).unwrap_or_default()
+    );
     // `<` only occurs inside JSON strings, where \u003c means the same; this keeps `</script>`
     // and `<!--` in the data from ending the element.
-    let data = serde_json::to_string(&data)
-        .unwrap_or_else(|_| "{}".into())
-        .replace('<', "\\u003c");
+    let data = data.replace('<', "\\u003c");
     let html = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\

@@ -106,6 +106,13 @@ pub enum Command {
     },
     /// Print the rollout(1) man page (roff) on stdout.
     Man,
+    /// Print the JSON Schema of a file rollout reads or writes (docs/schemas/).
+    Schema {
+        /// job (job.yaml), task (task.toml), result (a trial's result.json) or job-result (a
+        /// job's result.json).
+        #[arg(value_parser = ["job", "task", "result", "job-result"])]
+        document: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -115,13 +122,20 @@ pub enum DatasetsCommand {
         /// registry.json: a path or an http(s) URL.
         #[arg(long)]
         registry: String,
+        /// Print JSON (`{"registry", "datasets": [...]}`) instead of the table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
 #[derive(Subcommand, Debug)]
 pub enum CacheCommand {
     /// What the cache holds.
-    Ls,
+    Ls {
+        /// Print JSON (`{"root", "git": [...], "dirs": [...]}`) instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove everything in the cache.
     Clean,
 }
@@ -238,6 +252,9 @@ pub struct GcArgs {
     /// (ROLLOUT_K8S_NAMESPACE / ROLLOUT_K8S_CONTEXT, else the kubeconfig's).
     #[arg(long = "env", value_enum)]
     pub env: Option<EnvKind>,
+    /// Print JSON (`{"dry_run", "items": [...], "n_failed"}`) instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -262,6 +279,9 @@ pub struct CheckArgs {
     /// Task directories or dataset directories.
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
+    /// Print JSON (`{"ok", "tasks": [...], ...}`) instead of lines.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where environments run.

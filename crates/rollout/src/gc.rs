@@ -23,6 +23,9 @@ pub fn main(args: GcArgs) -> CliResult {
             .gc(&rollout_runner::host_name(), opts)
             .await
             .map_err(CliError::failed)?;
+        if args.json {
+            return Ok(json_out(&items, "docker", None, args.dry_run));
+        }
         let failed = print_items(&items, true);
         println!(
             "{} item(s){}",
@@ -48,6 +51,10 @@ async fn kube(args: GcArgs) -> CliResult {
         .gc(&rollout_runner::host_name(), args.dry_run)
         .await
         .map_err(CliError::failed)?;
+    if args.json {
+        let ns = Some(provider.namespace());
+        return Ok(json_out(&items, "kubernetes", ns, args.dry_run));
+    }
     let failed = print_items(&items, false);
     println!(
         "{} item(s) in namespace {}{}",
@@ -67,6 +74,19 @@ async fn kube(args: GcArgs) -> CliResult {
     } else {
         exit::OK
     })
+}
+
+/// `--json`: one document (docs/cli-json.md); the exit status as without it.
+fn json_out(items: &[rollout_env::gc::GcItem], env: &str, ns: Option<&str>, dry: bool) -> u8 {
+    let n_failed = items.iter().filter(|i| i.error.is_some()).count();
+    crate::print_json(&serde_json::json!({
+        "env": env, "namespace": ns, "dry_run": dry, "items": items, "n_failed": n_failed,
+    }));
+    if n_failed > 0 {
+        exit::TRIAL_ERRORS
+    } else {
+        exit::OK
+    }
 }
 
 /// Print one line per collected item (with the short id when `with_id`); returns how many

@@ -47,6 +47,14 @@ pub fn set_job_log_level(level: &str) {
     }
 }
 
+/// Print one JSON document (a `--json` output) on stdout.
+pub fn print_json<T: serde::Serialize>(v: &T) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(v).expect("JSON output serializes")
+    );
+}
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse_from(cli::job_shorthand(std::env::args_os().collect()));
     init_logging();
@@ -72,8 +80,8 @@ fn main() -> ExitCode {
         cli::Command::Jobs(cli::JobsCommand::Export { job_dir, format }) => {
             jobs_cmd::export(&job_dir, format)
         }
-        cli::Command::Datasets(cli::DatasetsCommand::List { registry }) => {
-            error::report(sources_cmd::datasets_list(&registry))
+        cli::Command::Datasets(cli::DatasetsCommand::List { registry, json }) => {
+            error::report(sources_cmd::datasets_list(&registry, json))
         }
         cli::Command::Cache(cmd) => error::report(sources_cmd::cache(cmd)),
         cli::Command::Gc(args) => error::report(gc::main(args)),
@@ -94,6 +102,13 @@ fn main() -> ExitCode {
             use clap::CommandFactory;
             let mut cmd = cli::Cli::command();
             clap_complete::generate(shell, &mut cmd, "rollout", &mut std::io::stdout());
+            exit::OK
+        }
+        cli::Command::Schema { document } => {
+            let doc = rollout_core::schema::Document::ALL
+                .into_iter()
+                .find(|d| d.name() == document);
+            print!("{}", doc.expect("clap checked the name").to_pretty_json());
             exit::OK
         }
         cli::Command::Man => {

@@ -6,8 +6,22 @@ use crate::exit;
 use rollout_sources::git::GitCache;
 use rollout_sources::registry::Registry;
 
-pub fn datasets_list(registry: &str) -> CliResult {
+pub fn datasets_list(registry: &str, json: bool) -> CliResult {
     let reg = Registry::load(registry).map_err(CliError::usage)?;
+    if json {
+        let datasets: Vec<_> = reg
+            .datasets
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "name": d.name, "version": d.version, "description": d.description,
+                    "n_tasks": d.tasks.len(), "tasks": d.tasks, "metrics": d.metrics,
+                })
+            })
+            .collect();
+        crate::print_json(&serde_json::json!({ "registry": registry, "datasets": datasets }));
+        return Ok(exit::OK);
+    }
     let width = reg
         .datasets
         .iter()
@@ -40,20 +54,37 @@ pub fn cache(cmd: CacheCommand) -> CliResult {
     let git = GitCache::new(GitCache::default_root());
     let others = ["archives", "jsonl", "code-agents"];
     match cmd {
-        CacheCommand::Ls => {
-            println!("cache: {}", root.display());
+        CacheCommand::Ls { json } => {
             let entries = git.list().map_err(CliError::failed)?;
+            let dirs = others.map(|d| {
+                let dir = root.join(d);
+                let n = std::fs::read_dir(&dir).map(|r| r.count()).unwrap_or(0);
+                (d, dir.clone(), n, rollout_core::digest::tree_bytes(&dir))
+            });
+            if json {
+                let dirs: Vec<_> = dirs
+                    .iter()
+                    .map(|(name, dir, n, bytes)| {
+                        serde_json::json!({
+                            "name": name, "dir": dir, "entries": n, "bytes": bytes,
+                        })
+                    })
+                    .collect();
+                crate::print_json(
+                    &serde_json::json!({ "root": root, "git": entries, "dirs": dirs }),
+                );
+                return Ok(exit::OK);
+            }
+            println!("cache: {}", root.display());
             for e in &entries {
                 println!("git       {}  {}  {}", e.url, e.commit, mib(e.bytes));
             }
             println!("git: {} checkout(s)", entries.len());
-            for d in others {
-                let dir = root.join(d);
-                let n = std::fs::read_dir(&dir).map(|r| r.count()).unwrap_or(0);
+            for (d, _, n, bytes) in dirs {
                 println!(
                     "{d}: {n} entr{}, {}",
                     if n == 1 { "y" } else { "ies" },
-                    mib(rollout_core::digest::tree_bytes(&dir))
+                    mib(bytes)
                 );
             }
             Ok(exit::OK)
