@@ -979,9 +979,11 @@ impl InstalledAgent {
         }
         outcome.usage = report.usage;
         match report.failure {
-            Some((kind, message)) if !outcome.timed_out => {
-                Err(AgentError::Provider { kind, message })
-            }
+            Some((kind, message)) if !outcome.timed_out => Err(AgentError::Provider {
+                kind,
+                message,
+                outcome: Some(Box::new(outcome)),
+            }),
             _ => Ok(outcome),
         }
     }

@@ -49,11 +49,13 @@ pub enum AgentError {
     Config(String),
     #[error("{0}")]
     Host(String),
-    /// The model provider failed (after the agent's own retries).
+    /// The model provider failed (after the agent's own retries); `outcome` is what the agent
+    /// did until then (its model usage), when it knows.
     #[error("{message}")]
     Provider {
         kind: rollout_core::ErrorKind,
         message: String,
+        outcome: Option<Box<CommandOutcome>>,
     },
 }
 

@@ -8,9 +8,12 @@
 //! time is left. Every request, reply, tool call and result, with token counts and latency, is
 //! written to `agent/trajectory.json` (Harbor's ATIF trajectory format) after each turn (so a
 //! killed run keeps its trajectory).
-//! Rate limits (429), 5xx and connection errors are retried with backoff, honouring
-//! `Retry-After`; what remains is classified (`api_rate_limit`, `api_auth`,
-//! `context_window_exceeded`, `model_not_found`, `api_error`).
+//! Rate limits (429), 5xx, connection errors, timeouts and 200 replies that are not replies are
+//! retried with backoff, honouring `Retry-After`; what remains is classified (`api_rate_limit`,
+//! `api_auth`, `context_window_exceeded`, `model_not_found`, `api_error`) and ends the run with
+//! the usage so far. What a weak model sends is answered, not mistaken for an answer: tool
+//! arguments that are not a JSON object, empty replies, replies cut at the output limit and
+//! the same call repeated are each told to the model and marked in the step's `outcome`.
 
 use crate::mcp::McpSession;
 use crate::{Agent, AgentContext, AgentError};
@@ -190,6 +193,9 @@ struct ToolCall {
     id: String,
     name: String,
     input: Value,
+    /// Why the call's arguments cannot be used (not JSON, not an object): the tool is not run
+    /// and the model is told so.
+    bad_arguments: Option<String>,
 }
 
 /// One model reply, provider-neutral.
@@ -199,9 +205,79 @@ struct Reply {
     calls: Vec<ToolCall>,
     input_tokens: u64,
     output_tokens: u64,
-    /// The provider's raw message, appended to the conversation as is.
+    /// Whether the provider reported token usage (otherwise the counts are estimated).
+    usage_reported: bool,
+    /// Why the model stopped, in OpenAI's words (`stop`, `tool_calls`, `length`,
+    /// `content_filter`; Anthropic's are mapped), when the provider said.
+    finish: Option<String>,
+    /// The provider's message, appended to the conversation (tool-call arguments that are not
+    /// a JSON object replaced by `{}`, missing call ids filled in: servers refuse their own
+    /// malformed calls when they are sent back).
     raw_message: Value,
 }
+
+/// The input of a tool call from its `arguments` (OpenAI sends a JSON text): a JSON object,
+/// or why it is not one.
+fn parse_arguments(raw: Option<&Value>) -> Result<Value, String> {
+    match raw {
+        None | Some(Value::Null) => Ok(json!({})),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(json!({})),
+        Some(Value::String(s)) => match serde_json::from_str::<Value>(s) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            Ok(other) => Err(format!(
+                "its arguments are JSON but not an object: {}",
+                cap_text(&other.to_string(), 300)
+            )),
+            Err(e) => Err(format!(
+                "its arguments are not valid JSON ({e}): {}",
+                cap_text(s, 300)
+            )),
+        },
+        Some(v @ Value::Object(_)) => Ok(v.clone()),
+        Some(other) => Err(format!(
+            "its arguments are not a JSON object: {}",
+            cap_text(&other.to_string(), 300)
+        )),
+    }
+}
+
+/// Tokens of `bytes` of text, estimated (about 4 bytes a token) for providers that report no
+/// usage.
+fn estimate_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(4).max(1)
+}
+
+/// A transport failure in words that tell a timeout from a refused connection (reqwest's own
+/// text is the same for both), with the underlying causes.
+fn transport_error(e: &reqwest::Error, timeout: Duration) -> String {
+    use std::error::Error as _;
+    let mut chain = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !chain.contains(&text) {
+            chain.push_str(": ");
+            chain.push_str(&text);
+        }
+        source = s.source();
+    }
+    if e.is_timeout() {
+        format!(
+            "timed out: no reply within {timeout:?} (kwargs.request_timeout_sec; a slow model needs more) [{chain}]"
+        )
+    } else if e.is_connect() {
+        format!("cannot connect: is the model server running and reachable from here? [{chain}]")
+    } else {
+        chain
+    }
+}
+
+/// Consecutive empty replies (no text, no tool call) after which the agent gives up.
+const MAX_EMPTY_REPLIES: u32 = 3;
+/// Consecutive turns with the same tool calls after which the model is warned, and after which
+/// the agent stops.
+const REPEAT_WARN: u32 = 3;
+const MAX_REPEATS: u32 = 5;
 
 /// A provider error after retries.
 #[derive(Debug)]
@@ -237,6 +313,9 @@ fn classify(status: u16, body: &str) -> ErrorKind {
         || b.contains("maximum context length")
         || b.contains("prompt is too long")
         || b.contains("context window")
+        // llama.cpp's server
+        || b.contains("exceed_context_size_error")
+        || b.contains("exceeds the available context size")
     {
         return ErrorKind::ContextWindowExceeded;
     }
@@ -313,48 +392,86 @@ impl LlmAgent {
         }
     }
 
-    fn parse_reply(&self, v: &Value) -> Result<Reply, String> {
+    /// Whether `v` has the shape of a reply (a 200 without it is retried, its body kept).
+    fn shape_error(&self, v: &Value) -> Option<&'static str> {
+        match &self.api {
+            Api::OpenAi { .. } => (!v
+                .pointer("/choices/0/message")
+                .is_some_and(Value::is_object))
+            .then_some("a reply without choices[0].message"),
+            Api::Anthropic { .. } => (!v.get("content").is_some_and(Value::is_array))
+                .then_some("a reply without a content list"),
+        }
+    }
+
+    fn parse_reply(&self, v: &Value, turn: u64) -> Result<Reply, String> {
         match &self.api {
             Api::OpenAi { .. } => {
                 let msg = v
                     .pointer("/choices/0/message")
+                    .filter(|m| m.is_object())
                     .ok_or("the reply has no choices[0].message")?;
-                let calls = msg
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .map(|c| ToolCall {
-                                id: c["id"].as_str().unwrap_or_default().to_string(),
-                                name: c
-                                    .pointer("/function/name")
-                                    .and_then(Value::as_str)
-                                    .unwrap_or_default()
-                                    .to_string(),
-                                input: c
-                                    .pointer("/function/arguments")
-                                    .and_then(Value::as_str)
-                                    .and_then(|s| serde_json::from_str(s).ok())
-                                    .unwrap_or(Value::Null),
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
                 let mut raw = msg.clone();
+                let mut calls = Vec::new();
+                if let Some(list) = raw.get_mut("tool_calls").and_then(Value::as_array_mut) {
+                    for (i, c) in list.iter_mut().enumerate() {
+                        if !c.is_object() {
+                            *c = json!({"type": "function", "function": {"name": "", "arguments": "{}"}});
+                        }
+                        let id = match c["id"].as_str().filter(|s| !s.is_empty()) {
+                            Some(id) => id.to_string(),
+                            None => {
+                                let id = format!("call_{turn}_{i}");
+                                c["id"] = json!(id);
+                                id
+                            }
+                        };
+                        let name = c
+                            .pointer("/function/name")
+                            .and_then(Value::as_str)
+                            .unwrap_or_default()
+                            .to_string();
+                        let (input, bad_arguments) =
+                            match parse_arguments(c.pointer("/function/arguments")) {
+                                Ok(input) => (input, None),
+                                Err(why) => {
+                                    if let Some(f) = c.get_mut("function").filter(|f| f.is_object())
+                                    {
+                                        f["arguments"] = json!("{}");
+                                    }
+                                    (Value::Null, Some(why))
+                                }
+                            };
+                        calls.push(ToolCall {
+                            id,
+                            name,
+                            input,
+                            bad_arguments,
+                        });
+                    }
+                }
+                if calls.is_empty() {
+                    if let Some(o) = raw.as_object_mut() {
+                        o.remove("tool_calls");
+                    }
+                }
                 if raw.get("content").is_none_or(Value::is_null) {
                     raw["content"] = json!("");
                 }
+                let input = v.pointer("/usage/prompt_tokens").and_then(Value::as_u64);
+                let output = v
+                    .pointer("/usage/completion_tokens")
+                    .and_then(Value::as_u64);
                 Ok(Reply {
                     text: msg["content"].as_str().unwrap_or_default().to_string(),
                     calls,
-                    input_tokens: v
-                        .pointer("/usage/prompt_tokens")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0),
-                    output_tokens: v
-                        .pointer("/usage/completion_tokens")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0),
+                    input_tokens: input.unwrap_or(0),
+                    output_tokens: output.unwrap_or(0),
+                    usage_reported: input.is_some() || output.is_some(),
+                    finish: v
+                        .pointer("/choices/0/finish_reason")
+                        .and_then(Value::as_str)
+                        .map(String::from),
                     raw_message: raw,
                 })
             }
@@ -368,25 +485,40 @@ impl LlmAgent {
                 for block in content {
                     match block["type"].as_str() {
                         Some("text") => text.push_str(block["text"].as_str().unwrap_or_default()),
-                        Some("tool_use") => calls.push(ToolCall {
-                            id: block["id"].as_str().unwrap_or_default().to_string(),
-                            name: block["name"].as_str().unwrap_or_default().to_string(),
-                            input: block["input"].clone(),
-                        }),
+                        Some("tool_use") => {
+                            let (input, bad_arguments) = match parse_arguments(block.get("input")) {
+                                Ok(input) => (input, None),
+                                Err(why) => (Value::Null, Some(why)),
+                            };
+                            calls.push(ToolCall {
+                                id: block["id"].as_str().unwrap_or_default().to_string(),
+                                name: block["name"].as_str().unwrap_or_default().to_string(),
+                                input,
+                                bad_arguments,
+                            })
+                        }
                         _ => {}
                     }
                 }
+                let input = v.pointer("/usage/input_tokens").and_then(Value::as_u64);
+                let output = v.pointer("/usage/output_tokens").and_then(Value::as_u64);
+                let finish = v.get("stop_reason").and_then(Value::as_str).map(|r| {
+                    match r {
+                        "end_turn" | "stop_sequence" => "stop",
+                        "max_tokens" | "model_context_window_exceeded" => "length",
+                        "tool_use" => "tool_calls",
+                        "refusal" => "content_filter",
+                        other => other,
+                    }
+                    .to_string()
+                });
                 Ok(Reply {
                     text,
                     calls,
-                    input_tokens: v
-                        .pointer("/usage/input_tokens")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0),
-                    output_tokens: v
-                        .pointer("/usage/output_tokens")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0),
+                    input_tokens: input.unwrap_or(0),
+                    output_tokens: output.unwrap_or(0),
+                    usage_reported: input.is_some() || output.is_some(),
+                    finish,
                     raw_message: json!({"role": "assistant", "content": content}),
                 })
             }
@@ -407,7 +539,9 @@ impl LlmAgent {
         }
     }
 
-    /// POST one request, retrying transient failures; returns the JSON reply and the attempts.
+    /// POST one request, retrying transient failures (429, 5xx, connection errors, timeouts, a
+    /// 200 whose body is not a reply); returns the JSON reply. Every attempt is logged, with
+    /// the provider's body when it was not a reply.
     async fn call(
         &self,
         body: &Value,
@@ -446,10 +580,11 @@ impl LlmAgent {
                     message: "no time left for another model request".into(),
                 });
             }
+            let timeout = self.settings.request_timeout.min(left);
             let req = builder
                 .try_clone()
                 .expect("a JSON body can be cloned")
-                .timeout(self.settings.request_timeout.min(left))
+                .timeout(timeout)
                 .json(body);
             let started = Instant::now();
             let (status, text, retry_after, transport) = match req.send().await {
@@ -461,34 +596,61 @@ impl LlmAgent {
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.trim().parse::<f64>().ok())
                         .map(|s| Duration::from_secs_f64(s.clamp(0.0, 600.0)));
-                    let text = resp.text().await.unwrap_or_default();
-                    (status, text, retry_after, None)
+                    match resp.text().await {
+                        Ok(text) => (status, text, retry_after, None),
+                        Err(e) => (
+                            status,
+                            String::new(),
+                            None,
+                            Some(transport_error(&e, timeout)),
+                        ),
+                    }
                 }
-                Err(e) => (0, String::new(), None, Some(e.to_string())),
+                Err(e) => (0, String::new(), None, Some(transport_error(&e, timeout))),
+            };
+            let latency_ms = started.elapsed().as_millis() as u64;
+            let mut malformed = None;
+            if transport.is_none() && (200..300).contains(&status) {
+                match serde_json::from_str::<Value>(&text) {
+                    Ok(v) => match self.shape_error(&v) {
+                        None => {
+                            log.push(json!({
+                                "attempt": attempt, "url": url, "status": status,
+                                "latency_ms": latency_ms, "error": null,
+                            }));
+                            return Ok(v);
+                        }
+                        Some(why) => malformed = Some(why.to_string()),
+                    },
+                    Err(e) => malformed = Some(format!("a body that is not JSON ({e})")),
+                }
+            }
+            let excerpt = if text.trim().is_empty() {
+                "(empty body)".to_string()
+            } else {
+                cap_text(text.trim(), 1000)
+            };
+            let error = match (&transport, &malformed) {
+                (Some(t), _) => t.clone(),
+                (None, Some(m)) => format!("HTTP {status} with {m}: {excerpt}"),
+                (None, None) => format!("HTTP {status}: {excerpt}"),
             };
             log.push(json!({
                 "attempt": attempt, "url": url, "status": status,
-                "latency_ms": started.elapsed().as_millis() as u64,
-                "error": transport.clone().or_else(|| (status >= 400).then(|| cap_text(&text, 2000))),
+                "latency_ms": latency_ms, "error": error,
             }));
-            if transport.is_none() && (200..300).contains(&status) {
-                return serde_json::from_str(&text).map_err(|e| ApiFailure {
-                    kind: ErrorKind::ApiError,
-                    message: format!("{url} answered with invalid JSON: {e}"),
-                });
-            }
-            let retry = transport.is_some() || transient(status);
+            let kind = if transport.is_some() || malformed.is_some() {
+                ErrorKind::ApiError
+            } else {
+                classify(status, &text)
+            };
+            // A context overflow is final: the same conversation overflows again.
+            let retry = kind != ErrorKind::ContextWindowExceeded
+                && (transport.is_some() || malformed.is_some() || transient(status));
             if !retry || attempt > self.settings.api_retries {
-                let kind = if transport.is_some() {
-                    ErrorKind::ApiError
-                } else {
-                    classify(status, &text)
-                };
-                let what = transport
-                    .unwrap_or_else(|| format!("HTTP {status}: {}", cap_text(text.trim(), 500)));
                 return Err(ApiFailure {
                     kind,
-                    message: format!("{url} after {attempt} attempt(s): {what}"),
+                    message: format!("{url} after {attempt} attempt(s): {error}"),
                 });
             }
             let wait = retry_after
@@ -609,9 +771,29 @@ pub struct Conversation {
 }
 
 impl LlmAgent {
+    /// What a step keeps of its request: the parameters, the turn's system prompt and only the
+    /// messages added since the previous request (`messages_from` is their index in the
+    /// conversation), so that the trajectory grows linearly with the turns. The tools are in
+    /// the trajectory's `agent.tool_definitions`; the full request of a turn is its system
+    /// prompt and the `new_messages` of every agent step up to it.
+    fn request_record(&self, body: &Value, system: &str, from: usize, new: &[Value]) -> Value {
+        let mut r = body.clone();
+        if let Some(o) = r.as_object_mut() {
+            o.remove("messages");
+            o.remove("tools");
+            o.remove("system");
+        }
+        r["system"] = json!(system);
+        r["messages_from"] = json!(from);
+        r["new_messages"] = json!(new);
+        r
+    }
+
     /// The conversation loop: send `instruction`, run the tool calls the model asks for on
-    /// `host`, until a final answer, `max_turns`, a budget or `deadline`. The trajectory is
-    /// rewritten at `trajectory_path` after every turn.
+    /// `host`, until a final answer, `max_turns`, a budget, a failing provider or `deadline`.
+    /// The trajectory is written at `trajectory_path` before the first request and after every
+    /// turn. A provider failure ends the run with [`AgentError::Provider`], carrying the usage
+    /// of the turns that succeeded (`stop_reason` is the error kind).
     pub async fn converse(
         &self,
         system_prompt: &str,
@@ -624,8 +806,8 @@ impl LlmAgent {
         let extra_tools = host.extra_tools();
         let mut messages: Vec<Value> = vec![json!({"role": "user", "content": instruction})];
         // The trajectory is Harbor's ATIF (docs/agents.md): a system step, a user step, then
-        // one agent step per model turn (its exact request, response and HTTP attempts in the
-        // step's `extra`).
+        // one agent step per model turn (what its request added, the response and the HTTP
+        // attempts in the step's `extra`).
         let now = || Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         let mut steps: Vec<Value> = vec![
             json!({"step_id": 1, "timestamp": now(), "source": "system", "message": system_prompt}),
@@ -649,9 +831,17 @@ impl LlmAgent {
             },
             "steps": [],
         });
+        // Written before the first request: a run stopped during it keeps what it was asked.
+        finish_trajectory(&mut trajectory, &steps, &usage, None);
+        write_trajectory(trajectory_path, &trajectory);
         let mut timed_out = false;
         let mut final_text = String::new();
-        let stop_reason = loop {
+        let mut recorded = 0usize;
+        let mut empty_replies = 0u32;
+        let mut last_calls = String::new();
+        let mut repeats = 0u32;
+        let mut failure: Option<ApiFailure> = None;
+        let stop_reason: &'static str = loop {
             if usage.turns >= self.settings.max_turns {
                 break "max_turns";
             }
@@ -666,6 +856,8 @@ impl LlmAgent {
                 usage.turns, self.settings.max_turns
             );
             let body = self.request_body(&system, &messages, &extra_tools);
+            let request = self.request_record(&body, &system, recorded, &messages[recorded..]);
+            recorded = messages.len();
             let mut attempts = Vec::new();
             let t0 = Instant::now();
             let reply = tokio::select! {
@@ -673,44 +865,60 @@ impl LlmAgent {
                 _ = tokio::time::sleep_until(deadline.into()) => Err(ApiFailure { kind: ErrorKind::AgentExecutionTimeout, message: "timeout".into() }),
             };
             usage.requests += attempts.len() as u64;
+            let error_step = |error: Value| {
+                json!({
+                    "step_id": steps.len() + 1, "timestamp": now(), "source": "agent",
+                    "model_name": self.model, "message": "",
+                    "extra": {"turn": usage.turns, "request": request, "attempts": attempts, "error": error, "outcome": "error"},
+                })
+            };
             let value = match reply {
                 Ok(v) => v,
                 Err(f) if f.kind == ErrorKind::AgentExecutionTimeout => {
-                    steps.push(json!({
-                        "step_id": steps.len() + 1, "timestamp": now(), "source": "agent",
-                        "model_name": self.model, "message": "",
-                        "extra": {"turn": usage.turns, "attempts": attempts, "error": "agent timeout during the model request"},
-                    }));
+                    let step = error_step(json!("agent timeout during the model request"));
+                    steps.push(step);
                     timed_out = true;
                     break "timeout";
                 }
                 Err(f) => {
-                    steps.push(json!({
-                        "step_id": steps.len() + 1, "timestamp": now(), "source": "agent",
-                        "model_name": self.model, "message": "",
-                        "extra": {"turn": usage.turns, "request": body, "attempts": attempts, "error": {"type": f.kind, "message": f.message}},
-                    }));
-                    finish_trajectory(&mut trajectory, steps, &usage, None);
-                    write_trajectory(trajectory_path, &trajectory);
-                    return Err(AgentError::Provider {
-                        kind: f.kind,
-                        message: f.message,
-                    });
+                    let step = error_step(json!({"type": f.kind, "message": f.message}));
+                    steps.push(step);
+                    let reason = f.kind.as_str();
+                    failure = Some(f);
+                    break reason;
                 }
             };
             let latency_ms = t0.elapsed().as_millis() as u64;
-            let reply = self.parse_reply(&value).map_err(|m| AgentError::Provider {
-                kind: ErrorKind::ApiError,
-                message: m,
-            })?;
+            let mut reply = match self.parse_reply(&value, usage.turns) {
+                Ok(r) => r,
+                Err(m) => {
+                    let mut step = error_step(json!({"type": ErrorKind::ApiError, "message": m}));
+                    step["extra"]["response"] = value;
+                    steps.push(step);
+                    failure = Some(ApiFailure {
+                        kind: ErrorKind::ApiError,
+                        message: m,
+                    });
+                    break ErrorKind::ApiError.as_str();
+                }
+            };
+            if !reply.usage_reported {
+                // No usage from the provider: estimated, so that token budgets still apply,
+                // and marked as estimated.
+                reply.input_tokens = estimate_tokens(body.to_string().len());
+                reply.output_tokens = estimate_tokens(reply.raw_message.to_string().len());
+                usage.estimated_turns += 1;
+            }
             usage.input_tokens += reply.input_tokens;
             usage.output_tokens += reply.output_tokens;
             usage.cost_usd = self.cost(&usage);
-            messages.push(reply.raw_message.clone());
             let mut metrics = json!({
                 "prompt_tokens": reply.input_tokens, "completion_tokens": reply.output_tokens,
                 "extra": {"latency_ms": latency_ms},
             });
+            if !reply.usage_reported {
+                metrics["extra"]["usage_estimated"] = json!(true);
+            }
             if let Some(c) = self.cost(&ModelUsage {
                 input_tokens: reply.input_tokens,
                 output_tokens: reply.output_tokens,
@@ -721,48 +929,122 @@ impl LlmAgent {
             let mut step = json!({
                 "step_id": steps.len() + 1, "timestamp": now(), "source": "agent",
                 "model_name": self.model, "message": reply.text, "metrics": metrics,
-                "extra": {"turn": usage.turns, "request": body, "response": value, "attempts": attempts},
+                "extra": {"turn": usage.turns, "request": request, "response": value, "attempts": attempts, "finish_reason": reply.finish},
             });
+            let cut = reply.finish.as_deref() == Some("length");
             if reply.calls.is_empty() {
-                final_text = reply.text.clone();
-                steps.push(step);
-                break "final_answer";
-            }
-            let mut results = Vec::new();
-            let mut tool_calls = Vec::new();
-            let mut observations = Vec::new();
-            let mut tool_seconds = Vec::new();
-            for call in &reply.calls {
-                let t = Instant::now();
-                let left = deadline.saturating_duration_since(Instant::now());
-                let timeout = self
-                    .settings
-                    .command_timeout
-                    .min(left)
-                    .max(Duration::from_secs(1));
-                let mut out = cap_text(
-                    &host.call(&call.name, &call.input, timeout).await,
-                    self.settings.tool_output_cap,
-                );
-                let left = deadline.saturating_duration_since(Instant::now()).as_secs();
-                out.push_str(&format!("\n[time left: {left} s]"));
-                // ATIF tool arguments are an object: any other input is kept under `input`.
-                let arguments = match &call.input {
-                    Value::Object(_) => call.input.clone(),
-                    other => json!({ "input": other }),
+                let empty = reply.text.trim().is_empty();
+                if empty {
+                    empty_replies += 1;
+                } else {
+                    empty_replies = 0;
+                }
+                let nudge = if reply.finish.as_deref() == Some("content_filter") {
+                    step["extra"]["outcome"] = json!("content_filter");
+                    steps.push(step);
+                    break "content_filter";
+                } else if cut {
+                    format!(
+                        "Your reply was cut off at the output limit ({} tokens) before it was complete. \
+                         Continue more briefly; call a tool to act.",
+                        self.settings.max_output_tokens
+                    )
+                } else if empty && empty_replies >= MAX_EMPTY_REPLIES {
+                    step["extra"]["outcome"] = json!("empty_reply");
+                    steps.push(step);
+                    break "empty_replies";
+                } else if empty {
+                    "Your reply was empty. Call a tool to work on the task or, if it is done, \
+                     reply with a short summary."
+                        .to_string()
+                } else {
+                    final_text = reply.text.clone();
+                    step["extra"]["outcome"] = json!("final_answer");
+                    steps.push(step);
+                    break "final_answer";
                 };
-                tool_calls.push(json!({"tool_call_id": call.id, "function_name": call.name, "arguments": arguments}));
-                observations.push(json!({"source_call_id": call.id, "content": out}));
-                tool_seconds.push(json!(t.elapsed().as_secs_f64()));
-                results.push((call.id.clone(), out));
+                // Not an answer: the model is told why and the conversation goes on.
+                step["extra"]["outcome"] = json!(if cut { "truncated" } else { "empty_reply" });
+                step["extra"]["agent_note"] = json!(nudge);
+                if !empty {
+                    messages.push(reply.raw_message.clone());
+                }
+                messages.push(json!({"role": "user", "content": nudge}));
+                steps.push(step);
+            } else {
+                empty_replies = 0;
+                let signature = reply
+                    .calls
+                    .iter()
+                    .map(|c| format!("{}\u{0}{}", c.name, c.input))
+                    .collect::<Vec<_>>()
+                    .join("\u{1}");
+                if signature == last_calls {
+                    repeats += 1;
+                } else {
+                    repeats = 1;
+                    last_calls = signature;
+                }
+                messages.push(reply.raw_message.clone());
+                let mut results = Vec::new();
+                let mut tool_calls = Vec::new();
+                let mut observations = Vec::new();
+                let mut tool_seconds = Vec::new();
+                for call in &reply.calls {
+                    let t = Instant::now();
+                    let mut out = match &call.bad_arguments {
+                        Some(why) => format!(
+                            "error: the call was not run: {why}. Call the tool again with its \
+                             arguments as one JSON object that matches its parameters."
+                        ),
+                        None => {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            let timeout = self
+                                .settings
+                                .command_timeout
+                                .min(left)
+                                .max(Duration::from_secs(1));
+                            cap_text(
+                                &host.call(&call.name, &call.input, timeout).await,
+                                self.settings.tool_output_cap,
+                            )
+                        }
+                    };
+                    if repeats >= REPEAT_WARN {
+                        out.push_str(&format!(
+                            "\n[note: the same call {repeats} turns in a row gives the same result; \
+                             try something different, or reply with a summary if the task is done]"
+                        ));
+                    }
+                    let left = deadline.saturating_duration_since(Instant::now()).as_secs();
+                    out.push_str(&format!("\n[time left: {left} s]"));
+                    // ATIF tool arguments are an object: anything else is kept under `input`.
+                    let arguments = match (&call.input, &call.bad_arguments) {
+                        (Value::Object(_), None) => call.input.clone(),
+                        (_, Some(why)) => json!({ "invalid": why }),
+                        (other, None) => json!({ "input": other }),
+                    };
+                    tool_calls.push(json!({"tool_call_id": call.id, "function_name": call.name, "arguments": arguments}));
+                    observations.push(json!({"source_call_id": call.id, "content": out}));
+                    tool_seconds.push(json!(t.elapsed().as_secs_f64()));
+                    results.push((call.id.clone(), out));
+                }
+                step["tool_calls"] = Value::Array(tool_calls);
+                step["observation"] = json!({ "results": observations });
+                step["extra"]["tool_seconds"] = Value::Array(tool_seconds);
+                step["extra"]["outcome"] = json!(if cut {
+                    "truncated_tool_calls"
+                } else {
+                    "tool_calls"
+                });
+                steps.push(step);
+                messages.extend(self.tool_messages(&results));
             }
-            step["tool_calls"] = Value::Array(tool_calls);
-            step["observation"] = json!({ "results": observations });
-            step["extra"]["tool_seconds"] = Value::Array(tool_seconds);
-            steps.push(step);
-            messages.extend(self.tool_messages(&results));
-            finish_trajectory(&mut trajectory, steps.clone(), &usage, None);
+            finish_trajectory(&mut trajectory, &steps, &usage, None);
             write_trajectory(trajectory_path, &trajectory);
+            if repeats >= MAX_REPEATS {
+                break "repeated_tool_calls";
+            }
             if self
                 .settings
                 .max_total_tokens
@@ -777,8 +1059,18 @@ impl LlmAgent {
             }
         };
         usage.stop_reason = stop_reason.into();
-        finish_trajectory(&mut trajectory, steps, &usage, Some(stop_reason));
+        finish_trajectory(&mut trajectory, &steps, &usage, Some(stop_reason));
         write_trajectory(trajectory_path, &trajectory);
+        if let Some(f) = failure {
+            return Err(AgentError::Provider {
+                kind: f.kind,
+                message: f.message,
+                outcome: Some(Box::new(CommandOutcome {
+                    usage: Some(usage),
+                    ..Default::default()
+                })),
+            });
+        }
         Ok(Conversation {
             usage,
             timed_out,
@@ -869,7 +1161,7 @@ pub const ATIF_VERSION: &str = "ATIF-v1.6";
 /// requests, turns and the stop reason in its `extra`.
 fn finish_trajectory(
     trajectory: &mut Value,
-    steps: Vec<Value>,
+    steps: &[Value],
     usage: &ModelUsage,
     stop_reason: Option<&str>,
 ) {
@@ -882,10 +1174,13 @@ fn finish_trajectory(
     if let Some(c) = usage.cost_usd {
         fm["total_cost_usd"] = json!(c);
     }
+    if usage.estimated_turns > 0 {
+        fm["extra"]["estimated_usage_turns"] = json!(usage.estimated_turns);
+    }
     if let Some(r) = stop_reason {
         fm["extra"]["stop_reason"] = json!(r);
     }
-    trajectory["steps"] = Value::Array(steps);
+    trajectory["steps"] = json!(steps);
     trajectory["final_metrics"] = fm;
 }
 
@@ -957,7 +1252,21 @@ impl Agent for LlmAgent {
             )
             .await;
         mcp.close().await;
-        let c = result?;
+        let c = result.map_err(|e| match e {
+            AgentError::Provider {
+                kind,
+                message,
+                outcome: Some(mut o),
+            } => {
+                o.seconds = started.elapsed().as_secs_f64();
+                AgentError::Provider {
+                    kind,
+                    message,
+                    outcome: Some(o),
+                }
+            }
+            e => e,
+        })?;
         Ok(CommandOutcome {
             exit_code: (!c.timed_out).then_some(0),
             timed_out: c.timed_out,
@@ -1060,5 +1369,457 @@ mod tests {
             .err()
             .unwrap()
             .contains("input_cost_per_mtok"));
+    }
+}
+
+/// The conversation loop against a scripted OpenAI-compatible server on loopback (real HTTP)
+/// and a recording tool host: what a weak model sends, each mapped to an outcome.
+#[cfg(test)]
+mod conversation_tests {
+    use super::*;
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    enum Answer {
+        Json(u16, Value),
+        Raw(u16, &'static str),
+        /// Answer after this long.
+        Slow(Duration, Value),
+        /// Signal that the request arrived, then never answer.
+        Hold,
+    }
+
+    #[derive(Clone, Default)]
+    struct Server {
+        answers: Arc<Mutex<VecDeque<Answer>>>,
+        seen: Arc<Mutex<Vec<Value>>>,
+        arrived: Arc<tokio::sync::Notify>,
+    }
+
+    impl Server {
+        fn seen(&self) -> Vec<Value> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    async fn chat(
+        axum::extract::State(s): axum::extract::State<Server>,
+        axum::Json(body): axum::Json<Value>,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        s.seen.lock().unwrap().push(body);
+        let next = s.answers.lock().unwrap().pop_front();
+        let status = |c: u16| axum::http::StatusCode::from_u16(c).unwrap();
+        match next {
+            None => (status(500), "script exhausted").into_response(),
+            Some(Answer::Json(c, v)) => (status(c), axum::Json(v)).into_response(),
+            Some(Answer::Raw(c, t)) => (status(c), t).into_response(),
+            Some(Answer::Slow(d, v)) => {
+                tokio::time::sleep(d).await;
+                axum::Json(v).into_response()
+            }
+            Some(Answer::Hold) => {
+                s.arrived.notify_one();
+                std::future::pending::<()>().await;
+                unreachable!()
+            }
+        }
+    }
+
+    async fn serve(answers: Vec<Answer>) -> (String, Server) {
+        let server = Server::default();
+        *server.answers.lock().unwrap() = answers.into();
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", axum::routing::post(chat))
+            .with_state(server.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        (format!("http://{addr}/v1"), server)
+    }
+
+    fn agent(url: &str, kwargs: &[(&str, Value)]) -> LlmAgent {
+        let mut spec = AgentSpec {
+            name: "rollout-agent".into(),
+            model_name: Some("small".into()),
+            ..Default::default()
+        };
+        spec.env.insert("OPENAI_BASE_URL".into(), url.into());
+        spec.kwargs.insert("api_backoff_sec".into(), json!(0));
+        spec.kwargs.insert("api_retries".into(), json!(0));
+        for (k, v) in kwargs {
+            spec.kwargs.insert(k.to_string(), v.clone());
+        }
+        LlmAgent::from_spec(&spec).unwrap()
+    }
+
+    /// Records the calls it runs; every call succeeds.
+    #[derive(Default)]
+    struct Host(Mutex<Vec<(String, Value)>>);
+
+    #[async_trait]
+    impl ToolHost for Host {
+        async fn call(&self, name: &str, input: &Value, _timeout: Duration) -> String {
+            self.0.lock().unwrap().push((name.into(), input.clone()));
+            "exit code: 0\nstdout:\nok\n".into()
+        }
+    }
+
+    struct Ran {
+        result: Result<Conversation, AgentError>,
+        trajectory: Value,
+        calls: Vec<(String, Value)>,
+    }
+
+    async fn run(a: &LlmAgent) -> Ran {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trajectory.json");
+        let host = Host::default();
+        let result = a
+            .converse(
+                "sys",
+                "do it",
+                &host,
+                Instant::now() + Duration::from_secs(60),
+                &path,
+            )
+            .await;
+        Ran {
+            result,
+            trajectory: serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap(),
+            calls: host.0.into_inner().unwrap(),
+        }
+    }
+
+    fn reply(message: Value, finish: &str) -> Value {
+        json!({"choices": [{"message": message, "finish_reason": finish}],
+               "usage": {"prompt_tokens": 100, "completion_tokens": 20}})
+    }
+
+    fn call_with(args: &str) -> Value {
+        reply(
+            json!({"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "bash", "arguments": args}}]}),
+            "tool_calls",
+        )
+    }
+
+    fn answer(text: &str) -> Value {
+        reply(json!({"role": "assistant", "content": text}), "stop")
+    }
+
+    fn stop_reason(t: &Value) -> &str {
+        t["final_metrics"]["extra"]["stop_reason"].as_str().unwrap()
+    }
+
+    fn agent_steps(t: &Value) -> Vec<Value> {
+        t["steps"].as_array().unwrap()[2..].to_vec()
+    }
+
+    fn provider_error(r: &Ran) -> (ErrorKind, String, ModelUsage) {
+        match &r.result {
+            Err(AgentError::Provider {
+                kind,
+                message,
+                outcome: Some(o),
+            }) => (*kind, message.clone(), o.usage.clone().unwrap()),
+            other => panic!("expected a provider error with the usage so far, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_llama_cpp_context_overflow_is_final_and_classified() {
+        let body = json!({"error": {"code": 400, "type": "exceed_context_size_error",
+            "message": "the request exceeds the available context size (2100 > 2048 tokens), try increasing it"}});
+        for status in [400, 500] {
+            let (url, server) = serve(vec![Answer::Json(status, body.clone())]).await;
+            let r = run(&agent(&url, &[("api_retries", json!(3))])).await;
+            let (kind, message, usage) = provider_error(&r);
+            assert_eq!(kind, ErrorKind::ContextWindowExceeded, "{message}");
+            assert_eq!(server.seen().len(), 1, "an overflow is not retried");
+            assert!(!kind.retryable(), "nor is the trial");
+            assert_eq!(usage.stop_reason, "context_window_exceeded");
+            assert_eq!(stop_reason(&r.trajectory), "context_window_exceeded");
+            let last = agent_steps(&r.trajectory).pop().unwrap();
+            assert_eq!(last["extra"]["outcome"], "error");
+            assert_eq!(last["extra"]["error"]["type"], "context_window_exceeded");
+        }
+    }
+
+    #[tokio::test]
+    async fn tool_arguments_that_are_not_json_are_refused_and_not_echoed() {
+        let (url, server) = serve(vec![
+            Answer::Json(200, call_with(r#"{"command": "ls -"#)),
+            Answer::Json(200, call_with("[1, 2]")),
+            Answer::Json(200, answer("done")),
+        ])
+        .await;
+        let r = run(&agent(&url, &[])).await;
+        assert!(r.result.is_ok());
+        assert!(r.calls.is_empty(), "no tool ran: {:?}", r.calls);
+        let seen = server.seen();
+        let msgs = seen[1]["messages"].as_array().unwrap();
+        let sent_back = &msgs[msgs.len() - 2];
+        assert_eq!(
+            sent_back["tool_calls"][0]["function"]["arguments"], "{}",
+            "the server is not sent its own malformed call"
+        );
+        let told = msgs.last().unwrap()["content"].as_str().unwrap();
+        assert!(
+            told.starts_with("error: the call was not run: its arguments are not valid JSON"),
+            "{told}"
+        );
+        let msgs = seen[2]["messages"].as_array().unwrap();
+        let told = msgs.last().unwrap()["content"].as_str().unwrap();
+        assert!(told.contains("JSON but not an object"), "{told}");
+        let steps = agent_steps(&r.trajectory);
+        assert!(steps[0]["tool_calls"][0]["arguments"]["invalid"]
+            .as_str()
+            .unwrap()
+            .contains("not valid JSON"));
+        assert_eq!(stop_reason(&r.trajectory), "final_answer");
+    }
+
+    #[tokio::test]
+    async fn empty_replies_are_not_answers() {
+        let empty = || Answer::Json(200, answer(""));
+        let (url, server) = serve(vec![empty(), Answer::Json(200, answer("done"))]).await;
+        let r = run(&agent(&url, &[])).await;
+        assert_eq!(r.result.unwrap().final_text, "done");
+        let nudge = server.seen()[1]["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap()
+            .clone();
+        assert_eq!(nudge["role"], "user");
+        assert!(nudge["content"].as_str().unwrap().contains("empty"));
+        assert_eq!(
+            agent_steps(&r.trajectory)[0]["extra"]["outcome"],
+            "empty_reply"
+        );
+
+        let (url, server) = serve(vec![empty(), empty(), empty(), empty()]).await;
+        let r = run(&agent(&url, &[])).await;
+        let c = r.result.unwrap();
+        assert_eq!(c.usage.stop_reason, "empty_replies");
+        assert_eq!(c.final_text, "");
+        assert_eq!(server.seen().len(), MAX_EMPTY_REPLIES as usize);
+        assert_eq!(stop_reason(&r.trajectory), "empty_replies");
+    }
+
+    #[tokio::test]
+    async fn a_reply_cut_at_the_output_limit_is_not_an_answer() {
+        let cut = reply(
+            json!({"role": "assistant", "content": "First I will"}),
+            "length",
+        );
+        let (url, server) = serve(vec![
+            Answer::Json(200, cut),
+            Answer::Json(200, answer("done")),
+        ])
+        .await;
+        let r = run(&agent(&url, &[("max_output_tokens", json!(64))])).await;
+        let c = r.result.unwrap();
+        assert_eq!((c.final_text.as_str(), c.usage.turns), ("done", 2));
+        let steps = agent_steps(&r.trajectory);
+        assert_eq!(steps[0]["extra"]["outcome"], "truncated");
+        assert_eq!(steps[0]["extra"]["finish_reason"], "length");
+        let msgs = server.seen()[1]["messages"].as_array().unwrap().clone();
+        assert_eq!(msgs[msgs.len() - 2]["content"], "First I will");
+        assert!(msgs[msgs.len() - 1]["content"]
+            .as_str()
+            .unwrap()
+            .contains("cut off at the output limit (64 tokens)"));
+    }
+
+    #[tokio::test]
+    async fn a_200_that_is_not_a_reply_is_retried_and_its_body_kept() {
+        let (url, server) = serve(vec![
+            Answer::Json(200, json!({"object": "error", "detail": "slot busy"})),
+            Answer::Json(200, answer("done")),
+        ])
+        .await;
+        let r = run(&agent(&url, &[("api_retries", json!(1))])).await;
+        assert_eq!(r.result.unwrap().final_text, "done");
+        assert_eq!(server.seen().len(), 2);
+        let attempts = &agent_steps(&r.trajectory)[0]["extra"]["attempts"];
+        let first = attempts[0]["error"].as_str().unwrap();
+        assert!(
+            first.contains("without choices[0].message") && first.contains("slot busy"),
+            "{first}"
+        );
+
+        let (url, _) = serve(vec![Answer::Raw(200, "<html>bad gateway</html>")]).await;
+        let r = run(&agent(&url, &[])).await;
+        let (kind, message, usage) = provider_error(&r);
+        assert_eq!(kind, ErrorKind::ApiError);
+        assert!(
+            message.contains("not JSON") && message.contains("<html>bad gateway</html>"),
+            "{message}"
+        );
+        assert_eq!(usage.requests, 1);
+        let step = agent_steps(&r.trajectory).pop().unwrap();
+        assert!(step["extra"]["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("bad gateway"));
+    }
+
+    #[tokio::test]
+    async fn a_provider_error_keeps_the_usage_so_far_and_a_stop_reason() {
+        let (url, _) = serve(vec![
+            Answer::Json(200, call_with(r#"{"command": "ls"}"#)),
+            Answer::Json(401, json!({"error": {"message": "bad key"}})),
+        ])
+        .await;
+        let r = run(&agent(&url, &[])).await;
+        let (kind, _, usage) = provider_error(&r);
+        assert_eq!(kind, ErrorKind::ApiAuth);
+        assert_eq!(
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.turns,
+                usage.requests
+            ),
+            (100, 20, 2, 2)
+        );
+        assert_eq!(usage.stop_reason, "api_auth");
+        assert_eq!(stop_reason(&r.trajectory), "api_auth");
+        assert_eq!(r.trajectory["final_metrics"]["total_prompt_tokens"], 100);
+    }
+
+    #[tokio::test]
+    async fn missing_usage_is_estimated_and_budgets_still_apply() {
+        let no_usage = json!({"choices": [{"message": {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "bash", "arguments": "{\"command\": \"ls\"}"}}]}}]});
+        let (url, _) = serve(vec![
+            Answer::Json(200, no_usage.clone()),
+            Answer::Json(200, no_usage),
+        ])
+        .await;
+        let r = run(&agent(&url, &[("max_total_tokens", json!(10))])).await;
+        let c = r.result.unwrap();
+        assert_eq!(c.usage.stop_reason, "token_budget");
+        assert_eq!(c.usage.turns, 1, "the budget fired on estimated tokens");
+        assert!(c.usage.input_tokens > 0 && c.usage.output_tokens > 0);
+        assert_eq!(c.usage.estimated_turns, 1);
+        let step = &agent_steps(&r.trajectory)[0];
+        assert_eq!(step["metrics"]["extra"]["usage_estimated"], true);
+        assert_eq!(
+            r.trajectory["final_metrics"]["extra"]["estimated_usage_turns"],
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_timeout_reads_differently_from_a_refused_connection() {
+        let (url, _) = serve(vec![Answer::Slow(Duration::from_secs(30), answer("late"))]).await;
+        let r = run(&agent(&url, &[("request_timeout_sec", json!(0.3))])).await;
+        let (kind, message, _) = provider_error(&r);
+        assert_eq!(kind, ErrorKind::ApiError);
+        assert!(
+            message.contains("timed out: no reply within 300ms"),
+            "{message}"
+        );
+        assert!(!message.contains("cannot connect"), "{message}");
+
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let r = run(&agent(&format!("http://127.0.0.1:{port}/v1"), &[])).await;
+        let (kind, message, _) = provider_error(&r);
+        assert_eq!(kind, ErrorKind::ApiError);
+        assert!(message.contains("cannot connect"), "{message}");
+        assert!(!message.contains("timed out"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn a_run_stopped_during_the_first_request_keeps_its_trajectory() {
+        let (url, server) = serve(vec![Answer::Hold]).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("trajectory.json");
+        let arrived = server.arrived.notified();
+        let a = agent(&url, &[]);
+        let p = path.clone();
+        let task = tokio::spawn(async move {
+            let host = Host::default();
+            a.converse(
+                "sys",
+                "do it",
+                &host,
+                Instant::now() + Duration::from_secs(60),
+                &p,
+            )
+            .await
+        });
+        arrived.await;
+        // Ctrl-C drops the run where it stands.
+        task.abort();
+        let _ = task.await;
+        let t: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let sources: Vec<&str> = t["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["source"].as_str().unwrap())
+            .collect();
+        assert_eq!(sources, ["system", "user"]);
+        assert_eq!(t["schema_version"], ATIF_VERSION);
+    }
+
+    #[tokio::test]
+    async fn steps_keep_only_what_each_request_added() {
+        let calls: Vec<Answer> = (0..6)
+            .map(|i| Answer::Json(200, call_with(&format!(r#"{{"command": "echo {i}"}}"#))))
+            .chain([Answer::Json(200, answer("done"))])
+            .collect();
+        let (url, server) = serve(calls).await;
+        let r = run(&agent(&url, &[])).await;
+        assert_eq!(r.result.unwrap().usage.stop_reason, "final_answer");
+        let seen = server.seen();
+        let steps = agent_steps(&r.trajectory);
+        assert_eq!(steps.len(), seen.len());
+        // The full request of each turn is its system prompt and the messages the steps up
+        // to it added.
+        let mut conversation: Vec<Value> = Vec::new();
+        for (step, sent) in steps.iter().zip(&seen) {
+            let req = &step["extra"]["request"];
+            assert_eq!(req["messages_from"], conversation.len());
+            let added = req["new_messages"].as_array().unwrap();
+            assert!(added.len() <= 3, "{added:?}");
+            conversation.extend(added.iter().cloned());
+            let mut full = vec![json!({"role": "system", "content": req["system"]})];
+            full.extend(conversation.iter().cloned());
+            assert_eq!(sent["messages"], Value::Array(full));
+            assert_eq!(req["model"], sent["model"]);
+            assert!(req.get("tools").is_none());
+        }
+    }
+
+    #[tokio::test]
+    async fn the_same_call_repeated_is_flagged_then_stopped() {
+        let calls: Vec<Answer> = (0..8)
+            .map(|_| Answer::Json(200, call_with(r#"{"command": "ls"}"#)))
+            .collect();
+        let (url, server) = serve(calls).await;
+        let r = run(&agent(&url, &[])).await;
+        let c = r.result.unwrap();
+        assert_eq!(c.usage.stop_reason, "repeated_tool_calls");
+        assert_eq!(server.seen().len(), MAX_REPEATS as usize);
+        let steps = agent_steps(&r.trajectory);
+        let out = |i: usize| {
+            steps[i]["observation"]["results"][0]["content"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(!out(1).contains("same call"));
+        assert!(
+            out(2).contains("the same call 3 turns in a row"),
+            "{}",
+            out(2)
+        );
     }
 }

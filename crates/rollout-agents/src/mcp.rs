@@ -91,6 +91,7 @@ fn failed(message: String) -> AgentError {
     AgentError::Provider {
         kind: ErrorKind::AgentExecutionFailed,
         message,
+        outcome: None,
     }
 }
 

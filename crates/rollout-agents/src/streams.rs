@@ -268,6 +268,7 @@ pub fn claude_stream(
                 .and_then(Value::as_str)
                 .unwrap_or_default()
                 .to_string(),
+            estimated_turns: 0,
         });
         if r.get("is_error").and_then(Value::as_bool) == Some(true) {
             let message = r["result"]

@@ -109,8 +109,13 @@ pub struct ModelUsage {
     pub output_tokens: u64,
     /// When prices were given (agent kwargs `input_cost_per_mtok`, `output_cost_per_mtok`).
     pub cost_usd: Option<f64>,
-    /// Why the agent stopped: `final_answer`, `max_turns`, `token_budget`, `cost_budget`, `timeout`.
+    /// Why the agent stopped: `final_answer`, `max_turns`, `token_budget`, `cost_budget`,
+    /// `timeout`, `empty_replies`, `repeated_tool_calls`, `content_filter`, or the error kind
+    /// of a failing provider (`context_window_exceeded`, `api_error` …).
     pub stop_reason: String,
+    /// Turns whose token counts are estimates (the provider reported no usage).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub estimated_turns: u64,
 }
 
 /// Where a trial ran.
@@ -348,12 +353,26 @@ pub struct JobResult {
     pub by_dataset: BTreeMap<String, Stats>,
     /// Aggregates per agent and dataset (`agent / dataset`), for the summary table.
     pub by_agent_dataset: BTreeMap<String, Stats>,
+    /// Aggregates per agent, model and dataset (one row per `-a` × `-m` × dataset), for the
+    /// summary table's model column; empty in files written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_agent_model_dataset: Vec<GroupStats>,
     /// Every finished trial: name → reward (null when none).
     pub trials: BTreeMap<String, Option<f64>>,
     /// Harbor's `JobStats` over the same trials, written inside `stats` (None when read from
     /// a file written before rollout 2.0).
     #[serde(skip)]
     pub harbor_stats: Option<crate::harbor_result::HarborJobStats>,
+}
+
+/// The aggregates of one agent × model × dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupStats {
+    pub agent: String,
+    pub model: Option<String>,
+    /// `-` for single tasks.
+    pub dataset: String,
+    pub stats: Stats,
 }
 
 /// `rollout_schema_version` of files that lack it (written before rollout 2.0).
@@ -416,7 +435,7 @@ impl<'de> Deserialize<'de> for JobResult {
 pub fn compute_stats<'a>(trials: impl IntoIterator<Item = &'a TrialResult>) -> Stats {
     let mut s = Stats::default();
     let mut rewards = Vec::new();
-    let mut groups: BTreeMap<(&str, &str, &str), (u32, u32)> = BTreeMap::new();
+    let mut groups: BTreeMap<(&str, Option<&str>, &str, &str), (u32, u32)> = BTreeMap::new();
     let mut binary = true;
     let mut keyed: Vec<Option<&BTreeMap<String, f64>>> = Vec::new();
     let mut any_main = false;
@@ -442,6 +461,7 @@ pub fn compute_stats<'a>(trials: impl IntoIterator<Item = &'a TrialResult>) -> S
         let g = groups
             .entry((
                 t.agent.name.as_str(),
+                t.agent.model_name.as_deref(),
                 t.task_checksum.as_str(),
                 t.task_name.as_str(),
             ))

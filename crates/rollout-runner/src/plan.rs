@@ -177,7 +177,7 @@ impl JobPlan {
             .map(rollout_agents::from_spec)
             .collect::<Result<_, _>>()
             .map_err(PlanError::Agent)?;
-        let agent_labels = unique_labels(agents.iter().map(|a| agent_label(&a.name)));
+        let agent_labels = unique_labels(agent_model_labels(&agents).into_iter());
         // A task named twice (`-p X -p X`, a dataset and one of its tasks, two identical copies)
         // runs once: same name and content would write the same trial directories.
         let mut seen = std::collections::HashSet::new();
@@ -240,6 +240,23 @@ fn agent_label(name: &str) -> String {
         }
         None => sanitize(name),
     }
+}
+
+/// Agent labels; an agent whose name several entries share (`-a X -m M1 -m M2`) is labelled
+/// with its model too (`X-M1`), so trial names say which model ran.
+fn agent_model_labels(agents: &[AgentSpec]) -> Vec<String> {
+    let names: Vec<String> = agents.iter().map(|a| agent_label(&a.name)).collect();
+    agents
+        .iter()
+        .zip(&names)
+        .map(|(a, name)| {
+            let shared = names.iter().filter(|n| *n == name).count() > 1;
+            match (&a.model_name, shared) {
+                (Some(m), true) => format!("{name}-{}", sanitize(m)),
+                _ => name.clone(),
+            }
+        })
+        .collect()
 }
 
 /// Labels made unique by suffixing `-2`, `-3` … to repeats.
@@ -323,6 +340,27 @@ mod tests {
         );
         assert_eq!(agent_label("code:./my agent/"), "code-my-agent");
         assert_eq!(agent_label("oracle"), "oracle");
+    }
+
+    #[test]
+    fn agents_sharing_a_name_are_labelled_with_their_model() {
+        let spec = |name: &str, model: Option<&str>| AgentSpec {
+            name: name.into(),
+            model_name: model.map(String::from),
+            ..Default::default()
+        };
+        assert_eq!(
+            agent_model_labels(&[
+                spec("rollout-agent", Some("openai/gpt-x")),
+                spec("rollout-agent", Some("small")),
+                spec("oracle", Some("small")),
+            ]),
+            [
+                "rollout-agent-openai-gpt-x",
+                "rollout-agent-small",
+                "oracle"
+            ]
+        );
     }
 
     #[test]

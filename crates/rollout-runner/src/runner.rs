@@ -406,6 +406,25 @@ fn job_result(
         by_agent: group(&|r| r.agent.name.clone()),
         by_dataset: group(&dataset),
         by_agent_dataset: group(&|r| format!("{} / {}", r.agent.name, dataset(r))),
+        by_agent_model_dataset: {
+            let mut g: BTreeMap<(String, Option<String>, String), Vec<&TrialResult>> =
+                BTreeMap::new();
+            for r in results {
+                g.entry((r.agent.name.clone(), r.agent.model_name.clone(), dataset(r)))
+                    .or_default()
+                    .push(r);
+            }
+            g.into_iter()
+                .map(
+                    |((agent, model, dataset), v)| rollout_core::result::GroupStats {
+                        agent,
+                        model,
+                        dataset,
+                        stats: compute_stats(v),
+                    },
+                )
+                .collect()
+        },
         trials: results
             .iter()
             .map(|r| (r.trial_name.clone(), r.reward))

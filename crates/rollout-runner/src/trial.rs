@@ -454,17 +454,32 @@ impl TrialRun<'_> {
     /// for its work to be verified.
     pub(crate) async fn agent_phase(&self, st: &mut State, ctx: &AgentContext<'_>) -> bool {
         let mut agent_ran = false;
+        // What a failing agent did before its provider failed (its model usage) is kept.
+        let mut partial: Option<CommandOutcome> = None;
         let ran = self
             .phase(st, Phase::AgentRun, true, async {
                 backstop(
                     ctx.run_timeout,
                     ErrorKind::AgentExecutionTimeout,
                     "the agent",
-                    async { self.plan.agent.run(ctx).await.map_err(agent_error) },
+                    async {
+                        self.plan.agent.run(ctx).await.map_err(|e| {
+                            if let rollout_agents::AgentError::Provider {
+                                outcome: Some(o), ..
+                            } = &e
+                            {
+                                partial = Some((**o).clone());
+                            }
+                            agent_error(e)
+                        })
+                    },
                 )
                 .await
             })
             .await;
+        if ran.is_none() && st.agent_run.is_none() {
+            st.agent_run = partial;
+        }
         // A provider failure ends the agent, not the environment: what the agent did
         // before it is still verified. So does the runner's deadline: the agent's processes
         // are ended before the verifier runs, as after the agent's own timeout.
@@ -1121,7 +1136,7 @@ pub(crate) fn agent_error(e: rollout_agents::AgentError) -> ErrorInfo {
         rollout_agents::AgentError::Env(e) => ErrorInfo::new(e.kind(), e.to_string()),
         rollout_agents::AgentError::Config(m) => ErrorInfo::new(ErrorKind::AgentConfigInvalid, m),
         rollout_agents::AgentError::Host(m) => ErrorInfo::new(ErrorKind::InternalError, m),
-        rollout_agents::AgentError::Provider { kind, message } => ErrorInfo::new(kind, message),
+        rollout_agents::AgentError::Provider { kind, message, .. } => ErrorInfo::new(kind, message),
     }
 }
 

@@ -1143,9 +1143,15 @@ fn job_result(id: &str, name: &str, r: &TrialResult) -> rollout_core::result::Jo
         by_agent: BTreeMap::from([(r.agent.name.clone(), compute_stats(one))]),
         by_dataset: BTreeMap::from([(dataset.clone(), compute_stats(one))]),
         by_agent_dataset: BTreeMap::from([(
-            format!("{} / {dataset}", r.agent.name),
+            format!("{} / {}", r.agent.name, dataset),
             compute_stats(one),
         )]),
+        by_agent_model_dataset: vec![rollout_core::result::GroupStats {
+            agent: r.agent.name.clone(),
+            model: r.agent.model_name.clone(),
+            dataset,
+            stats: compute_stats(one),
+        }],
         trials: BTreeMap::from([(r.trial_name.clone(), r.reward)]),
         harbor_stats: Some(rollout_core::harbor_result::HarborJobStats::from_trials(
             one, 1,

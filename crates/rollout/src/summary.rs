@@ -182,6 +182,7 @@ mod tests {
                     stats(trials[..2].iter().collect()),
                 ),
             ]),
+            by_agent_model_dataset: Vec::new(),
             trials: BTreeMap::new(),
             harbor_stats: None,
         };
@@ -227,6 +228,7 @@ mod tests {
             by_agent: BTreeMap::new(),
             by_dataset: BTreeMap::new(),
             by_agent_dataset: BTreeMap::from([("oracle / smoke".to_string(), stats)]),
+            by_agent_model_dataset: Vec::new(),
             trials: BTreeMap::new(),
             harbor_stats: None,
         };

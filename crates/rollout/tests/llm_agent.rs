@@ -71,10 +71,18 @@ fn the_agent_solves_hello_world_through_tool_calls() {
     assert_eq!(steps.len(), 4);
     assert_eq!(steps[0]["source"], "system");
     assert_eq!(steps[1]["source"], "user");
+    // Each step records what its request added: the turn's system prompt and the new
+    // messages; together they are the exact request.
+    let mut conversation = Vec::new();
     for (step, sent) in steps[2..].iter().zip(&seen) {
         assert_eq!(step["source"], "agent");
+        let req = &step["extra"]["request"];
+        conversation.extend(req["new_messages"].as_array().unwrap().iter().cloned());
+        let mut full = vec![json!({"role": "system", "content": req["system"]})];
+        full.extend(conversation.iter().cloned());
         assert_eq!(
-            &step["extra"]["request"], sent,
+            sent["messages"],
+            serde_json::Value::Array(full),
             "the trajectory records the exact request"
         );
     }
@@ -148,19 +156,23 @@ fn a_context_window_error_is_classified() {
     assert_eq!(t["reward"], 0.0);
     let job = r.job_result();
     assert_eq!(job["stats"]["error_counts"]["context_window_exceeded"], 1);
+    // The agent's run is kept: one request, and why it stopped.
+    let usage = &t["agent_run"]["usage"];
+    assert_eq!(usage["requests"], 1, "{t}");
+    assert_eq!(usage["stop_reason"], "context_window_exceeded");
 }
 
 #[test]
-fn auth_errors_are_not_retried() {
+fn a_llama_cpp_context_overflow_is_not_retried_by_the_job() {
     let script = Script::default();
-    *script.replies.lock().unwrap() = vec![(401, json!({"error": {"message": "bad key"}}))];
+    *script.replies.lock().unwrap() = vec![(
+        400,
+        json!({"error": {"code": 400, "type": "exceed_context_size_error",
+            "message": "the request exceeds the available context size, try increasing it"}}),
+    )];
     let url = serve(script.clone());
     let r = run_agent(&url, &["--max-retries", "2"]);
     let t = r.trial();
-    assert_eq!(t["error"]["type"], "api_auth", "{t}");
-    assert_eq!(
-        script.seen.lock().unwrap().len(),
-        1,
-        "a 401 is final: no API retry, no trial retry"
-    );
+    assert_eq!(t["error"]["type"], "context_window_exceeded", "{t}");
+    assert_eq!(script.seen().len(), 1, "no API retry, no trial retry");
 }
