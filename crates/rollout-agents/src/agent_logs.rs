@@ -321,6 +321,7 @@ pub fn codex(
     let requests = atif.steps.iter().filter(|s| s["source"] == "agent").count() as u64;
     if turns > 0 {
         report.usage = Some(ModelUsage {
+            estimated_turns: 0,
             requests,
             turns,
             input_tokens: input,
@@ -443,6 +444,7 @@ pub fn opencode(
     }
     if steps > 0 {
         report.usage = Some(ModelUsage {
+            estimated_turns: 0,
             requests: steps,
             turns: steps,
             input_tokens: input,
@@ -536,6 +538,7 @@ pub fn mini_swe_agent(
     let requests = u64_at(stats, "api_calls");
     if requests > 0 || input > 0 {
         report.usage = Some(ModelUsage {
+            estimated_turns: 0,
             requests,
             turns: atif.steps.iter().filter(|s| s["source"] == "agent").count() as u64,
             input_tokens: input,
@@ -593,6 +596,7 @@ pub fn aider(
     }
     if sends > 0 {
         report.usage = Some(ModelUsage {
+            estimated_turns: 0,
             requests: sends,
             turns: sends,
             input_tokens: input,

@@ -518,6 +518,7 @@ pub fn gemini_cli(
         let cached = u64_at(stats, "cached");
         let requests = steps.iter().filter(|s| s["source"] == "agent").count() as u64;
         report.usage = Some(ModelUsage {
+            estimated_turns: 0,
             requests,
             turns: requests,
             input_tokens: input,

@@ -366,7 +366,7 @@ pub struct JobResult {
 }
 
 /// The aggregates of one agent × model × dataset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct GroupStats {
     pub agent: String,
     pub model: Option<String>,
@@ -431,11 +431,14 @@ impl<'de> Deserialize<'de> for JobResult {
     }
 }
 
-/// Compute aggregates. `pass_at_k` groups trials by (agent, task).
+/// A pass@k group: (agent, model, dataset, task).
+type PassGroup<'a> = (&'a str, Option<&'a str>, &'a str, &'a str);
+
+/// Compute aggregates. `pass_at_k` groups trials by (agent, model, task).
 pub fn compute_stats<'a>(trials: impl IntoIterator<Item = &'a TrialResult>) -> Stats {
     let mut s = Stats::default();
     let mut rewards = Vec::new();
-    let mut groups: BTreeMap<(&str, Option<&str>, &str, &str), (u32, u32)> = BTreeMap::new();
+    let mut groups: BTreeMap<PassGroup<'_>, (u32, u32)> = BTreeMap::new();
     let mut binary = true;
     let mut keyed: Vec<Option<&BTreeMap<String, f64>>> = Vec::new();
     let mut any_main = false;

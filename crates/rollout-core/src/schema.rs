@@ -164,7 +164,11 @@ fn add_alias(schema: &mut Schema, def: &str, canonical: &str, alias: &str) {
 }
 
 /// A required property with an alias: one of the spellings is required.
-fn require_one_of(t: &mut serde_json::Map<String, serde_json::Value>, canonical: &str, alias: &str) {
+fn require_one_of(
+    t: &mut serde_json::Map<String, serde_json::Value>,
+    canonical: &str,
+    alias: &str,
+) {
     let mut removed = false;
     if let Some(req) = t.get_mut("required").and_then(|r| r.as_array_mut()) {
         let was = req.len();

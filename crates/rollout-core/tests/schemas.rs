@@ -149,7 +149,10 @@ fn task_schema_refuses_what_the_parser_refuses_by_type() {
         assert_valid(&v, &toml_json(&t, &t), &t);
     }
     let none = "[environment.healthcheck]\nretries = 2\n";
-    assert!(!v.is_valid(&toml_json(none, none)), "a healthcheck needs its command");
+    assert!(
+        !v.is_valid(&toml_json(none, none)),
+        "a healthcheck needs its command"
+    );
     rollout_core::TaskConfig::parse(ok, Path::new("task.toml")).unwrap();
 }
 

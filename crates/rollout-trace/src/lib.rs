@@ -333,10 +333,10 @@ assert os.read(r, 1) == b""
         fs::write(dir.join("old.txt"), "old").unwrap();
         fs::write(dir.join("old2.txt"), "old").unwrap();
         // Orphaned at once (the tracer reaps any child of this process, so the neighbour must
-        // not be one); it stops when `stop` appears.
+        // not be one); it stops when `stop` appears, or after 2 minutes if the test failed.
         let started = std::process::Command::new("sh")
             .arg("-c")
-            .arg("(i=0; while [ ! -e stop ]; do i=$((i+1)); echo $i > n$((i % 50)).txt; cat old.txt > /dev/null; done; echo > stopped) &")
+            .arg("(timeout 120 sh -c 'i=0; while [ ! -e stop ]; do i=$((i+1)); echo $i > n$((i % 50)).txt; cat old.txt > /dev/null; done'; echo > stopped) &")
             .current_dir(&dir)
             .status()
             .unwrap();
