@@ -78,6 +78,20 @@ impl Task {
 
     /// Load the task in `dir`, failing on anything that would stop it from running.
     pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        let task = Self::load_files(dir)?;
+        if let Some(f) = task
+            .findings()
+            .into_iter()
+            .find(|f| f.severity == Severity::Error)
+        {
+            return Err(ConfigError::file(f.path, f.message));
+        }
+        Ok(task)
+    }
+
+    /// Read the task's files without judging them: errors only when a file cannot be read
+    /// or parsed, so that [`check_paths`] can report every finding of the task at once.
+    fn load_files(dir: &Path) -> Result<Self, ConfigError> {
         let dir = dir
             .canonicalize()
             .map_err(|e| ConfigError::file(dir, format!("cannot open task directory: {e}")))?;
@@ -135,13 +149,6 @@ impl Task {
             dataset: None,
             invalid: None,
         };
-        if let Some(f) = task
-            .findings()
-            .into_iter()
-            .find(|f| f.severity == Severity::Error)
-        {
-            return Err(ConfigError::file(f.path, f.message));
-        }
         Ok(task)
     }
 
@@ -149,10 +156,18 @@ impl Task {
     /// [`Task::invalid`] with the error, so that a job can fail its trials alone. Errors only
     /// when `dir` cannot be opened at all.
     pub fn load_or_invalid(dir: &Path) -> Result<Self, ConfigError> {
+        Self::load_marked(dir, Self::load)
+    }
+
+    /// As [`Task::load_or_invalid`], with `load` reading the directory.
+    fn load_marked(
+        dir: &Path,
+        load: fn(&Path) -> Result<Self, ConfigError>,
+    ) -> Result<Self, ConfigError> {
         let canonical = dir
             .canonicalize()
             .map_err(|e| ConfigError::file(dir, format!("cannot open task directory: {e}")))?;
-        match Self::load(&canonical) {
+        match load(&canonical) {
             Ok(task) => Ok(task),
             Err(e) => {
                 let name = canonical
@@ -461,10 +476,19 @@ pub fn check_paths(paths: &[PathBuf]) -> CheckReport {
         load_errors: Vec::new(),
     };
     for path in paths {
-        match discover(path) {
+        // Every task of the path is reported with all its findings; one whose files cannot
+        // be read or parsed is reported with that error, and the others still are.
+        match discover_with(path, |dir| Task::load_marked(dir, Task::load_files)) {
             Ok(tasks) => {
                 for t in tasks {
-                    let findings = t.findings();
+                    let findings = match &t.invalid {
+                        Some(reason) => vec![Finding {
+                            severity: Severity::Error,
+                            path: t.dir.clone(),
+                            message: reason.clone(),
+                        }],
+                        None => t.findings(),
+                    };
                     let errors = findings
                         .iter()
                         .filter(|f| f.severity == Severity::Error)

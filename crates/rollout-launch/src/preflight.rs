@@ -1157,7 +1157,13 @@ fn check_grader(tasks: &[Candidate], config: &JobConfig) -> Check {
         }
         let test_sh = t.tests_dir().join("test.sh");
         if !test_sh.is_file() {
-            p.error(format!("{name}: no verifier: tests/test.sh is missing"));
+            if c.is_jsonl_row() {
+                p.error(format!(
+                    "task '{name}' (a task_boundary_v2 row) has no grader: give the row task.grader or task.test_command"
+                ));
+            } else {
+                p.error(format!("{name}: no verifier: tests/test.sh is missing"));
+            }
             continue;
         }
         let text = std::fs::read(&test_sh)
