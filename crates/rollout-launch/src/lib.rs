@@ -112,9 +112,12 @@ pub struct Overrides {
     /// Agent names: a name the job file defines keeps its definition; others are built-ins.
     pub agents: Vec<String>,
     pub agent_version: Option<String>,
-    /// Agent options for every agent.
+    /// Agent options for every agent (`--ak KEY=VALUE`).
     pub agent_kwargs: Vec<(String, serde_json::Value)>,
-    pub model: Option<String>,
+    /// Environment variables for every agent (`--ae KEY=VALUE`, literal strings).
+    pub agent_env: Vec<(String, String)>,
+    /// Models (`-m`, repeatable): every agent runs once per model (agents × models).
+    pub models: Vec<String>,
     pub n_concurrent: Option<usize>,
     pub n_attempts: Option<u32>,
     pub jobs_dir: Option<PathBuf>,
@@ -140,6 +143,18 @@ pub fn parse_agent_kwarg(kv: &str) -> Result<(String, serde_json::Value), String
     let value =
         serde_json::from_str(v).unwrap_or_else(|_| serde_json::Value::String(v.to_string()));
     Ok((k.to_string(), value))
+}
+
+/// Parse an agent environment variable `KEY=VALUE` (the value is kept as a string).
+pub fn parse_agent_env(kv: &str) -> Result<(String, String), String> {
+    let (k, v) = kv
+        .split_once('=')
+        .ok_or_else(|| format!("--ae {kv:?}: expected KEY=VALUE"))?;
+    let k = k.trim();
+    if k.is_empty() || k.contains(char::is_whitespace) {
+        return Err(format!("--ae {kv:?}: {k:?} is not a variable name"));
+    }
+    Ok((k.to_string(), v.to_string()))
 }
 
 /// Whether `name` is a plain directory name (a job or run name).
@@ -181,15 +196,25 @@ fn job_config_inner(file: Option<&Path>, o: &Overrides) -> Result<JobConfig, Str
             })
             .collect();
     }
-    if let Some(model) = &o.model {
+    // Harbor's sweep: each agent once per model, in agent-then-model order.
+    if !o.models.is_empty() {
+        let mut models = o.models.clone();
+        let mut seen = std::collections::HashSet::new();
+        models.retain(|m| seen.insert(m.clone()));
         if config.agents.is_empty() {
             config.agents = config.effective_agents();
         }
-        for a in &mut config.agents {
-            a.model_name = Some(model.clone());
-        }
+        config.agents = std::mem::take(&mut config.agents)
+            .into_iter()
+            .flat_map(|a| {
+                models.iter().map(move |m| AgentSpec {
+                    model_name: Some(m.clone()),
+                    ..a.clone()
+                })
+            })
+            .collect();
     }
-    if o.agent_version.is_some() || !o.agent_kwargs.is_empty() {
+    if o.agent_version.is_some() || !o.agent_kwargs.is_empty() || !o.agent_env.is_empty() {
         if config.agents.is_empty() {
             config.agents = config.effective_agents();
         }
@@ -199,6 +224,9 @@ fn job_config_inner(file: Option<&Path>, o: &Overrides) -> Result<JobConfig, Str
             }
             for (k, v) in &o.agent_kwargs {
                 a.kwargs.insert(k.clone(), v.clone());
+            }
+            for (k, v) in &o.agent_env {
+                a.env.insert(k.clone(), v.clone());
             }
         }
     }
@@ -660,4 +688,77 @@ async fn add_script_metrics(
         .map_err(|e| e.to_string())
         .and_then(|b| std::fs::write(&path, b).map_err(|e| e.to_string()))
         .map_err(|e| format!("writing the metrics to {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agents(o: &Overrides) -> Vec<(String, Option<String>)> {
+        job_config(None, o)
+            .unwrap()
+            .agents
+            .into_iter()
+            .map(|a| (a.name, a.model_name))
+            .collect()
+    }
+
+    #[test]
+    fn repeated_models_sweep_every_agent() {
+        let o = Overrides {
+            paths: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))],
+            agents: vec!["rollout-agent".into(), "codex".into()],
+            models: vec!["big".into(), "small".into(), "big".into()],
+            ..Default::default()
+        };
+        let pair = |a: &str, m: &str| (a.to_string(), Some(m.to_string()));
+        assert_eq!(
+            agents(&o),
+            [
+                pair("rollout-agent", "big"),
+                pair("rollout-agent", "small"),
+                pair("codex", "big"),
+                pair("codex", "small"),
+            ],
+            "agents × models, a model named twice runs once"
+        );
+        let one = Overrides {
+            paths: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))],
+            agents: vec!["rollout-agent".into()],
+            models: vec!["big".into()],
+            ..Default::default()
+        };
+        assert_eq!(agents(&one), [pair("rollout-agent", "big")]);
+    }
+
+    #[test]
+    fn agent_kwargs_and_env_go_to_every_agent_of_the_sweep() {
+        let o = Overrides {
+            paths: vec![PathBuf::from(env!("CARGO_MANIFEST_DIR"))],
+            agents: vec!["rollout-agent".into()],
+            models: vec!["big".into(), "small".into()],
+            agent_kwargs: vec![parse_agent_kwarg("max_turns=3").unwrap()],
+            agent_env: vec![parse_agent_env("OPENAI_BASE_URL=http://h:1/v1").unwrap()],
+            ..Default::default()
+        };
+        let config = job_config(None, &o).unwrap();
+        assert_eq!(config.agents.len(), 2);
+        for a in &config.agents {
+            assert_eq!(a.kwargs["max_turns"], serde_json::json!(3));
+            assert_eq!(a.env["OPENAI_BASE_URL"], "http://h:1/v1");
+        }
+    }
+
+    #[test]
+    fn agent_env_values_stay_strings() {
+        assert_eq!(
+            parse_agent_env("N=3").unwrap(),
+            ("N".to_string(), "3".to_string())
+        );
+        assert_eq!(parse_agent_env("A=b=c").unwrap().1, "b=c");
+        assert!(parse_agent_env("novalue")
+            .unwrap_err()
+            .contains("KEY=VALUE"));
+        assert!(parse_agent_env("=x").is_err());
+    }
 }

@@ -140,7 +140,7 @@ fn num(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| format!("{v:.3}"))
 }
 
-/// One row per trial: name, agent, task, reward, error kind, seconds.
+/// One row per trial: name, agent, model, reward, error kind, seconds.
 pub fn render_trials(trials: &[TrialResult]) -> String {
     let mut out = String::new();
     let w = trials
@@ -149,17 +149,24 @@ pub fn render_trials(trials: &[TrialResult]) -> String {
         .max()
         .unwrap_or(0)
         .max("trial".len());
+    let mw = trials
+        .iter()
+        .map(|t| t.agent.model_name.as_deref().unwrap_or("-").chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("model".len());
     let _ = writeln!(
         out,
-        "{:<w$}  {:<16}  {:>7}  {:<26}  {:>8}",
-        "trial", "agent", "reward", "error", "seconds"
+        "{:<w$}  {:<16}  {:<mw$}  {:>7}  {:<26}  {:>8}",
+        "trial", "agent", "model", "reward", "error", "seconds"
     );
     for t in trials {
         let _ = writeln!(
             out,
-            "{:<w$}  {:<16}  {:>7}  {:<26}  {:>8.1}",
+            "{:<w$}  {:<16}  {:<mw$}  {:>7}  {:<26}  {:>8.1}",
             t.trial_name,
             t.agent.name,
+            t.agent.model_name.as_deref().unwrap_or("-"),
             num(t.reward),
             t.error
                 .as_ref()

@@ -343,9 +343,13 @@ pub struct RunArgs {
     #[arg(long = "ak", alias = "agent-kwarg")]
     pub agent_kwargs: Vec<String>,
 
-    /// Model name passed to the agents.
+    /// An agent environment variable `KEY=VALUE`, for every agent (repeatable).
+    #[arg(long = "ae", alias = "agent-env")]
+    pub agent_env: Vec<String>,
+
+    /// Model passed to the agents (repeatable: each agent runs once per model).
     #[arg(short = 'm', long = "model")]
-    pub model: Option<String>,
+    pub models: Vec<String>,
 
     /// Trials running at once (default 4).
     #[arg(short = 'n', long = "n-concurrent")]

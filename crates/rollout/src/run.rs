@@ -18,6 +18,11 @@ pub fn overrides(args: &RunArgs) -> Result<Overrides, CliError> {
         .iter()
         .map(|kv| rollout_launch::parse_agent_kwarg(kv).map_err(CliError::Usage))
         .collect::<Result<_, _>>()?;
+    let agent_env = args
+        .agent_env
+        .iter()
+        .map(|kv| rollout_launch::parse_agent_env(kv).map_err(CliError::Usage))
+        .collect::<Result<_, _>>()?;
     Ok(Overrides {
         paths: args.paths.clone(),
         datasets: args.datasets.clone(),
@@ -29,7 +34,8 @@ pub fn overrides(args: &RunArgs) -> Result<Overrides, CliError> {
         agents: args.agents.clone(),
         agent_version: args.agent_version.clone(),
         agent_kwargs,
-        model: args.model.clone(),
+        agent_env,
+        models: args.models.clone(),
         n_concurrent: args.n_concurrent,
         n_attempts: args.n_attempts,
         jobs_dir: args.jobs_dir.clone(),

@@ -12,11 +12,12 @@ fn num(x: Option<f64>) -> String {
     x.map_or("-".into(), |v| format!("{v:.3}"))
 }
 
-fn row(out: &mut String, name: &str, s: &Stats, width: usize) {
+fn row(out: &mut String, name: &str, model: &str, s: &Stats, w: (usize, usize)) {
+    let (width, mw) = w;
     let pass1 = s.pass_at_k.as_ref().and_then(|m| m.get(&1).copied());
     let _ = writeln!(
         out,
-        "{name:<width$}  {:>6}  {:>6}  {:>9}  {:>11}  {:>9}  {:>6}",
+        "{name:<width$}  {model:<mw$}  {:>6}  {:>6}  {:>9}  {:>11}  {:>9}  {:>6}",
         s.n_trials + s.n_cancelled,
         s.n_errored,
         s.n_cancelled,
@@ -29,7 +30,8 @@ fn row(out: &mut String, name: &str, s: &Stats, width: usize) {
         let label = format!("  {key}");
         let _ = writeln!(
             out,
-            "{label:<width$}  {:>6}  {:>6}  {:>9}  {:>11}  {:>9}  {:>6}",
+            "{label:<width$}  {:<mw$}  {:>6}  {:>6}  {:>9}  {:>11}  {:>9}  {:>6}",
+            "",
             "",
             "",
             "",
@@ -40,32 +42,63 @@ fn row(out: &mut String, name: &str, s: &Stats, width: usize) {
     }
 }
 
-/// Render the summary: one row per agent × dataset, a total row, error kinds, the job directory.
+/// Render the summary: one row per agent × model × dataset, a total row, error kinds, the job
+/// directory.
 pub fn render(result: &JobResult, job_dir: &Path) -> String {
     let mut out = String::new();
-    let width = result
-        .by_agent_dataset
-        .keys()
-        .map(|k| k.len())
+    // (agent / dataset, model, stats); results written before the model column have no model.
+    let rows: Vec<(String, String, &Stats)> = if result.by_agent_model_dataset.is_empty() {
+        result
+            .by_agent_dataset
+            .iter()
+            .map(|(k, s)| (k.clone(), "-".to_string(), s))
+            .collect()
+    } else {
+        result
+            .by_agent_model_dataset
+            .iter()
+            .map(|g| {
+                (
+                    format!("{} / {}", g.agent, g.dataset),
+                    g.model.clone().unwrap_or_else(|| "-".into()),
+                    &g.stats,
+                )
+            })
+            .collect()
+    };
+    let width = rows
+        .iter()
+        .map(|(k, _, _)| k.len())
         .chain(
-            result
-                .by_agent_dataset
-                .values()
-                .flat_map(|s| s.reward_keys.keys().map(|k| k.len() + 2)),
+            rows.iter()
+                .flat_map(|(_, _, s)| s.reward_keys.keys().map(|k| k.len() + 2)),
         )
         .max()
         .unwrap_or(0)
         .max("agent / dataset".len());
+    let mw = rows
+        .iter()
+        .map(|(_, m, _)| m.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("model".len());
     let _ = writeln!(
         out,
-        "{:<width$}  {:>6}  {:>6}  {:>9}  {:>11}  {:>9}  {:>6}",
-        "agent / dataset", "trials", "errors", "cancelled", "mean reward", "pass rate", "pass@1"
+        "{:<width$}  {:<mw$}  {:>6}  {:>6}  {:>9}  {:>11}  {:>9}  {:>6}",
+        "agent / dataset",
+        "model",
+        "trials",
+        "errors",
+        "cancelled",
+        "mean reward",
+        "pass rate",
+        "pass@1"
     );
-    for (name, s) in &result.by_agent_dataset {
-        row(&mut out, name, s, width);
+    for (name, model, s) in &rows {
+        row(&mut out, name, model, s, (width, mw));
     }
-    if result.by_agent_dataset.len() > 1 {
-        row(&mut out, "total", &result.stats, width);
+    if rows.len() > 1 {
+        row(&mut out, "total", "", &result.stats, (width, mw));
     }
     if let Some(p) = &result.stats.pass_at_k {
         if p.len() > 1 {
@@ -187,6 +220,58 @@ mod tests {
             harbor_stats: None,
         };
         insta::assert_snapshot!(render(&result, Path::new("jobs/j")));
+    }
+
+    #[test]
+    fn one_row_per_model() {
+        let with_model = |model: &str, reward: f64| {
+            let mut t = trial("rollout-agent", "a", Some(reward), None);
+            t.agent.model_name = Some(model.into());
+            t
+        };
+        let trials = [with_model("big", 1.0), with_model("small", 0.0)];
+        let stats = |v: &[TrialResult]| rollout_core::result::compute_stats(v.iter());
+        let group = |model: &str, v: &[TrialResult]| rollout_core::result::GroupStats {
+            agent: "rollout-agent".into(),
+            model: Some(model.into()),
+            dataset: "smoke".into(),
+            stats: stats(v),
+        };
+        let t = trials[0].started_at;
+        let result = JobResult {
+            schema_version: "1.0".into(),
+            id: "job".into(),
+            name: "j".into(),
+            started_at: t,
+            finished_at: Some(t),
+            seconds: 2.0,
+            n_total_trials: 2,
+            n_not_started: 0,
+            cancelled: false,
+            stats: stats(&trials),
+            by_agent: BTreeMap::new(),
+            by_dataset: BTreeMap::new(),
+            by_agent_dataset: BTreeMap::from([(
+                "rollout-agent / smoke".to_string(),
+                stats(&trials),
+            )]),
+            by_agent_model_dataset: vec![group("big", &trials[..1]), group("small", &trials[1..])],
+            trials: BTreeMap::new(),
+            harbor_stats: None,
+        };
+        let out = render(&result, Path::new("jobs/j"));
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(lines[0].contains(" model "), "{out}");
+        assert!(
+            lines[1].contains(" big ") && lines[1].contains("1.000"),
+            "{out}"
+        );
+        assert!(
+            lines[2].contains(" small ") && lines[2].contains("0.000"),
+            "{out}"
+        );
+        assert!(lines[3].starts_with("total"), "{out}");
+        insta::assert_snapshot!(out);
     }
 
     #[test]

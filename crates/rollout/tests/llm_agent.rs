@@ -176,3 +176,105 @@ fn a_llama_cpp_context_overflow_is_not_retried_by_the_job() {
     assert_eq!(t["error"]["type"], "context_window_exceeded", "{t}");
     assert_eq!(script.seen().len(), 1, "no API retry, no trial retry");
 }
+
+#[test]
+fn models_sweep_with_agent_env_and_a_model_column() {
+    require_docker();
+    let script = Script::ok(vec![final_answer("done"), final_answer("done")]);
+    let url = serve(script.clone());
+    let tmp = tempfile::tempdir().unwrap();
+    let output = rollout_cmd()
+        .env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_KEY")
+        .args(["run", "-p", example("hello-world").to_str().unwrap()])
+        .args(["-a", "rollout-agent", "-m", "model-a", "-m", "model-b"])
+        .args(["--ae", &format!("OPENAI_BASE_URL={url}")])
+        .args(["--ae", "OPENAI_API_KEY=test-key", "--ak", "max_turns=2"])
+        .args([
+            "-n",
+            "1",
+            "-o",
+            tmp.path().to_str().unwrap(),
+            "--job-name",
+            "job",
+        ])
+        .output()
+        .unwrap();
+    let r = Run {
+        output,
+        job_dir: tmp.path().join("job"),
+        _tmp: tmp,
+    };
+    // The agent finished with a final answer; the verifier gave 0: exit 1 is "not all solved".
+    let trials = r.trials();
+    assert_eq!(
+        trials.len(),
+        2,
+        "2 models × 1 agent × 1 task; stderr:\n{}",
+        r.stderr()
+    );
+    let models: Vec<&str> = trials
+        .iter()
+        .map(|t| t["agent"]["model_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["model-a", "model-b"]);
+    for (t, m) in trials.iter().zip(["model-a", "model-b"]) {
+        assert_eq!(
+            t["trial_name"],
+            format!("hello-world__rollout-agent-{m}__1")
+        );
+        assert!(t["error"].is_null(), "{t}");
+        assert_eq!(t["agent_run"]["usage"]["stop_reason"], "final_answer");
+    }
+    let mut sent: Vec<String> = script
+        .seen()
+        .iter()
+        .map(|b| b["model"].as_str().unwrap().to_string())
+        .collect();
+    sent.sort();
+    assert_eq!(sent, ["model-a", "model-b"], "--ae reached each agent");
+    let out = r.stdout();
+    let header = out
+        .lines()
+        .find(|l| l.starts_with("agent / dataset"))
+        .unwrap();
+    assert!(header.contains("model"), "{out}");
+    for m in ["model-a", "model-b"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with("rollout-agent / -") && l.contains(m)),
+            "{out}"
+        );
+    }
+    let groups = r.job_result()["by_agent_model_dataset"].clone();
+    assert_eq!(groups.as_array().unwrap().len(), 2, "{groups}");
+    let show = rollout_cmd()
+        .args(["jobs", "show", r.job_dir.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let show = String::from_utf8_lossy(&show.stdout);
+    for m in ["model-a", "model-b"] {
+        assert!(
+            show.lines().any(
+                |l| l.starts_with(&format!("hello-world__rollout-agent-{m}__1"))
+                    && l.contains(&format!(" {m} "))
+            ),
+            "{show}"
+        );
+    }
+}
+
+#[test]
+fn auth_errors_are_not_retried() {
+    let script = Script::default();
+    *script.replies.lock().unwrap() = vec![(401, json!({"error": {"message": "bad key"}}))];
+    let url = serve(script.clone());
+    let r = run_agent(&url, &["--max-retries", "2"]);
+    let t = r.trial();
+    assert_eq!(t["error"]["type"], "api_auth", "{t}");
+    assert_eq!(
+        script.seen.lock().unwrap().len(),
+        1,
+        "a 401 is final: no API retry, no trial retry"
+    );
+}
