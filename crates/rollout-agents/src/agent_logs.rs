@@ -4,7 +4,7 @@
 //! log and chat history. Each gives model usage, a provider failure (typed) and the run as an
 //! ATIF trajectory, like [`crate::streams::claude_code`] does for claude-code.
 
-use crate::streams::{kind_of_status, kind_of_text, StreamReport};
+use crate::streams::{kind_of_status, kind_of_text, provider_failure, StreamReport};
 use rollout_core::result::ModelUsage;
 use rollout_core::ErrorKind;
 use serde_json::{json, Map, Value};
@@ -338,9 +338,11 @@ pub fn codex(
     // A turn that failed, or a run stopped while codex was still retrying a refused request.
     let failure = failed.or(last_error.filter(|m| status_in(m) > 0));
     if let Some(message) = failure {
-        report.failure = Some((
+        report.failure = Some(provider_failure(
+            "codex",
             kind_of_message(&message),
-            format!("codex: the model provider failed: {message}"),
+            0,
+            &message,
         ));
     }
     report.trajectory = Some(atif.finish(session, version, model, report.usage.as_ref(), cached));
@@ -426,15 +428,7 @@ pub fn opencode(
                 } else {
                     kind_of_message(&message)
                 };
-                let status = if status > 0 {
-                    format!(" (HTTP {status})")
-                } else {
-                    String::new()
-                };
-                report.failure = Some((
-                    kind,
-                    format!("opencode: the model provider failed{status}: {message}"),
-                ));
+                report.failure = Some(provider_failure("opencode", kind, status, &message));
             }
             _ => {}
         }

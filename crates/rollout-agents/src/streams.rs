@@ -64,6 +64,25 @@ pub fn kind_of_text(text: &str) -> Option<ErrorKind> {
     }
 }
 
+/// The failure a stream reports when the model provider failed: `kind` and
+/// `AGENT: the model provider failed (HTTP STATUS): MESSAGE` (no status when it is 0).
+pub fn provider_failure(
+    agent: &str,
+    kind: ErrorKind,
+    status: u64,
+    message: &str,
+) -> (ErrorKind, String) {
+    let status = if status > 0 {
+        format!(" (HTTP {status})")
+    } else {
+        String::new()
+    };
+    (
+        kind,
+        format!("{agent}: the model provider failed{status}: {message}"),
+    )
+}
+
 fn u64_at(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
@@ -305,15 +324,7 @@ pub fn claude_stream(
                 }),
             };
             if let Some(kind) = kind {
-                let status = if status > 0 {
-                    format!(" (HTTP {status})")
-                } else {
-                    String::new()
-                };
-                report.failure = Some((
-                    kind,
-                    format!("{agent}: the model provider failed{status}: {message}"),
-                ));
+                report.failure = Some(provider_failure(agent, kind, status, message));
             }
         }
         let mut final_metrics = json!({
@@ -541,15 +552,7 @@ pub fn gemini_cli(
                 (status > 0 || message.contains("API Error")).then(|| kind_of_status(status))
             });
             if let Some(kind) = kind {
-                let status = if status > 0 {
-                    format!(" (HTTP {status})")
-                } else {
-                    String::new()
-                };
-                report.failure = Some((
-                    kind,
-                    format!("gemini-cli: the model provider failed{status}: {message}"),
-                ));
+                report.failure = Some(provider_failure("gemini-cli", kind, status, message));
             }
         }
     }

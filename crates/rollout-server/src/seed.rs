@@ -114,16 +114,27 @@ pub(crate) async fn save_field(
     path: &std::path::Path,
     cap: u64,
 ) -> Result<u64, ApiError> {
+    save_stream(field, path, cap, multipart_error).await
+}
+
+/// Write the chunks of `stream` to `path`, refusing more than `cap` bytes (413
+/// `archive_too_large`); a chunk that cannot be read is `read_error`'s error.
+pub(crate) async fn save_stream<S, E>(
+    mut stream: S,
+    path: &std::path::Path,
+    cap: u64,
+    read_error: impl Fn(E) -> ApiError,
+) -> Result<u64, ApiError>
+where
+    S: futures_util::Stream<Item = Result<axum::body::Bytes, E>> + Unpin,
+{
+    use futures_util::StreamExt;
     let mut file = tokio::fs::File::create(path)
         .await
         .map_err(|e| ApiError::internal(format!("storing the upload: {e}")))?;
     let mut n: u64 = 0;
-    loop {
-        let chunk = match field.chunk().await {
-            Ok(Some(c)) => c,
-            Ok(None) => break,
-            Err(e) => return Err(multipart_error(e)),
-        };
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(&read_error)?;
         n += chunk.len() as u64;
         if n > cap {
             return Err(ApiError::new(

@@ -14,7 +14,7 @@
 
 use crate::error::ApiError;
 use crate::pool::Template;
-use crate::seed::{multipart_error, save_field};
+use crate::seed::{multipart_error, save_field, save_stream};
 use crate::sessions::load_template;
 use crate::AppState;
 use axum::extract::{FromRequest, Multipart, Request};
@@ -23,7 +23,6 @@ use rollout_core::job_config::DatasetSpec;
 use rollout_core::JobConfig;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 
 /// Names of upload directories under the runs directory.
 const PREFIX: &str = "session-upload-";
@@ -160,37 +159,14 @@ pub async fn template(
 
 /// The request body into `path`, at most `cap` bytes (413 past it).
 async fn save_body(req: Request, path: &Path, cap: u64) -> Result<u64, ApiError> {
-    use futures_util::StreamExt;
-    let mut file = tokio::fs::File::create(path)
-        .await
-        .map_err(|e| ApiError::internal(format!("storing the upload: {e}")))?;
-    let mut stream = req.into_body().into_data_stream();
-    let mut n: u64 = 0;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request_too_large",
-                format!("reading the archive: {e}"),
-            )
-        })?;
-        n += chunk.len() as u64;
-        if n > cap {
-            return Err(ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "archive_too_large",
-                format!(
-                    "the archive exceeds the server's limit of {cap} bytes (see /status limits)"
-                ),
-            ));
-        }
-        file.write_all(&chunk)
-            .await
-            .map_err(|e| ApiError::internal(format!("storing the upload: {e}")))?;
-    }
-    file.flush()
-        .await
-        .map_err(|e| ApiError::internal(format!("storing the upload: {e}")))?;
+    let n = save_stream(req.into_body().into_data_stream(), path, cap, |e| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request_too_large",
+            format!("reading the archive: {e}"),
+        )
+    })
+    .await?;
     if n == 0 {
         return Err(refused(
             "the request body is empty: send the task archive (tar.gz, tar or zip)",

@@ -251,7 +251,7 @@ pub struct GcArgs {
     /// Where to collect: the Docker engine (default) or the Kubernetes namespace
     /// (ROLLOUT_K8S_NAMESPACE / ROLLOUT_K8S_CONTEXT, else the kubeconfig's).
     #[arg(long = "env", value_enum)]
-    pub env: Option<EnvKind>,
+    pub env: Option<ContainerEnv>,
     /// Print JSON (`{"dry_run", "items": [...], "n_failed"}`) instead of lines.
     #[arg(long)]
     pub json: bool,
@@ -294,6 +294,14 @@ pub enum EnvKind {
     // AgentLab's `local_process` is accepted.
     #[value(alias = "local_process")]
     Local,
+    Kubernetes,
+}
+
+/// Where containers run, for the commands that manage them (`serve`, `gc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ContainerEnv {
+    #[value(alias = "local_docker")]
+    Docker,
     Kubernetes,
 }
 
@@ -348,7 +356,7 @@ pub struct RunArgs {
     pub agent_env: Vec<String>,
 
     /// Model passed to the agents (repeatable: each agent runs once per model).
-    #[arg(short = 'm', long = "model")]
+    #[arg(short = 'm', long = "model", value_name = "MODEL")]
     pub models: Vec<String>,
 
     /// Trials running at once (default 4).

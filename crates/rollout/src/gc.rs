@@ -6,7 +6,7 @@ use rollout_env::gc::GcOptions;
 
 pub fn main(args: GcArgs) -> CliResult {
     let rt = crate::error::runtime(Some(1))?;
-    if args.env == Some(crate::cli::EnvKind::Kubernetes) {
+    if args.env == Some(crate::cli::ContainerEnv::Kubernetes) {
         return rt.block_on(kube(args));
     }
     rt.block_on(async {

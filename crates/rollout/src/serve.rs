@@ -177,14 +177,7 @@ pub struct ServeArgs {
     /// Kubernetes cluster of ROLLOUT_K8S_* / the kubeconfig (submitted jobs must then say
     /// environment.type: kubernetes).
     #[arg(long = "env", value_enum, default_value = "docker")]
-    pub env: ServeEnv,
-}
-
-/// Where a server's environments run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum ServeEnv {
-    Docker,
-    Kubernetes,
+    pub env: crate::cli::ContainerEnv,
 }
 
 fn parse_warm_pool(s: &str) -> Result<(PathBuf, usize), String> {
@@ -391,12 +384,12 @@ async fn serve(args: ServeArgs) -> CliResult {
     // The local Docker engine or a cluster (submitted jobs must name it as their
     // `environment.type`), picked where every command picks its provider.
     let provider: Arc<dyn Provider> = match args.env {
-        ServeEnv::Docker => Arc::new(
+        crate::cli::ContainerEnv::Docker => Arc::new(
             rollout_launch::provider::docker()
                 .await
                 .map_err(CliError::failed)?,
         ),
-        ServeEnv::Kubernetes => {
+        crate::cli::ContainerEnv::Kubernetes => {
             config.environment = rollout_core::job_config::EnvironmentType::Kubernetes;
             let mut job = rollout_core::JobConfig::default();
             job.environment.kind = config.environment;

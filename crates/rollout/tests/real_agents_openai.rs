@@ -11,78 +11,12 @@
 
 mod common;
 
+use common::agent_task::*;
 use common::*;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-
-fn write(root: &Path, rel: &str, text: &str) {
-    let p = root.join(rel);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(&p, text).unwrap();
-    if rel.ends_with(".sh") {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-}
+use std::path::PathBuf;
 
 const KEY: &str = "sk-scripted-4711";
-
-/// hello-world with the scripted OpenAI provider as service `llm` (port 8080) next to the main
-/// container, accepting only `KEY`, playing `play` (tools, mini or aider).
-fn task_with_provider(root: &Path, play: &str) -> PathBuf {
-    let t = root.join("hello-scripted");
-    let hello = example("hello-world");
-    for rel in ["instruction.md", "tests/test.sh", "environment/Dockerfile"] {
-        write(&t, rel, &std::fs::read_to_string(hello.join(rel)).unwrap());
-    }
-    write(
-        &t,
-        "task.toml",
-        "version = \"1.0\"\n[agent]\ntimeout_sec = 600.0\ninstall_timeout_sec = 1200.0\n\
-         [verifier]\ntimeout_sec = 60.0\n\
-         [environment]\nworkdir = \"/app\"\nmemory_mb = 4096\nbuild_timeout_sec = 600.0\n",
-    );
-    write(
-        &t,
-        "environment/docker-compose.yaml",
-        &format!(
-            r#"services:
-  main:
-    depends_on:
-      llm:
-        condition: service_healthy
-  llm:
-    build:
-      context: ./llm
-    expose:
-      - "8080"
-    environment:
-      - API_KEY={KEY}
-      - PLAY={play}
-    healthcheck:
-      test: ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen('http://localhost:8080/health')"]
-      interval: 1s
-      timeout: 5s
-      retries: 60
-"#
-        ),
-    );
-    write(
-        &t,
-        "environment/llm/Dockerfile",
-        "FROM debian:bookworm-slim\n\
-         RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 && rm -rf /var/lib/apt/lists/*\n\
-         COPY openai.py /srv/provider.py\n\
-         CMD [\"python3\", \"-u\", \"/srv/provider.py\"]\n",
-    );
-    write(
-        &t,
-        "environment/llm/openai.py",
-        &std::fs::read_to_string(repo().join("tests/fixtures/scripted-providers/openai.py"))
-            .unwrap(),
-    );
-    t
-}
 
 /// One agent's way to the scripted provider.
 struct Agent {
@@ -124,51 +58,45 @@ const QWEN: Agent = Agent {
     model: "gpt-scripted",
 };
 
-/// Run `agent` on the scripted-provider task with `key`; returns the run, the trial directory
-/// and its result.
+/// Run `agent` on hello-world with the scripted OpenAI provider (tests/fixtures/
+/// scripted-providers/openai.py, accepting only `KEY`, playing `agent.play`) and `key`;
+/// returns the run, the trial directory and its result.
 fn run(agent: &Agent, key: &str) -> (Run, PathBuf, Value, tempfile::TempDir) {
-    require_docker();
     let tmp = tempfile::tempdir().unwrap();
-    let task = task_with_provider(tmp.path(), agent.play);
-    let out = tempfile::tempdir().unwrap();
-    let mut cmd = rollout_cmd();
-    for var in [
-        "OPENAI_BASE_URL",
-        "OPENAI_API_BASE",
-        "OPENAI_MODEL",
-        "ANTHROPIC_API_KEY",
-        "GEMINI_API_KEY",
-        "OPENROUTER_API_KEY",
-        "DEEPSEEK_API_KEY",
-        "MSWEA_MODEL_NAME",
-    ] {
-        cmd.env_remove(var);
-    }
-    let output = cmd
-        .env(agent.base_var, "http://llm:8080/v1")
-        .env("OPENAI_API_KEY", key)
-        .args(["run", "-p", task.to_str().unwrap(), "-a", agent.name])
-        .args(["-m", agent.model])
-        .args(["-o", out.path().to_str().unwrap(), "--job-name", "job"])
-        .output()
-        .unwrap();
-    let run = Run {
-        output,
-        job_dir: out.path().join("job"),
-        _tmp: out,
-    };
-    let trial = run
-        .job_dir
-        .join(format!("hello-scripted__{}__1", agent.name));
-    let result = trial.join("result.json");
-    assert!(
-        result.is_file(),
-        "no trial result\nstdout:\n{}\nstderr:\n{}",
-        run.stdout(),
-        run.stderr()
+    let task = task_with(
+        tmp.path(),
+        &Provider {
+            script: "openai",
+            api_key: KEY,
+            env: &[("PLAY", agent.play)],
+            agent_timeout_sec: 600.0,
+            install_timeout_sec: 1200.0,
+        },
     );
+    let a = run_agent_on(
+        tmp,
+        &task,
+        agent.name,
+        agent.model,
+        &[
+            (agent.base_var, "http://llm:8080/v1"),
+            ("OPENAI_API_KEY", key),
+        ],
+        &[
+            "OPENAI_BASE_URL",
+            "OPENAI_API_BASE",
+            "OPENAI_MODEL",
+            "ANTHROPIC_API_KEY",
+            "GEMINI_API_KEY",
+            "OPENROUTER_API_KEY",
+            "DEEPSEEK_API_KEY",
+            "MSWEA_MODEL_NAME",
+        ],
+    );
+    let result = a.trial.join("result.json");
+    assert!(result.is_file(), "no trial result\n{}", a.outputs());
     let r = read_json(&result);
-    (run, trial, r, tmp)
+    (a.run, a.trial, r, a._task)
 }
 
 /// The agent solved the task through its own tools; usage and the trajectory are recorded.

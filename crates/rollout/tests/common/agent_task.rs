@@ -17,10 +17,36 @@ pub fn write(root: &Path, rel: &str, text: &str) {
     }
 }
 
+/// The scripted provider of a [`task_with`] task and the task's time limits.
+pub struct Provider<'a> {
+    /// The script under tests/fixtures/scripted-providers/ (without `.py`).
+    pub script: &'a str,
+    /// The only API key it accepts.
+    pub api_key: &'a str,
+    /// More environment of the provider service (such as the `PLAY` it performs).
+    pub env: &'a [(&'a str, &'a str)],
+    pub agent_timeout_sec: f64,
+    pub install_timeout_sec: f64,
+}
+
 /// hello-world with a scripted provider service `llm` (port 8080) next to the main
 /// container; `provider` names the script under tests/fixtures/scripted-providers/, which
 /// accepts only `api_key`.
 pub fn task_with_provider(root: &Path, provider: &str, api_key: &str) -> PathBuf {
+    task_with(
+        root,
+        &Provider {
+            script: provider,
+            api_key,
+            env: &[],
+            agent_timeout_sec: 300.0,
+            install_timeout_sec: 600.0,
+        },
+    )
+}
+
+/// hello-world with `provider` as compose service `llm` (port 8080, healthy once it answers).
+pub fn task_with(root: &Path, provider: &Provider) -> PathBuf {
     let t = root.join("hello-scripted");
     let hello = example("hello-world");
     for rel in ["instruction.md", "tests/test.sh", "environment/Dockerfile"] {
@@ -29,10 +55,17 @@ pub fn task_with_provider(root: &Path, provider: &str, api_key: &str) -> PathBuf
     write(
         &t,
         "task.toml",
-        "version = \"1.0\"\n[agent]\ntimeout_sec = 300.0\ninstall_timeout_sec = 600.0\n\
-         [verifier]\ntimeout_sec = 60.0\n\
-         [environment]\nworkdir = \"/app\"\nmemory_mb = 4096\nbuild_timeout_sec = 600.0\n",
+        &format!(
+            "version = \"1.0\"\n[agent]\ntimeout_sec = {:.1}\ninstall_timeout_sec = {:.1}\n\
+             [verifier]\ntimeout_sec = 60.0\n\
+             [environment]\nworkdir = \"/app\"\nmemory_mb = 4096\nbuild_timeout_sec = 600.0\n",
+            provider.agent_timeout_sec, provider.install_timeout_sec
+        ),
     );
+    let env: String = std::iter::once(("API_KEY", provider.api_key))
+        .chain(provider.env.iter().copied())
+        .map(|(k, v)| format!("      - {k}={v}\n"))
+        .collect();
     write(
         &t,
         "environment/docker-compose.yaml",
@@ -48,8 +81,7 @@ pub fn task_with_provider(root: &Path, provider: &str, api_key: &str) -> PathBuf
     expose:
       - "8080"
     environment:
-      - API_KEY={api_key}
-    healthcheck:
+{env}    healthcheck:
       test: ["CMD", "python3", "-c", "import urllib.request; urllib.request.urlopen('http://localhost:8080/health')"]
       interval: 1s
       timeout: 5s
@@ -57,21 +89,22 @@ pub fn task_with_provider(root: &Path, provider: &str, api_key: &str) -> PathBuf
 "#
         ),
     );
+    let script = provider.script;
     write(
         &t,
         "environment/llm/Dockerfile",
         &format!(
             "FROM debian:bookworm-slim\n\
              RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends python3 && rm -rf /var/lib/apt/lists/*\n\
-             COPY {provider}.py /srv/provider.py\n\
+             COPY {script}.py /srv/provider.py\n\
              CMD [\"python3\", \"-u\", \"/srv/provider.py\"]\n"
         ),
     );
     write(
         &t,
-        &format!("environment/llm/{provider}.py"),
+        &format!("environment/llm/{script}.py"),
         &std::fs::read_to_string(
-            repo().join(format!("tests/fixtures/scripted-providers/{provider}.py")),
+            repo().join(format!("tests/fixtures/scripted-providers/{script}.py")),
         )
         .unwrap(),
     );
@@ -115,6 +148,18 @@ pub fn run_agent(
 ) -> AgentRun {
     let tmp = tempfile::tempdir().unwrap();
     let task = task_with_provider(tmp.path(), provider, provider_key);
+    run_agent_on(tmp, &task, agent, model, env, unset)
+}
+
+/// As [`run_agent`], on `task` (inside `dir`, kept as long as the run).
+pub fn run_agent_on(
+    dir: tempfile::TempDir,
+    task: &Path,
+    agent: &str,
+    model: &str,
+    env: &[(&str, &str)],
+    unset: &[&str],
+) -> AgentRun {
     require_docker();
     let out = tempfile::tempdir().unwrap();
     let mut cmd = rollout_cmd();
@@ -144,6 +189,6 @@ pub fn run_agent(
     AgentRun {
         run,
         trial,
-        _task: tmp,
+        _task: dir,
     }
 }
