@@ -8,29 +8,20 @@ use common::*;
 use serde_json::json;
 
 fn run_agent(base_url: &str, extra: &[&str]) -> Run {
-    require_docker();
-    let tmp = tempfile::tempdir().unwrap();
-    let output = rollout_cmd()
-        .env("OPENAI_BASE_URL", base_url)
-        .env("OPENAI_API_KEY", "test-key")
-        .args([
-            "run",
-            "-p",
-            example("hello-world").to_str().unwrap(),
-            "-a",
-            "rollout-agent",
-            "-m",
-            "fake-model",
-        ])
-        .args(extra)
-        .args(["-o", tmp.path().to_str().unwrap(), "--job-name", "job"])
-        .output()
-        .unwrap();
-    Run {
-        output,
-        job_dir: tmp.path().join("job"),
-        _tmp: tmp,
-    }
+    let mut cmd = rollout_cmd();
+    cmd.env("OPENAI_BASE_URL", base_url)
+        .env("OPENAI_API_KEY", "test-key");
+    let hello = example("hello-world");
+    let mut args = vec![
+        "-p",
+        hello.to_str().unwrap(),
+        "-a",
+        "rollout-agent",
+        "-m",
+        "fake-model",
+    ];
+    args.extend_from_slice(extra);
+    run_with(cmd, &args)
 }
 
 #[test]
@@ -182,29 +173,32 @@ fn models_sweep_with_agent_env_and_a_model_column() {
     require_docker();
     let script = Script::ok(vec![final_answer("done"), final_answer("done")]);
     let url = serve(script.clone());
-    let tmp = tempfile::tempdir().unwrap();
-    let output = rollout_cmd()
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("OPENAI_API_KEY")
-        .args(["run", "-p", example("hello-world").to_str().unwrap()])
-        .args(["-a", "rollout-agent", "-m", "model-a", "-m", "model-b"])
-        .args(["--ae", &format!("OPENAI_BASE_URL={url}")])
-        .args(["--ae", "OPENAI_API_KEY=test-key", "--ak", "max_turns=2"])
-        .args([
+    let mut cmd = rollout_cmd();
+    cmd.env_remove("OPENAI_BASE_URL")
+        .env_remove("OPENAI_API_KEY");
+    let hello = example("hello-world");
+    let base = format!("OPENAI_BASE_URL={url}");
+    let r = run_with(
+        cmd,
+        &[
+            "-p",
+            hello.to_str().unwrap(),
+            "-a",
+            "rollout-agent",
+            "-m",
+            "model-a",
+            "-m",
+            "model-b",
+            "--ae",
+            &base,
+            "--ae",
+            "OPENAI_API_KEY=test-key",
+            "--ak",
+            "max_turns=2",
             "-n",
             "1",
-            "-o",
-            tmp.path().to_str().unwrap(),
-            "--job-name",
-            "job",
-        ])
-        .output()
-        .unwrap();
-    let r = Run {
-        output,
-        job_dir: tmp.path().join("job"),
-        _tmp: tmp,
-    };
+        ],
+    );
     // The agent finished with a final answer; the verifier gave 0: exit 1 is "not all solved".
     let trials = r.trials();
     assert_eq!(

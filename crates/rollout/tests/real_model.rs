@@ -158,23 +158,21 @@ fn model_server() -> &'static str {
 
 fn run_model(task: &Path, extra: &[&str]) -> Run {
     require_docker();
-    let url = model_server();
-    let tmp = tempfile::tempdir().unwrap();
-    let output = rollout_cmd()
-        .env("OPENAI_BASE_URL", url)
-        .env("OPENAI_API_KEY", "local")
-        .args(["run", "-p", task.to_str().unwrap()])
-        .args(["-a", "rollout-agent", "-m", "smollm2-135m"])
-        .args(["--ak", "api_backoff_sec=0"])
-        .args(extra)
-        .args(["-o", tmp.path().to_str().unwrap(), "--job-name", "job"])
-        .output()
-        .unwrap();
-    Run {
-        output,
-        job_dir: tmp.path().join("job"),
-        _tmp: tmp,
-    }
+    let mut cmd = rollout_cmd();
+    cmd.env("OPENAI_BASE_URL", model_server())
+        .env("OPENAI_API_KEY", "local");
+    let mut args = vec![
+        "-p",
+        task.to_str().unwrap(),
+        "-a",
+        "rollout-agent",
+        "-m",
+        "smollm2-135m",
+        "--ak",
+        "api_backoff_sec=0",
+    ];
+    args.extend_from_slice(extra);
+    run_with(cmd, &args)
 }
 
 /// Why the agent may stop, and what each step of a turn may end in.

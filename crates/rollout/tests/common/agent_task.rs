@@ -160,31 +160,15 @@ pub fn run_agent_on(
     env: &[(&str, &str)],
     unset: &[&str],
 ) -> AgentRun {
-    require_docker();
-    let out = tempfile::tempdir().unwrap();
     let mut cmd = rollout_cmd();
     for k in unset {
         cmd.env_remove(k);
     }
     cmd.envs(env.iter().copied());
-    let output = cmd
-        .args([
-            "run",
-            "-p",
-            task.to_str().unwrap(),
-            "-a",
-            agent,
-            "-m",
-            model,
-        ])
-        .args(["-o", out.path().to_str().unwrap(), "--job-name", "job"])
-        .output()
-        .unwrap();
-    let run = Run {
-        output,
-        job_dir: out.path().join("job"),
-        _tmp: out,
-    };
+    let run = run_with(
+        cmd,
+        &["-p", task.to_str().unwrap(), "-a", agent, "-m", model],
+    );
     let trial = run.job_dir.join(format!("hello-scripted__{agent}__1"));
     AgentRun {
         run,

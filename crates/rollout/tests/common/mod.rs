@@ -150,9 +150,14 @@ pub fn rollout_cmd() -> Command {
 
 /// `rollout run ARGS -o <tmp> --job-name job`; the job directory is `<tmp>/job`.
 pub fn run(args: &[&str]) -> Run {
+    run_with(rollout_cmd(), args)
+}
+
+/// As [`run`], with `cmd` (a [`rollout_cmd`] whose environment the caller set).
+pub fn run_with(mut cmd: Command, args: &[&str]) -> Run {
     require_docker();
     let tmp = tempfile::tempdir().unwrap();
-    let output = rollout_cmd()
+    let output = cmd
         .arg("run")
         .args(args)
         .args(["-o", tmp.path().to_str().unwrap(), "--job-name", "job"])
