@@ -182,6 +182,35 @@ mod tests {
         }
     }
 
+    /// A job result of `n` trials with these stats, for rendering.
+    fn job_result(
+        started_at: chrono::DateTime<chrono::Utc>,
+        seconds: f64,
+        n: usize,
+        stats: Stats,
+        by_agent_dataset: BTreeMap<String, Stats>,
+        by_agent_model_dataset: Vec<rollout_core::result::GroupStats>,
+    ) -> JobResult {
+        JobResult {
+            schema_version: "1.0".into(),
+            id: "job".into(),
+            name: "j".into(),
+            started_at,
+            finished_at: Some(started_at),
+            seconds,
+            n_total_trials: n,
+            n_not_started: 0,
+            cancelled: false,
+            stats,
+            by_agent: BTreeMap::new(),
+            by_dataset: BTreeMap::new(),
+            by_agent_dataset,
+            by_agent_model_dataset,
+            trials: BTreeMap::new(),
+            harbor_stats: None,
+        }
+    }
+
     #[test]
     fn summary_table() {
         let trials = [
@@ -192,20 +221,12 @@ mod tests {
         ];
         let stats = |v: Vec<&TrialResult>| rollout_core::result::compute_stats(v);
         let t = trials[0].started_at;
-        let result = JobResult {
-            schema_version: "1.0".into(),
-            id: "job".into(),
-            name: "j".into(),
-            started_at: t,
-            finished_at: Some(t),
-            seconds: 12.34,
-            n_total_trials: 4,
-            n_not_started: 0,
-            cancelled: false,
-            stats: stats(trials.iter().collect()),
-            by_agent: BTreeMap::new(),
-            by_dataset: BTreeMap::new(),
-            by_agent_dataset: BTreeMap::from([
+        let result = job_result(
+            t,
+            12.34,
+            4,
+            stats(trials.iter().collect()),
+            BTreeMap::from([
                 (
                     "nop / smoke".to_string(),
                     stats(trials[2..].iter().collect()),
@@ -215,10 +236,8 @@ mod tests {
                     stats(trials[..2].iter().collect()),
                 ),
             ]),
-            by_agent_model_dataset: Vec::new(),
-            trials: BTreeMap::new(),
-            harbor_stats: None,
-        };
+            Vec::new(),
+        );
         insta::assert_snapshot!(render(&result, Path::new("jobs/j")));
     }
 
@@ -238,27 +257,14 @@ mod tests {
             stats: stats(v),
         };
         let t = trials[0].started_at;
-        let result = JobResult {
-            schema_version: "1.0".into(),
-            id: "job".into(),
-            name: "j".into(),
-            started_at: t,
-            finished_at: Some(t),
-            seconds: 2.0,
-            n_total_trials: 2,
-            n_not_started: 0,
-            cancelled: false,
-            stats: stats(&trials),
-            by_agent: BTreeMap::new(),
-            by_dataset: BTreeMap::new(),
-            by_agent_dataset: BTreeMap::from([(
-                "rollout-agent / smoke".to_string(),
-                stats(&trials),
-            )]),
-            by_agent_model_dataset: vec![group("big", &trials[..1]), group("small", &trials[1..])],
-            trials: BTreeMap::new(),
-            harbor_stats: None,
-        };
+        let result = job_result(
+            t,
+            2.0,
+            2,
+            stats(&trials),
+            BTreeMap::from([("rollout-agent / smoke".to_string(), stats(&trials))]),
+            vec![group("big", &trials[..1]), group("small", &trials[1..])],
+        );
         let out = render(&result, Path::new("jobs/j"));
         let lines: Vec<&str> = out.lines().collect();
         assert!(lines[0].contains(" model "), "{out}");
@@ -299,24 +305,14 @@ mod tests {
         overall
             .metrics
             .insert("mean_correctness".into(), serde_json::json!(1.0));
-        let result = JobResult {
-            schema_version: "1.0".into(),
-            id: "job".into(),
-            name: "j".into(),
-            started_at: t,
-            finished_at: Some(t),
-            seconds: 3.0,
-            n_total_trials: 2,
-            n_not_started: 0,
-            cancelled: false,
-            stats: overall,
-            by_agent: BTreeMap::new(),
-            by_dataset: BTreeMap::new(),
-            by_agent_dataset: BTreeMap::from([("oracle / smoke".to_string(), stats)]),
-            by_agent_model_dataset: Vec::new(),
-            trials: BTreeMap::new(),
-            harbor_stats: None,
-        };
+        let result = job_result(
+            t,
+            3.0,
+            2,
+            overall,
+            BTreeMap::from([("oracle / smoke".to_string(), stats)]),
+            Vec::new(),
+        );
         insta::assert_snapshot!(render(&result, Path::new("jobs/j")));
     }
 }
