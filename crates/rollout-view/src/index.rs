@@ -140,32 +140,32 @@ impl Job {
             return changed || had;
         };
         let mut seen = std::collections::HashSet::new();
-        let mut todo: Vec<(String, PathBuf, Option<Stamp>)> = Vec::new();
+        // Known trials are stat'ed and read again only when their result changed; a new one is
+        // opened once, its stamp taken from the open file (the first look at a large job).
+        let mut todo: Vec<(String, PathBuf, Look)> = Vec::new();
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
             let dir = e.path();
-            let result = dir.join("result.json");
-            let s = stamp(&result);
-            let has_config = s.is_none() && dir.join("config.json").is_file();
-            if s.is_none() && !has_config {
+            let Some(c) = st.trials.get(&name) else {
+                todo.push((name, dir, Look::New));
+                continue;
+            };
+            let s = stamp(&dir.join("result.json"));
+            if s.is_none() && !dir.join("config.json").is_file() {
                 continue;
             }
             seen.insert(name.clone());
-            if let Some(c) = st.trials.get(&name) {
-                if c.stamp == s && s.is_some() {
-                    continue;
-                }
-                if s.is_none() && c.row.status == "running" {
-                    continue;
-                }
+            if (c.stamp == s && s.is_some()) || (s.is_none() && c.row.status == "running") {
+                continue;
             }
-            todo.push((name, dir, s));
+            todo.push((name, dir, Look::Stamped(s)));
         }
-        changed |= !todo.is_empty();
         for (name, stamp, row) in read_rows(todo) {
+            changed = true;
+            seen.insert(name.clone());
             st.trials.insert(name, CachedTrial { stamp, row });
         }
         let before = st.trials.len();
@@ -312,24 +312,56 @@ fn host_name() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// How a trial directory is looked at: new (its `result.json` is opened and stamped from the
+/// open file) or already stamped (changed since last read, or gone).
+enum Look {
+    New,
+    Stamped(Option<Stamp>),
+}
+
+/// A trial's `result.json`, opened once: its stamp and its row (`None` when it is not a file
+/// or too large to read; the row of unreadable JSON is `None` too).
+fn open_result(name: &str, path: &Path) -> Option<(Stamp, Option<TrialRow>)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).ok()?;
+    let m = f.metadata().ok()?;
+    let s = (m.modified().ok()?, m.len());
+    if !m.is_file() || m.len() > model::MAX_JSON_BYTES {
+        return Some((s, None));
+    }
+    let mut bytes = Vec::with_capacity(m.len() as usize + 1);
+    if f.read_to_end(&mut bytes).is_err() {
+        return Some((s, None));
+    }
+    Some((s, model::trial_row_of_bytes(name, &bytes)))
+}
+
 /// Parse the rows of these trial directories, on a few threads when there are many (the first
-/// look at a large job reads every `result.json`).
-fn read_rows(
-    todo: Vec<(String, PathBuf, Option<Stamp>)>,
-) -> Vec<(String, Option<Stamp>, TrialRow)> {
-    fn one((name, dir, s): (String, PathBuf, Option<Stamp>)) -> (String, Option<Stamp>, TrialRow) {
-        let row = s
-            .and_then(|_| model::read_trial_row(&name, &dir.join("result.json")))
-            .unwrap_or_else(|| {
-                model::running_row(&name, model::read_json(&dir.join("config.json")).as_ref())
-            });
-        (name, s, row)
+/// look at a large job reads every `result.json`). A new directory with neither a result nor a
+/// `config.json` is not a trial and gives no row.
+fn read_rows(todo: Vec<(String, PathBuf, Look)>) -> Vec<(String, Option<Stamp>, TrialRow)> {
+    fn one(
+        (name, dir, look): (String, PathBuf, Look),
+    ) -> Option<(String, Option<Stamp>, TrialRow)> {
+        let result = dir.join("result.json");
+        let (s, row) = match look {
+            Look::New => match open_result(&name, &result) {
+                Some((s, row)) => (Some(s), row),
+                None if dir.join("config.json").is_file() => (None, None),
+                None => return None,
+            },
+            Look::Stamped(s) => (s, s.and_then(|_| model::read_trial_row(&name, &result))),
+        };
+        let row = row.unwrap_or_else(|| {
+            model::running_row(&name, model::read_json(&dir.join("config.json")).as_ref())
+        });
+        Some((name, s, row))
     }
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
     if threads < 2 || todo.len() < 256 {
-        return todo.into_iter().map(one).collect();
+        return todo.into_iter().filter_map(one).collect();
     }
     let per = todo.len().div_ceil(threads);
     let mut chunks: Vec<Vec<_>> = Vec::new();
@@ -340,7 +372,7 @@ fn read_rows(
     std::thread::scope(|scope| {
         let handles: Vec<_> = chunks
             .into_iter()
-            .map(|c| scope.spawn(move || c.into_iter().map(one).collect::<Vec<_>>()))
+            .map(|c| scope.spawn(move || c.into_iter().filter_map(one).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()
@@ -452,5 +484,56 @@ impl Catalog {
 
     pub fn job(&self, id: &str) -> Option<Arc<Job>> {
         self.jobs().into_iter().find(|j| j.id == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(job: &Job) -> Vec<(String, &'static str)> {
+        let mut st = job.state.lock().unwrap();
+        job.refresh(&mut st);
+        job.build(&st)
+            .trials
+            .into_iter()
+            .map(|t| (t.name, t.status))
+            .collect()
+    }
+
+    /// Each refresh sees trials appear (started, then finished), change and go, and never
+    /// takes a directory without a result or a config for a trial.
+    #[test]
+    fn a_refresh_follows_trials_appearing_finishing_and_going() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("j");
+        crate::synth::write_job(&dir, "j", 2, 2, 3).unwrap();
+        std::fs::create_dir_all(dir.join("not-a-trial/sub")).unwrap();
+        let job = Job::new("j".into(), dir.clone());
+        let names: Vec<String> = rows(&job).into_iter().map(|r| r.0).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        let (a, b) = (names[0].clone(), names[1].clone());
+        // A trial that started: its config.json only; it is running (the job has a result, so
+        // it shows as unfinished), then finished.
+        let c = dir.join("task-9__nop__1");
+        std::fs::create_dir(&c).unwrap();
+        std::fs::write(c.join("config.json"), r#"{"task_name": "task-9"}"#).unwrap();
+        assert!(rows(&job).contains(&("task-9__nop__1".into(), "unfinished")));
+        let done = std::fs::read(dir.join(&a).join("result.json")).unwrap();
+        std::fs::write(c.join("result.json"), &done).unwrap();
+        assert!(rows(&job).contains(&("task-9__nop__1".into(), "ok")));
+        // A changed result is read again; a removed trial goes.
+        let text = String::from_utf8(done).unwrap();
+        let failed = text.replacen(
+            "\"error\": null",
+            "\"error\": {\"type\": \"agent_execution_failed\", \"message\": \"x\"}",
+            1,
+        );
+        assert_ne!(failed, text, "the synthetic result has an error key");
+        std::fs::write(c.join("result.json"), failed).unwrap();
+        assert!(rows(&job).contains(&("task-9__nop__1".into(), "error")));
+        std::fs::remove_dir_all(dir.join(&b)).unwrap();
+        let now: Vec<String> = rows(&job).into_iter().map(|r| r.0).collect();
+        assert_eq!(now, vec![a, "task-9__nop__1".to_string()]);
     }
 }

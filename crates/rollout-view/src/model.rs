@@ -4,6 +4,7 @@
 
 use serde::Serialize;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -87,139 +88,355 @@ pub fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-/// The top-level keys of a trial's `result.json` that [`trial_row`] reads; the rest of the file
-/// (command outputs, environment, Harbor's copies) is skipped while parsing, never built.
+/// The texts of a result that [`trial_row`] reads.
+#[derive(Clone, Copy)]
+enum Text {
+    TaskName,
+    TaskIdPath,
+    AgentName,
+    AgentModel,
+    AgentInfoName,
+    AgentInfoModel,
+    ConfigAgentName,
+    ConfigAgentModel,
+    Dataset,
+    Source,
+    StartedAt,
+    FinishedAt,
+}
+
+impl Text {
+    fn path(self) -> &'static [&'static str] {
+        match self {
+            Text::TaskName => &["task_name"],
+            Text::TaskIdPath => &["task_id", "path"],
+            Text::AgentName => &["agent", "name"],
+            Text::AgentModel => &["agent", "model_name"],
+            Text::AgentInfoName => &["agent_info", "name"],
+            Text::AgentInfoModel => &["agent_info", "model_info", "name"],
+            Text::ConfigAgentName => &["config", "agent", "name"],
+            Text::ConfigAgentModel => &["config", "agent", "model_name"],
+            Text::Dataset => &["dataset"],
+            Text::Source => &["source"],
+            Text::StartedAt => &["started_at"],
+            Text::FinishedAt => &["finished_at"],
+        }
+    }
+}
+
+/// A phase's timing as read: (seconds, started_at, finished_at).
+type Timing<'a> = (Option<f64>, Option<&'a str>, Option<&'a str>);
+
+/// What [`trial_row`] reads of a result: implemented over a parsed JSON value of any shape, and
+/// over [`RowFields`], the typed fields of the shapes rollout and Harbor write (parsed without
+/// building the rest of the file). One row logic over both, so they cannot drift apart.
+trait RowSource {
+    fn text(&self, t: Text) -> Option<&str>;
+    fn reward(&self) -> Option<f64>;
+    fn seconds(&self) -> Option<f64>;
+    fn attempt(&self) -> Option<u64>;
+    /// rollout's `rewards` when it is an object, else Harbor's `verifier_result.rewards`.
+    fn rewards(&self) -> BTreeMap<String, f64>;
+    /// rollout's `error` when present and not null: (type, message).
+    fn error(&self) -> Option<(Option<&str>, Option<&str>)>;
+    /// Harbor's `exception_info` when present and not null: (type, message).
+    fn exception(&self) -> Option<(Option<&str>, Option<&str>)>;
+    /// rollout's `phases` when it is an object: (name, timing) of each.
+    fn phases(&self) -> Option<Vec<(&str, Timing<'_>)>>;
+    /// One of Harbor's timing blocks (`environment_setup`, `agent_setup`, `agent_execution`,
+    /// `verifier`).
+    fn timing(&self, key: &str) -> Timing<'_>;
+}
+
+fn timing_of(t: &Value) -> Timing<'_> {
+    (
+        t.get("seconds").and_then(num),
+        t.get("started_at").and_then(Value::as_str),
+        t.get("finished_at").and_then(Value::as_str),
+    )
+}
+
+impl RowSource for Value {
+    fn text(&self, t: Text) -> Option<&str> {
+        str_at(self, t.path())
+    }
+    fn reward(&self) -> Option<f64> {
+        self.get("reward").and_then(num)
+    }
+    fn seconds(&self) -> Option<f64> {
+        self.get("seconds").and_then(num)
+    }
+    fn attempt(&self) -> Option<u64> {
+        self.get("attempt").and_then(Value::as_u64)
+    }
+    fn rewards(&self) -> BTreeMap<String, f64> {
+        let map = self.get("rewards").and_then(Value::as_object).or_else(|| {
+            self.pointer("/verifier_result/rewards")
+                .and_then(Value::as_object)
+        });
+        map.map(|m| {
+            m.iter()
+                .filter_map(|(k, x)| num(x).map(|x| (k.clone(), x)))
+                .collect()
+        })
+        .unwrap_or_default()
+    }
+    fn error(&self) -> Option<(Option<&str>, Option<&str>)> {
+        let e = self.get("error").filter(|e| !e.is_null())?;
+        Some((
+            e.get("type").and_then(Value::as_str),
+            e.get("message").and_then(Value::as_str),
+        ))
+    }
+    fn exception(&self) -> Option<(Option<&str>, Option<&str>)> {
+        let e = self.get("exception_info").filter(|e| !e.is_null())?;
+        Some((
+            e.get("exception_type").and_then(Value::as_str),
+            e.get("exception_message").and_then(Value::as_str),
+        ))
+    }
+    fn phases(&self) -> Option<Vec<(&str, Timing<'_>)>> {
+        let p = self.get("phases").and_then(Value::as_object)?;
+        Some(p.iter().map(|(k, t)| (k.as_str(), timing_of(t))).collect())
+    }
+    fn timing(&self, key: &str) -> Timing<'_> {
+        self.get(key).map_or((None, None, None), timing_of)
+    }
+}
+
+/// The keys of a trial's `result.json` that [`trial_row`] reads, typed as rollout and Harbor
+/// write them; every other key is skipped while parsing, never built. A file with another
+/// shape (a number where a text is expected, duplicate keys …) fails this parse and is read
+/// whole as a JSON value instead, so a row never depends on which of the two read it.
 #[derive(serde::Deserialize)]
-struct RowFields {
+struct RowFields<'a> {
+    #[serde(default, borrow)]
+    task_name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    task_id: Option<PathPart<'a>>,
+    #[serde(default, borrow)]
+    agent: Option<AgentPart<'a>>,
+    #[serde(default, borrow)]
+    agent_info: Option<AgentInfoPart<'a>>,
+    #[serde(default, borrow)]
+    config: Option<ConfigPart<'a>>,
+    #[serde(default, borrow)]
+    dataset: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    source: Option<Cow<'a, str>>,
     #[serde(default)]
-    task_name: Value,
+    attempt: Option<u64>,
     #[serde(default)]
-    task_id: Value,
+    reward: Option<f64>,
     #[serde(default)]
-    agent: Value,
+    rewards: Option<BTreeMap<String, f64>>,
     #[serde(default)]
-    agent_info: Value,
+    verifier_result: Option<VerifierPart>,
+    #[serde(default, borrow)]
+    error: Option<ErrorPart<'a>>,
+    #[serde(default, borrow)]
+    exception_info: Option<ExceptionPart<'a>>,
+    #[serde(default, borrow)]
+    phases: Option<BTreeMap<Cow<'a, str>, TimingPart<'a>>>,
+    #[serde(default, borrow)]
+    environment_setup: Option<TimingPart<'a>>,
+    #[serde(default, borrow)]
+    agent_setup: Option<TimingPart<'a>>,
+    #[serde(default, borrow)]
+    agent_execution: Option<TimingPart<'a>>,
+    #[serde(default, borrow)]
+    verifier: Option<TimingPart<'a>>,
+    #[serde(default, borrow)]
+    started_at: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    finished_at: Option<Cow<'a, str>>,
     #[serde(default)]
-    config: Value,
+    seconds: Option<f64>,
+}
+
+/// `task_id`.
+#[derive(serde::Deserialize)]
+struct PathPart<'a> {
+    #[serde(default, borrow)]
+    path: Option<Cow<'a, str>>,
+}
+
+/// rollout's `agent` and Harbor's `config.agent`.
+#[derive(serde::Deserialize)]
+struct AgentPart<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    model_name: Option<Cow<'a, str>>,
+}
+
+/// Harbor's `agent_info`.
+#[derive(serde::Deserialize)]
+struct AgentInfoPart<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    model_info: Option<NamePart<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct NamePart<'a> {
+    #[serde(default, borrow)]
+    name: Option<Cow<'a, str>>,
+}
+
+/// Harbor's trial `config`.
+#[derive(serde::Deserialize)]
+struct ConfigPart<'a> {
+    #[serde(default, borrow)]
+    agent: Option<AgentPart<'a>>,
+}
+
+/// Harbor's `verifier_result`.
+#[derive(serde::Deserialize)]
+struct VerifierPart {
     #[serde(default)]
-    dataset: Value,
+    rewards: Option<BTreeMap<String, f64>>,
+}
+
+/// rollout's `error`.
+#[derive(serde::Deserialize)]
+struct ErrorPart<'a> {
+    #[serde(default, borrow, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    message: Option<Cow<'a, str>>,
+}
+
+/// Harbor's `exception_info`.
+#[derive(serde::Deserialize)]
+struct ExceptionPart<'a> {
+    #[serde(default, borrow)]
+    exception_type: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    exception_message: Option<Cow<'a, str>>,
+}
+
+/// A phase's timing: rollout's `phases.*`, Harbor's timing blocks, rollout's `verifier`
+/// outcome (whose command output is skipped).
+#[derive(serde::Deserialize)]
+struct TimingPart<'a> {
     #[serde(default)]
-    source: Value,
-    #[serde(default)]
-    attempt: Value,
-    #[serde(default)]
-    reward: Value,
-    #[serde(default)]
-    rewards: Value,
-    #[serde(default)]
-    verifier_result: Value,
-    #[serde(default)]
-    error: Value,
-    #[serde(default)]
-    exception_info: Value,
-    #[serde(default)]
-    phases: Value,
-    #[serde(default)]
-    environment_setup: Value,
-    #[serde(default)]
-    agent_setup: Value,
-    #[serde(default)]
-    agent_execution: Value,
-    #[serde(default)]
-    verifier: Value,
-    #[serde(default)]
-    started_at: Value,
-    #[serde(default)]
-    finished_at: Value,
-    #[serde(default)]
-    seconds: Value,
+    seconds: Option<f64>,
+    #[serde(default, borrow)]
+    started_at: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    finished_at: Option<Cow<'a, str>>,
+}
+
+impl TimingPart<'_> {
+    fn timing(&self) -> Timing<'_> {
+        (
+            self.seconds,
+            self.started_at.as_deref(),
+            self.finished_at.as_deref(),
+        )
+    }
+}
+
+impl RowSource for RowFields<'_> {
+    fn text(&self, t: Text) -> Option<&str> {
+        let agent = self.agent.as_ref();
+        let info = self.agent_info.as_ref();
+        let config = self.config.as_ref().and_then(|c| c.agent.as_ref());
+        match t {
+            Text::TaskName => self.task_name.as_deref(),
+            Text::TaskIdPath => self.task_id.as_ref()?.path.as_deref(),
+            Text::AgentName => agent?.name.as_deref(),
+            Text::AgentModel => agent?.model_name.as_deref(),
+            Text::AgentInfoName => info?.name.as_deref(),
+            Text::AgentInfoModel => info?.model_info.as_ref()?.name.as_deref(),
+            Text::ConfigAgentName => config?.name.as_deref(),
+            Text::ConfigAgentModel => config?.model_name.as_deref(),
+            Text::Dataset => self.dataset.as_deref(),
+            Text::Source => self.source.as_deref(),
+            Text::StartedAt => self.started_at.as_deref(),
+            Text::FinishedAt => self.finished_at.as_deref(),
+        }
+    }
+    fn reward(&self) -> Option<f64> {
+        self.reward
+    }
+    fn seconds(&self) -> Option<f64> {
+        self.seconds
+    }
+    fn attempt(&self) -> Option<u64> {
+        self.attempt
+    }
+    fn rewards(&self) -> BTreeMap<String, f64> {
+        self.rewards
+            .clone()
+            .or_else(|| self.verifier_result.as_ref()?.rewards.clone())
+            .unwrap_or_default()
+    }
+    fn error(&self) -> Option<(Option<&str>, Option<&str>)> {
+        let e = self.error.as_ref()?;
+        Some((e.kind.as_deref(), e.message.as_deref()))
+    }
+    fn exception(&self) -> Option<(Option<&str>, Option<&str>)> {
+        let e = self.exception_info.as_ref()?;
+        Some((e.exception_type.as_deref(), e.exception_message.as_deref()))
+    }
+    fn phases(&self) -> Option<Vec<(&str, Timing<'_>)>> {
+        let p = self.phases.as_ref()?;
+        Some(p.iter().map(|(k, t)| (k.as_ref(), t.timing())).collect())
+    }
+    fn timing(&self, key: &str) -> Timing<'_> {
+        let t = match key {
+            "environment_setup" => &self.environment_setup,
+            "agent_setup" => &self.agent_setup,
+            "agent_execution" => &self.agent_execution,
+            "verifier" => &self.verifier,
+            _ => &None,
+        };
+        t.as_ref().map_or((None, None, None), TimingPart::timing)
+    }
 }
 
 /// The trial row of the `result.json` at `path` (bounded as [`read_json`]); `None` when it
-/// cannot be read. Parses only the keys the row needs; a file that does not fit that shape
-/// (duplicate keys …) is read whole, so the row is the same as `trial_row(read_json(path))`.
+/// cannot be read.
 pub fn read_trial_row(dir_name: &str, path: &Path) -> Option<TrialRow> {
     let meta = std::fs::metadata(path).ok()?;
     if !meta.is_file() || meta.len() > MAX_JSON_BYTES {
         return None;
     }
-    let bytes = std::fs::read(path).ok()?;
-    let v = match serde_json::from_slice::<RowFields>(&bytes) {
-        Ok(f) => {
-            let pairs = [
-                ("task_name", f.task_name),
-                ("task_id", f.task_id),
-                ("agent", f.agent),
-                ("agent_info", f.agent_info),
-                ("config", f.config),
-                ("dataset", f.dataset),
-                ("source", f.source),
-                ("attempt", f.attempt),
-                ("reward", f.reward),
-                ("rewards", f.rewards),
-                ("verifier_result", f.verifier_result),
-                ("error", f.error),
-                ("exception_info", f.exception_info),
-                ("phases", f.phases),
-                ("environment_setup", f.environment_setup),
-                ("agent_setup", f.agent_setup),
-                ("agent_execution", f.agent_execution),
-                ("verifier", f.verifier),
-                ("started_at", f.started_at),
-                ("finished_at", f.finished_at),
-                ("seconds", f.seconds),
-            ];
-            Value::Object(
-                pairs
-                    .into_iter()
-                    .filter(|(_, v)| !v.is_null())
-                    .map(|(k, v)| (k.to_string(), v))
-                    .collect(),
-            )
-        }
-        Err(_) => serde_json::from_slice(&bytes).ok()?,
-    };
-    // A file that is JSON but not an object gives the row of an empty object, as before.
-    Some(trial_row(dir_name, &v))
+    trial_row_of_bytes(dir_name, &std::fs::read(path).ok()?)
 }
 
-/// The numeric rewards of a trial: rollout's `rewards`, else Harbor's `verifier_result.rewards`.
-fn rewards_of(v: &Value) -> BTreeMap<String, f64> {
-    let map = v.get("rewards").and_then(Value::as_object).or_else(|| {
-        v.pointer("/verifier_result/rewards")
-            .and_then(Value::as_object)
-    });
-    map.map(|m| {
-        m.iter()
-            .filter_map(|(k, x)| num(x).map(|x| (k.clone(), x)))
-            .collect()
-    })
-    .unwrap_or_default()
+/// The trial row of a `result.json`'s bytes; `None` when they are not JSON. The typed fields
+/// are tried first; a file of another shape is read whole, with the same row logic.
+pub fn trial_row_of_bytes(dir_name: &str, bytes: &[u8]) -> Option<TrialRow> {
+    match serde_json::from_slice::<RowFields>(bytes) {
+        Ok(f) => Some(row_of(dir_name, &f)),
+        // A file that is JSON but not an object gives the row of an empty object, as before.
+        Err(_) => Some(trial_row(
+            dir_name,
+            &serde_json::from_slice::<Value>(bytes).ok()?,
+        )),
+    }
 }
 
 /// Build a trial row from a trial's `result.json` (any supported shape) and its directory name.
 pub fn trial_row(dir_name: &str, v: &Value) -> TrialRow {
-    let rewards = rewards_of(v);
+    row_of(dir_name, v)
+}
+
+fn row_of(dir_name: &str, v: &impl RowSource) -> TrialRow {
+    let rewards = v.rewards();
     let reward = v
-        .get("reward")
-        .and_then(num)
+        .reward()
         .or_else(|| rollout_core::result::main_reward(&rewards));
-    let (error_kind, error_message) = if let Some(e) = v.get("error").filter(|e| !e.is_null()) {
+    let (error_kind, error_message) = if let Some((kind, message)) = v.error() {
+        (kind.map(str::to_string), message.map(str::to_string))
+    } else if let Some((kind, message)) = v.exception() {
         (
-            e.get("type").and_then(Value::as_str).map(str::to_string),
-            e.get("message").and_then(Value::as_str).map(str::to_string),
-        )
-    } else if let Some(e) = v.get("exception_info").filter(|e| !e.is_null()) {
-        (
-            Some(
-                e.get("exception_type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("exception")
-                    .to_string(),
-            ),
-            e.get("exception_message")
-                .and_then(Value::as_str)
-                .map(str::to_string),
+            Some(kind.unwrap_or("exception").to_string()),
+            message.map(str::to_string),
         )
     } else {
         (None, None)
@@ -230,15 +447,10 @@ pub fn trial_row(dir_name: &str, v: &Value) -> TrialRow {
         None => "ok",
     };
     let mut phases = BTreeMap::new();
-    if let Some(p) = v.get("phases").and_then(Value::as_object) {
-        for (k, t) in p {
-            if let Some(s) = t.get("seconds").and_then(num).or_else(|| {
-                span(
-                    t.get("started_at").and_then(Value::as_str),
-                    t.get("finished_at").and_then(Value::as_str),
-                )
-            }) {
-                phases.insert(k.clone(), s);
+    if let Some(p) = v.phases() {
+        for (k, (seconds, started, finished)) in p {
+            if let Some(s) = seconds.or_else(|| span(started, finished)) {
+                phases.insert(k.to_string(), s);
             }
         }
     } else {
@@ -248,48 +460,41 @@ pub fn trial_row(dir_name: &str, v: &Value) -> TrialRow {
             ("agent_execution", "agent_run"),
             ("verifier", "verify"),
         ] {
-            if let Some(t) = v.get(harbor) {
-                if let Some(s) = span(
-                    t.get("started_at").and_then(Value::as_str),
-                    t.get("finished_at").and_then(Value::as_str),
-                ) {
-                    phases.insert(ours.to_string(), s);
-                }
+            let (_, started, finished) = v.timing(harbor);
+            if let Some(s) = span(started, finished) {
+                phases.insert(ours.to_string(), s);
             }
         }
     }
-    let started_at = v
-        .get("started_at")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    let finished_at = v
-        .get("finished_at")
-        .and_then(Value::as_str)
-        .map(str::to_string);
+    let started_at = v.text(Text::StartedAt).map(str::to_string);
+    let finished_at = v.text(Text::FinishedAt).map(str::to_string);
     let seconds = v
-        .get("seconds")
-        .and_then(num)
+        .seconds()
         .or_else(|| span(started_at.as_deref(), finished_at.as_deref()));
     TrialRow {
         name: dir_name.to_string(),
-        task: str_at(v, &["task_name"])
-            .or_else(|| str_at(v, &["task_id", "path"]))
+        task: v
+            .text(Text::TaskName)
+            .or_else(|| v.text(Text::TaskIdPath))
             .unwrap_or("?")
             .to_string(),
-        agent: str_at(v, &["agent", "name"])
-            .or_else(|| str_at(v, &["agent_info", "name"]))
-            .or_else(|| str_at(v, &["config", "agent", "name"]))
+        agent: v
+            .text(Text::AgentName)
+            .or_else(|| v.text(Text::AgentInfoName))
+            .or_else(|| v.text(Text::ConfigAgentName))
             .unwrap_or("?")
             .to_string(),
-        model: str_at(v, &["agent", "model_name"])
-            .or_else(|| str_at(v, &["agent_info", "model_info", "name"]))
-            .or_else(|| str_at(v, &["config", "agent", "model_name"]))
+        model: v
+            .text(Text::AgentModel)
+            .or_else(|| v.text(Text::AgentInfoModel))
+            .or_else(|| v.text(Text::ConfigAgentModel))
             .map(str::to_string),
-        dataset: str_at(v, &["dataset"])
-            .or_else(|| str_at(v, &["source"]))
+        dataset: v
+            .text(Text::Dataset)
+            .or_else(|| v.text(Text::Source))
             .unwrap_or("-")
             .to_string(),
-        attempt: v.get("attempt").and_then(Value::as_u64),
+        attempt: v.attempt(),
         status,
         reward,
         rewards,
@@ -536,6 +741,167 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Random results mixing every shape each key the row reads can take (texts with escapes,
+    /// numbers, booleans, nulls, objects, arrays, duplicate keys): the typed read and the whole
+    /// read give the same row, whichever path a file takes.
+    #[test]
+    fn typed_and_whole_reads_agree_on_random_results() {
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut next = move |n: u64| {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (seed >> 33) % n
+        };
+        /// A scalar for `key`: mostly of its real type, sometimes any.
+        fn scalar(key: &str, next: &mut dyn FnMut(u64) -> u64) -> String {
+            const TEXTS: [&str; 4] = [
+                "\"a\"",
+                "\"with \\\"escape\\\"\\n\"",
+                "\"cancelled\"",
+                "\"CancelledError\"",
+            ];
+            const TIMES: [&str; 3] = [
+                "\"2026-01-01T00:00:00Z\"",
+                "\"2026-01-01T00:00:03.5\"",
+                "\"not a time\"",
+            ];
+            const NUMBERS: [&str; 4] = ["3", "0.5", "-1.5", "1e400"];
+            let pick = |set: &[&str], next: &mut dyn FnMut(u64) -> u64| {
+                set[next(set.len() as u64) as usize].to_string()
+            };
+            if next(4) > 0 {
+                match key {
+                    "started_at" | "finished_at" => return pick(&TIMES, next),
+                    "seconds" | "reward" | "attempt" | "tests" => return pick(&NUMBERS, next),
+                    _ => return pick(&TEXTS, next),
+                }
+            }
+            match next(6) {
+                0 => "null".into(),
+                1 => "true".into(),
+                2 => "3".into(),
+                3 => "[1]".into(),
+                4 => pick(&TIMES, next),
+                _ => pick(&TEXTS, next),
+            }
+        }
+        /// The keys a value under `key` may hold (its real ones and a stranger).
+        fn keys_under(key: &str) -> &'static [&'static str] {
+            match key {
+                "task_id" => &["path", "x"],
+                "agent" => &["name", "model_name", "x"],
+                "agent_info" => &["name", "model_info", "x"],
+                "model_info" => &["name", "x"],
+                "config" => &["agent", "x"],
+                "verifier_result" => &["rewards", "x"],
+                "rewards" => &["reward", "tests"],
+                "error" => &["type", "message", "x"],
+                "exception_info" => &["exception_type", "exception_message", "x"],
+                "phases" => &["verify", "agent_run"],
+                _ => &["started_at", "finished_at", "seconds", "x"],
+            }
+        }
+        /// A value for `key`: mostly of the shape rollout and Harbor write, sometimes any
+        /// scalar; objects of up to 4 keys (repeats make duplicate keys).
+        fn value_for(key: &str, depth: u32, next: &mut dyn FnMut(u64) -> u64) -> String {
+            let leaf = matches!(
+                key,
+                "task_name"
+                    | "dataset"
+                    | "source"
+                    | "attempt"
+                    | "reward"
+                    | "started_at"
+                    | "finished_at"
+                    | "seconds"
+                    | "name"
+                    | "model_name"
+                    | "path"
+                    | "type"
+                    | "message"
+                    | "exception_type"
+                    | "exception_message"
+                    | "tests"
+                    | "x"
+            );
+            if leaf || depth > 3 || next(8) == 0 {
+                return scalar(key, next);
+            }
+            let keys = keys_under(key);
+            let mut parts = Vec::new();
+            for _ in 0..next(4) + 1 {
+                let k = keys[next(keys.len() as u64) as usize];
+                parts.push(format!("\"{k}\": {}", value_for(k, depth + 1, next)));
+            }
+            format!("{{{}}}", parts.join(", "))
+        }
+        let top_keys = [
+            "task_name",
+            "task_id",
+            "agent",
+            "agent_info",
+            "config",
+            "dataset",
+            "source",
+            "attempt",
+            "reward",
+            "rewards",
+            "verifier_result",
+            "error",
+            "exception_info",
+            "phases",
+            "environment_setup",
+            "agent_setup",
+            "agent_execution",
+            "verifier",
+            "started_at",
+            "finished_at",
+            "seconds",
+            "other",
+        ];
+        let mut typed = 0;
+        for _ in 0..4000 {
+            let mut parts = Vec::new();
+            for _ in 0..next(8) {
+                let k = top_keys[next(top_keys.len() as u64) as usize];
+                parts.push(format!("\"{k}\": {}", value_for(k, 0, &mut next)));
+            }
+            let text = format!("{{{}}}", parts.join(", "));
+            // A number out of range cannot be built as a value; where the row does not read
+            // it, the typed read skips it and still gives the row, which is all it promises.
+            let Ok(whole) = serde_json::from_str::<Value>(&text) else {
+                continue;
+            };
+            typed += usize::from(serde_json::from_str::<RowFields>(&text).is_ok());
+            assert_eq!(
+                trial_row_of_bytes("t", text.as_bytes()),
+                Some(trial_row("t", &whole)),
+                "{text}"
+            );
+        }
+        // Both paths were exercised.
+        assert!(typed > 400 && typed < 3600, "{typed} of 4000 read typed");
+    }
+
+    /// What rollout writes today reads through the typed fields (the fast path).
+    #[test]
+    fn rollout_results_read_typed() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::synth::write_job(&dir.path().join("j"), "j", 40, 4, 7).unwrap();
+        let mut n = 0;
+        for e in std::fs::read_dir(dir.path().join("j")).unwrap().flatten() {
+            let p = e.path().join("result.json");
+            if e.path().is_dir() && p.is_file() {
+                let bytes = std::fs::read(&p).unwrap();
+                serde_json::from_slice::<RowFields>(&bytes)
+                    .unwrap_or_else(|err| panic!("{}: {err}", p.display()));
+                n += 1;
+            }
+        }
+        assert_eq!(n, 40);
+    }
+
     #[test]
     fn reading_only_the_row_keys_gives_the_row_of_the_whole_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -550,9 +916,28 @@ mod tests {
             "verifier_result": {"rewards": {"reward": 0.5}}, "exception_info": null,
             "agent_execution": {"started_at": "2026-01-01T00:00:00", "finished_at": "2026-01-01T00:00:01"}});
         let dup = r#"{"task_name": "a", "task_name": "b", "reward": 1}"#;
+        // Harbor's shape: the agent and model only in `config`, rewards only in
+        // `verifier_result`, each next to large blocks the row does not read.
+        let harbor = json!({"task_name": "hello", "trial_name": "t__2",
+            "config": {"agent": {"name": "claude-code", "model_name": "anthropic/m", "kwargs": {"k": "v".repeat(5_000)}},
+                       "environment": {"type": "docker"}, "verifier": {"disable": false}},
+            "verifier_result": {"rewards": {"reward": 1, "tests": 0.5}, "extra": [1, 2, 3]},
+            "agent_result": {"n_input_tokens": 10, "metadata": {"log": "y".repeat(5_000)}}});
         for (i, text) in [
             full.to_string(),
             dup.to_string(),
+            harbor.to_string(),
+            // Blocks of other shapes than Harbor's: the whole file is read, the row the same.
+            r#"{"config": "a string", "verifier_result": [1], "reward": 1}"#.into(),
+            r#"{"config": {"agent": "x"}, "verifier_result": {"rewards": null}}"#.into(),
+            r#"{"config": null, "verifier_result": null, "agent": {"name": "a"}}"#.into(),
+            r#"{"agent": "a", "error": "boom", "phases": [1], "task_id": "t"}"#.into(),
+            r#"{"error": {}, "exception_info": {"exception_type": 3}, "phases": {}}"#.into(),
+            r#"{"error": null, "exception_info": {"exception_message": "m"}, "phases": null,
+                "agent_execution": {"started_at": "2026-01-01T00:00:00", "finished_at": "2026-01-01T00:00:03", "stdout": "x"}}"#.into(),
+            r#"{"agent_info": {"name": "n", "model_info": "m"}, "verifier": "v"}"#.into(),
+            r#"{"agent_info": {"model_info": {"name": "m2"}}, "task_id": {"path": "p"}, "phases": {"x": 5}}"#.into(),
+            r#"{"phases": {"verify": {"started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:02Z", "seconds": null}}}"#.into(),
             "[1, 2]".into(),
             "{\"task_name\": 3, \"reward\": \"x\"}".into(),
         ]
@@ -564,6 +949,12 @@ mod tests {
             let whole = read_json(&p).map(|v| trial_row("t", &v));
             assert_eq!(read_trial_row("t", &p), whole, "{text}");
         }
+        let h = read_trial_row("t", &dir.path().join("2.json")).unwrap();
+        assert_eq!(
+            (h.agent.as_str(), h.model.as_deref()),
+            ("claude-code", Some("anthropic/m"))
+        );
+        assert_eq!((h.reward, h.rewards.get("tests")), (Some(1.0), Some(&0.5)));
         std::fs::write(dir.path().join("bad.json"), "{").unwrap();
         assert_eq!(read_trial_row("t", &dir.path().join("bad.json")), None);
     }

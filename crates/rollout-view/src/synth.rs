@@ -89,7 +89,7 @@ pub fn write_job(
         }
         let rewards = reward.map(|r| json!({"reward": r}));
         let result = json!({
-            "schema_version": "1.0", "id": format!("00000000-0000-0000-0000-{i:012}"),
+            "rollout_schema_version": rollout_core::RESULT_SCHEMA_VERSION, "id": format!("00000000-0000-0000-0000-{i:012}"),
             "trial_name": trial, "job_id": "synthetic", "job_name": name,
             "task_name": task, "task_path": format!("/nonexistent/{task}"), "task_checksum": task,
             "dataset": "synthetic", "agent": {"name": agent, "version": null, "model_name": if agent == "llm" { json!("scripted-model") } else { json!(null) }},
@@ -99,6 +99,9 @@ pub fn write_job(
             "started_at": at(start), "finished_at": at(t), "seconds": t - start,
             "phases": phases, "previous_tries": [],
         });
+        // Through rollout's own result type, so the file has exactly the keys rollout writes
+        // today (Harbor's fields included), as a reader meets them.
+        let result: rollout_core::result::TrialResult = serde_json::from_value(result)?;
         std::fs::write(
             tdir.join("result.json"),
             serde_json::to_vec_pretty(&result)?,
@@ -149,7 +152,7 @@ pub fn write_job(
     }
     let end = n_trials as f64 * 0.5 + 30.0;
     let job = json!({
-        "schema_version": "1.0", "id": "synthetic", "name": name,
+        "rollout_schema_version": rollout_core::RESULT_SCHEMA_VERSION, "id": "synthetic", "name": name,
         "started_at": at(0.0), "finished_at": at(end), "seconds": end,
         "n_total_trials": n_trials, "n_not_started": 0, "cancelled": false,
         "stats": {"n_trials": n_trials, "n_errored": n_errored},
