@@ -4,7 +4,7 @@
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,9 @@ const TRACKER_VARS: &[(&str, &str, &str)] = &[
 ];
 
 /// `{"trackers": …, "python": …}` for a command run with the process's environment plus
-/// `extra` (`python` only when `packages`).
-pub fn capture(packages: bool, extra: &BTreeMap<String, String>) -> Value {
+/// `extra` (`python` only when `packages`). `cache`: the file where package lists are kept
+/// between traces (see [`python_packages`]).
+pub fn capture(packages: bool, extra: &BTreeMap<String, String>, cache: Option<&Path>) -> Value {
     let var = |name: &str| -> Option<String> {
         extra
             .get(name)
@@ -43,7 +44,7 @@ pub fn capture(packages: bool, extra: &BTreeMap<String, String>) -> Value {
     };
     let mut out = json!({"trackers": trackers(&var)});
     if packages {
-        out["python"] = python_packages(&var);
+        out["python"] = python_packages(&var, cache);
     }
     out
 }
@@ -114,21 +115,120 @@ fn interpreter(var: &dyn Fn(&str) -> Option<String>) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-const LIST_PACKAGES: &str = "import importlib.metadata as m, json, sys\n\
-d = {}\n\
-for x in m.distributions():\n    n = x.metadata['Name']\n    if n: d[n] = x.version\n\
-print(json.dumps({'version': sys.version.split()[0], 'packages': d}))\n";
+/// Prints the interpreter's version and packages, and what the listing depends on (`stamps`):
+/// the import path's directories (installing or removing a package adds or removes an entry in
+/// one) and each distribution's metadata file (an editable project's version bump rewrites it).
+const LIST_PACKAGES: &str = r#"import importlib.metadata as m, json, os, sys
+d = {}
+stamps = [p for p in sys.path if p]
+for x in m.distributions():
+    n = x.metadata['Name']
+    if n:
+        d[n] = x.version
+    p = getattr(x, '_path', None)
+    if p is not None:
+        p = str(p)
+        for f in ('METADATA', 'PKG-INFO'):
+            if os.path.isfile(os.path.join(p, f)):
+                p = os.path.join(p, f)
+                break
+        stamps.append(p)
+print(json.dumps({'version': sys.version.split()[0], 'packages': d, 'stamps': stamps}))
+"#;
+
+/// How a listed file stood: (path, size, mtime in ns), or no size/mtime when it is missing.
+type Stamp = (String, Option<u64>, Option<i128>);
+
+fn stamp(path: &str) -> Stamp {
+    match std::fs::metadata(path) {
+        Ok(m) => {
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_nanos() as i128);
+            (path.to_string(), Some(m.len()), mtime)
+        }
+        Err(_) => (path.to_string(), None, None),
+    }
+}
+
+/// One interpreter's cached listing: valid while every stamp (the interpreter's first) is
+/// unchanged.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CachedListing {
+    stamps: Vec<Stamp>,
+    value: Value,
+}
+
+/// Listings kept between traces, by interpreter path.
+type ListingCache = BTreeMap<String, CachedListing>;
+
+/// Cache files larger than this are ignored (and rewritten).
+const CACHE_CAP: u64 = 16 << 20;
+
+fn read_cache(path: &Path) -> ListingCache {
+    std::fs::File::open(path)
+        .ok()
+        .filter(|f| f.metadata().is_ok_and(|m| m.len() <= CACHE_CAP))
+        .and_then(|f| serde_json::from_reader(std::io::BufReader::new(f)).ok())
+        .unwrap_or_default()
+}
+
+/// Write the cache through a temporary file and a rename, so a concurrent reader sees the old
+/// or the new file, never half of one. Failing to write only costs the next trace a listing.
+fn write_cache(path: &Path, cache: &ListingCache) {
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    let ok = serde_json::to_vec(cache)
+        .ok()
+        .is_some_and(|bytes| std::fs::write(&tmp, bytes).is_ok())
+        && std::fs::rename(&tmp, path).is_ok();
+    if !ok {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
 
 /// `{"interpreter", "version", "packages": {name: version}}` of the active interpreter (the
 /// `pip list` of it, read through importlib.metadata), `{"error": …}` when it cannot be listed
-/// within [`PACKAGES_TIMEOUT`], or null when there is no interpreter.
-pub fn python_packages(var: &dyn Fn(&str) -> Option<String>) -> Value {
+/// within [`PACKAGES_TIMEOUT`], or null when there is no interpreter. With `cache`, a listing
+/// is reused while the interpreter, its import directories and its distributions' metadata
+/// files are unchanged (starting Python costs a short command more than tracing it).
+pub fn python_packages(var: &dyn Fn(&str) -> Option<String>, cache: Option<&Path>) -> Value {
     let Some(python) = interpreter(var) else {
         return Value::Null;
     };
-    match run_capped(&python, PACKAGES_TIMEOUT) {
+    let key = python.to_string_lossy().into_owned();
+    let mut cached = cache.map(read_cache).unwrap_or_default();
+    if let Some(c) = cached.get(&key) {
+        if c.stamps.iter().all(|s| stamp(&s.0) == *s) {
+            return c.value.clone();
+        }
+    }
+    let (value, stamps) = list_packages(&python);
+    if let (Some(path), Some(mut stamps)) = (cache, stamps) {
+        stamps.insert(0, stamp(&key));
+        cached.insert(
+            key,
+            CachedListing {
+                stamps,
+                value: value.clone(),
+            },
+        );
+        write_cache(path, &cached);
+    }
+    value
+}
+
+/// Run the listing: its value, and its stamps when it succeeded.
+fn list_packages(python: &Path) -> (Value, Option<Vec<Stamp>>) {
+    match run_capped(python, PACKAGES_TIMEOUT) {
         Ok(text) => match serde_json::from_str::<Value>(&text) {
             Ok(mut v) => {
+                let stamps = v
+                    .as_object_mut()
+                    .and_then(|o| o.remove("stamps"))
+                    .and_then(|s| serde_json::from_value::<Vec<String>>(s).ok())
+                    .map(|paths| paths.iter().map(|p| stamp(p)).collect());
                 let mut truncated = false;
                 if let Some(p) = v["packages"].as_object_mut() {
                     let mut sorted: Vec<(String, Value)> = std::mem::take(p).into_iter().collect();
@@ -141,18 +241,19 @@ pub fn python_packages(var: &dyn Fn(&str) -> Option<String>) -> Value {
                 if truncated {
                     v["truncated"] = json!(true);
                 }
-                v
+                (v, stamps)
             }
-            Err(e) => {
-                json!({"interpreter": python, "error": format!("unreadable package list: {e}")})
-            }
+            Err(e) => (
+                json!({"interpreter": python, "error": format!("unreadable package list: {e}")}),
+                None,
+            ),
         },
-        Err(e) => json!({"interpreter": python, "error": e}),
+        Err(e) => (json!({"interpreter": python, "error": e}), None),
     }
 }
 
 /// Run `python -c LIST_PACKAGES`, killed after `timeout`; its stdout, capped.
-fn run_capped(python: &std::path::Path, timeout: Duration) -> Result<String, String> {
+fn run_capped(python: &Path, timeout: Duration) -> Result<String, String> {
     let mut child = Command::new(python)
         .args(["-I", "-c", LIST_PACKAGES])
         .stdin(Stdio::null())

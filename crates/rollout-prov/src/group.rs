@@ -363,6 +363,8 @@ fn reset(args: ResetArgs) -> u8 {
         );
         return exit::USAGE;
     }
+    // The package-listing cache goes with the store (it is rebuilt by the next trace).
+    let _ = std::fs::remove_file(crate::packages_cache_path(&path));
     for f in &files {
         if let Err(e) = std::fs::remove_file(f) {
             eprintln!("error: deleting {}: {e}", f.display());

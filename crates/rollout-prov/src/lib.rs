@@ -48,6 +48,11 @@ pub fn store_path() -> PathBuf {
     }
 }
 
+/// Where `rollout trace` keeps the Python package listings between traces (beside the store).
+pub fn packages_cache_path(store: &Path) -> PathBuf {
+    store.with_file_name("python-packages.json")
+}
+
 fn open_store() -> Result<Store, u8> {
     if store_disabled() {
         eprintln!("error: the provenance store is switched off (--store off / ROLLOUT_STORE=off)");
@@ -366,7 +371,11 @@ fn trace_job(
             .chain(config.env.clone())
             .collect(),
         metadata: serde_json::json!({
-            "context": context::capture(config.capture_packages, &config.env),
+            "context": context::capture(
+                config.capture_packages,
+                &config.env,
+                Some(&packages_cache_path(store.path())),
+            ),
             "execs": t.execs.iter().filter(|p| p.is_file()).collect::<Vec<_>>(),
             "removed": t.removed,
             "processes": t.processes,

@@ -868,3 +868,65 @@ fn prov_trace_records_tracker_links_and_python_packages() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(p.last_job()["metadata"]["context"].get("python").is_none());
 }
+
+/// Listing the packages starts Python, which costs a short command more than tracing it: the
+/// listing is reused while the interpreter and what it reported depending on (its import
+/// directories, its distributions' metadata) are unchanged, and redone when one changes.
+#[test]
+fn prov_trace_reuses_the_package_listing_until_the_environment_changes() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new();
+    let venv = p.path("venv");
+    let site = venv.join("lib/site-packages");
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    std::fs::create_dir_all(&site).unwrap();
+    let calls = p.path("calls");
+    let python = venv.join("bin/python");
+    // A stand-in interpreter that counts its runs and lists one package per entry of `site`.
+    let script = r#"#!/bin/sh
+echo run >> 'CALLS'
+pk=""
+for f in $(ls 'SITE'); do pk="$pk${pk:+, }\"$f\": \"1.0\""; done
+printf '{"version": "3.99.0", "packages": {%s}, "stamps": ["%s"]}\n' "$pk" 'SITE'
+"#
+    .replace("CALLS", calls.to_str().unwrap())
+    .replace("SITE", site.to_str().unwrap());
+    std::fs::write(&python, &script).unwrap();
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let trace = || {
+        let out = p
+            .cmd()
+            .args(["prov", "trace", "--", "true"])
+            .env("VIRTUAL_ENV", &venv)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let job = p.last_job();
+        job["metadata"]["context"]["python"]["packages"].clone()
+    };
+    let runs = || {
+        std::fs::read_to_string(&calls)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    std::fs::create_dir(site.join("torch-2.5.0.dist-info")).unwrap();
+    assert_eq!(trace(), serde_json::json!({"torch-2.5.0.dist-info": "1.0"}));
+    assert_eq!(trace(), serde_json::json!({"torch-2.5.0.dist-info": "1.0"}));
+    assert_eq!(runs(), 1, "the second trace reuses the listing");
+    // A package installed: its import directory changed, so the listing is redone.
+    std::fs::create_dir(site.join("numpy-2.1.0.dist-info")).unwrap();
+    let packages = trace();
+    assert_eq!(packages["numpy-2.1.0.dist-info"], "1.0", "{packages}");
+    assert_eq!(runs(), 2);
+    // Another interpreter binary at the same path: redone too.
+    std::fs::write(&python, format!("{script}\n# rebuilt\n")).unwrap();
+    trace();
+    assert_eq!(runs(), 3);
+    trace();
+    assert_eq!(runs(), 3);
+    // `prov reset` takes the cached listings with the store.
+    p.rollout(&["prov", "reset", "--yes"]);
+    trace();
+    assert_eq!(runs(), 4);
+}
