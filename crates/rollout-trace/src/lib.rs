@@ -182,11 +182,24 @@ pub fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         any(target_arch = "x86_64", target_arch = "aarch64")
     ))]
     {
-        // The tracer waits for any child of the process: two traces at once would steal each
-        // other's events, so they take turns.
+        // The tracer forks the command and waits only for its own thread's children and
+        // tracees, on a thread of its own: a child the caller (or any other thread) started
+        // keeps its exit status. Traces still take turns: one tracer per process is enough
+        // and keeps the fanotify marks simple.
         static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-        linux::trace(opts)
+        std::thread::scope(|s| {
+            std::thread::Builder::new()
+                .name("rollout-trace".into())
+                .spawn_scoped(s, || linux::trace(opts))
+                .map_err(|e| TraceError::Spawn {
+                    program: opts.argv[0].to_string_lossy().into_owned(),
+                    step: "starting the tracer thread",
+                    source: e,
+                })?
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
+        })
     }
     #[cfg(not(all(
         target_os = "linux",
@@ -324,6 +337,34 @@ assert os.read(r, 1) == b""
         }
     }
 
+    /// A child the caller started before the trace, exited and not yet waited for, keeps its
+    /// exit status: the tracer must not reap it.
+    #[test]
+    fn the_callers_own_children_keep_their_exit_status() {
+        let mut mine = std::process::Command::new("sh")
+            .args(["-c", "exit 7"])
+            .spawn()
+            .unwrap();
+        // Block until it has exited, without reaping it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                mine.id(),
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+        let d = tempfile::tempdir().unwrap();
+        for mechanism in [Mechanism::Ptrace, Mechanism::Fanotify] {
+            let t = sh_with(d.path(), "true", mechanism);
+            assert_eq!(t.exit, Exit::Code(0), "{mechanism:?}: {t:?}");
+        }
+        let status = mine.wait().expect("the trace reaped the caller's child");
+        assert_eq!(status.code(), Some(7));
+    }
+
     /// fanotify sees every filesystem event on the host: only the traced tree's may count. A
     /// process the test starts beside the trace writes into the same directory all along.
     #[test]
@@ -332,8 +373,7 @@ assert os.read(r, 1) == b""
         let dir = d.path().canonicalize().unwrap();
         fs::write(dir.join("old.txt"), "old").unwrap();
         fs::write(dir.join("old2.txt"), "old").unwrap();
-        // Orphaned at once (the tracer reaps any child of this process, so the neighbour must
-        // not be one); it stops when `stop` appears, or after 2 minutes if the test failed.
+        // Stops when `stop` appears, or after 2 minutes if the test failed.
         let started = std::process::Command::new("sh")
             .arg("-c")
             .arg("(timeout 120 sh -c 'i=0; while [ ! -e stop ]; do i=$((i+1)); echo $i > n$((i % 50)).txt; cat old.txt > /dev/null; done'; echo > stopped) &")

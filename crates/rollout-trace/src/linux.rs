@@ -35,7 +35,10 @@ const EVENT_FORK: c_int = 1;
 const EVENT_VFORK: c_int = 2;
 const EVENT_CLONE: c_int = 3;
 const EVENT_SECCOMP: c_int = 7;
-const WALL: c_int = 0x4000_0000;
+/// `__WALL | __WNOTHREAD`: every traced process, clone children included, but only the calling
+/// thread's children and tracees, never a child another thread of the process started (its
+/// owner would lose the exit status: `wait` fails with ECHILD).
+const WALL: c_int = 0x4000_0000 | 0x2000_0000;
 
 /// `SECCOMP_IOCTL_NOTIF_SET_FLAGS` value: wake the supervisor on the notifying CPU (Linux ≥ 6.6;
 /// older kernels refuse it and the notification still works).
