@@ -247,9 +247,9 @@ pub const RECIPES: [Recipe; 11] = [
         name: "openhands-sdk",
         runtime: Runtime::Python,
         package: "openhands-sdk",
-        // The OpenHands agent as its SDK runs it (openhands-ai 1.x, the `openhands` recipe,
-        // ships only the server): rollout's runner builds the agent with the terminal and
-        // file-editor tools and prints every event as a JSON line.
+        // The OpenHands agent as its SDK runs it (openhands-ai 1.7 and later, the `openhands`
+        // recipe, ship only the server): rollout's runner builds the agent with the terminal
+        // and file-editor tools and prints every event as a JSON line.
         command: "/opt/rollout-agent/bin/python /opt/rollout-agent/rollout-runner.py {model_flag} --instruction {instruction}",
         model_flag: "--model {model}",
         env_keys: &["LLM_API_KEY", "LLM_MODEL", "LLM_BASE_URL", "OPENAI_API_KEY", "OPENAI_BASE_URL", "OPENAI_API_BASE", "ANTHROPIC_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY"],
