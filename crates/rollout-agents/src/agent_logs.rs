@@ -94,6 +94,18 @@ impl Atif {
         self.steps.last_mut().expect("an agent step")
     }
 
+    /// Give the result of tool call `id` to the latest step that made the call (none: dropped).
+    fn add_result_to_caller(&mut self, id: &Value, content: String) {
+        let owner = self.steps.iter_mut().rev().find(|s| {
+            s["tool_calls"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|c| &c["tool_call_id"] == id))
+        });
+        if let Some(step) = owner {
+            add_result(step, id, content);
+        }
+    }
+
     fn finish(
         self,
         session_id: Option<String>,
@@ -515,14 +527,7 @@ pub fn mini_swe_agent(
             }
             "tool" => {
                 let id = m["tool_call_id"].clone();
-                let owner = atif.steps.iter_mut().rev().find(|s| {
-                    s["tool_calls"]
-                        .as_array()
-                        .is_some_and(|c| c.iter().any(|c| c["tool_call_id"] == id))
-                });
-                if let Some(step) = owner {
-                    add_result(step, &id, content);
-                }
+                atif.add_result_to_caller(&id, content);
             }
             _ => {}
         }
@@ -650,14 +655,7 @@ pub fn openhands_sdk(stream: &str, version: Option<&str>, model: Option<&str>) -
                         .unwrap_or_default()
                         .to_string()
                 };
-                let owner = atif.steps.iter_mut().rev().find(|s| {
-                    s["tool_calls"]
-                        .as_array()
-                        .is_some_and(|c| c.iter().any(|c| c["tool_call_id"] == id))
-                });
-                if let Some(step) = owner {
-                    add_result(step, &id, content);
-                }
+                atif.add_result_to_caller(&id, content);
             }
             "ConversationErrorEvent" => {
                 let code = str_at(&e, "code");
