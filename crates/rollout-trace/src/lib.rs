@@ -49,6 +49,11 @@ pub struct TraceOptions {
     /// How the file accesses reach the tracer (default: [`Mechanism::Fanotify`], falling back
     /// to seccomp user notification, then to ptrace stops, as far as the host refuses).
     pub mechanism: Mechanism,
+    /// Each path the first time it is recorded as read, sent while the command still runs, so
+    /// that a caller can start on the inputs (stat, hash) before the command ends. A path sent
+    /// here may still be written later (then it is not in [`Trace::reads`]); a receiver that
+    /// hangs up does not stop the trace.
+    pub on_read: Option<std::sync::mpsc::Sender<PathBuf>>,
 }
 
 /// How the traced file accesses reach the tracer.
@@ -91,6 +96,7 @@ impl TraceOptions {
             timeout: None,
             ignore_prefixes: DEFAULT_IGNORED.iter().map(PathBuf::from).collect(),
             mechanism: Mechanism::default(),
+            on_read: None,
         }
     }
 }
@@ -236,11 +242,20 @@ mod tests {
     use std::fs;
 
     fn sh_with(dir: &std::path::Path, script: &str, mechanism: Mechanism) -> Trace {
+        let (tx, rx) = std::sync::mpsc::channel();
         let mut o = TraceOptions::new(vec!["sh".into(), "-c".into(), script.into()]);
         o.cwd = Some(dir.to_path_buf());
         o.timeout = Some(Duration::from_secs(60));
         o.mechanism = mechanism;
-        trace(&o).unwrap()
+        o.on_read = Some(tx);
+        let t = trace(&o).unwrap();
+        drop(o);
+        // Every path recorded as read was also sent, once.
+        let sent: Vec<PathBuf> = rx.into_iter().collect();
+        let unique: BTreeSet<PathBuf> = sent.iter().cloned().collect();
+        assert_eq!(unique.len(), sent.len(), "a path sent twice: {sent:?}");
+        assert_eq!(unique, t.reads, "{mechanism:?}");
+        t
     }
 
     fn sh(dir: &std::path::Path, script: &str) -> Trace {

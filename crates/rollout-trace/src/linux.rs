@@ -272,12 +272,7 @@ impl SyncWake {
 /// The supervisor side of user notification: receive the listener (or word that the child fell
 /// back to ptrace stops), then answer notifications until told to stop or the filter is orphaned.
 /// Returns the tracer state when it handled the syscalls, `None` otherwise.
-fn supervise(
-    sock: OwnedFd,
-    stop: OwnedFd,
-    ignore: Vec<Vec<u8>>,
-    lifecycle: Arc<Lifecycle>,
-) -> Option<Tracer> {
+fn supervise(sock: OwnedFd, stop: OwnedFd, mut tracer: Tracer) -> Option<Tracer> {
     let mut byte = 0u8;
     let mut iov = libc::iovec {
         iov_base: &mut byte as *mut u8 as *mut c_void,
@@ -314,7 +309,6 @@ fn supervise(
     drop(sock);
     let lfd = listener.as_raw_fd();
     let mut wake = SyncWake::new(lfd);
-    let mut tracer = Tracer::new(ignore, lifecycle);
     let mut fds = [
         libc::pollfd {
             fd: lfd,
@@ -669,11 +663,10 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     // The supervisor runs before the child goes on: the child's execve already waits for it.
     let lifecycle = Arc::new(Lifecycle::default());
     let supervisor = {
-        let ignore = ignore.clone();
-        let lifecycle = lifecycle.clone();
+        let tracer = Tracer::new(ignore.clone(), lifecycle.clone(), opts.on_read.clone());
         std::thread::Builder::new()
             .name("rollout-trace-notify".into())
-            .spawn(move || supervise(sock_parent, stop_r, ignore, lifecycle))
+            .spawn(move || supervise(sock_parent, stop_r, tracer))
     };
     let supervisor = match supervisor {
         Ok(s) => s,
@@ -696,7 +689,7 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
             let reader = crate::fanotify::Reader::new(
                 fan,
                 seen.clone(),
-                Tracer::new(ignore.clone(), lifecycle.clone()),
+                Tracer::new(ignore.clone(), lifecycle.clone(), opts.on_read.clone()),
             );
             // SAFETY: a fresh pipe, both ends close-on-exec.
             if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -745,7 +738,7 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     });
 
     // Handles the syscalls when the child fell back to SECCOMP_RET_TRACE.
-    let mut tracer = Tracer::new(ignore, lifecycle.clone());
+    let mut tracer = Tracer::new(ignore, lifecycle.clone(), opts.on_read.clone());
     let mut started: HashSet<pid_t> = HashSet::from([pid]);
     let mut exit = Exit::Code(0);
     let mut processes = 1u64;
@@ -878,7 +871,18 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         resolver,
         ..
     } = tracer;
-    let sorted = |s: HashSet<PathBuf>| s.into_iter().collect::<BTreeSet<_>>();
+    let sorted = |s: HashSet<PathBuf>| {
+        // Sorting by bytes with `/` below every other byte gives the component order of
+        // normalised absolute paths at a fraction of the cost of comparing components, and
+        // the set is then built from already sorted input (one linear pass).
+        let mut v: Vec<PathBuf> = s.into_iter().collect();
+        v.sort_unstable_by(|a, b| {
+            let key = |c: &u8| if *c == b'/' { 0 } else { *c };
+            let (a, b) = (a.as_os_str().as_bytes(), b.as_os_str().as_bytes());
+            a.iter().map(key).cmp(b.iter().map(key))
+        });
+        v.into_iter().collect::<BTreeSet<_>>()
+    };
     Ok(Trace {
         exit,
         timed_out: timed_out.load(Ordering::SeqCst),
@@ -959,14 +963,21 @@ pub(crate) struct Tracer {
     removed: HashSet<PathBuf>,
     execs: HashSet<PathBuf>,
     stops: u64,
+    /// Where each path newly recorded as read is also sent (see `TraceOptions::on_read`).
+    on_read: Option<std::sync::mpsc::Sender<PathBuf>>,
 }
 
 const PATH_MAX: usize = 4096;
 const AT_FDCWD: i32 = -100;
 
 impl Tracer {
-    pub(crate) fn new(ignore: Vec<Vec<u8>>, lifecycle: Arc<Lifecycle>) -> Self {
+    pub(crate) fn new(
+        ignore: Vec<Vec<u8>>,
+        lifecycle: Arc<Lifecycle>,
+        on_read: Option<std::sync::mpsc::Sender<PathBuf>>,
+    ) -> Self {
         Tracer {
+            on_read,
             ignore,
             resolver: Resolver::new(lifecycle),
             reads: HashSet::new(),
@@ -1006,7 +1017,11 @@ impl Tracer {
         }
         match op {
             Op::Read | Op::Exec => {
-                if !self.writes.contains(&p) {
+                if !self.writes.contains(&p) && !self.reads.contains(&p) {
+                    if let Some(tx) = &self.on_read {
+                        // A receiver that hung up only stops listening: tracing goes on.
+                        let _ = tx.send(p.clone());
+                    }
                     self.reads.insert(p);
                 }
             }
