@@ -109,11 +109,15 @@ impl Store {
             return Ok(None);
         };
         let job = self.job(&uid)?;
-        self.sql(self.conn.execute(
-            "DELETE FROM collection_members WHERE kind = 'job' AND ref = ?1",
-            [&uid],
-        ))?;
-        self.sql(self.conn.execute("DELETE FROM jobs WHERE uid = ?1", [&uid]))?;
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM collection_members WHERE kind = 'job' AND ref = ?1",
+                [&uid],
+            )?;
+            let id: i64 =
+                tx.query_row("SELECT id FROM jobs WHERE uid = ?1", [&uid], |r| r.get(0))?;
+            crate::delete_job(tx, id)
+        })?;
         Ok(Some(job))
     }
 }

@@ -104,6 +104,23 @@ struct CacheEntry {
     sha256: Option<String>,
 }
 
+/// Digests worked out ahead of [`Store::hash_files_with`] (see [`Store::hash_ahead`]).
+#[derive(Default)]
+pub struct HashedAhead {
+    digests: std::collections::HashMap<PathBuf, (FileDigest, Option<CacheEntry>)>,
+}
+
+impl HashedAhead {
+    /// How many files are hashed.
+    pub fn len(&self) -> usize {
+        self.digests.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+}
+
 /// How long a writer waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -263,9 +280,42 @@ impl Store {
         paths: &[PathBuf],
         sha256: bool,
     ) -> Result<Vec<(PathBuf, FileDigest)>> {
+        self.hash_files_with(paths, sha256, &mut HashedAhead::default())
+    }
+
+    /// Hash `path` through the cache now, from this connection, and keep the digest in `ahead`
+    /// for [`Store::hash_files_with`] (a missing path or what is not a regular file is left
+    /// out). Meant for a second connection that works while a traced command still runs: the
+    /// digest is the file as it is now.
+    pub fn hash_ahead(&self, path: &Path, sha256: bool, ahead: &mut HashedAhead) -> Result<()> {
+        match self.digest_with_cache(path, sha256) {
+            Ok(v) => {
+                ahead.digests.insert(path.to_path_buf(), v);
+                Ok(())
+            }
+            Err(StoreError::Hash { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// [`Store::hash_files`], taking the digests of `ahead` for the paths it holds (and their
+    /// cache updates) instead of looking at those files again.
+    pub fn hash_files_with(
+        &mut self,
+        paths: &[PathBuf],
+        sha256: bool,
+        ahead: &mut HashedAhead,
+    ) -> Result<Vec<(PathBuf, FileDigest)>> {
         let mut out = Vec::with_capacity(paths.len());
         let mut updates = Vec::new();
         for p in paths {
+            if let Some((d, u)) = ahead.digests.remove(p) {
+                if !sha256 || d.sha256.is_some() {
+                    out.push((p.clone(), d));
+                    updates.extend(u);
+                    continue;
+                }
+            }
             match self.digest_with_cache(p, sha256) {
                 Ok((d, u)) => {
                     out.push((p.clone(), d));
@@ -371,14 +421,14 @@ fn insert_job(tx: &rusqlite::Transaction<'_>, job: &Job) -> rusqlite::Result<()>
         })
         .optional()?
     {
-        tx.execute("DELETE FROM job_inputs WHERE job_id = ?1", [old])?;
-        tx.execute("DELETE FROM job_outputs WHERE job_id = ?1", [old])?;
-        tx.execute("DELETE FROM jobs WHERE id = ?1", [old])?;
+        delete_job(tx, old)?;
     }
+    let inputs_set = file_set(tx, &job.inputs, &job.started_at)?;
+    let outputs_set = file_set(tx, &job.outputs, &job.started_at)?;
     tx.execute(
         "INSERT INTO jobs (uid, session_uid, kind, command, argv, cwd, git_repo, git_commit, git_branch, git_dirty, git_remote,
-                           started_at, duration_sec, exit_code, step_hash, env, metadata, host)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                           started_at, duration_sec, exit_code, step_hash, env, metadata, host, inputs_set, outputs_set)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
         params![
             job.uid,
             job.session,
@@ -398,34 +448,113 @@ fn insert_job(tx: &rusqlite::Transaction<'_>, job: &Job) -> rusqlite::Result<()>
             serde_json::to_string(&job.env).expect("env"),
             serde_json::to_string(&job.metadata).expect("metadata"),
             job.host,
+            inputs_set,
+            outputs_set,
         ],
     )?;
-    let id = tx.last_insert_rowid();
-    for (table, refs) in [("job_inputs", &job.inputs), ("job_outputs", &job.outputs)] {
-        let mut art = tx.prepare_cached(
-            "INSERT INTO artifacts (hash, size, kind, first_seen) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(hash) DO NOTHING",
+    Ok(())
+}
+
+/// Delete a job row, and the file sets only it used.
+pub(crate) fn delete_job(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result<()> {
+    let sets: (Option<i64>, Option<i64>) = tx.query_row(
+        "SELECT inputs_set, outputs_set FROM jobs WHERE id = ?1",
+        [id],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    tx.execute("DELETE FROM jobs WHERE id = ?1", [id])?;
+    for set in [sets.0, sets.1].into_iter().flatten() {
+        tx.execute(
+            "DELETE FROM file_sets WHERE id = ?1
+               AND NOT EXISTS (SELECT 1 FROM jobs WHERE inputs_set = ?1)
+               AND NOT EXISTS (SELECT 1 FROM jobs WHERE outputs_set = ?1)",
+            [set],
         )?;
-        let mut sha = tx.prepare_cached(
-            "INSERT OR IGNORE INTO artifact_hashes (hash, algorithm, digest) VALUES (?1, 'sha256', ?2)",
-        )?;
-        let mut link = tx.prepare_cached(&format!(
-            "INSERT OR REPLACE INTO {table} (job_id, path, artifact_hash) VALUES (?1, ?2, ?3)"
-        ))?;
-        for f in refs.iter() {
-            art.execute(params![
-                f.hash,
-                f.size as i64,
-                f.kind.as_str(),
-                job.started_at
-            ])?;
+    }
+    Ok(())
+}
+
+/// The digest that names a set of (path, artifact) pairs: BLAKE3 over the pairs in path order.
+fn file_set_digest(refs: &[&FileRef]) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(b"rollout-file-set-v1\0");
+    for f in refs {
+        h.update(&(f.path.len() as u64).to_le_bytes());
+        h.update(f.path.as_bytes());
+        h.update(&(f.hash.len() as u64).to_le_bytes());
+        h.update(f.hash.as_bytes());
+    }
+    h.finalize().to_hex().to_string()
+}
+
+/// The id of the file set holding `refs` (none when empty), created with its artifacts and
+/// paths unless a set with the same members is already stored. A path listed twice keeps its
+/// last entry.
+fn file_set(
+    tx: &rusqlite::Transaction<'_>,
+    refs: &[FileRef],
+    first_seen: &str,
+) -> rusqlite::Result<Option<i64>> {
+    if refs.is_empty() {
+        return Ok(None);
+    }
+    let mut sorted: Vec<&FileRef> = refs.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    // Stable sort: of the entries of one path, the last given is the last of its run.
+    let mut members: Vec<&FileRef> = Vec::with_capacity(sorted.len());
+    for f in sorted {
+        match members.last_mut() {
+            Some(last) if last.path == f.path => *last = f,
+            _ => members.push(f),
+        }
+    }
+    let digest = file_set_digest(&members);
+    let mut sha = tx.prepare_cached(
+        "INSERT OR IGNORE INTO artifact_hashes (hash, algorithm, digest) VALUES (?1, 'sha256', ?2)",
+    )?;
+    let existing: Option<i64> = tx
+        .prepare_cached("SELECT id FROM file_sets WHERE digest = ?1")?
+        .query_row([&digest], |r| r.get(0))
+        .optional()?;
+    if let Some(id) = existing {
+        // Its artifacts are stored; digests computed this time are added.
+        for f in &members {
             if let Some(s) = &f.sha256 {
                 sha.execute(params![f.hash, s])?;
             }
-            link.execute(params![id, f.path, f.hash])?;
         }
+        return Ok(Some(id));
     }
-    Ok(())
+    tx.prepare_cached("INSERT INTO file_sets (digest) VALUES (?1)")?
+        .execute([&digest])?;
+    let set = tx.last_insert_rowid();
+    let mut art = tx.prepare_cached(
+        "INSERT INTO artifacts (hash, size, kind, first_seen) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT(hash) DO NOTHING",
+    )?;
+    let mut find_path = tx.prepare_cached("SELECT id FROM paths WHERE path = ?1")?;
+    let mut add_path = tx.prepare_cached("INSERT INTO paths (path) VALUES (?1)")?;
+    let mut member = tx.prepare_cached(
+        "INSERT INTO file_set_members (set_id, path_id, artifact_hash) VALUES (?1, ?2, ?3)",
+    )?;
+    for f in members {
+        art.execute(params![f.hash, f.size as i64, f.kind.as_str(), first_seen])?;
+        if let Some(s) = &f.sha256 {
+            sha.execute(params![f.hash, s])?;
+        }
+        let path_id = match find_path
+            .query_row([&f.path], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            Some(id) => id,
+            None => {
+                add_path.execute([&f.path])?;
+                tx.last_insert_rowid()
+            }
+        };
+        member.execute(params![set, path_id, f.hash])?;
+    }
+    Ok(Some(set))
 }
 
 /// The current time in the store's sortable format.

@@ -5,7 +5,7 @@ use crate::{Store, StoreError};
 use rusqlite::TransactionBehavior;
 
 /// Migrations, in order; `schema_version` holds how many have run.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: the provenance model.
     "
     CREATE TABLE sessions (
@@ -97,6 +97,64 @@ const MIGRATIONS: &[&str] = &[
         added_at TEXT NOT NULL,
         PRIMARY KEY (collection, kind, ref)
     );
+    ",
+    // 3: a job's inputs and outputs as content-addressed file sets over interned paths. A
+    // command traced again over unchanged files records one row for its thousands of inputs
+    // (the set is found by its digest), and a new set's rows have integer keys. `job_inputs`
+    // and `job_outputs` stay, as views, for queries. Sets carried over have no digest (never
+    // shared). The hash cache loses its rowid.
+    "
+    CREATE TABLE paths (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE
+    );
+    CREATE TABLE file_sets (
+        id INTEGER PRIMARY KEY,
+        digest TEXT UNIQUE
+    );
+    CREATE TABLE file_set_members (
+        set_id INTEGER NOT NULL REFERENCES file_sets(id) ON DELETE CASCADE,
+        path_id INTEGER NOT NULL REFERENCES paths(id),
+        artifact_hash TEXT NOT NULL REFERENCES artifacts(hash),
+        PRIMARY KEY (set_id, path_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX file_set_members_hash ON file_set_members(artifact_hash);
+    CREATE INDEX file_set_members_path ON file_set_members(path_id);
+    ALTER TABLE jobs ADD COLUMN inputs_set INTEGER REFERENCES file_sets(id);
+    ALTER TABLE jobs ADD COLUMN outputs_set INTEGER REFERENCES file_sets(id);
+    CREATE INDEX jobs_inputs_set ON jobs(inputs_set);
+    CREATE INDEX jobs_outputs_set ON jobs(outputs_set);
+
+    INSERT INTO paths (path) SELECT path FROM job_inputs UNION SELECT path FROM job_outputs;
+    INSERT INTO file_sets (id, digest) SELECT DISTINCT job_id * 2, NULL FROM job_inputs;
+    INSERT INTO file_sets (id, digest) SELECT DISTINCT job_id * 2 + 1, NULL FROM job_outputs;
+    INSERT INTO file_set_members (set_id, path_id, artifact_hash)
+        SELECT t.job_id * 2, p.id, t.artifact_hash FROM job_inputs t JOIN paths p ON p.path = t.path;
+    INSERT INTO file_set_members (set_id, path_id, artifact_hash)
+        SELECT t.job_id * 2 + 1, p.id, t.artifact_hash FROM job_outputs t JOIN paths p ON p.path = t.path;
+    UPDATE jobs SET inputs_set = id * 2 WHERE id IN (SELECT job_id FROM job_inputs);
+    UPDATE jobs SET outputs_set = id * 2 + 1 WHERE id IN (SELECT job_id FROM job_outputs);
+    DROP TABLE job_inputs;
+    DROP TABLE job_outputs;
+
+    CREATE VIEW job_inputs AS
+        SELECT j.id AS job_id, p.path AS path, m.artifact_hash AS artifact_hash
+        FROM jobs j JOIN file_set_members m ON m.set_id = j.inputs_set JOIN paths p ON p.id = m.path_id;
+    CREATE VIEW job_outputs AS
+        SELECT j.id AS job_id, p.path AS path, m.artifact_hash AS artifact_hash
+        FROM jobs j JOIN file_set_members m ON m.set_id = j.outputs_set JOIN paths p ON p.id = m.path_id;
+
+    -- The hash cache keyed by path alone (one b-tree lookup per file, no rowid).
+    CREATE TABLE hash_cache_v3 (
+        path TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        hash TEXT NOT NULL,
+        sha256 TEXT
+    ) WITHOUT ROWID;
+    INSERT INTO hash_cache_v3 SELECT path, size, mtime_ns, hash, sha256 FROM hash_cache;
+    DROP TABLE hash_cache;
+    ALTER TABLE hash_cache_v3 RENAME TO hash_cache;
     ",
 ];
 

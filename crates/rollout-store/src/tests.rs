@@ -217,3 +217,163 @@ fn two_connections_write_at_once() {
     assert_eq!(s.recent_jobs(100, None).unwrap().len(), 50);
     assert_eq!(s.recent_jobs(100, Some("w1")).unwrap().len(), 25);
 }
+
+fn count(s: &Store, table: &str) -> i64 {
+    s.conn
+        .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn a_command_traced_again_over_the_same_files_stores_its_inputs_once() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&d.path().join("rollout.db")).unwrap();
+    let a = file(d.path(), "a", "1");
+    let b = file(d.path(), "b", "2");
+    let o = file(d.path(), "o", "12");
+    let j1 = job(
+        "cat a b",
+        "2026-01-01T00:00:01.000000Z",
+        vec![a.clone(), b.clone()],
+        vec![o.clone()],
+    );
+    // The same files in another order, one of them listed twice.
+    let j2 = job(
+        "cat a b",
+        "2026-01-01T00:00:02.000000Z",
+        vec![b.clone(), a.clone(), b.clone()],
+        vec![o.clone()],
+    );
+    s.record_job(&j1).unwrap();
+    s.record_job(&j2).unwrap();
+    assert_eq!(count(&s, "file_sets"), 2, "one input set, one output set");
+    assert_eq!(count(&s, "file_set_members"), 3);
+    for uid in [&j1.uid, &j2.uid] {
+        let j = s.job(uid).unwrap();
+        assert_eq!(j.inputs, vec![a.clone(), b.clone()]);
+        assert_eq!(j.outputs, vec![o.clone()]);
+    }
+    // One changed input makes a set of its own; the earlier jobs keep what they read.
+    let a2 = file(d.path(), "a", "changed");
+    let j3 = job(
+        "cat a b",
+        "2026-01-01T00:00:03.000000Z",
+        vec![a2.clone(), b.clone()],
+        vec![],
+    );
+    s.record_job(&j3).unwrap();
+    assert_eq!(count(&s, "file_sets"), 3);
+    assert_eq!(s.job(&j1.uid).unwrap().inputs[0].hash, a.hash);
+    assert_eq!(s.job(&j3.uid).unwrap().inputs[0].hash, a2.hash);
+    let consumers: Vec<String> = s
+        .artifact_info(&b.hash)
+        .unwrap()
+        .consumed_by
+        .into_iter()
+        .map(|j| j.uid)
+        .collect();
+    assert_eq!(consumers.len(), 3, "{consumers:?}");
+    assert_eq!(
+        s.hash_of_path(Path::new(&a.path)).unwrap(),
+        Some(a2.hash.clone())
+    );
+    assert_eq!(s.producer(&o.hash, None).unwrap().unwrap().0.uid, j2.uid);
+
+    // Removing a job removes the sets only it used.
+    assert_eq!(s.pop_job().unwrap().unwrap().uid, j3.uid);
+    assert_eq!(count(&s, "file_sets"), 2);
+    assert_eq!(s.job(&j1.uid).unwrap().inputs, vec![a.clone(), b.clone()]);
+    assert_eq!(s.pop_job().unwrap().unwrap().uid, j2.uid);
+    assert_eq!(s.job(&j1.uid).unwrap().outputs, vec![o.clone()]);
+    assert_eq!(s.pop_job().unwrap().unwrap().uid, j1.uid);
+    assert_eq!(count(&s, "file_sets"), 0);
+    assert_eq!(count(&s, "file_set_members"), 0);
+    // Replacing a job by uid keeps one copy of its files.
+    s.record_job(&j1).unwrap();
+    s.record_job(&j1).unwrap();
+    assert_eq!(count(&s, "jobs"), 1);
+    assert_eq!(count(&s, "file_sets"), 2);
+}
+
+#[test]
+fn a_store_written_before_file_sets_keeps_every_job_s_files() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("rollout.db");
+    let a = file(d.path(), "a", "1");
+    let b = file(d.path(), "b", "2");
+    let o = file(d.path(), "o", "12");
+    {
+        // A store as rollout wrote it at schema version 2.
+        let c = Connection::open(&db).unwrap();
+        c.execute_batch(schema::MIGRATIONS[0]).unwrap();
+        c.execute_batch(schema::MIGRATIONS[1]).unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_version (version INTEGER NOT NULL);
+             INSERT INTO schema_version (version) VALUES (2);
+             INSERT INTO sessions (uid, kind, created_at) VALUES ('s1', 'trace', '2026-01-01T00:00:00.000000Z');",
+        )
+        .unwrap();
+        for f in [&a, &b, &o] {
+            c.execute(
+                "INSERT INTO artifacts (hash, size, kind, first_seen) VALUES (?1, ?2, 'file', '2026-01-01T00:00:00.000000Z')",
+                params![f.hash, f.size as i64],
+            )
+            .unwrap();
+        }
+        for (id, uid, cmd) in [(1, "u1", "make o"), (2, "u2", "wc o")] {
+            c.execute(
+                "INSERT INTO jobs (id, uid, session_uid, kind, command, argv, cwd, started_at, duration_sec, exit_code, step_hash, env, metadata, host)
+                 VALUES (?1, ?2, 's1', 'trace', ?3, '[]', '/w', ?4, 0.1, 0, 'x', '{}', '{}', 'h')",
+                params![id, uid, cmd, format!("2026-01-01T00:00:0{id}.000000Z")],
+            )
+            .unwrap();
+        }
+        for (table, job, f) in [
+            ("job_inputs", 1, &a),
+            ("job_inputs", 1, &b),
+            ("job_outputs", 1, &o),
+            ("job_inputs", 2, &o),
+        ] {
+            c.execute(
+                &format!("INSERT INTO {table} (job_id, path, artifact_hash) VALUES (?1, ?2, ?3)"),
+                params![job, f.path, f.hash],
+            )
+            .unwrap();
+        }
+        // A hash cache entry for `a` as it is now, with a digest that can only come from it.
+        let meta = fs::metadata(&a.path).unwrap();
+        c.execute(
+            "INSERT INTO hash_cache (path, size, mtime_ns, hash) VALUES (?1, ?2, ?3, 'cached')",
+            params![a.path, meta.len() as i64, hash::mtime_ns(&meta)],
+        )
+        .unwrap();
+    }
+    let mut s = Store::open(&db).unwrap();
+    let version: i64 = s
+        .conn
+        .query_row("SELECT version FROM schema_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, schema::SCHEMA_VERSION);
+    let j1 = s.job("u1").unwrap();
+    assert_eq!(
+        (j1.inputs, j1.outputs),
+        (vec![a.clone(), b.clone()], vec![o.clone()])
+    );
+    let j2 = s.job("u2").unwrap();
+    assert_eq!((j2.inputs, j2.outputs), (vec![o.clone()], vec![]));
+    let l = s.lineage(&o.hash, 5).unwrap();
+    assert_eq!(l.produced_by.unwrap().job.uid, "u1");
+    let cached = s.hash_file(Path::new(&a.path), false).unwrap();
+    assert_eq!(cached.hash, "cached", "the hash cache is carried over");
+    // New jobs go on beside the carried-over ones.
+    s.record_job(&job(
+        "make o",
+        "2026-01-01T00:00:03.000000Z",
+        vec![a.clone(), b.clone()],
+        vec![o.clone()],
+    ))
+    .unwrap();
+    assert_eq!(s.artifact_info(&a.hash).unwrap().consumed_by.len(), 2);
+    assert_eq!(s.pop_job().unwrap().unwrap().command, "make o");
+    assert_eq!(s.job("u1").unwrap().inputs.len(), 2);
+}
