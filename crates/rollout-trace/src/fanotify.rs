@@ -4,12 +4,13 @@
 //! directory's file handle plus the entry's name) marks every real filesystem mounted on the
 //! host. The kernel queues an event when a file is closed, created, removed, renamed or
 //! executed, and the traced program goes on without waiting: there is no stop and no context
-//! switch per file syscall. A reader thread drains the queue every few milliseconds while the
-//! command runs (it does not wait on the queue: a waiter would be woken, inside the traced
-//! program's syscall, for every event), keeps only the events of the traced process tree (its
-//! pids are known before they run: ptrace still follows fork, clone and exec, which cost one
-//! stop per process, not per file), resolves each directory handle once (`open_by_handle_at`,
-//! cached) and folds the events in queue order into the same sets the other mechanisms fill.
+//! switch per file syscall. A reader thread drains the queue at most every 2 ms while the
+//! command runs (between drains it sleeps, then waits for the next event: a reader always
+//! waiting on the queue would be woken, inside the traced program's syscall, for every event),
+//! keeps only the events of the traced process tree (its pids are known before they run:
+//! ptrace still follows fork, clone and exec, which cost one stop per process, not per file),
+//! resolves each directory handle once (`open_by_handle_at`, cached) and folds the events in
+//! queue order into the same sets the other mechanisms fill.
 //!
 //! Needs `CAP_SYS_ADMIN` (filesystem marks, unlimited queue) and filesystems that report file
 //! handles; [`Fan::new`] says why not otherwise, and the caller falls back to seccomp.
@@ -42,7 +43,7 @@ const MASK: u64 = libc::FAN_CLOSE_WRITE
     | libc::FAN_MOVED_FROM
     | libc::FAN_MOVED_TO;
 
-/// How long the reader sleeps between drains of the queue, in milliseconds.
+/// The shortest time between two drains of the queue, in milliseconds.
 const DRAIN_PERIOD_MS: libc::c_int = 2;
 
 /// Filesystem types that hold no files a command reads or writes as content.
@@ -240,12 +241,11 @@ impl Fan {
 }
 
 impl Fan {
-    /// Close the group on a thread of its own, so that the caller does not wait for the kernel
-    /// to tear its marks down: the last close of a fanotify group with filesystem marks waits
-    /// for an SRCU grace period (about 20 ms on the development VM, more than tracing a short
-    /// command costs), which then overlaps whatever the caller does next (hashing, recording).
-    /// A process that exits first still waits for it (the kernel finishes the close). Where no
-    /// thread can be started, the group is closed here.
+    /// Close the group on a thread of its own, so that the caller never waits for the kernel
+    /// to tear marks down (closing a group that still has filesystem marks waits for an SRCU
+    /// grace period: about 20 ms on the development VM, more than tracing a short command
+    /// costs; the reader flushes the marks first, which makes the close itself quick). Where
+    /// no thread can be started, the group is closed here.
     pub(crate) fn close_detached(self) {
         // On failure the closure, and the group with it, is dropped here.
         let _ = std::thread::Builder::new()
@@ -289,26 +289,51 @@ impl Reader {
     /// included), so the final drain misses none.
     pub(crate) fn run(mut self, stop: OwnedFd) -> (Tracer, u64, u64) {
         let mut buf = vec![0u8; 256 * 1024];
+        let poll = |fds: &mut [libc::pollfd], timeout: libc::c_int| -> bool {
+            // SAFETY: poll on live fds; true when told to stop (or poll fails).
+            let r = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
+            if r < 0 {
+                return io::Error::last_os_error().kind() != io::ErrorKind::Interrupted;
+            }
+            r > 0
+                && fds
+                    .iter()
+                    .any(|f| f.fd == stop.as_raw_fd() && f.revents != 0)
+        };
+        let pollfd = |fd: libc::c_int| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         loop {
-            // The reader does not wait on the fanotify fd: a waiter there is woken for every
-            // queued event, and that wake-up, paid inside the traced program's syscall, cost
-            // tar about a tenth of its time. It drains on a short period instead (the queue
-            // is unlimited, so nothing is lost in between).
             self.drain(&mut buf);
-            let mut fds = [libc::pollfd {
-                fd: stop.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
-            // SAFETY: poll on a live fd.
-            let r = unsafe { libc::poll(fds.as_mut_ptr(), 1, DRAIN_PERIOD_MS) };
-            if r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            // At most one drain per period: a waiter on the queue is woken inside the traced
+            // program's syscall for every event, which cost `tar` about a tenth of its time.
+            // So the reader first sleeps (the queue is unlimited: nothing is lost), then waits
+            // for the next event, so that a quiet command costs no wake-ups at all.
+            if poll(&mut [pollfd(stop.as_raw_fd())], DRAIN_PERIOD_MS) {
                 break;
             }
-            if r > 0 && fds[0].revents != 0 {
+            if poll(
+                &mut [pollfd(stop.as_raw_fd()), pollfd(self.fan.fd.as_raw_fd())],
+                -1,
+            ) {
                 break;
             }
         }
+        // Every event of the tree is queued: drop the marks now, so that the kernel tears them
+        // down (an SRCU grace period) while the caller works, not when the group is closed.
+        // Queued events stay readable.
+        // SAFETY: plain syscall on our group.
+        unsafe {
+            libc::fanotify_mark(
+                self.fan.fd.as_raw_fd(),
+                libc::FAN_MARK_FLUSH | libc::FAN_MARK_FILESYSTEM,
+                0,
+                libc::AT_FDCWD,
+                std::ptr::null(),
+            )
+        };
         self.drain(&mut buf);
         let Reader {
             fan,
@@ -341,8 +366,9 @@ impl Reader {
     }
 
     fn parse(&mut self, mut b: &[u8]) {
+        // The pid set is locked per event, never across the resolving below: the ptrace loop
+        // adds each new process to it before letting it run, and must not wait for a batch.
         let seen = self.seen.clone();
-        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
         let u16_at = |b: &[u8], i: usize| u16::from_ne_bytes([b[i], b[i + 1]]);
         let u32_at = |b: &[u8], i: usize| u32::from_ne_bytes(b[i..i + 4].try_into().unwrap());
         let i32_at = |b: &[u8], i: usize| i32::from_ne_bytes(b[i..i + 4].try_into().unwrap());
@@ -366,7 +392,11 @@ impl Reader {
                 self.unresolved += 1;
                 continue;
             }
-            if !seen.contains(&pid) {
+            let traced = seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&pid);
+            if !traced {
                 continue;
             }
             self.events += 1;

