@@ -184,6 +184,7 @@ pub fn shell_quote(s: &str) -> String {
 }
 
 pub fn trace(args: TraceArgs) -> u8 {
+    tracing::debug!("trace: opening the store");
     let mut store = match open_store() {
         Ok(s) => s,
         Err(c) => return c,
@@ -215,16 +216,55 @@ pub fn trace(args: TraceArgs) -> u8 {
     }
     opts.timeout = Some(Duration::from_secs_f64(args.timeout));
     opts.ignore_prefixes = ignore;
+    // While the command runs, a second connection hashes each file it has read (most through
+    // the hash cache) and another thread lists the Python packages, so that little is left to
+    // do when it ends.
+    let (read_tx, read_rx) = std::sync::mpsc::channel::<PathBuf>();
+    opts.on_read = Some(read_tx);
+    let ahead = {
+        let path = store.path().to_path_buf();
+        let sha256 = config.sha256;
+        std::thread::Builder::new()
+            .name("rollout-hash-ahead".into())
+            .spawn(move || hash_ahead(&path, sha256, read_rx))
+    };
+    let context = {
+        let packages = config.capture_packages;
+        let env = config.env.clone();
+        let cache = packages_cache_path(store.path());
+        std::thread::Builder::new()
+            .name("rollout-context".into())
+            .spawn(move || context::capture(packages, &env, Some(&cache)))
+    };
     let started_at = rollout_store::now();
+    tracing::debug!("trace: starting the command");
     let t0 = Instant::now();
-    let t = match rollout_trace::trace(&opts) {
+    let traced = rollout_trace::trace(&opts);
+    let duration = t0.elapsed().as_secs_f64();
+    // Every sender is gone once `opts` is: the hashing thread ends with the last path.
+    drop(opts);
+    let t = match traced {
         Ok(t) => t,
         Err(e) => {
+            // The helper threads end with the process.
             eprintln!("error: {e}");
             return 127;
         }
     };
-    let duration = t0.elapsed().as_secs_f64();
+    let mut ahead = match ahead.map(|h| h.join()) {
+        Ok(Ok(a)) => a,
+        _ => rollout_store::HashedAhead::default(),
+    };
+    let context = match context.map(|h| h.join()) {
+        Ok(Ok(c)) => c,
+        _ => context::capture(config.capture_packages, &config.env, None),
+    };
+    tracing::debug!(
+        command_ms = duration * 1e3,
+        hashed_ahead = ahead.len(),
+        after_ms = t0.elapsed().as_secs_f64() * 1e3,
+        "trace: the command ended"
+    );
     let status = t.exit.status();
     if t.unresolved > 0 {
         if t.mechanism == rollout_trace::Mechanism::Fanotify {
@@ -245,9 +285,25 @@ pub fn trace(args: TraceArgs) -> u8 {
             args.timeout
         );
     }
-    let mut job = match trace_job(
-        &mut store, &config, &args, &t, cwd, git, started_at, duration,
-    ) {
+    let recorded = trace_job(
+        &mut store,
+        &config,
+        &args,
+        &t,
+        TraceRun {
+            cwd,
+            git,
+            started_at,
+            duration,
+            context,
+        },
+        &mut ahead,
+    );
+    tracing::debug!(
+        after_ms = t0.elapsed().as_secs_f64() * 1e3,
+        "trace: inputs and outputs hashed"
+    );
+    let mut job = match recorded {
         Ok(j) => j,
         Err(e) => {
             eprintln!("error: recording the trace: {e}");
@@ -278,6 +334,10 @@ pub fn trace(args: TraceArgs) -> u8 {
             clamp(status)
         };
     }
+    tracing::debug!(
+        after_ms = t0.elapsed().as_secs_f64() * 1e3,
+        "trace: job recorded"
+    );
     if args.json {
         eprintln!("{}", serde_json::to_string_pretty(&job).unwrap_or_default());
     } else {
@@ -311,28 +371,70 @@ pub fn file_refs(v: Vec<(PathBuf, rollout_store::FileDigest)>) -> Vec<FileRef> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Hash each path received while a traced command runs, through a second connection to the
+/// store at `path` (nothing is hashed when it cannot be opened: the paths are then hashed
+/// after the command, as without this thread).
+fn hash_ahead(
+    path: &Path,
+    sha256: bool,
+    paths: std::sync::mpsc::Receiver<PathBuf>,
+) -> rollout_store::HashedAhead {
+    let mut ahead = rollout_store::HashedAhead::default();
+    let store = Store::open(path).ok();
+    for p in paths {
+        if let Some(store) = &store {
+            // A failure here only leaves the path to be hashed after the command.
+            let _ = store.hash_ahead(&p, sha256, &mut ahead);
+        }
+    }
+    ahead
+}
+
+/// What is known of a traced run besides its files.
+struct TraceRun {
+    cwd: PathBuf,
+    git: Option<rollout_store::git::GitInfo>,
+    started_at: String,
+    duration: f64,
+    context: serde_json::Value,
+}
+
 fn trace_job(
     store: &mut Store,
     config: &ProvConfig,
     args: &TraceArgs,
     t: &rollout_trace::Trace,
-    cwd: PathBuf,
-    git: Option<rollout_store::git::GitInfo>,
-    started_at: String,
-    duration: f64,
+    run: TraceRun,
+    ahead: &mut rollout_store::HashedAhead,
 ) -> Result<Job, StoreError> {
-    // Inputs: read and not written by the command, regular files now. Outputs: written and
-    // still regular files. (`hash_files` leaves out what is missing or not a regular file.)
+    let TraceRun {
+        cwd,
+        git,
+        started_at,
+        duration,
+        context,
+    } = run;
+    // Inputs: read and not written by the command, regular files when it closed them (hashed
+    // then, while it ran: `ahead`) and not removed by it since. Outputs: written and still
+    // regular files. (`hash_files` leaves out what is missing or not a regular file.)
     let inputs: Vec<PathBuf> = t
         .reads
         .iter()
-        .filter(|p| !t.writes.contains(*p))
+        .filter(|p| !t.writes.contains(*p) && !t.removed.contains(*p))
         .cloned()
         .collect();
     let outputs: Vec<PathBuf> = t.writes.iter().cloned().collect();
-    let inputs = file_refs(store.hash_files(&inputs, config.sha256)?);
+    let t0 = Instant::now();
+    let mut inputs = file_refs(store.hash_files_with(&inputs, config.sha256, ahead)?);
+    // In byte order, as the store orders a job's files (the trace gives component order).
+    inputs.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    let inputs_ms = t0.elapsed().as_secs_f64() * 1e3;
     let outputs = file_refs(store.hash_files(&outputs, config.sha256)?);
+    tracing::debug!(
+        inputs_ms,
+        outputs_ms = t0.elapsed().as_secs_f64() * 1e3 - inputs_ms,
+        "trace: hashed"
+    );
     let argv: Vec<String> = args
         .command
         .iter()
@@ -371,11 +473,7 @@ fn trace_job(
             .chain(config.env.clone())
             .collect(),
         metadata: serde_json::json!({
-            "context": context::capture(
-                config.capture_packages,
-                &config.env,
-                Some(&packages_cache_path(store.path())),
-            ),
+            "context": context,
             "execs": t.execs.iter().filter(|p| p.is_file()).collect::<Vec<_>>(),
             "removed": t.removed,
             "processes": t.processes,

@@ -107,7 +107,8 @@ struct CacheEntry {
 /// Digests worked out ahead of [`Store::hash_files_with`] (see [`Store::hash_ahead`]).
 #[derive(Default)]
 pub struct HashedAhead {
-    digests: std::collections::HashMap<PathBuf, (FileDigest, Option<CacheEntry>)>,
+    /// By the path's bytes (hashing those is cheaper than hashing a path's components).
+    digests: std::collections::HashMap<std::ffi::OsString, (FileDigest, Option<CacheEntry>)>,
 }
 
 impl HashedAhead {
@@ -290,7 +291,7 @@ impl Store {
     pub fn hash_ahead(&self, path: &Path, sha256: bool, ahead: &mut HashedAhead) -> Result<()> {
         match self.digest_with_cache(path, sha256) {
             Ok(v) => {
-                ahead.digests.insert(path.to_path_buf(), v);
+                ahead.digests.insert(path.as_os_str().to_owned(), v);
                 Ok(())
             }
             Err(StoreError::Hash { .. }) => Ok(()),
@@ -309,7 +310,7 @@ impl Store {
         let mut out = Vec::with_capacity(paths.len());
         let mut updates = Vec::new();
         for p in paths {
-            if let Some((d, u)) = ahead.digests.remove(p) {
+            if let Some((d, u)) = ahead.digests.remove(p.as_os_str()) {
                 if !sha256 || d.sha256.is_some() {
                     out.push((p.clone(), d));
                     updates.extend(u);
@@ -476,15 +477,15 @@ pub(crate) fn delete_job(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result
 
 /// The digest that names a set of (path, artifact) pairs: BLAKE3 over the pairs in path order.
 fn file_set_digest(refs: &[&FileRef]) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(b"rollout-file-set-v1\0");
+    let mut buf = Vec::with_capacity(refs.iter().map(|f| f.path.len() + 80).sum::<usize>() + 20);
+    buf.extend_from_slice(b"rollout-file-set-v1\0");
     for f in refs {
-        h.update(&(f.path.len() as u64).to_le_bytes());
-        h.update(f.path.as_bytes());
-        h.update(&(f.hash.len() as u64).to_le_bytes());
-        h.update(f.hash.as_bytes());
+        buf.extend_from_slice(&(f.path.len() as u64).to_le_bytes());
+        buf.extend_from_slice(f.path.as_bytes());
+        buf.extend_from_slice(&(f.hash.len() as u64).to_le_bytes());
+        buf.extend_from_slice(f.hash.as_bytes());
     }
-    h.finalize().to_hex().to_string()
+    blake3::hash(&buf).to_hex().to_string()
 }
 
 /// The id of the file set holding `refs` (none when empty), created with its artifacts and
@@ -499,7 +500,9 @@ fn file_set(
         return Ok(None);
     }
     let mut sorted: Vec<&FileRef> = refs.iter().collect();
-    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    if !sorted.is_sorted_by(|a, b| a.path <= b.path) {
+        sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    }
     // Stable sort: of the entries of one path, the last given is the last of its run.
     let mut members: Vec<&FileRef> = Vec::with_capacity(sorted.len());
     for f in sorted {

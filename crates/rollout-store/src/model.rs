@@ -128,21 +128,24 @@ impl Job {
 
     /// Step identity: BLAKE3 over the sorted inputs and outputs (path and hash).
     pub fn step_hash(&self) -> String {
-        let mut h = blake3::Hasher::new();
+        // The bytes are gathered first: one hasher update is much cheaper than four per file.
+        let mut buf = Vec::new();
         for (tag, refs) in [(b"I", &self.inputs), (b"O", &self.outputs)] {
             let mut v: Vec<(&str, &str)> = refs
                 .iter()
                 .map(|f| (f.path.as_str(), f.hash.as_str()))
                 .collect();
-            v.sort();
+            if !v.is_sorted() {
+                v.sort_unstable();
+            }
             for (p, hash) in v {
-                h.update(tag);
-                h.update(&(p.len() as u64).to_le_bytes());
-                h.update(p.as_bytes());
-                h.update(hash.as_bytes());
+                buf.extend_from_slice(tag);
+                buf.extend_from_slice(&(p.len() as u64).to_le_bytes());
+                buf.extend_from_slice(p.as_bytes());
+                buf.extend_from_slice(hash.as_bytes());
             }
         }
-        h.finalize().to_hex().to_string()
+        blake3::hash(&buf).to_hex().to_string()
     }
 }
 

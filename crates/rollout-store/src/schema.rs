@@ -167,6 +167,16 @@ pub(crate) fn migrate(store: &mut Store) -> Result<(), StoreError> {
         path: path.clone(),
         source,
     };
+    // An up-to-date store is only read: no write lock on every open.
+    let up_to_date = store
+        .conn
+        .query_row("SELECT MAX(version) FROM schema_version", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .is_ok_and(|v| v == Some(SCHEMA_VERSION));
+    if up_to_date {
+        return Ok(());
+    }
     let tx = store
         .conn
         .transaction_with_behavior(TransactionBehavior::Immediate)

@@ -119,12 +119,13 @@ fn trace_records_reads_writes_renames_execs_and_children() {
         "import os\ndata = open('in.txt').read()\nos.makedirs('py', exist_ok=True)\nopen('py/out.txt', 'w').write(data.upper())\n",
     );
     p.write("sub/keep", "");
+    p.write("consumed.txt", "read, then removed\n");
     let out = p.rollout(&[
         "trace",
         "--",
         "sh",
         "-c",
-        "cat in.txt | (cd sub && tr a-z A-Z > up.txt) && python3 script.py && cp in.txt tmp.txt && mv tmp.txt moved.txt && (echo scratch > scratch.txt; rm scratch.txt); exit 7",
+        "cat in.txt | (cd sub && tr a-z A-Z > up.txt) && python3 script.py && cp in.txt tmp.txt && mv tmp.txt moved.txt && (echo scratch > scratch.txt; rm scratch.txt) && cat consumed.txt > /dev/null && rm consumed.txt; exit 7",
     ]);
     assert_eq!(
         out.status.code(),
@@ -161,6 +162,10 @@ fn trace_records_reads_writes_renames_execs_and_children() {
     assert!(
         !has(&outputs, &p.path("scratch.txt")),
         "deleted: {outputs:?}"
+    );
+    assert!(
+        !has(&inputs, &p.path("consumed.txt")),
+        "read, then removed by the command: no file to record: {inputs:?}"
     );
     assert!(
         inputs
