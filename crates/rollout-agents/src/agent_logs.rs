@@ -81,6 +81,11 @@ impl Atif {
         self.steps.last_mut().expect("just pushed")
     }
 
+    /// How many steps are the agent's (one per model response).
+    fn agent_steps(&self) -> u64 {
+        self.steps.iter().filter(|s| s["source"] == "agent").count() as u64
+    }
+
     /// The last agent step, a new one when the last step is not the agent's.
     fn agent_step(&mut self) -> &mut Value {
         if self
@@ -331,7 +336,7 @@ pub fn codex(
     if n == 0 {
         return report;
     }
-    let requests = atif.steps.iter().filter(|s| s["source"] == "agent").count() as u64;
+    let requests = atif.agent_steps();
     if turns > 0 {
         report.usage = Some(ModelUsage {
             estimated_turns: 0,
@@ -540,7 +545,7 @@ pub fn mini_swe_agent(
         report.usage = Some(ModelUsage {
             estimated_turns: 0,
             requests,
-            turns: atif.steps.iter().filter(|s| s["source"] == "agent").count() as u64,
+            turns: atif.agent_steps(),
             input_tokens: input,
             output_tokens: output,
             cost_usd: stats.get("instance_cost").and_then(Value::as_f64),
@@ -690,7 +695,7 @@ pub fn openhands_sdk(stream: &str, version: Option<&str>, model: Option<&str>) -
         report.usage = Some(ModelUsage {
             estimated_turns: 0,
             requests,
-            turns: atif.steps.iter().filter(|s| s["source"] == "agent").count() as u64,
+            turns: atif.agent_steps(),
             input_tokens: input,
             output_tokens: output,
             // litellm prices only the models it knows: 0 means "not priced", not "free".
