@@ -251,7 +251,17 @@ pub fn trace(args: TraceArgs) -> u8 {
             return 127;
         }
     };
-    let mut ahead = match ahead.map(|h| h.join()) {
+    // The files it wrote are hashed from now on, beside the rest of the work (hashing uses
+    // every core only while it reads a large file; the rest is one thread's work).
+    let outputs = {
+        let mut paths: Vec<PathBuf> = t.writes.iter().cloned().collect();
+        paths.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+        let sha256 = config.sha256;
+        std::thread::Builder::new()
+            .name("rollout-hash-outputs".into())
+            .spawn(move || rollout_store::hash_uncached(&paths, sha256))
+    };
+    let ahead = match ahead.map(|h| h.join()) {
         Ok(Ok(a)) => a,
         _ => rollout_store::HashedAhead::default(),
     };
@@ -297,7 +307,8 @@ pub fn trace(args: TraceArgs) -> u8 {
             duration,
             context,
         },
-        &mut ahead,
+        ahead,
+        outputs,
     );
     tracing::debug!(
         after_ms = t0.elapsed().as_secs_f64() * 1e3,
@@ -351,6 +362,15 @@ pub fn trace(args: TraceArgs) -> u8 {
             store.path().display()
         );
     }
+    // Closing the store checkpoints its log into the database file (a few writes and syncs):
+    // free the trace's thousands of paths meanwhile.
+    let closing = std::thread::Builder::new()
+        .name("rollout-store-close".into())
+        .spawn(move || drop(store));
+    drop((job, t));
+    if let Ok(h) = closing {
+        let _ = h.join();
+    }
     clamp(status)
 }
 
@@ -358,11 +378,21 @@ fn clamp(status: i32) -> u8 {
     u8::try_from(status).unwrap_or(1)
 }
 
+/// Paths in byte order (the trace's sets have none), for a record that reads the same each time.
+fn sorted<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> Vec<&'a PathBuf> {
+    let mut v: Vec<&PathBuf> = paths.collect();
+    v.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+    v
+}
+
 /// Hashed files as the inputs or outputs of a job.
 pub fn file_refs(v: Vec<(PathBuf, rollout_store::FileDigest)>) -> Vec<FileRef> {
     v.into_iter()
         .map(|(p, d)| FileRef {
-            path: p.to_string_lossy().into_owned(),
+            path: p
+                .into_os_string()
+                .into_string()
+                .unwrap_or_else(|p| p.to_string_lossy().into_owned()),
             hash: d.hash,
             size: d.size,
             kind: ArtifactKind::File,
@@ -379,15 +409,11 @@ fn hash_ahead(
     sha256: bool,
     paths: std::sync::mpsc::Receiver<PathBuf>,
 ) -> rollout_store::HashedAhead {
-    let mut ahead = rollout_store::HashedAhead::default();
-    let store = Store::open(path).ok();
-    for p in paths {
-        if let Some(store) = &store {
-            // A failure here only leaves the path to be hashed after the command.
-            let _ = store.hash_ahead(&p, sha256, &mut ahead);
-        }
+    match Store::open(path) {
+        Ok(store) => store.hash_ahead(&paths, sha256),
+        // Dropping the receiver turns the tracer's sends into no-ops.
+        Err(_) => rollout_store::HashedAhead::default(),
     }
-    ahead
 }
 
 /// What is known of a traced run besides its files.
@@ -405,7 +431,8 @@ fn trace_job(
     args: &TraceArgs,
     t: &rollout_trace::Trace,
     run: TraceRun,
-    ahead: &mut rollout_store::HashedAhead,
+    ahead: rollout_store::HashedAhead,
+    outputs: std::io::Result<std::thread::JoinHandle<rollout_store::Hashed>>,
 ) -> Result<Job, StoreError> {
     let TraceRun {
         cwd,
@@ -416,20 +443,26 @@ fn trace_job(
     } = run;
     // Inputs: read and not written by the command, regular files when it closed them (hashed
     // then, while it ran: `ahead`) and not removed by it since. Outputs: written and still
-    // regular files. (`hash_files` leaves out what is missing or not a regular file.)
-    let inputs: Vec<PathBuf> = t
-        .reads
-        .iter()
-        .filter(|p| !t.writes.contains(*p) && !t.removed.contains(*p))
-        .cloned()
-        .collect();
-    let outputs: Vec<PathBuf> = t.writes.iter().cloned().collect();
+    // regular files. Both in byte order, the store's order of a job's files.
     let t0 = Instant::now();
-    let mut inputs = file_refs(store.hash_files_with(&inputs, config.sha256, ahead)?);
-    // In byte order, as the store orders a job's files (the trace gives component order).
-    inputs.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    let exclude: Vec<&Path> = t
+        .writes
+        .iter()
+        .chain(&t.removed)
+        .map(PathBuf::as_path)
+        .collect();
+    let inputs = file_refs(store.hash_reads(&t.reads, &exclude, config.sha256, ahead)?);
     let inputs_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let outputs = file_refs(store.hash_files(&outputs, config.sha256)?);
+    let hashed = match outputs.map(|h| h.join()) {
+        Ok(Ok(h)) => h,
+        // No thread, or it panicked: hash here.
+        _ => {
+            let mut paths: Vec<PathBuf> = t.writes.iter().cloned().collect();
+            paths.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+            rollout_store::hash_uncached(&paths, config.sha256)
+        }
+    };
+    let outputs = file_refs(store.cache_hashed(hashed)?);
     tracing::debug!(
         inputs_ms,
         outputs_ms = t0.elapsed().as_secs_f64() * 1e3 - inputs_ms,
@@ -474,8 +507,8 @@ fn trace_job(
             .collect(),
         metadata: serde_json::json!({
             "context": context,
-            "execs": t.execs.iter().filter(|p| p.is_file()).collect::<Vec<_>>(),
-            "removed": t.removed,
+            "execs": sorted(t.execs.iter().filter(|p| p.is_file())),
+            "removed": sorted(t.removed.iter()),
             "processes": t.processes,
             "syscall_stops": t.stops,
             "tracer": t.mechanism.as_str(),

@@ -58,6 +58,42 @@ pub fn file_digest(path: &Path, sha256: bool) -> io::Result<FileDigest> {
     })
 }
 
+/// A BLAKE3 hasher fed through a fixed buffer: many small pieces cost one `update` per 64 KiB
+/// (an update per piece costs more than hashing it), and nothing grows with the input. The
+/// digest is that of the pieces concatenated.
+pub(crate) struct ChunkedHasher {
+    hasher: blake3::Hasher,
+    buf: Vec<u8>,
+}
+
+impl ChunkedHasher {
+    const CAP: usize = 64 * 1024;
+
+    pub(crate) fn new() -> Self {
+        ChunkedHasher {
+            hasher: blake3::Hasher::new(),
+            buf: Vec::with_capacity(Self::CAP),
+        }
+    }
+
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        if self.buf.len() + bytes.len() > Self::CAP {
+            self.hasher.update(&self.buf);
+            self.buf.clear();
+            if bytes.len() > Self::CAP {
+                self.hasher.update(bytes);
+                return;
+            }
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    pub(crate) fn finalize_hex(mut self) -> String {
+        self.hasher.update(&self.buf);
+        self.hasher.finalize().to_hex().to_string()
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -104,11 +104,17 @@ struct CacheEntry {
     sha256: Option<String>,
 }
 
-/// Digests worked out ahead of [`Store::hash_files_with`] (see [`Store::hash_ahead`]).
+/// Digests worked out ahead of [`Store::hash_files_with`] and [`Store::hash_reads`] (see
+/// [`Store::hash_ahead`]).
 #[derive(Default)]
 pub struct HashedAhead {
-    /// By the path's bytes (hashing those is cheaper than hashing a path's components).
-    digests: std::collections::HashMap<std::ffi::OsString, (FileDigest, Option<CacheEntry>)>,
+    /// By the path's bytes, so in byte order (the order of a job's files in the store).
+    digests: std::collections::BTreeMap<std::ffi::OsString, (FileDigest, Option<CacheEntry>)>,
+    /// Paths received but not hashed (missing, not a regular file, or a failure of this
+    /// connection): they are looked at again after the command.
+    retry: Vec<PathBuf>,
+    /// How many paths were received.
+    received: usize,
 }
 
 impl HashedAhead {
@@ -120,6 +126,50 @@ impl HashedAhead {
     pub fn is_empty(&self) -> bool {
         self.digests.is_empty()
     }
+}
+
+/// Files hashed without a store connection (see [`hash_uncached`]), to be put into the hash
+/// cache by [`Store::cache_hashed`].
+pub struct Hashed {
+    files: Vec<(PathBuf, FileDigest, Option<CacheEntry>)>,
+}
+
+/// Hash files without looking them up in the hash cache, leaving out what is missing or not a
+/// regular file: for files a command has just written, whose cache rows cannot be current.
+/// Needs no connection, so it runs on a thread beside other store work; pass the result to
+/// [`Store::cache_hashed`].
+pub fn hash_uncached(paths: &[PathBuf], sha256: bool) -> Hashed {
+    let files = paths
+        .iter()
+        .filter_map(|p| {
+            let meta = std::fs::metadata(p).ok().filter(|m| m.is_file())?;
+            let (d, entry) = digest_fresh(p, &meta, sha256).ok()?;
+            Some((p.clone(), d, entry))
+        })
+        .collect();
+    Hashed { files }
+}
+
+/// Hash a regular file whose metadata is `meta`, with the cache row to write when the file did
+/// not change while it was hashed.
+fn digest_fresh(
+    path: &Path,
+    meta: &std::fs::Metadata,
+    sha256: bool,
+) -> std::io::Result<(FileDigest, Option<CacheEntry>)> {
+    let size = meta.len() as i64;
+    let mtime = hash::mtime_ns(meta);
+    let d = file_digest(path, sha256)?;
+    let after = std::fs::metadata(path).ok();
+    let unchanged = after.is_some_and(|m| m.len() as i64 == size && hash::mtime_ns(&m) == mtime);
+    let entry = unchanged.then(|| CacheEntry {
+        path: path.to_string_lossy().into_owned(),
+        size,
+        mtime,
+        hash: d.hash.clone(),
+        sha256: d.sha256.clone(),
+    });
+    Ok((d, entry))
 }
 
 /// How long a writer waits for another process's transaction before giving up.
@@ -284,23 +334,53 @@ impl Store {
         self.hash_files_with(paths, sha256, &mut HashedAhead::default())
     }
 
-    /// Hash `path` through the cache now, from this connection, and keep the digest in `ahead`
-    /// for [`Store::hash_files_with`] (a missing path or what is not a regular file is left
-    /// out). Meant for a second connection that works while a traced command still runs: the
-    /// digest is the file as it is now.
-    pub fn hash_ahead(&self, path: &Path, sha256: bool, ahead: &mut HashedAhead) -> Result<()> {
-        match self.digest_with_cache(path, sha256) {
-            Ok(v) => {
-                ahead.digests.insert(path.as_os_str().to_owned(), v);
-                Ok(())
+    /// Hash each path received from `paths` through the cache as it comes, from this
+    /// connection, until every sender is gone, and keep the digests for
+    /// [`Store::hash_reads`] or [`Store::hash_files_with`] (a path that is missing, not a
+    /// regular file, or that this connection fails on is kept to be looked at again then).
+    /// Meant for a second connection that works while a traced command still runs: a digest
+    /// is the file as it is when received.
+    ///
+    /// The paths that arrive together are looked up in one read transaction: taking the
+    /// store's read lock for each lookup cost more than the lookup. No transaction is held
+    /// while waiting for the next path, so a long command never pins an old snapshot.
+    pub fn hash_ahead(
+        &self,
+        paths: &std::sync::mpsc::Receiver<PathBuf>,
+        sha256: bool,
+    ) -> HashedAhead {
+        /// Paths looked up in one transaction at most, so that a steady stream still lets the
+        /// snapshot move on.
+        const BATCH: usize = 4096;
+        let mut ahead = HashedAhead::default();
+        while let Ok(first) = paths.recv() {
+            let in_tx = self.conn.execute_batch("BEGIN").is_ok();
+            let mut next = Some(first);
+            let mut n = 0;
+            while let Some(path) = next.take() {
+                ahead.received += 1;
+                match self.digest_with_cache(&path, sha256) {
+                    Ok(v) => {
+                        ahead.digests.insert(path.into_os_string(), v);
+                    }
+                    Err(_) => ahead.retry.push(path),
+                }
+                n += 1;
+                if n < BATCH {
+                    next = paths.try_recv().ok();
+                }
             }
-            Err(StoreError::Hash { .. }) => Ok(()),
-            Err(e) => Err(e),
+            if in_tx {
+                // A read-only transaction: ending it cannot lose anything.
+                let _ = self.conn.execute_batch("COMMIT");
+            }
         }
+        ahead
     }
 
     /// [`Store::hash_files`], taking the digests of `ahead` for the paths it holds (and their
-    /// cache updates) instead of looking at those files again.
+    /// cache updates) instead of looking at those files again. Returned in the order of
+    /// `paths`.
     pub fn hash_files_with(
         &mut self,
         paths: &[PathBuf],
@@ -326,6 +406,96 @@ impl Store {
                 Err(e) => return Err(e),
             }
         }
+        self.write_cache(&updates)?;
+        Ok(out)
+    }
+
+    /// The inputs of a traced command: the files of `reads` that are not in `exclude`, hashed
+    /// through the cache (missing paths and what is not a regular file are left out), in byte
+    /// order. `ahead` must come from [`Store::hash_ahead`] fed with the paths of this `reads`
+    /// as the tracer recorded them (`rollout_trace::TraceOptions::on_read`): when it received
+    /// every one of them, its digests are taken in its order and only the paths it could not
+    /// hash are looked at again; otherwise each path is looked up.
+    pub fn hash_reads(
+        &mut self,
+        reads: &std::collections::HashSet<PathBuf>,
+        exclude: &[&Path],
+        sha256: bool,
+        ahead: HashedAhead,
+    ) -> Result<Vec<(PathBuf, FileDigest)>> {
+        let HashedAhead {
+            mut digests,
+            retry,
+            received,
+        } = ahead;
+        let mut out = Vec::with_capacity(reads.len());
+        let mut updates = Vec::new();
+        let mut late: Vec<PathBuf> = Vec::new();
+        if received == reads.len() {
+            // Each read path is sent once, so `digests` and `retry` hold exactly `reads`.
+            let mut retry = retry;
+            for x in exclude {
+                digests.remove(x.as_os_str());
+                retry.retain(|p| p != x);
+            }
+            for (p, (d, u)) in digests {
+                let p = PathBuf::from(p);
+                if sha256 && d.sha256.is_none() {
+                    late.push(p);
+                } else {
+                    out.push((p, d));
+                    updates.extend(u);
+                }
+            }
+            late.extend(retry);
+        } else {
+            let exclude: std::collections::HashSet<&[u8]> = exclude
+                .iter()
+                .map(|p| p.as_os_str().as_encoded_bytes())
+                .collect();
+            for p in reads {
+                if exclude.contains(p.as_os_str().as_encoded_bytes()) {
+                    continue;
+                }
+                match digests.remove(p.as_os_str()) {
+                    Some((d, u)) if !sha256 || d.sha256.is_some() => {
+                        out.push((p.clone(), d));
+                        updates.extend(u);
+                    }
+                    _ => late.push(p.clone()),
+                }
+            }
+        }
+        for p in late {
+            match self.digest_with_cache(&p, sha256) {
+                Ok((d, u)) => {
+                    out.push((p, d));
+                    updates.extend(u);
+                }
+                Err(StoreError::Hash { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Sorted already when everything came from `digests` in order (an O(n) check).
+        if !out.is_sorted_by(|a, b| a.0.as_os_str() <= b.0.as_os_str()) {
+            out.sort_unstable_by(|a, b| a.0.as_os_str().cmp(b.0.as_os_str()));
+        }
+        self.write_cache(&updates)?;
+        Ok(out)
+    }
+
+    /// Put files hashed by [`hash_uncached`] into the hash cache, in one transaction, and
+    /// return their digests.
+    pub fn cache_hashed(&mut self, hashed: Hashed) -> Result<Vec<(PathBuf, FileDigest)>> {
+        let mut updates = Vec::new();
+        let out = hashed
+            .files
+            .into_iter()
+            .map(|(p, d, u)| {
+                updates.extend(u);
+                (p, d)
+            })
+            .collect();
         self.write_cache(&updates)?;
         Ok(out)
     }
@@ -365,19 +535,7 @@ impl Store {
                 return Ok((d, None));
             }
         }
-        let d = file_digest(path, sha256).map_err(hash_err)?;
-        // A file that changed while we hashed it is not cached.
-        let after = std::fs::metadata(path).ok();
-        let unchanged =
-            after.is_some_and(|m| m.len() as i64 == size && hash::mtime_ns(&m) == mtime);
-        let entry = unchanged.then(|| CacheEntry {
-            path: key,
-            size,
-            mtime,
-            hash: d.hash.clone(),
-            sha256: d.sha256.clone(),
-        });
-        Ok((d, entry))
+        digest_fresh(path, &meta, sha256).map_err(hash_err)
     }
 
     fn write_cache(&mut self, entries: &[CacheEntry]) -> Result<()> {
@@ -477,15 +635,15 @@ pub(crate) fn delete_job(tx: &rusqlite::Connection, id: i64) -> rusqlite::Result
 
 /// The digest that names a set of (path, artifact) pairs: BLAKE3 over the pairs in path order.
 fn file_set_digest(refs: &[&FileRef]) -> String {
-    let mut buf = Vec::with_capacity(refs.iter().map(|f| f.path.len() + 80).sum::<usize>() + 20);
-    buf.extend_from_slice(b"rollout-file-set-v1\0");
+    let mut h = hash::ChunkedHasher::new();
+    h.push(b"rollout-file-set-v1\0");
     for f in refs {
-        buf.extend_from_slice(&(f.path.len() as u64).to_le_bytes());
-        buf.extend_from_slice(f.path.as_bytes());
-        buf.extend_from_slice(&(f.hash.len() as u64).to_le_bytes());
-        buf.extend_from_slice(f.hash.as_bytes());
+        h.push(&(f.path.len() as u64).to_le_bytes());
+        h.push(f.path.as_bytes());
+        h.push(&(f.hash.len() as u64).to_le_bytes());
+        h.push(f.hash.as_bytes());
     }
-    blake3::hash(&buf).to_hex().to_string()
+    h.finalize_hex()
 }
 
 /// The id of the file set holding `refs` (none when empty), created with its artifacts and

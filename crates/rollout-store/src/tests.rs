@@ -377,3 +377,174 @@ fn a_store_written_before_file_sets_keeps_every_job_s_files() {
     assert_eq!(s.pop_job().unwrap().unwrap().command, "make o");
     assert_eq!(s.job("u1").unwrap().inputs.len(), 2);
 }
+
+/// Feed `paths` to a second connection's `hash_ahead`, as the tracer does while a command runs.
+fn ahead_of(db: &Path, paths: &[PathBuf]) -> HashedAhead {
+    let second = Store::open(db).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    for p in paths {
+        tx.send(p.clone()).unwrap();
+    }
+    drop(tx);
+    second.hash_ahead(&rx, false)
+}
+
+fn names(v: &[(PathBuf, FileDigest)]) -> Vec<String> {
+    v.iter()
+        .map(|(p, _)| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect()
+}
+
+#[test]
+fn inputs_hashed_ahead_come_out_in_byte_order_without_what_was_written_or_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("rollout.db");
+    let mut s = Store::open(&db).unwrap();
+    // Byte order (the store's order of a job's files) puts "B" before "a" before "a-b".
+    for (name, body) in [
+        ("a", "1"),
+        ("B", "2"),
+        ("a-b", "3"),
+        ("out", "4"),
+        ("gone", "5"),
+    ] {
+        fs::write(d.path().join(name), body).unwrap();
+    }
+    let path = |n: &str| d.path().join(n);
+    let reads: std::collections::HashSet<PathBuf> =
+        ["a", "B", "a-b", "out", "gone", "missing"].map(path).into();
+    let sent: Vec<PathBuf> = reads.iter().cloned().collect();
+    let ahead = ahead_of(&db, &sent);
+    assert_eq!(ahead.received, 6);
+    assert_eq!(
+        ahead.len(),
+        5,
+        "the missing path is kept to be looked at again"
+    );
+    // Created after it was received: looked at again, so it is an input.
+    fs::write(path("missing"), "6").unwrap();
+    let (out, gone) = (path("out"), path("gone"));
+    let got = s
+        .hash_reads(&reads, &[out.as_path(), gone.as_path()], false, ahead)
+        .unwrap();
+    assert_eq!(names(&got), ["B", "a", "a-b", "missing"]);
+    assert_eq!(got[1].1.hash, blake3::hash(b"1").to_hex().to_string());
+    assert_eq!(got[3].1.hash, blake3::hash(b"6").to_hex().to_string());
+
+    // A digest taken ahead is the file as it was then; without `ahead` every path is looked
+    // up, and the result is the same set in the same order.
+    let slow = s
+        .hash_reads(
+            &reads,
+            &[out.as_path(), gone.as_path()],
+            false,
+            HashedAhead::default(),
+        )
+        .unwrap();
+    assert_eq!(slow, got);
+}
+
+#[test]
+fn inputs_are_looked_up_again_when_ahead_did_not_receive_every_read() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("rollout.db");
+    let mut s = Store::open(&db).unwrap();
+    for n in ["x", "y", "z"] {
+        fs::write(d.path().join(n), n).unwrap();
+    }
+    let reads: std::collections::HashSet<PathBuf> =
+        ["z", "y", "x"].map(|n| d.path().join(n)).into();
+    // Only one path reached the second connection; one it received is not a read at all.
+    let ahead = ahead_of(&db, &[d.path().join("y"), d.path().join("not-read")]);
+    let got = s.hash_reads(&reads, &[], false, ahead).unwrap();
+    assert_eq!(names(&got), ["x", "y", "z"]);
+    // sha256 asked for after the fact: a digest taken without it is taken again.
+    let ahead = ahead_of(&db, &reads.iter().cloned().collect::<Vec<_>>());
+    let got = s.hash_reads(&reads, &[], true, ahead).unwrap();
+    assert!(got.iter().all(|(_, d)| d.sha256.is_some()), "{got:?}");
+}
+
+#[test]
+fn outputs_hashed_without_a_connection_are_cached_once_recorded() {
+    let d = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&d.path().join("rollout.db")).unwrap();
+    let big = d.path().join("big.bin");
+    // Above the size hashed memory-mapped on several threads.
+    let body: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
+    fs::write(&big, &body).unwrap();
+    let small = d.path().join("small.txt");
+    fs::write(&small, "out").unwrap();
+    let paths = vec![
+        big.clone(),
+        d.path().join("missing"),
+        d.path().to_path_buf(),
+        small,
+    ];
+    let hashed = hash_uncached(&paths, false);
+    assert_eq!(count(&s, "hash_cache"), 0);
+    let got = s.cache_hashed(hashed).unwrap();
+    assert_eq!(
+        names(&got),
+        ["big.bin", "small.txt"],
+        "missing and directory left out"
+    );
+    assert_eq!(got[0].1.hash, blake3::hash(&body).to_hex().to_string());
+    assert_eq!(got[0].1.size, body.len() as u64);
+    assert_eq!(count(&s, "hash_cache"), 2);
+    // The cache now answers for the unchanged file without reading it.
+    let (cached, update) = s.digest_with_cache(&big, false).unwrap();
+    assert_eq!(cached, got[0].1);
+    assert!(update.is_none());
+}
+
+#[test]
+fn step_and_file_set_digests_hash_the_documented_bytes() {
+    // Enough files that the bytes span several of the hasher's 64 KiB buffers.
+    let refs: Vec<FileRef> = (0..3000u64)
+        .map(|i| FileRef {
+            path: format!("/w/dir{}/file-{i:05}.txt", i % 7),
+            hash: blake3::hash(&i.to_le_bytes()).to_hex().to_string(),
+            size: i,
+            kind: ArtifactKind::File,
+            sha256: None,
+        })
+        .collect();
+    let mut sorted: Vec<&FileRef> = refs.iter().collect();
+    sorted.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut set = b"rollout-file-set-v1\0".to_vec();
+    for f in &sorted {
+        set.extend_from_slice(&(f.path.len() as u64).to_le_bytes());
+        set.extend_from_slice(f.path.as_bytes());
+        set.extend_from_slice(&(f.hash.len() as u64).to_le_bytes());
+        set.extend_from_slice(f.hash.as_bytes());
+    }
+    assert_eq!(
+        file_set_digest(&sorted),
+        blake3::hash(&set).to_hex().to_string()
+    );
+    let mut step = Vec::new();
+    for (tag, list) in [(b"I", &sorted), (b"O", &sorted[..1].to_vec())] {
+        for f in list.iter() {
+            step.extend_from_slice(tag);
+            step.extend_from_slice(&(f.path.len() as u64).to_le_bytes());
+            step.extend_from_slice(f.path.as_bytes());
+            step.extend_from_slice(f.hash.as_bytes());
+        }
+    }
+    let want = blake3::hash(&step).to_hex().to_string();
+    // Given in any order, the step hash is that of the sorted files.
+    let j = job(
+        "c",
+        "2026-01-01T00:00:00Z",
+        refs.clone(),
+        vec![sorted[0].clone()],
+    );
+    assert_eq!(j.step_hash(), want);
+    let j = job(
+        "c",
+        "2026-01-01T00:00:00Z",
+        sorted.iter().map(|f| (*f).clone()).collect(),
+        vec![sorted[0].clone()],
+    );
+    assert_eq!(j.step_hash(), want);
+}

@@ -28,7 +28,7 @@ mod fanotify;
 ))]
 mod linux;
 
-use std::collections::BTreeSet;
+use std::collections::HashSet;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -121,7 +121,8 @@ impl Exit {
     }
 }
 
-/// What a traced command did to files. Paths are absolute and lexically normalised.
+/// What a traced command did to files. Paths are absolute and lexically normalised; the sets
+/// have no order (sort what you show).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trace {
     pub exit: Exit,
@@ -129,14 +130,14 @@ pub struct Trace {
     pub timed_out: bool,
     /// Paths opened for reading before the command wrote them (may include paths that did not
     /// exist or are directories: filter with the file system).
-    pub reads: BTreeSet<PathBuf>,
+    pub reads: HashSet<PathBuf>,
     /// Paths created, opened for writing, truncated, or made by rename/link/symlink, and not
     /// removed or renamed away afterwards.
-    pub writes: BTreeSet<PathBuf>,
+    pub writes: HashSet<PathBuf>,
     /// Paths removed (unlink, or renamed away) that existed before the command wrote them.
-    pub removed: BTreeSet<PathBuf>,
+    pub removed: HashSet<PathBuf>,
     /// Programs passed to execve (resolved like the others).
-    pub execs: BTreeSet<PathBuf>,
+    pub execs: HashSet<PathBuf>,
     /// Processes and threads seen, the root included.
     pub processes: u64,
     /// Syscalls handed to the tracer, or with fanotify the events of the traced tree (a
@@ -252,7 +253,7 @@ mod tests {
         drop(o);
         // Every path recorded as read was also sent, once.
         let sent: Vec<PathBuf> = rx.into_iter().collect();
-        let unique: BTreeSet<PathBuf> = sent.iter().cloned().collect();
+        let unique: HashSet<PathBuf> = sent.iter().cloned().collect();
         assert_eq!(unique.len(), sent.len(), "a path sent twice: {sent:?}");
         assert_eq!(unique, t.reads, "{mechanism:?}");
         t
