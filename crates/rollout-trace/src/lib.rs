@@ -270,6 +270,27 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_command_runs_at_the_caller_s_priority_and_the_caller_gets_it_back() {
+        let d = tempfile::tempdir().unwrap();
+        // SAFETY: plain syscalls on this thread.
+        let tid = unsafe { libc::gettid() } as libc::id_t;
+        let before = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+        let out = d.path().join("nice");
+        let t = sh(
+            d.path(),
+            &format!("cut -d' ' -f19 /proc/self/stat > {}", out.display()),
+        );
+        assert_eq!(t.exit, Exit::Code(0));
+        // The tracing thread ran raised (this test runs as root here), the command did not.
+        let nice: i32 = fs::read_to_string(&out).unwrap().trim().parse().unwrap();
+        assert_eq!(nice, before, "the command's nice value");
+        assert_eq!(
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) },
+            before
+        );
+    }
+
     fn records_with(mechanism: Mechanism) {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().canonicalize().unwrap();
