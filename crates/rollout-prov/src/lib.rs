@@ -251,19 +251,23 @@ pub fn trace(args: TraceArgs) -> u8 {
             return 127;
         }
     };
-    // The files it wrote are hashed from now on, beside the rest of the work (hashing uses
-    // every core only while it reads a large file; the rest is one thread's work).
+    // The hashing connection is done once the tracer's last path is in (the trace has
+    // returned): it hashes the files the command wrote, beside the rest of the work (hashing
+    // uses every core only while it reads a large file; the rest is one thread's work).
+    let (ahead, second) = match ahead.map(|h| h.join()) {
+        Ok(Ok(a)) => a,
+        _ => (rollout_store::HashedAhead::default(), None),
+    };
     let outputs = {
         let mut paths: Vec<PathBuf> = t.writes.iter().cloned().collect();
         paths.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
         let sha256 = config.sha256;
         std::thread::Builder::new()
             .name("rollout-hash-outputs".into())
-            .spawn(move || rollout_store::hash_uncached(&paths, sha256))
-    };
-    let ahead = match ahead.map(|h| h.join()) {
-        Ok(Ok(a)) => a,
-        _ => rollout_store::HashedAhead::default(),
+            .spawn(move || match second {
+                Some(s) => s.hash_detached(&paths, sha256),
+                None => rollout_store::hash_uncached(&paths, sha256),
+            })
     };
     let context = match context.map(|h| h.join()) {
         Ok(Ok(c)) => c,
@@ -402,17 +406,17 @@ pub fn file_refs(v: Vec<(PathBuf, rollout_store::FileDigest)>) -> Vec<FileRef> {
 }
 
 /// Hash each path received while a traced command runs, through a second connection to the
-/// store at `path` (nothing is hashed when it cannot be opened: the paths are then hashed
-/// after the command, as without this thread).
+/// store at `path`, and hand the connection back for the outputs (nothing is hashed when it
+/// cannot be opened: the paths are then hashed after the command, as without this thread).
 fn hash_ahead(
     path: &Path,
     sha256: bool,
     paths: std::sync::mpsc::Receiver<PathBuf>,
-) -> rollout_store::HashedAhead {
+) -> (rollout_store::HashedAhead, Option<Store>) {
     match Store::open(path) {
-        Ok(store) => store.hash_ahead(&paths, sha256),
+        Ok(store) => (store.hash_ahead(&paths, sha256), Some(store)),
         // Dropping the receiver turns the tracer's sends into no-ops.
-        Err(_) => rollout_store::HashedAhead::default(),
+        Err(_) => (rollout_store::HashedAhead::default(), None),
     }
 }
 

@@ -128,8 +128,8 @@ impl HashedAhead {
     }
 }
 
-/// Files hashed without a store connection (see [`hash_uncached`]), to be put into the hash
-/// cache by [`Store::cache_hashed`].
+/// Files hashed away from the connection that records (see [`hash_uncached`] and
+/// [`Store::hash_detached`]), to be put into the hash cache by [`Store::cache_hashed`].
 pub struct Hashed {
     files: Vec<(PathBuf, FileDigest, Option<CacheEntry>)>,
 }
@@ -482,6 +482,27 @@ impl Store {
         }
         self.write_cache(&updates)?;
         Ok(out)
+    }
+
+    /// Hash files through the hash cache from this connection without writing to it (missing
+    /// paths and what is not a regular file are left out): for a second connection working
+    /// beside the one that records; pass the result to [`Store::cache_hashed`] there. A file
+    /// opened for writing but left unchanged (same size and mtime) is not read again.
+    pub fn hash_detached(&self, paths: &[PathBuf], sha256: bool) -> Hashed {
+        let files = paths
+            .iter()
+            .filter_map(|p| match self.digest_with_cache(p, sha256) {
+                Ok((d, u)) => Some((p.clone(), d, u)),
+                // A failure of this connection: hashed without the cache.
+                Err(StoreError::Sqlite { .. }) => {
+                    let meta = std::fs::metadata(p).ok().filter(|m| m.is_file())?;
+                    let (d, u) = digest_fresh(p, &meta, sha256).ok()?;
+                    Some((p.clone(), d, u))
+                }
+                Err(_) => None,
+            })
+            .collect();
+        Hashed { files }
     }
 
     /// Put files hashed by [`hash_uncached`] into the hash cache, in one transaction, and

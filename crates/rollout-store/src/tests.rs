@@ -548,3 +548,29 @@ fn step_and_file_set_digests_hash_the_documented_bytes() {
     );
     assert_eq!(j.step_hash(), want);
 }
+
+#[test]
+fn outputs_hashed_beside_the_recording_connection_reuse_the_cache_for_unchanged_files() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("rollout.db");
+    let mut s = Store::open(&db).unwrap();
+    let (same, changed) = (d.path().join("same"), d.path().join("changed"));
+    fs::write(&same, "kept").unwrap();
+    fs::write(&changed, "old").unwrap();
+    s.hash_file(&same, false).unwrap();
+    s.hash_file(&changed, false).unwrap();
+    fs::write(&changed, "new!").unwrap();
+    let second = Store::open(&db).unwrap();
+    let hashed = second.hash_detached(
+        &[same.clone(), changed.clone(), d.path().join("gone")],
+        false,
+    );
+    let updates: Vec<bool> = hashed.files.iter().map(|(_, _, u)| u.is_some()).collect();
+    // The unchanged file came from the cache (nothing to write); the changed one was read.
+    assert_eq!(updates, [false, true]);
+    let got = s.cache_hashed(hashed).unwrap();
+    assert_eq!(names(&got), ["same", "changed"]);
+    assert_eq!(got[1].1.hash, blake3::hash(b"new!").to_hex().to_string());
+    let (_, update) = s.digest_with_cache(&changed, false).unwrap();
+    assert!(update.is_none(), "the new digest is cached");
+}
