@@ -259,8 +259,7 @@ pub fn trace(args: TraceArgs) -> u8 {
         _ => (rollout_store::HashedAhead::default(), None),
     };
     let outputs = {
-        let mut paths: Vec<PathBuf> = t.writes.iter().cloned().collect();
-        paths.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
+        let paths = written(&t);
         let sha256 = config.sha256;
         std::thread::Builder::new()
             .name("rollout-hash-outputs".into())
@@ -389,6 +388,11 @@ fn sorted<'a>(paths: impl Iterator<Item = &'a PathBuf>) -> Vec<&'a PathBuf> {
     v
 }
 
+/// The paths a traced command wrote, in byte order (the store's order of a job's files).
+fn written(t: &rollout_trace::Trace) -> Vec<PathBuf> {
+    sorted(t.writes.iter()).into_iter().cloned().collect()
+}
+
 /// Hashed files as the inputs or outputs of a job.
 pub fn file_refs(v: Vec<(PathBuf, rollout_store::FileDigest)>) -> Vec<FileRef> {
     v.into_iter()
@@ -460,11 +464,7 @@ fn trace_job(
     let hashed = match outputs.map(|h| h.join()) {
         Ok(Ok(h)) => h,
         // No thread, or it panicked: hash here.
-        _ => {
-            let mut paths: Vec<PathBuf> = t.writes.iter().cloned().collect();
-            paths.sort_unstable_by(|a, b| a.as_os_str().cmp(b.as_os_str()));
-            rollout_store::hash_uncached(&paths, config.sha256)
-        }
+        _ => rollout_store::hash_uncached(&written(t), config.sha256),
     };
     let outputs = file_refs(store.cache_hashed(hashed)?);
     tracing::debug!(

@@ -104,8 +104,7 @@ struct CacheEntry {
     sha256: Option<String>,
 }
 
-/// Digests worked out ahead of [`Store::hash_files_with`] and [`Store::hash_reads`] (see
-/// [`Store::hash_ahead`]).
+/// Digests worked out ahead of [`Store::hash_reads`] (see [`Store::hash_ahead`]).
 #[derive(Default)]
 pub struct HashedAhead {
     /// By the path's bytes, so in byte order (the order of a job's files in the store).
@@ -141,13 +140,16 @@ pub struct Hashed {
 pub fn hash_uncached(paths: &[PathBuf], sha256: bool) -> Hashed {
     let files = paths
         .iter()
-        .filter_map(|p| {
-            let meta = std::fs::metadata(p).ok().filter(|m| m.is_file())?;
-            let (d, entry) = digest_fresh(p, &meta, sha256).ok()?;
-            Some((p.clone(), d, entry))
-        })
+        .filter_map(|p| digest_uncached(p, sha256))
         .collect();
     Hashed { files }
+}
+
+/// One file of [`hash_uncached`]: `None` when missing or not a regular file.
+fn digest_uncached(path: &Path, sha256: bool) -> Option<(PathBuf, FileDigest, Option<CacheEntry>)> {
+    let meta = std::fs::metadata(path).ok().filter(|m| m.is_file())?;
+    let (d, entry) = digest_fresh(path, &meta, sha256).ok()?;
+    Some((path.to_path_buf(), d, entry))
 }
 
 /// Hash a regular file whose metadata is `meta`, with the cache row to write when the file did
@@ -331,12 +333,25 @@ impl Store {
         paths: &[PathBuf],
         sha256: bool,
     ) -> Result<Vec<(PathBuf, FileDigest)>> {
-        self.hash_files_with(paths, sha256, &mut HashedAhead::default())
+        let mut out = Vec::with_capacity(paths.len());
+        let mut updates = Vec::new();
+        for p in paths {
+            match self.digest_with_cache(p, sha256) {
+                Ok((d, u)) => {
+                    out.push((p.clone(), d));
+                    updates.extend(u);
+                }
+                Err(StoreError::Hash { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.write_cache(&updates)?;
+        Ok(out)
     }
 
     /// Hash each path received from `paths` through the cache as it comes, from this
     /// connection, until every sender is gone, and keep the digests for
-    /// [`Store::hash_reads`] or [`Store::hash_files_with`] (a path that is missing, not a
+    /// [`Store::hash_reads`] (a path that is missing, not a
     /// regular file, or that this connection fails on is kept to be looked at again then).
     /// Meant for a second connection that works while a traced command still runs: a digest
     /// is the file as it is when received.
@@ -376,38 +391,6 @@ impl Store {
             }
         }
         ahead
-    }
-
-    /// [`Store::hash_files`], taking the digests of `ahead` for the paths it holds (and their
-    /// cache updates) instead of looking at those files again. Returned in the order of
-    /// `paths`.
-    pub fn hash_files_with(
-        &mut self,
-        paths: &[PathBuf],
-        sha256: bool,
-        ahead: &mut HashedAhead,
-    ) -> Result<Vec<(PathBuf, FileDigest)>> {
-        let mut out = Vec::with_capacity(paths.len());
-        let mut updates = Vec::new();
-        for p in paths {
-            if let Some((d, u)) = ahead.digests.remove(p.as_os_str()) {
-                if !sha256 || d.sha256.is_some() {
-                    out.push((p.clone(), d));
-                    updates.extend(u);
-                    continue;
-                }
-            }
-            match self.digest_with_cache(p, sha256) {
-                Ok((d, u)) => {
-                    out.push((p.clone(), d));
-                    updates.extend(u);
-                }
-                Err(StoreError::Hash { .. }) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.write_cache(&updates)?;
-        Ok(out)
     }
 
     /// The inputs of a traced command: the files of `reads` that are not in `exclude`, hashed
@@ -494,11 +477,7 @@ impl Store {
             .filter_map(|p| match self.digest_with_cache(p, sha256) {
                 Ok((d, u)) => Some((p.clone(), d, u)),
                 // A failure of this connection: hashed without the cache.
-                Err(StoreError::Sqlite { .. }) => {
-                    let meta = std::fs::metadata(p).ok().filter(|m| m.is_file())?;
-                    let (d, u) = digest_fresh(p, &meta, sha256).ok()?;
-                    Some((p.clone(), d, u))
-                }
+                Err(StoreError::Sqlite { .. }) => digest_uncached(p, sha256),
                 Err(_) => None,
             })
             .collect();
