@@ -21,12 +21,11 @@ const PARALLEL_THRESHOLD: u64 = 1 << 20;
 
 /// BLAKE3 (and optionally sha256) of a file's bytes.
 pub fn file_digest(path: &Path, sha256: bool) -> io::Result<FileDigest> {
-    let meta = fs::metadata(path)?;
+    let mut f = fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    if meta.len() >= PARALLEL_THRESHOLD {
-        hasher.update_mmap_rayon(path)?;
+    if f.metadata()?.len() >= PARALLEL_THRESHOLD {
+        hash_mapped(&mut hasher, &f)?;
     } else {
-        let mut f = fs::File::open(path)?;
         let mut buf = [0u8; 64 * 1024];
         loop {
             let n = f.read(&mut buf)?;
@@ -56,6 +55,39 @@ pub fn file_digest(path: &Path, sha256: bool) -> io::Result<FileDigest> {
         size: hasher.count(),
         sha256: sha,
     })
+}
+
+/// Hash a large file memory-mapped, on every core (as b3sum does), then let the map go off the
+/// caller's path: unmapping a file of a few hundred MB unmaps every page, which takes
+/// milliseconds that the digest need not wait for.
+fn hash_mapped(hasher: &mut blake3::Hasher, file: &fs::File) -> io::Result<()> {
+    // SAFETY: a read-only map. A file changed while it is hashed gives a digest of mixed
+    // content; callers compare its size and mtime before and after and do not cache that
+    // digest (`digest_fresh`).
+    let map = unsafe { memmap2::Mmap::map(file)? };
+    hasher.update_rayon(&map);
+    // On failure the closure, and the map with it, is released here.
+    let _ = std::thread::Builder::new()
+        .name("rollout-unmap".into())
+        .spawn(move || release(map));
+    Ok(())
+}
+
+/// Unmap a large map a piece at a time. One `munmap` of the whole map would hold the process's
+/// memory-map lock until every page is unmapped (4 ms for 130 MB), and every thread that maps
+/// or unmaps anything meanwhile (one that ends unmaps its signal stack) would wait for it;
+/// dropping the pages a few MB at a time lets them in between.
+fn release(map: memmap2::Mmap) {
+    const PIECE: usize = 8 << 20;
+    let mut at = 0;
+    while at < map.len() {
+        let len = PIECE.min(map.len() - at);
+        // SAFETY: nothing reads the map any more (it was moved here). Its pages belong to a
+        // read-only shared file map: dropping them only means that they would be read from the
+        // page cache again.
+        let _ = unsafe { map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, at, len) };
+        at += len;
+    }
 }
 
 /// A BLAKE3 hasher fed through a fixed buffer: many small pieces cost one `update` per 64 KiB
@@ -154,4 +186,39 @@ pub(crate) fn mtime_ns(meta: &fs::Metadata) -> i64 {
     meta.mtime()
         .saturating_mul(1_000_000_000)
         .saturating_add(meta.mtime_nsec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_files_hash_as_their_bytes_across_several_release_pieces() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("big.bin");
+        // Three pieces of `release`, the last one short.
+        let body: Vec<u8> = (0..(17u32 << 20) + 5).map(|i| (i % 253) as u8).collect();
+        fs::write(&p, &body).unwrap();
+        let got = file_digest(&p, true).unwrap();
+        assert_eq!(got.hash, blake3::hash(&body).to_hex().to_string());
+        assert_eq!(got.size, body.len() as u64);
+        assert_eq!(got.sha256, Some(hex(&sha2::Sha256::digest(&body))));
+    }
+
+    #[test]
+    fn a_released_map_is_unmapped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("mapped.bin");
+        fs::write(&p, vec![7u8; (9 << 20) + 1]).unwrap();
+        let mapped = || {
+            std::fs::read_to_string("/proc/self/maps")
+                .unwrap()
+                .contains(p.to_str().unwrap())
+        };
+        // SAFETY: a read-only map of a file nothing else writes.
+        let map = unsafe { memmap2::Mmap::map(&fs::File::open(&p).unwrap()).unwrap() };
+        assert!(mapped());
+        release(map);
+        assert!(!mapped(), "the map outlived its release");
+    }
 }
