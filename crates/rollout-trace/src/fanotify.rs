@@ -8,9 +8,10 @@
 //! command runs (between drains it sleeps, then waits for the next event: a reader always
 //! waiting on the queue would be woken, inside the traced program's syscall, for every event),
 //! keeps only the events of the traced process tree (its pids are known before they run:
-//! ptrace still follows fork, clone and exec, which cost one stop per process, not per file),
-//! resolves each directory handle once (`open_by_handle_at`, cached) and folds the events in
-//! queue order into the same sets the other mechanisms fill.
+//! ptrace still follows fork and clone, at two stops per process, the parent's fork event and
+//! the child's first stop, and none per file), resolves each directory handle once
+//! (`open_by_handle_at`, cached) and folds the events in queue order into the same sets the
+//! other mechanisms fill.
 //!
 //! Needs `CAP_SYS_ADMIN` (filesystem marks, unlimited queue) and filesystems that report file
 //! handles; [`Fan::new`] says why not otherwise, and the caller falls back to seccomp.

@@ -455,6 +455,31 @@ assert os.read(r, 1) == b""
     }
 
     #[test]
+    fn signals_reach_the_command_and_stops_do_not_hold_it() {
+        for mechanism in [Mechanism::Fanotify, Mechanism::UserNotif, Mechanism::Ptrace] {
+            let d = tempfile::tempdir().unwrap();
+            // A handled signal is delivered, in the command and in a child of it; a process
+            // that stops itself (job control) goes on, as it always did under the tracer.
+            let t = sh_with(
+                d.path(),
+                "trap 'echo usr1 > got' USR1; kill -USR1 $$; \
+                 sh -c 'trap \"echo child > child\" USR2; kill -USR2 $$'; \
+                 kill -STOP $$; echo resumed > after",
+                mechanism,
+            );
+            assert_eq!(t.exit, Exit::Code(0), "{mechanism:?}");
+            for (f, want) in [("got", "usr1"), ("child", "child"), ("after", "resumed")] {
+                assert_eq!(
+                    fs::read_to_string(d.path().join(f)).unwrap().trim(),
+                    want,
+                    "{mechanism:?}: {f}"
+                );
+            }
+            assert!(t.processes >= 2, "{mechanism:?}: {}", t.processes);
+        }
+    }
+
+    #[test]
     fn exit_by_signal_timeout_and_missing_program() {
         let d = tempfile::tempdir().unwrap();
         let t = sh(d.path(), "kill -TERM $$");

@@ -11,8 +11,9 @@
 //!   on request): the filter returns `SECCOMP_RET_TRACE` and the ptrace loop handles each stop
 //!   with `PTRACE_GETREGSET` (`NT_PRSTATUS`).
 //!
-//! In both, ptrace follows fork/vfork/clone/exec and collects exit statuses, so the whole
-//! process tree is seen and killed on timeout (and if the tracer dies, `PTRACE_O_EXITKILL`).
+//! In both, ptrace (the command is seized, `PTRACE_SEIZE`) follows fork/vfork/clone and collects
+//! exit statuses, so the whole process tree is seen and killed on timeout (and if the tracer
+//! dies, `PTRACE_O_EXITKILL`). A seized process does not stop at exec.
 
 use crate::{normalize, Exit, Mechanism, Trace, TraceError, TraceOptions};
 use libc::{c_int, c_void, pid_t};
@@ -28,13 +29,14 @@ use std::sync::{Arc, Mutex};
 const PTRACE_O_TRACEFORK: c_int = 0x02;
 const PTRACE_O_TRACEVFORK: c_int = 0x04;
 const PTRACE_O_TRACECLONE: c_int = 0x08;
-const PTRACE_O_TRACEEXEC: c_int = 0x10;
 const PTRACE_O_TRACESECCOMP: c_int = 0x80;
 const PTRACE_O_EXITKILL: c_int = 0x0010_0000;
 const EVENT_FORK: c_int = 1;
 const EVENT_VFORK: c_int = 2;
 const EVENT_CLONE: c_int = 3;
 const EVENT_SECCOMP: c_int = 7;
+/// A seized tracee's job-control stop, or a new child's first stop (`PTRACE_EVENT_STOP`).
+const EVENT_STOP: c_int = 128;
 /// `__WALL | __WNOTHREAD`: every traced process, clone children included, but only the calling
 /// thread's children and tracees, never a child another thread of the process started (its
 /// owner would lose the exit status: `wait` fails with ECHILD).
@@ -458,6 +460,13 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     }
     // SAFETY: fresh fds owned from here on.
     let (stop_r, stop_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    // The child waits on this pipe until the tracer has seized it.
+    // SAFETY: a fresh pipe, both ends close-on-exec.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(spawn_err("pipe", io::Error::last_os_error()));
+    }
+    // SAFETY: fresh fds owned from here on.
+    let (go_r, go_w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
     // The messages the child may send, built before fork.
     let mut msg_byte = [MSG_LISTENER];
     let mut ptrace_byte = [MSG_PTRACE];
@@ -509,18 +518,14 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
             if libc::chdir(c_cwd.as_ptr()) != 0 {
                 fail(err_w, 1);
             }
-            if libc::ptrace(
-                libc::PTRACE_TRACEME,
-                0,
-                std::ptr::null_mut::<c_void>(),
-                std::ptr::null_mut::<c_void>(),
-            ) != 0
-            {
+            // Wait until the tracer has seized this process with its options: the fork
+            // events and the fallback's SECCOMP_RET_TRACE need them. End of file: the tracer
+            // gave up (or died), so nothing runs untraced.
+            libc::close(go_w.as_raw_fd());
+            let mut go = 0u8;
+            if libc::read(go_r.as_raw_fd(), &mut go as *mut u8 as *mut c_void, 1) != 1 {
                 fail(err_w, 2);
             }
-            // Wait for the tracer to set its options: the fork events and the fallback's
-            // SECCOMP_RET_TRACE need them.
-            libc::raise(libc::SIGSTOP);
             // Installing a filter needs CAP_SYS_ADMIN or no_new_privs. Root keeps setuid
             // programs working when it can; root without CAP_SYS_ADMIN (a container) gets
             // EACCES and takes no_new_privs too.
@@ -603,6 +608,7 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     // Parent.
     drop(err_w);
     drop(sock_child);
+    drop(go_r);
     let child_error = || -> Option<TraceError> {
         let mut msg = [0u8; 5];
         let n = unsafe { libc::read(err_r.as_raw_fd(), msg.as_mut_ptr() as *mut c_void, 5) };
@@ -612,7 +618,7 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         let errno = i32::from_le_bytes([msg[1], msg[2], msg[3], msg[4]]);
         let step = match msg[0] {
             1 => "changing to the working directory",
-            2 => "PTRACE_TRACEME",
+            2 => "waiting for the tracer",
             3 => "PR_SET_NO_NEW_PRIVS",
             4 => "installing the seccomp filter",
             6 => "handing the seccomp listener to the tracer",
@@ -621,27 +627,18 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         Some(spawn_err(step, io::Error::from_raw_os_error(errno)))
     };
     let mut status: c_int = 0;
-    let r = unsafe { libc::waitpid(pid, &mut status, WALL) };
-    if r != pid || !libc::WIFSTOPPED(status) {
-        let e = child_error().unwrap_or_else(|| {
-            spawn_err(
-                "waiting for the child",
-                io::Error::other("the child did not stop"),
-            )
-        });
-        restore();
-        return Err(e);
-    }
+    // Seized, not PTRACE_TRACEME: a seized process stops at no exec (nothing here needs one;
+    // exec stops were a third of all stops of a build) and its children start in an event
+    // stop instead of a SIGSTOP.
     let options = PTRACE_O_TRACEFORK
         | PTRACE_O_TRACEVFORK
         | PTRACE_O_TRACECLONE
-        | PTRACE_O_TRACEEXEC
         | PTRACE_O_TRACESECCOMP
         | PTRACE_O_EXITKILL;
-    // SAFETY: the child is in a ptrace-stop.
+    // SAFETY: the child waits on `go` for this.
     let r = unsafe {
         libc::ptrace(
-            libc::PTRACE_SETOPTIONS,
+            libc::PTRACE_SEIZE,
             pid,
             std::ptr::null_mut::<c_void>(),
             options as usize as *mut c_void,
@@ -654,11 +651,11 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
             libc::waitpid(pid, &mut status, WALL);
         }
         restore();
-        return Err(TraceError::Ptrace {
+        return Err(child_error().unwrap_or(TraceError::Ptrace {
             program: program_name.clone(),
-            what: "PTRACE_SETOPTIONS",
+            what: "PTRACE_SEIZE",
             source,
-        });
+        }));
     }
     // The supervisor runs before the child goes on: the child's execve already waits for it.
     let lifecycle = Arc::new(Lifecycle::default());
@@ -725,7 +722,10 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     // raised above the command for the loop (the command was forked at the old priority;
     // without CAP_SYS_NICE nothing changes).
     let boost = Priority::raise();
-    ptrace_cont(pid, 0);
+    // SAFETY: a one-byte write to our own pipe; if it fails the child reads end of file and
+    // exits without running the command (reported as a spawn failure below).
+    unsafe { libc::write(go_w.as_raw_fd(), b"x".as_ptr() as *const c_void, 1) };
+    drop(go_w);
 
     let alive = Arc::new(Mutex::new(HashSet::from([pid])));
     let timed_out = Arc::new(AtomicBool::new(false));
@@ -778,6 +778,21 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         }
         let sig = libc::WSTOPSIG(status);
         let event = (status >> 16) & 0xff;
+        if started.insert(p) {
+            // A new process's first stop (its fork event may come before or after): seized,
+            // it has not run yet.
+            seen.lock().expect("seen set").insert(p);
+            if alive.lock().expect("alive set").insert(p) {
+                processes += 1;
+                lifecycle.post(p);
+            }
+        }
+        if event == EVENT_STOP {
+            // That first stop, or a job-control stop, which the traced tree does not keep
+            // (as a traced process never did here): it goes on.
+            ptrace_cont(p, 0);
+            continue;
+        }
         if sig == libc::SIGTRAP && event != 0 {
             match event {
                 EVENT_SECCOMP => {
@@ -811,29 +826,9 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
             ptrace_cont(p, 0);
             continue;
         }
-        if started.insert(p) {
-            // A new process's first stop (its fork event may come before or after).
-            seen.lock().expect("seen set").insert(p);
-            if alive.lock().expect("alive set").insert(p) {
-                processes += 1;
-                lifecycle.post(p);
-            }
-            if sig == libc::SIGSTOP {
-                ptrace_cont(p, 0);
-                continue;
-            }
-        }
-        // A signal for the tracee: deliver it, unless this is a group-stop (no siginfo).
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-        let group_stop = unsafe {
-            libc::ptrace(
-                libc::PTRACE_GETSIGINFO,
-                p,
-                std::ptr::null_mut::<c_void>(),
-                &mut info as *mut libc::siginfo_t as *mut c_void,
-            )
-        } != 0;
-        ptrace_cont(p, if group_stop { 0 } else { sig });
+        // A signal for the tracee: delivered (a seized process reports its job-control stops
+        // as the event above, so every other stop here is a signal's).
+        ptrace_cont(p, sig);
     }
     let _ = stop_tx.send(());
     if let Some(w) = watchdog {
