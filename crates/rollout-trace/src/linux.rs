@@ -733,10 +733,16 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     let watchdog = opts.timeout.map(|t| {
         let alive = alive.clone();
         let timed_out = timed_out.clone();
+        // Not joined: once the loop has emptied `alive` (under its lock) this thread kills
+        // nothing and reports no timeout, so the trace does not wait for it to end.
         std::thread::spawn(move || {
             if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop_rx.recv_timeout(t) {
+                let alive = alive.lock().expect("alive set");
+                if alive.is_empty() {
+                    return;
+                }
                 timed_out.store(true, Ordering::SeqCst);
-                for p in alive.lock().expect("alive set").iter() {
+                for p in alive.iter() {
                     unsafe { libc::kill(*p, libc::SIGKILL) };
                 }
             }
@@ -830,10 +836,11 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
         // as the event above, so every other stop here is a signal's).
         ptrace_cont(p, sig);
     }
+    // The tree is gone (ids left over, of threads that exec'd, are dropped too): the watchdog
+    // can no longer kill a process that reused one of its pids.
+    alive.lock().expect("alive set").clear();
     let _ = stop_tx.send(());
-    if let Some(w) = watchdog {
-        let _ = w.join();
-    }
+    drop(watchdog);
     // Every traced process has exited, so no notification is pending: stop the supervisor.
     // SAFETY: a one-byte write to our own pipe.
     unsafe { libc::write(stop_w.as_raw_fd(), b"x".as_ptr() as *const c_void, 1) };
