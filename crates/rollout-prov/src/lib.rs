@@ -218,15 +218,17 @@ pub fn trace(args: TraceArgs) -> u8 {
     opts.ignore_prefixes = ignore;
     // While the command runs, a second connection hashes each file it has read (most through
     // the hash cache) and another thread lists the Python packages, so that little is left to
-    // do when it ends.
+    // do when it ends. The same thread then hashes what the command wrote.
     let (read_tx, read_rx) = std::sync::mpsc::channel::<PathBuf>();
     opts.on_read = Some(read_tx);
-    let ahead = {
+    let (ahead_tx, ahead_rx) = std::sync::mpsc::channel();
+    let (written_tx, written_rx) = std::sync::mpsc::channel::<Vec<PathBuf>>();
+    let hashing = {
         let path = store.path().to_path_buf();
         let sha256 = config.sha256;
         std::thread::Builder::new()
-            .name("rollout-hash-ahead".into())
-            .spawn(move || hash_ahead(&path, sha256, read_rx))
+            .name("rollout-hash".into())
+            .spawn(move || hash_ahead(&path, sha256, read_rx, ahead_tx, written_rx))
     };
     let context = {
         let packages = config.capture_packages;
@@ -251,23 +253,17 @@ pub fn trace(args: TraceArgs) -> u8 {
             return 127;
         }
     };
-    // The hashing connection is done once the tracer's last path is in (the trace has
-    // returned): it hashes the files the command wrote, beside the rest of the work (hashing
+    // The hashing thread has the tracer's last path (the trace has returned): it hands over
+    // the inputs and hashes the files the command wrote, beside the rest of the work (hashing
     // uses every core only while it reads a large file; the rest is one thread's work).
-    let (ahead, second) = match ahead.map(|h| h.join()) {
-        Ok(Ok(a)) => a,
-        _ => (rollout_store::HashedAhead::default(), None),
+    let outputs = match hashing {
+        Ok(h) => {
+            let _ = written_tx.send(written(&t));
+            Some(h)
+        }
+        Err(_) => None,
     };
-    let outputs = {
-        let paths = written(&t);
-        let sha256 = config.sha256;
-        std::thread::Builder::new()
-            .name("rollout-hash-outputs".into())
-            .spawn(move || match second {
-                Some(s) => s.hash_detached(&paths, sha256),
-                None => rollout_store::hash_uncached(&paths, sha256),
-            })
-    };
+    let ahead = ahead_rx.recv().unwrap_or_default();
     let context = match context.map(|h| h.join()) {
         Ok(Ok(c)) => c,
         _ => context::capture(config.capture_packages, &config.env, None),
@@ -416,11 +412,21 @@ fn hash_ahead(
     path: &Path,
     sha256: bool,
     paths: std::sync::mpsc::Receiver<PathBuf>,
-) -> (rollout_store::HashedAhead, Option<Store>) {
-    match Store::open(path) {
-        Ok(store) => (store.hash_ahead(&paths, sha256), Some(store)),
-        // Dropping the receiver turns the tracer's sends into no-ops.
-        Err(_) => (rollout_store::HashedAhead::default(), None),
+    ahead: std::sync::mpsc::Sender<rollout_store::HashedAhead>,
+    written: std::sync::mpsc::Receiver<Vec<PathBuf>>,
+) -> rollout_store::Hashed {
+    let store = Store::open(path).ok();
+    // Without a connection, dropping the receiver turns the tracer's sends into no-ops.
+    let read = match &store {
+        Some(s) => s.hash_ahead(&paths, sha256),
+        None => rollout_store::HashedAhead::default(),
+    };
+    drop(paths);
+    let _ = ahead.send(read);
+    let written = written.recv().unwrap_or_default();
+    match store {
+        Some(s) => s.hash_detached(&written, sha256),
+        None => rollout_store::hash_uncached(&written, sha256),
     }
 }
 
@@ -440,7 +446,7 @@ fn trace_job(
     t: &rollout_trace::Trace,
     run: TraceRun,
     ahead: rollout_store::HashedAhead,
-    outputs: std::io::Result<std::thread::JoinHandle<rollout_store::Hashed>>,
+    outputs: Option<std::thread::JoinHandle<rollout_store::Hashed>>,
 ) -> Result<Job, StoreError> {
     let TraceRun {
         cwd,
@@ -462,7 +468,7 @@ fn trace_job(
     let inputs = file_refs(store.hash_reads(&t.reads, &exclude, config.sha256, ahead)?);
     let inputs_ms = t0.elapsed().as_secs_f64() * 1e3;
     let hashed = match outputs.map(|h| h.join()) {
-        Ok(Ok(h)) => h,
+        Some(Ok(h)) => h,
         // No thread, or it panicked: hash here.
         _ => rollout_store::hash_uncached(&written(t), config.sha256),
     };
