@@ -495,5 +495,10 @@ assert os.read(r, 1) == b""
         assert!(matches!(e, TraceError::NotFound(_)), "{e}");
         let e = trace(&TraceOptions::new(vec![d.path().join("nope").into()])).unwrap_err();
         assert!(e.to_string().contains("execve"), "{e}");
+        // A child that fails before the tracer seizes it, or just after, says why.
+        let mut o = TraceOptions::new(vec!["true".into()]);
+        o.cwd = Some(d.path().join("no-such-dir"));
+        let e = trace(&o).unwrap_err();
+        assert!(e.to_string().contains("working directory"), "{e}");
     }
 }

@@ -608,7 +608,6 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     // Parent.
     drop(err_w);
     drop(sock_child);
-    drop(go_r);
     let child_error = || -> Option<TraceError> {
         let mut msg = [0u8; 5];
         let n = unsafe { libc::read(err_r.as_raw_fd(), msg.as_mut_ptr() as *mut c_void, 5) };
@@ -722,10 +721,11 @@ pub(crate) fn trace(opts: &TraceOptions) -> Result<Trace, TraceError> {
     // raised above the command for the loop (the command was forked at the old priority;
     // without CAP_SYS_NICE nothing changes).
     let boost = Priority::raise();
-    // SAFETY: a one-byte write to our own pipe; if it fails the child reads end of file and
+    // SAFETY: a one-byte write to our own pipe (its read end still open here, so a child
+    // that is already gone costs no SIGPIPE); if it fails the child reads end of file and
     // exits without running the command (reported as a spawn failure below).
     unsafe { libc::write(go_w.as_raw_fd(), b"x".as_ptr() as *const c_void, 1) };
-    drop(go_w);
+    drop((go_r, go_w));
 
     let alive = Arc::new(Mutex::new(HashSet::from([pid])));
     let timed_out = Arc::new(AtomicBool::new(false));
