@@ -66,22 +66,28 @@ fn hash_mapped(hasher: &mut blake3::Hasher, file: &fs::File) -> io::Result<()> {
     // digest (`digest_fresh`).
     let map = unsafe { memmap2::Mmap::map(file)? };
     hasher.update_rayon(&map);
-    // On failure the closure, and the map with it, is released here.
+    if map.len() <= RELEASE_PIECE {
+        // Unmapped here: that costs less than starting a thread.
+        return Ok(());
+    }
+    // On failure the closure is dropped here, and the map unmapped with it.
     let _ = std::thread::Builder::new()
         .name("rollout-unmap".into())
         .spawn(move || release(map));
     Ok(())
 }
 
+/// How much of a map [`release`] drops at a time.
+const RELEASE_PIECE: usize = 8 << 20;
+
 /// Unmap a large map a piece at a time. One `munmap` of the whole map would hold the process's
 /// memory-map lock until every page is unmapped (4 ms for 130 MB), and every thread that maps
 /// or unmaps anything meanwhile (one that ends unmaps its signal stack) would wait for it;
 /// dropping the pages a few MB at a time lets them in between.
 fn release(map: memmap2::Mmap) {
-    const PIECE: usize = 8 << 20;
     let mut at = 0;
     while at < map.len() {
-        let len = PIECE.min(map.len() - at);
+        let len = RELEASE_PIECE.min(map.len() - at);
         // SAFETY: nothing reads the map any more (it was moved here). Its pages belong to a
         // read-only shared file map: dropping them only means that they would be read from the
         // page cache again.
