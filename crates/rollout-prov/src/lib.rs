@@ -406,8 +406,10 @@ pub fn file_refs(v: Vec<(PathBuf, rollout_store::FileDigest)>) -> Vec<FileRef> {
 }
 
 /// Hash each path received while a traced command runs, through a second connection to the
-/// store at `path`, and hand the connection back for the outputs (nothing is hashed when it
-/// cannot be opened: the paths are then hashed after the command, as without this thread).
+/// store at `path`, and send those digests on `ahead` once the tracer's last path is in; then
+/// hash the paths received on `written` (the outputs) through the same connection. Without a
+/// connection nothing is hashed ahead (the inputs are then hashed after the command) and the
+/// outputs are hashed without the cache.
 fn hash_ahead(
     path: &Path,
     sha256: bool,

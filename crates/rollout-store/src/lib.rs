@@ -351,8 +351,8 @@ impl Store {
 
     /// Hash each path received from `paths` through the cache as it comes, from this
     /// connection, until every sender is gone, and keep the digests for
-    /// [`Store::hash_reads`] (a path that is missing, not a
-    /// regular file, or that this connection fails on is kept to be looked at again then).
+    /// [`Store::hash_reads`] (a path that is missing, not a regular file, or that this
+    /// connection fails on is kept to be looked at again then).
     /// Meant for a second connection that works while a traced command still runs: a digest
     /// is the file as it is when received.
     ///
@@ -484,8 +484,8 @@ impl Store {
         Hashed { files }
     }
 
-    /// Put files hashed by [`hash_uncached`] into the hash cache, in one transaction, and
-    /// return their digests.
+    /// Put files hashed by [`hash_uncached`] or [`Store::hash_detached`] into the hash cache, in
+    /// one transaction, and return their digests.
     pub fn cache_hashed(&mut self, hashed: Hashed) -> Result<Vec<(PathBuf, FileDigest)>> {
         let mut updates = Vec::new();
         let out = hashed
