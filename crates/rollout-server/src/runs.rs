@@ -13,7 +13,7 @@ use rollout_runner::{Event, EventSink, JobPlan};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -67,7 +67,9 @@ pub struct LiveRun {
     pub cancel: CancellationToken,
     /// Set when the cancel comes from a shutdown (the run becomes `interrupted`).
     pub interrupted: AtomicBool,
-    seq: AtomicU64,
+    /// The last sequence number given. Held while the event is sent, so that events reach
+    /// every subscriber in the order of their numbers even when two tasks emit at once.
+    seq: std::sync::Mutex<u64>,
 }
 
 impl LiveRun {
@@ -77,7 +79,7 @@ impl LiveRun {
             tx: broadcast::channel(CHANNEL_CAPACITY).0,
             cancel: CancellationToken::new(),
             interrupted: AtomicBool::new(false),
-            seq: AtomicU64::new(0),
+            seq: std::sync::Mutex::new(0),
         })
     }
 
@@ -88,17 +90,22 @@ impl LiveRun {
         task_id: Option<&str>,
         data: serde_json::Value,
     ) {
+        // A poisoned lock only means another emitter panicked; its number stays given.
+        let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
+        *seq += 1;
+        let emitted_at = Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let e = StreamEvent {
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            seq: *seq,
             event,
             job_id: self.id.clone(),
             trial: trial.map(str::to_string),
             task_id: task_id.map(str::to_string),
             data,
-            emitted_at: Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+            emitted_at,
         };
         // No subscriber is not an error.
         let _ = self.tx.send(Arc::new(e));
+        drop(seq);
     }
 }
 
@@ -1031,5 +1038,48 @@ mod keyed_reward_tests {
         assert_eq!(s.reward_keys["performance"], 0.25);
         let plain = Summary::of(&[row(serde_json::json!({"reward": 1}), Some(1.0))]);
         assert!(plain.reward_keys.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Trials run at once and each emits its own events: a subscriber must still receive them
+    /// in the order of their numbers (a client resumes from the last `id:` it saw).
+    #[test]
+    fn events_emitted_at_once_arrive_in_the_order_of_their_numbers() {
+        const THREADS: usize = 4;
+        // All of a round's events fit in the channel, so the reader reads after the round.
+        const EACH: usize = CHANNEL_CAPACITY / THREADS;
+        for round in 0..100 {
+            let run = LiveRun::new("job-1");
+            let mut rx = run.tx.subscribe();
+            let barrier = Arc::new(std::sync::Barrier::new(THREADS));
+            let emitters: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let run = run.clone();
+                    let barrier = barrier.clone();
+                    std::thread::spawn(move || {
+                        let trial = format!("t{t}");
+                        barrier.wait();
+                        for i in 0..EACH {
+                            run.emit("note", Some(&trial), None, serde_json::json!(i));
+                        }
+                    })
+                })
+                .collect();
+            for e in emitters {
+                e.join().unwrap();
+            }
+            let seqs: Vec<u64> = (0..THREADS * EACH)
+                .map(|_| rx.try_recv().expect("every event is in the channel").seq)
+                .collect();
+            assert!(
+                seqs.windows(2).all(|w| w[0] + 1 == w[1]) && seqs[0] == 1,
+                "round {round}: events out of order near {:?}",
+                seqs.windows(2).find(|w| w[0] + 1 != w[1])
+            );
+        }
     }
 }
