@@ -69,7 +69,7 @@ pub struct LiveRun {
     pub interrupted: AtomicBool,
     /// The last sequence number given. Held while the event is sent, so that events reach
     /// every subscriber in the order of their numbers even when two tasks emit at once.
-    seq: std::sync::Mutex<u64>,
+    seq: Mutex<u64>,
 }
 
 impl LiveRun {
@@ -79,7 +79,7 @@ impl LiveRun {
             tx: broadcast::channel(CHANNEL_CAPACITY).0,
             cancel: CancellationToken::new(),
             interrupted: AtomicBool::new(false),
-            seq: std::sync::Mutex::new(0),
+            seq: Mutex::new(0),
         })
     }
 
