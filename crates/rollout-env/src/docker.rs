@@ -46,6 +46,14 @@ pub const DROPPED_CAPABILITIES: [&str; 6] = [
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Bound on each engine call of a hard stop (pause, kill, start).
 const HARD_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+/// An exec still streaming after this long is inspected every [`EXEC_CHECK_EVERY`]: the engine
+/// can leave an exec's stream open after its process has ended (seen with Engine 20.10,
+/// docker/cli#4553), which would otherwise hold the trial until its timeout and score it as one.
+const EXEC_CHECK_AFTER: Duration = Duration::from_secs(2);
+const EXEC_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// Once the engine says the exec's process has ended, output still in flight gets this long.
+/// The engine itself gives a background child that holds the output open 2 s.
+const EXEC_DRAIN_GRACE: Duration = Duration::from_secs(3);
 
 type ImageCell = Arc<tokio::sync::Mutex<Option<Result<PreparedImage, EnvError>>>>;
 
@@ -743,6 +751,13 @@ impl DockerEnvironment {
         });
         let deadline = tokio::time::sleep(req.timeout);
         tokio::pin!(deadline);
+        let mut check = tokio::time::interval_at(
+            tokio::time::Instant::now() + EXEC_CHECK_AFTER,
+            EXEC_CHECK_EVERY,
+        );
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // When the engine first reported the exec's process as ended while its stream stayed open.
+        let mut ended_at: Option<Instant> = None;
         let mut timed_out = false;
         let mut output_limit_exceeded = false;
         loop {
@@ -755,6 +770,27 @@ impl DockerEnvironment {
                     None => break,
                 },
                 _ = &mut deadline => { timed_out = true; break; }
+                _ = check.tick() => match ended_at {
+                    Some(t) if t.elapsed() >= EXEC_DRAIN_GRACE => {
+                        tracing::warn!(
+                            container = %self.id,
+                            exec = %exec.id,
+                            "the engine kept an exec's output open {:.0} s after its process ended; \
+                             its result is taken without the rest of the stream",
+                            t.elapsed().as_secs_f64()
+                        );
+                        break;
+                    }
+                    Some(_) => {}
+                    None => {
+                        // A failed inspection is not an end: the stream and the deadline still rule.
+                        if let Ok(info) = self.docker.inspect_exec(&exec.id).await {
+                            if info.running == Some(false) {
+                                ended_at = Some(Instant::now());
+                            }
+                        }
+                    }
+                },
             }
             if stdout.total > req.max_output || stderr.total > req.max_output {
                 output_limit_exceeded = true;

@@ -546,3 +546,72 @@ fn two_gc_runs_at_once_both_succeed() {
         "each orphan is reported as removed by at least one of the two runs ({listed})"
     );
 }
+
+/// A path to the real engine that behaves like Engine 20.10 at its worst (docker/cli#4553): when
+/// the engine ends a connection (an exec's output stream ends with its process), the client's
+/// side stays open, as if the stream never ended. Everything else passes through unchanged.
+/// Returns the socket's path; the proxy lives as long as the test process.
+fn engine_that_never_closes_streams(dir: &Path) -> std::path::PathBuf {
+    use std::io::{Read, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let socket = dir.join("engine.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { continue };
+            let Ok(engine) = UnixStream::connect("/var/run/docker.sock") else {
+                continue;
+            };
+            let (mut c_read, mut e_write) =
+                (client.try_clone().unwrap(), engine.try_clone().unwrap());
+            let (mut e_read, mut c_write) = (engine, client);
+            // Engine to client: on the engine's end of stream, nothing is passed on; the client's
+            // side stays open until the client itself lets go.
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64 * 1024];
+                while let Ok(n @ 1..) = e_read.read(&mut buf) {
+                    if c_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                // Held until the client closes: the other direction then ends the process's
+                // interest in this connection; the thread parks on a read that returns at close.
+                let _ = c_write.read(&mut [0u8; 1]);
+            });
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 64 * 1024];
+                while let Ok(n @ 1..) = c_read.read(&mut buf) {
+                    if e_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = e_write.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    socket
+}
+
+/// An engine that keeps an exec's output stream open after its process ended must not hold the
+/// trial until its timeout and score it as one: the exec is inspected, and once its process has
+/// ended the result is taken (with a warning saying why).
+#[test]
+fn an_exec_stream_the_engine_never_closes_does_not_hold_the_trial() {
+    require_docker();
+    let tmp = tempfile::tempdir().unwrap();
+    let socket = engine_that_never_closes_streams(tmp.path());
+    let mut cmd = rollout_cmd();
+    cmd.env("DOCKER_HOST", format!("unix://{}", socket.display()));
+    let hello = example("hello-world");
+    let r = run_with(cmd, &["-p", hello.to_str().unwrap(), "-a", "oracle"]);
+    let trial = r.trial();
+    assert_eq!(trial["reward"], 1.0, "{trial}\n{}", r.stderr());
+    assert!(trial["exception_info"].is_null(), "{trial}");
+    let log = std::fs::read_to_string(r.trial_dir("hello-world__oracle__1").join("trial.log"))
+        .unwrap_or_default();
+    assert!(
+        format!("{log}{}", r.stderr()).contains("kept an exec's output open"),
+        "the workaround was not needed, so this test did not test it:\n{log}\n{}",
+        r.stderr()
+    );
+}
