@@ -150,7 +150,10 @@ async fn get(server: &Server, path: &str) -> Value {
     resp.json().await.unwrap()
 }
 
-/// Poll `path` until `cond` holds on its JSON (bounded).
+/// Poll `path` until `cond` holds on its JSON (bounded). A batch or task that reached a final
+/// status (`completed`, `failed`, `cancelled`: none is ever left) without `cond` holding fails at
+/// once. On failure the server's log comes first and the last JSON (with a batch's tasks, which
+/// carry the errors) last, so the end of a CI log shows why.
 async fn poll(server: &Server, path: &str, secs: u64, cond: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     loop {
@@ -158,11 +161,33 @@ async fn poll(server: &Server, path: &str, secs: u64, cond: impl Fn(&Value) -> b
         if cond(&v) {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {secs} s polling {path}: {v}\n{}",
-            server.log()
-        );
+        let settled = ["completed", "failed", "cancelled"]
+            .iter()
+            .any(|s| v["status"] == *s);
+        if settled || Instant::now() >= deadline {
+            let tasks = match path.strip_prefix("/batch/") {
+                Some(id) if !id.contains('/') => {
+                    get(server, &format!("/batch/{id}/tasks")).await.to_string()
+                }
+                _ => String::new(),
+            };
+            let why = if settled {
+                "settled without the condition".to_string()
+            } else {
+                format!("timed out after {secs} s")
+            };
+            // The server's log without this loop's own requests.
+            let log: Vec<String> = server
+                .log()
+                .lines()
+                .filter(|l| !(l.contains("method=GET") && l.contains("on_response")))
+                .map(str::to_string)
+                .collect();
+            panic!(
+                "{}\n--- polling {path}: {why}\nlast answer: {v}\ntasks: {tasks}",
+                log.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
