@@ -565,8 +565,9 @@ fn engine_that_never_closes_streams(dir: &Path) -> std::path::PathBuf {
             let (mut c_read, mut e_write) =
                 (client.try_clone().unwrap(), engine.try_clone().unwrap());
             let (mut e_read, mut c_write) = (engine, client);
-            // Engine to client: on the engine's end of stream, nothing is passed on; the client's
-            // side stays open until the client itself lets go.
+            // Engine to client: the engine's end of stream is not passed on (no shutdown). The
+            // client's socket stays open as long as the other thread holds it, that is until
+            // the client itself lets go.
             std::thread::spawn(move || {
                 let mut buf = [0u8; 64 * 1024];
                 while let Ok(n @ 1..) = e_read.read(&mut buf) {
@@ -574,9 +575,6 @@ fn engine_that_never_closes_streams(dir: &Path) -> std::path::PathBuf {
                         break;
                     }
                 }
-                // Held until the client closes: the other direction then ends the process's
-                // interest in this connection; the thread parks on a read that returns at close.
-                let _ = c_write.read(&mut [0u8; 1]);
             });
             std::thread::spawn(move || {
                 let mut buf = [0u8; 64 * 1024];
