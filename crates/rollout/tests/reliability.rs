@@ -552,7 +552,6 @@ fn two_gc_runs_at_once_both_succeed() {
 /// side stays open, as if the stream never ended. Everything else passes through unchanged.
 /// Returns the socket's path; the proxy lives as long as the test process.
 fn engine_that_never_closes_streams(dir: &Path) -> std::path::PathBuf {
-    use std::io::{Read, Write};
     use std::os::unix::net::{UnixListener, UnixStream};
     let socket = dir.join("engine.sock");
     let listener = UnixListener::bind(&socket).unwrap();
@@ -568,21 +567,9 @@ fn engine_that_never_closes_streams(dir: &Path) -> std::path::PathBuf {
             // Engine to client: the engine's end of stream is not passed on (no shutdown). The
             // client's socket stays open as long as the other thread holds it, that is until
             // the client itself lets go.
+            std::thread::spawn(move || std::io::copy(&mut e_read, &mut c_write));
             std::thread::spawn(move || {
-                let mut buf = [0u8; 64 * 1024];
-                while let Ok(n @ 1..) = e_read.read(&mut buf) {
-                    if c_write.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 64 * 1024];
-                while let Ok(n @ 1..) = c_read.read(&mut buf) {
-                    if e_write.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
+                let _ = std::io::copy(&mut c_read, &mut e_write);
                 let _ = e_write.shutdown(std::net::Shutdown::Write);
             });
         }

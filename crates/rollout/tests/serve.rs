@@ -177,11 +177,10 @@ async fn poll(server: &Server, path: &str, secs: u64, cond: impl Fn(&Value) -> b
                 format!("timed out after {secs} s")
             };
             // The server's log without this loop's own requests.
-            let log: Vec<String> = server
-                .log()
+            let log = server.log();
+            let log: Vec<&str> = log
                 .lines()
                 .filter(|l| !(l.contains("method=GET") && l.contains("on_response")))
-                .map(str::to_string)
                 .collect();
             panic!(
                 "{}\n--- polling {path}: {why}\nlast answer: {v}\ntasks: {tasks}",
